@@ -1,0 +1,46 @@
+//! Discrete, score-affecting facts of a match: the `event` messages of the match log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::PlayerId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MatchEvent {
+    MatchStarted { region: String },
+    PlayerJoined { player: PlayerId, name: String, bot: bool },
+    PlayerLeft { player: PlayerId },
+    Kill { killer: PlayerId, victim: PlayerId },
+    MatchEnded { results: Vec<PlayerResult> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerResult {
+    pub player: PlayerId,
+    pub name: String,
+    pub score: u32,
+    pub kills: u32,
+    pub deaths: u32,
+}
+
+/// The body of an `event` message. `seq` numbers the events of one match epoch 1, 2, 3, ...
+/// without gaps (unlike `version`, which deltas share), so a consumer can tell a duplicate
+/// (`seq <= last applied`) from an event that arrived early (`seq > last + 1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// When the event happened (ms since the Unix epoch); leaderboard ties are broken by it.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: MatchEvent,
+}
+
+impl MatchEvent {
+    /// Points each player gains from this event on the score leaderboards.
+    pub fn score_changes(&self) -> Vec<(&str, i64)> {
+        match self {
+            MatchEvent::Kill { killer, .. } => vec![(killer.as_str(), 1)],
+            _ => Vec::new(),
+        }
+    }
+}

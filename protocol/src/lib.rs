@@ -1,0 +1,27 @@
+//! Pure shared types and codecs of Grandstand: the spectator state and its deltas, the
+//! versioned match log records, the viewer feed state machine (snapshot + delta + resume) and
+//! signed tokens. No I/O lives here, so every rule can be unit- and property-tested.
+
+pub mod event;
+pub mod feed;
+pub mod ids;
+pub mod log;
+pub mod state;
+pub mod token;
+pub mod viewer;
+
+pub use event::{EventRecord, MatchEvent, PlayerResult};
+pub use feed::{Applied, Frame, FrameKind, MatchFeed};
+pub use ids::{valid_match_id, MatchId, PlayerId};
+pub use log::{LogKind, LogRecord};
+pub use state::{Delta, MatchStatus, PlayerView, Shot, SpectatorState};
+pub use token::{Claims, TokenError, TokenSigner};
+pub use viewer::{decide_resume, parse_position, PositionError, Resume, StreamPosition};
+
+/// Milliseconds since the Unix epoch; the one clock every role stamps records with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
