@@ -1,1 +1,18 @@
+//! The edges of Grandstand: the match log, the leaderboards and the match history, each a
+//! small trait with an embedded implementation (no external service) and a real one
+//! (NATS JetStream, Redis, PostgreSQL). Everything else in the platform depends only on the
+//! traits.
 
+pub mod history;
+pub mod leaderboard;
+pub mod matchlog;
+
+pub use history::{History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, SqlHistory};
+pub use leaderboard::{
+    ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
+    RedisLeaderboards, ScoredEvent,
+};
+pub use matchlog::{
+    load_feed, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, MemoryLog,
+    MemoryLogLimits, NatsLog, NatsLogConfig,
+};

@@ -1,0 +1,183 @@
+//! Embedded leaderboards. Bounded by the players and matches it has seen: one entry per player
+//! per board and one `last applied` per match epoch (a few bytes each).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{
+    is_standing_board, points_of, rank_key, ApplyOutcome, BoardError, BoardPage, Entry,
+    Leaderboards, ScoredEvent,
+};
+
+#[derive(Default)]
+struct Board {
+    keys: HashMap<String, i64>,
+    order: BTreeSet<(i64, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    boards: HashMap<String, Board>,
+    names: HashMap<String, String>,
+    applied: HashMap<(String, u64), u64>,
+    updated_at_ms: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct MemoryLeaderboards {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryLeaderboards {
+    pub fn new() -> MemoryLeaderboards {
+        MemoryLeaderboards::default()
+    }
+}
+
+impl Inner {
+    fn page(&self, board: &Board, start: usize, len: usize) -> BoardPage {
+        let entries = board
+            .order
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(len)
+            .map(|(i, (key, player))| Entry {
+                rank: i as u64 + 1,
+                player: player.clone(),
+                name: self.names.get(player).cloned().unwrap_or_default(),
+                score: points_of(*key),
+            })
+            .collect();
+        BoardPage {
+            entries,
+            total: board.order.len() as u64,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+}
+
+#[async_trait]
+impl Leaderboards for MemoryLeaderboards {
+    async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for ev in events {
+            let last = inner
+                .applied
+                .get(&(ev.match_id.clone(), ev.epoch))
+                .copied()
+                .unwrap_or(0);
+            if ev.seq <= last {
+                outcomes.push(ApplyOutcome::Duplicate);
+                continue;
+            }
+            if ev.seq != last + 1 {
+                outcomes.push(ApplyOutcome::TooEarly);
+                continue;
+            }
+            inner.applied.insert((ev.match_id.clone(), ev.epoch), ev.seq);
+            for (player, name) in &ev.names {
+                inner.names.insert(player.clone(), name.clone());
+            }
+            for (board, player, points) in &ev.changes {
+                let b = inner.boards.entry(board.clone()).or_default();
+                let old = b.keys.get(player).copied();
+                let current = old.map(points_of).unwrap_or(0);
+                let key = rank_key(current + points, ev.at_ms);
+                if let Some(old) = old {
+                    b.order.remove(&(old, player.clone()));
+                }
+                b.order.insert((key, player.clone()));
+                b.keys.insert(player.clone(), key);
+            }
+            inner.updated_at_ms = Some(protocol::now_ms());
+            outcomes.push(ApplyOutcome::Applied);
+        }
+        Ok(outcomes)
+    }
+
+    async fn top(
+        &self,
+        board: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<BoardPage>, BoardError> {
+        let inner = self.inner.lock().unwrap();
+        let empty = Board::default();
+        let b = match inner.boards.get(board) {
+            Some(b) => b,
+            None if is_standing_board(board) => &empty,
+            None => return Ok(None),
+        };
+        Ok(Some(inner.page(b, offset as usize, limit as usize)))
+    }
+
+    async fn around(
+        &self,
+        board: &str,
+        player: &str,
+        radius: u64,
+    ) -> Result<Option<BoardPage>, BoardError> {
+        let inner = self.inner.lock().unwrap();
+        let Some(b) = inner.boards.get(board) else {
+            return Ok(None);
+        };
+        let Some(key) = b.keys.get(player) else {
+            return Ok(None);
+        };
+        let rank = b.order.range(..(*key, player.to_string())).count();
+        let start = rank.saturating_sub(radius as usize);
+        Ok(Some(inner.page(b, start, rank - start + radius as usize + 1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn kill(match_id: &str, seq: u64, at_ms: u64, killer: &str) -> ScoredEvent {
+        ScoredEvent {
+            match_id: match_id.into(),
+            epoch: 1,
+            seq,
+            at_ms,
+            changes: vec![("global".into(), killer.into(), 1)],
+            names: vec![(killer.into(), killer.to_uppercase())],
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_each_event_once_and_in_order() {
+        let lb = MemoryLeaderboards::new();
+        let t = 1_800_000_000_000;
+        let out = lb
+            .apply(&[kill("m", 1, t, "a"), kill("m", 1, t, "a"), kill("m", 3, t, "b"), kill("m", 2, t, "b")])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![ApplyOutcome::Applied, ApplyOutcome::Duplicate, ApplyOutcome::TooEarly, ApplyOutcome::Applied]);
+        let out = lb.apply(&[kill("m", 3, t + 5000, "b")]).await.unwrap();
+        assert_eq!(out, vec![ApplyOutcome::Applied]);
+        let page = lb.top("global", 0, 10).await.unwrap().unwrap();
+        let rows: Vec<_> = page.entries.iter().map(|e| (e.rank, e.player.as_str(), e.score)).collect();
+        assert_eq!(rows, vec![(1, "b", 2), (2, "a", 1)]);
+        assert_eq!(page.entries[0].name, "B");
+        assert!(lb.top("nope", 0, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn ties_go_to_the_earlier_achievement() {
+        let lb = MemoryLeaderboards::new();
+        let t = 1_800_000_000_000;
+        lb.apply(&[kill("m", 1, t + 9000, "zed"), kill("m", 2, t, "amy")]).await.unwrap();
+        lb.apply(&[kill("n", 1, t + 1000, "bob")]).await.unwrap();
+        let page = lb.top("global", 0, 10).await.unwrap().unwrap();
+        let order: Vec<_> = page.entries.iter().map(|e| e.player.as_str()).collect();
+        assert_eq!(order, vec!["amy", "bob", "zed"]);
+        let around = lb.around("global", "bob", 1).await.unwrap().unwrap();
+        let order: Vec<_> = around.entries.iter().map(|e| (e.rank, e.player.as_str())).collect();
+        assert_eq!(order, vec![(1, "amy"), (2, "bob"), (3, "zed")]);
+    }
+}

@@ -1,0 +1,217 @@
+//! Leaderboards in Redis sorted sets (client: the `redis` crate, see docs/architecture.md for
+//! why). Keys, under a configurable prefix:
+//! `lb:<board>` (ZSET, member = player, score = rank key), `lb:names` (HASH player -> name),
+//! `lb:applied` (HASH `<match>:<epoch>` -> last applied event seq), `lb:updated_at`.
+//!
+//! Each event is applied by one Lua script, so the exactly-once check, the `last applied` update
+//! and the score changes are one atomic step; a batch is one pipelined round trip.
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{
+    achievement_time, is_standing_board, points_of, ApplyOutcome, BoardError, BoardPage, Entry,
+    Leaderboards, ScoredEvent,
+};
+
+const APPLY_EVENT: &str = r#"
+-- KEYS: applied hash, names hash, updated_at, then one board key per score change
+-- ARGV: field, seq, achievement time, now_ms, name count, (player, name)*, (player, points)*
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+if seq <= last then return 0 end
+if seq ~= last + 1 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local span = 2147483648
+local t = tonumber(ARGV[3])
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for k = 4, #KEYS do
+  local member = ARGV[i]
+  local delta = tonumber(ARGV[i + 1])
+  i = i + 2
+  local cur = redis.call('ZSCORE', KEYS[k], member)
+  local points = 0
+  if cur then points = math.floor(-tonumber(cur) / span) end
+  points = math.max(0, math.min(points + delta, 4194303))
+  redis.call('ZADD', KEYS[k], -(points * span + (span - 1 - t)), member)
+end
+redis.call('SET', KEYS[3], ARGV[4])
+return 1
+"#;
+
+pub struct RedisLeaderboards {
+    conn: ConnectionManager,
+    prefix: String,
+    apply_script: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> BoardError {
+    BoardError::Unavailable(e.to_string())
+}
+
+impl RedisLeaderboards {
+    /// Connects (reconnecting on its own later) and loads the apply script.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisLeaderboards, BoardError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn = client.get_connection_manager().await.map_err(unavailable)?;
+        let lb = RedisLeaderboards {
+            conn,
+            prefix: prefix.to_string(),
+            apply_script: Script::new(APPLY_EVENT),
+        };
+        lb.load_script().await?;
+        Ok(lb)
+    }
+
+    async fn load_script(&self) -> Result<(), BoardError> {
+        let mut conn = self.conn.clone();
+        self.apply_script
+            .prepare_invoke()
+            .load_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}lb:{suffix}", self.prefix)
+    }
+
+    fn pipeline(&self, events: &[ScoredEvent], now_ms: u64) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for ev in events {
+            let mut inv = self.apply_script.prepare_invoke();
+            inv.key(self.key("applied"))
+                .key(self.key("names"))
+                .key(self.key("updated_at"));
+            for (board, _, _) in &ev.changes {
+                inv.key(self.key(board));
+            }
+            inv.arg(format!("{}:{}", ev.match_id, ev.epoch))
+                .arg(ev.seq)
+                .arg(achievement_time(ev.at_ms))
+                .arg(now_ms)
+                .arg(ev.names.len());
+            for (player, name) in &ev.names {
+                inv.arg(player).arg(name);
+            }
+            for (_, player, points) in &ev.changes {
+                inv.arg(player).arg(*points);
+            }
+            pipe.invoke_script(&inv);
+        }
+        pipe
+    }
+
+    async fn page(
+        &self,
+        board: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<BoardPage, BoardError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(board);
+        let (rows, total, updated): (Vec<(String, f64)>, u64, Option<u64>) = redis::pipe()
+            .zrange_withscores(&key, start as isize, stop as isize)
+            .zcard(&key)
+            .get(self.key("updated_at"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let names: Vec<Option<String>> = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let players: Vec<&str> = rows.iter().map(|(p, _)| p.as_str()).collect();
+            redis::cmd("HMGET")
+                .arg(self.key("names"))
+                .arg(&players)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?
+        };
+        let entries = rows
+            .into_iter()
+            .zip(names.into_iter().chain(std::iter::repeat(None)))
+            .enumerate()
+            .map(|(i, ((player, key), name))| Entry {
+                rank: start as u64 + i as u64 + 1,
+                player,
+                name: name.unwrap_or_default(),
+                score: points_of(key as i64),
+            })
+            .collect();
+        Ok(BoardPage {
+            entries,
+            total,
+            updated_at_ms: updated,
+        })
+    }
+}
+
+#[async_trait]
+impl Leaderboards for RedisLeaderboards {
+    async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.pipeline(events, protocol::now_ms());
+        let mut conn = self.conn.clone();
+        let replies: Vec<i64> = match pipe.query_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis lost its script cache (restart): load it again and retry once. Events
+                // before the failure were not applied by this pipeline, or were applied
+                // atomically and are then reported as duplicates.
+                self.load_script().await?;
+                pipe.query_async(&mut conn).await.map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                1 => ApplyOutcome::Applied,
+                0 => ApplyOutcome::Duplicate,
+                _ => ApplyOutcome::TooEarly,
+            })
+            .collect())
+    }
+
+    async fn top(
+        &self,
+        board: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<BoardPage>, BoardError> {
+        if limit == 0 {
+            return Ok(Some(BoardPage { entries: vec![], total: 0, updated_at_ms: None }));
+        }
+        let page = self
+            .page(board, offset as i64, (offset + limit - 1) as i64)
+            .await?;
+        if page.total == 0 && !is_standing_board(board) {
+            return Ok(None);
+        }
+        Ok(Some(page))
+    }
+
+    async fn around(
+        &self,
+        board: &str,
+        player: &str,
+        radius: u64,
+    ) -> Result<Option<BoardPage>, BoardError> {
+        let mut conn = self.conn.clone();
+        let rank: Option<u64> = conn.zrank(self.key(board), player).await.map_err(unavailable)?;
+        let Some(rank) = rank else {
+            return Ok(None);
+        };
+        let start = rank.saturating_sub(radius);
+        Ok(Some(self.page(board, start as i64, (rank + radius) as i64).await?))
+    }
+}

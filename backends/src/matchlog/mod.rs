@@ -1,0 +1,112 @@
+//! The versioned match log (DESIGN.md section 3).
+
+mod memory;
+mod nats;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use protocol::{LogRecord, MatchFeed};
+
+pub use memory::{MemoryLog, MemoryLogLimits};
+pub use nats::{NatsLog, NatsLogConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("unknown match")]
+    UnknownMatch,
+    #[error("follower fell behind the live log and must resubscribe")]
+    Lagged,
+    #[error("match log unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl LogError {
+    pub(crate) fn unavailable(e: impl std::fmt::Display) -> LogError {
+        LogError::Unavailable(e.to_string())
+    }
+}
+
+/// A record read while following a match. `caught_up` is true once the follower has read
+/// everything the log held when it subscribed; from then on records are live.
+#[derive(Debug, Clone)]
+pub struct LogItem {
+    pub record: LogRecord,
+    pub caught_up: bool,
+    /// When the log accepted the record (ms since the Unix epoch), where the backend knows.
+    pub published_ms: Option<u64>,
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogItem, LogError>> + Send>>;
+
+#[async_trait]
+pub trait MatchLog: Send + Sync + 'static {
+    /// Appends a record. Publishing the same (match, epoch, version, kind) twice stores it once.
+    async fn publish(&self, record: LogRecord) -> Result<(), LogError>;
+
+    /// Follows one match from its latest keyframe: the keyframe, every record after it, then
+    /// live records. `UnknownMatch` when the match has no keyframe.
+    async fn follow(&self, match_id: &str) -> Result<LogStream, LogError>;
+
+    /// The latest keyframe of a match.
+    async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError>;
+
+    /// Every match that has a keyframe in the retained log.
+    async fn match_ids(&self) -> Result<Vec<String>, LogError>;
+
+    /// A durable consumer of every match's events, named `name`; consumers with the same name
+    /// share (compete for) the work and resume where the last one acknowledged.
+    async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError>;
+}
+
+/// An event handed to a consumer, to be acknowledged once its effect is durable.
+pub struct DeliveredEvent {
+    pub record: LogRecord,
+    /// How many times this event has been delivered (1 the first time).
+    pub delivered: u64,
+    pub(crate) handle: AckHandle,
+}
+
+pub(crate) enum AckHandle {
+    Memory(u64),
+    Nats(Box<async_nats::jetstream::Message>),
+}
+
+#[async_trait]
+pub trait EventConsumer: Send {
+    /// Up to `max` events, waiting at most `wait` for the first one. Empty on time-out.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<DeliveredEvent>, LogError>;
+
+    /// The event's effect is durable: never deliver it again.
+    async fn ack(&mut self, event: &DeliveredEvent) -> Result<(), LogError>;
+
+    /// Deliver the event again after `delay` (it arrived before an event it depends on, or its
+    /// effect could not be made durable).
+    async fn retry_later(&mut self, event: &DeliveredEvent, delay: Duration)
+        -> Result<(), LogError>;
+}
+
+/// Reads a match's log from its latest keyframe up to the present into a fresh feed: the cold
+/// load behind snapshot requests.
+pub async fn load_feed(
+    log: &dyn MatchLog,
+    match_id: &str,
+    ring_capacity: usize,
+) -> Result<MatchFeed, LogError> {
+    let mut stream = log.follow(match_id).await?;
+    let mut feed = MatchFeed::new(match_id, ring_capacity);
+    while let Some(item) = stream.next().await {
+        let item = item?;
+        feed.apply(&item.record);
+        if item.caught_up {
+            return Ok(feed);
+        }
+    }
+    Err(LogError::Unavailable("log ended while loading".into()))
+}

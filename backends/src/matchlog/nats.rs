@@ -1,0 +1,307 @@
+//! The match log on NATS JetStream: one stream (`MATCHES` by default) holding
+//! `<root>.<match>.delta|event|keyframe`, with `Match-Epoch`, `Match-Version` and
+//! `Nats-Msg-Id = <match>:<epoch>:<version>` headers for dedupe.
+//!
+//! Limits are explicit: `max_age` and `max_bytes` bound the stream (oldest messages are
+//! discarded first); the duplicate window bounds how long a re-publish is recognised.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use protocol::log::parse_subject;
+use protocol::{LogKind, LogRecord};
+
+use super::{AckHandle, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog};
+
+const EPOCH_HEADER: &str = "Match-Epoch";
+const VERSION_HEADER: &str = "Match-Version";
+
+#[derive(Debug, Clone)]
+pub struct NatsLogConfig {
+    pub url: String,
+    /// Stream name, `MATCHES` in production; tests use a unique one.
+    pub stream: String,
+    /// First subject token, `match` in production; tests use a unique one because two streams
+    /// cannot hold overlapping subjects.
+    pub subject_root: String,
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub replicas: usize,
+}
+
+impl NatsLogConfig {
+    pub fn new(url: impl Into<String>) -> NatsLogConfig {
+        NatsLogConfig {
+            url: url.into(),
+            stream: "MATCHES".into(),
+            subject_root: "match".into(),
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 8 << 30,
+            replicas: 1,
+        }
+    }
+}
+
+pub struct NatsLog {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    config: NatsLogConfig,
+}
+
+impl NatsLog {
+    /// Connects and creates the stream, or updates its limits to the configured ones.
+    pub async fn connect(config: NatsLogConfig) -> Result<NatsLog, LogError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("grandstand")
+            .retry_on_initial_connect()
+            .connect(&config.url)
+            .await
+            .map_err(LogError::unavailable)?;
+        let js = jetstream::new(client);
+        let root = &config.subject_root;
+        let stream_config = stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![
+                format!("{root}.*.delta"),
+                format!("{root}.*.event"),
+                format!("{root}.*.keyframe"),
+            ],
+            max_age: config.max_age,
+            max_bytes: config.max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            ..Default::default()
+        };
+        js.create_or_update_stream(stream_config)
+            .await
+            .map_err(LogError::unavailable)?;
+        let stream = js
+            .get_stream(&config.stream)
+            .await
+            .map_err(LogError::unavailable)?;
+        Ok(NatsLog { js, stream, config })
+    }
+
+    fn record(&self, subject: &str, headers: Option<&async_nats::HeaderMap>, payload: Bytes) -> Option<LogRecord> {
+        let (match_id, kind) = parse_subject(&self.config.subject_root, subject)?;
+        let header = |name: &str| -> Option<u64> { headers?.get(name)?.as_str().parse().ok() };
+        Some(LogRecord {
+            match_id: match_id.to_string(),
+            epoch: header(EPOCH_HEADER)?,
+            version: header(VERSION_HEADER)?,
+            kind,
+            body: payload,
+        })
+    }
+}
+
+fn keyframe_error(e: stream::LastRawMessageError) -> LogError {
+    match e.kind() {
+        stream::LastRawMessageErrorKind::NoMessageFound => LogError::UnknownMatch,
+        _ => LogError::unavailable(e),
+    }
+}
+
+#[async_trait]
+impl MatchLog for NatsLog {
+    async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());
+        headers.insert(VERSION_HEADER, record.version.to_string().as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, record.msg_id().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(record.subject(&self.config.subject_root), headers, record.body)
+            .await
+            .map_err(LogError::unavailable)?;
+        ack.await.map_err(LogError::unavailable)?;
+        Ok(())
+    }
+
+    async fn follow(&self, match_id: &str) -> Result<LogStream, LogError> {
+        if !protocol::valid_match_id(match_id) {
+            return Err(LogError::UnknownMatch);
+        }
+        let root = &self.config.subject_root;
+        let keyframe = self
+            .stream
+            .get_last_raw_message_by_subject(&format!("{root}.{match_id}.keyframe"))
+            .await
+            .map_err(keyframe_error)?;
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{root}.{match_id}.*"),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: keyframe.sequence,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::unavailable)?;
+        let messages = consumer.messages().await.map_err(LogError::unavailable)?;
+        let root = root.clone();
+        let stream = messages.filter_map(move |m| {
+            let root = root.clone();
+            async move {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => return Some(Err(LogError::unavailable(e))),
+                };
+                let info = m.info().ok()?;
+                let caught_up = info.pending == 0;
+                let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+                let (match_id, kind) = parse_subject(&root, m.subject.as_str())?;
+                let header = |name: &str| -> Option<u64> {
+                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
+                };
+                let record = LogRecord {
+                    match_id: match_id.to_string(),
+                    epoch: header(EPOCH_HEADER)?,
+                    version: header(VERSION_HEADER)?,
+                    kind,
+                    body: m.payload.clone(),
+                };
+                Some(Ok(LogItem {
+                    record,
+                    caught_up,
+                    published_ms: Some(published_ms),
+                }))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
+        if !protocol::valid_match_id(match_id) {
+            return Err(LogError::UnknownMatch);
+        }
+        let m = self
+            .stream
+            .get_last_raw_message_by_subject(&format!(
+                "{}.{match_id}.keyframe",
+                self.config.subject_root
+            ))
+            .await
+            .map_err(keyframe_error)?;
+        self.record(m.subject.as_str(), Some(&m.headers), m.payload)
+            .ok_or_else(|| LogError::Unavailable("keyframe without match headers".into()))
+    }
+
+    async fn match_ids(&self) -> Result<Vec<String>, LogError> {
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("{}.*.keyframe", self.config.subject_root))
+            .await
+            .map_err(LogError::unavailable)?;
+        let mut ids = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(LogError::unavailable)?;
+            if let Some((id, LogKind::Keyframe)) = parse_subject(&self.config.subject_root, &subject) {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
+        let consumer: consumer::PullConsumer = self
+            .stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    filter_subject: format!("{}.*.event", self.config.subject_root),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(LogError::unavailable)?;
+        Ok(Box::new(NatsConsumer {
+            consumer,
+            root: self.config.subject_root.clone(),
+        }))
+    }
+}
+
+struct NatsConsumer {
+    consumer: consumer::PullConsumer,
+    root: String,
+}
+
+#[async_trait]
+impl EventConsumer for NatsConsumer {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<DeliveredEvent>, LogError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(LogError::unavailable)?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(LogError::unavailable)?;
+            let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+            let parsed = parse_subject(&self.root, m.subject.as_str()).and_then(|(id, kind)| {
+                let header = |name: &str| -> Option<u64> {
+                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
+                };
+                Some(LogRecord {
+                    match_id: id.to_string(),
+                    epoch: header(EPOCH_HEADER)?,
+                    version: header(VERSION_HEADER)?,
+                    kind,
+                    body: m.payload.clone(),
+                })
+            });
+            match parsed {
+                Some(record) => out.push(DeliveredEvent {
+                    record,
+                    delivered,
+                    handle: AckHandle::Nats(Box::new(m)),
+                }),
+                None => {
+                    // Not ours to interpret: terminate it so it is not redelivered forever.
+                    tracing::error!(subject = %m.subject, "event without match headers; terminated");
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, event: &DeliveredEvent) -> Result<(), LogError> {
+        if let AckHandle::Nats(m) = &event.handle {
+            m.double_ack().await.map_err(LogError::unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn retry_later(
+        &mut self,
+        event: &DeliveredEvent,
+        delay: Duration,
+    ) -> Result<(), LogError> {
+        if let AckHandle::Nats(m) = &event.handle {
+            m.ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(LogError::unavailable)?;
+        }
+        Ok(())
+    }
+}
