@@ -1,1 +1,153 @@
+//! The HTTP edge every role shares: JSON errors (`{"error":{"code","message"}}`, opaque 500s
+//! with the cause logged), bearer-token auth, `/healthz` and Prometheus `/metrics`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use protocol::{Claims, TokenError, TokenSigner};
+use serde::de::DeserializeOwned;
+
+pub use tokio_util::sync::CancellationToken as Shutdown;
+
+/// An error as clients see it: a status, a stable machine-readable code and a message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// A 400 naming the offending field.
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {why}"))
+    }
+
+    pub fn unauthorized(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
+    }
+
+    pub fn too_many(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", why)
+    }
+
+    pub fn unavailable(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
+    }
+
+    /// An opaque 500: the cause goes to the log, never to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        }
+        res
+    }
+}
+
+/// A JSON body whose rejections (wrong content type, syntax, shape, size) are JSON errors too.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e @ JsonRejection::JsonDataError(_)) => {
+                Err(ApiError::invalid("body", e.body_text()))
+            }
+            Err(e) => Err(ApiError::new(e.status(), "invalid_request", e.body_text())),
+        }
+    }
+}
+
+/// The fallback for unknown paths.
+pub async fn no_such_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks the bearer token of a request: the `Authorization: Bearer` header, or the `token`
+/// query parameter for browser clients that cannot set headers.
+pub fn authenticate(
+    signer: &TokenSigner,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Claims, ApiError> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = from_header
+        .or(query_token)
+        .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+    signer.verify(token.trim(), now_secs()).map_err(|e| match e {
+        TokenError::Expired => ApiError::unauthorized("token has expired"),
+        TokenError::BadSignature | TokenError::Malformed => {
+            ApiError::unauthorized("token is invalid")
+        }
+    })
+}
+
+/// `/healthz` and `/metrics` (Prometheus text format, the process-wide registry).
+pub fn ops_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> Response {
+    let families = prometheus::gather();
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}

@@ -14,7 +14,7 @@ pub use event::{EventRecord, MatchEvent, PlayerResult};
 pub use feed::{Applied, Frame, FrameKind, MatchFeed};
 pub use ids::{valid_match_id, MatchId, PlayerId};
 pub use log::{LogKind, LogRecord};
-pub use state::{Delta, MatchStatus, PlayerView, Shot, SpectatorState};
+pub use state::{Arena, Delta, MatchStatus, PlayerView, Shot, SpectatorState};
 pub use token::{Claims, TokenError, TokenSigner};
 pub use viewer::{decide_resume, parse_position, PositionError, Resume, StreamPosition};
 

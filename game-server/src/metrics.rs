@@ -1,0 +1,34 @@
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
+};
+
+pub static TICKS: LazyLock<IntCounter> =
+    LazyLock::new(|| register_int_counter!("gs_ticks_total", "Simulation ticks run").unwrap());
+pub static TICK_OVERRUNS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gs_tick_overruns_total", "Ticks skipped because a room ran late").unwrap()
+});
+pub static STALLED_TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gs_stalled_ticks_total", "Ticks paused because the publisher fell behind").unwrap()
+});
+pub static TICK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "gs_tick_duration_seconds",
+        "Time to run one tick",
+        vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05]
+    )
+    .unwrap()
+});
+pub static PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("gs_published_total", "Match log records published", &["kind"]).unwrap()
+});
+pub static PUBLISH_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gs_publish_errors_total", "Failed publish attempts (retried)").unwrap()
+});
+pub static LIVE_MATCHES: LazyLock<IntGauge> =
+    LazyLock::new(|| register_int_gauge!("gs_live_matches", "Matches being played").unwrap());
+pub static UDP_DATAGRAMS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gs_udp_datagrams_total", "Datagrams received on the player port").unwrap()
+});
