@@ -1,1 +1,149 @@
+//! The fan-out gateway role: viewers connect to `GET /v1/matches/{id}/stream` over WebSocket
+//! or Server-Sent Events and get a snapshot, then strictly consecutive versions (DESIGN.md
+//! section 4). One hub per match encodes each message once; every viewer has a bounded queue.
 
+mod hub;
+mod metrics;
+pub mod queue;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use backends::MatchLog;
+use httpkit::Shutdown;
+use protocol::{StreamPosition, TokenSigner};
+use tokio::sync::{mpsc, oneshot};
+
+pub use hub::AttachError;
+use hub::{Attach, Hub, HubHandle, Registry};
+use queue::ViewerQueue;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Recent frames kept per match for resuming viewers (about 25 s at 10 Hz).
+    pub ring_capacity: usize,
+    /// Frames queued per viewer before its backlog is replaced by a snapshot.
+    pub viewer_queue: usize,
+    /// A viewer whose frames wait unread this long is closed.
+    pub stall_deadline: Duration,
+    /// A hub with no viewers stays subscribed this long before it stops.
+    pub hub_linger: Duration,
+    /// Largest frame a viewer may send (viewers only ever send pings and small control text).
+    pub max_inbound_frame: usize,
+    pub ping_interval: Duration,
+    /// The retry hint sent to clients (SSE `retry:` and WS close reasons), before jitter.
+    pub retry_after_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            ring_capacity: 256,
+            viewer_queue: 64,
+            stall_deadline: Duration::from_secs(30),
+            hub_linger: Duration::from_secs(10),
+            max_inbound_frame: 4096,
+            ping_interval: Duration::from_secs(20),
+            retry_after_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) log: Arc<dyn MatchLog>,
+    pub(crate) signer: TokenSigner,
+    registry: Registry,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        log: Arc<dyn MatchLog>,
+        signer: TokenSigner,
+        shutdown: Shutdown,
+    ) -> Gateway {
+        Gateway {
+            config: Arc::new(config),
+            log,
+            signer,
+            registry: Arc::new(Mutex::new(HashMap::new())),
+            shutdown,
+        }
+    }
+
+    /// The gateway's routes (the stream endpoint); ops routes are added by the caller.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/matches/{id}/stream", get(stream::handle))
+            .with_state(self.clone())
+    }
+
+    /// Viewers of `match_id` connected to this gateway.
+    pub fn viewers(&self, match_id: &str) -> u64 {
+        self.registry
+            .lock()
+            .unwrap()
+            .get(match_id)
+            .map(|h| h.viewers.load(Ordering::Relaxed) as u64)
+            .unwrap_or(0)
+    }
+
+    /// Joins the match's hub (starting it if needed) and returns the viewer's queue, already
+    /// holding what the viewer must see first.
+    pub(crate) async fn attach(
+        &self,
+        match_id: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<Arc<ViewerQueue>, AttachError> {
+        if !protocol::valid_match_id(match_id) {
+            return Err(AttachError::UnknownMatch);
+        }
+        // A hub may be leaving just as we send to it; then start a new one and try again.
+        for _ in 0..3 {
+            let handle = self.hub(match_id);
+            let (reply, answer) = oneshot::channel();
+            if handle.attach.send(Attach { since, reply }).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(result) => return result,
+                Err(_) => continue,
+            }
+        }
+        Err(AttachError::Unavailable)
+    }
+
+    fn hub(&self, match_id: &str) -> HubHandle {
+        let mut registry = self.registry.lock().unwrap();
+        if let Some(h) = registry.get(match_id) {
+            if !h.attach.is_closed() {
+                return h.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = HubHandle {
+            attach: tx,
+            viewers: Arc::new(AtomicUsize::new(0)),
+        };
+        registry.insert(match_id.to_string(), handle.clone());
+        let hub = Hub {
+            match_id: match_id.to_string(),
+            config: self.config.clone(),
+            log: self.log.clone(),
+            registry: self.registry.clone(),
+            attach_rx: rx,
+            viewer_count: handle.viewers.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(hub.run());
+        handle
+    }
+}

@@ -138,6 +138,11 @@ impl MatchFeed {
     }
 
     pub fn apply(&mut self, record: &LogRecord) -> Applied {
+        self.apply_published(record, None)
+    }
+
+    /// Like [`MatchFeed::apply`], stamping the frame with when the log accepted the record.
+    pub fn apply_published(&mut self, record: &LogRecord, published_ms: Option<u64>) -> Applied {
         let got = StreamPosition {
             epoch: record.epoch,
             version: record.version,
@@ -174,11 +179,9 @@ impl MatchFeed {
                 };
                 self.position = Some(got);
                 self.snapshot = None;
-                let frame = Arc::new(Frame::new(
-                    kind,
-                    got,
-                    envelope(kind, &self.match_id, got, &record.body),
-                ));
+                let mut frame = Frame::new(kind, got, envelope(kind, &self.match_id, got, &record.body));
+                frame.published_ms = published_ms;
+                let frame = Arc::new(frame);
                 if self.ring.len() == self.ring_capacity {
                     self.ring.pop_front();
                 }
