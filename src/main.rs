@@ -1,1 +1,327 @@
-fn main() {}
+//! `grandstand`: one binary, many roles. With no subcommand (or `all`) every role runs in this
+//! process on the embedded backends, unless NATS_URL / REDIS_URL / DATABASE_URL point at real
+//! ones. `grandstand game-server|gateway|aggregator|snapshot-api` runs one role, for production.
+//!
+//! `main` only parses configuration, connects backends, binds sockets and wires signals; each
+//! role is a library with its own entry point.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::Router;
+use backends::{
+    History, Leaderboards, MatchLog, MemoryLeaderboards, MemoryLog, MemoryLogLimits, NatsLog,
+    NatsLogConfig, RedisLeaderboards, SqlHistory,
+};
+use clap::{Parser, Subcommand};
+use httpkit::Shutdown;
+use protocol::TokenSigner;
+
+#[derive(Parser, Debug)]
+#[command(name = "grandstand", version, about = "Live multiplayer matches and leaderboards, in real time")]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+
+    /// HTTP address: API, viewer streams, dashboard, /healthz and /metrics. Port 0 picks one.
+    #[arg(long, env = "GRANDSTAND_HTTP_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    http_addr: SocketAddr,
+    /// UDP address players connect to (game-server). Port 0 picks one.
+    #[arg(long, env = "GRANDSTAND_UDP_ADDR", default_value = "127.0.0.1:7777", global = true)]
+    udp_addr: SocketAddr,
+
+    /// NATS server with JetStream for the match log; the embedded in-process log when unset.
+    #[arg(long, env = "NATS_URL", global = true)]
+    nats_url: Option<String>,
+    /// JetStream stream holding every match's log.
+    #[arg(long, env = "NATS_STREAM", default_value = "MATCHES", global = true)]
+    nats_stream: String,
+    /// First token of match log subjects (`<root>.<match>.delta|event|keyframe`).
+    #[arg(long, env = "NATS_SUBJECT_ROOT", default_value = "match", global = true)]
+    nats_subject_root: String,
+    /// How long the match log keeps messages, in seconds.
+    #[arg(long, env = "NATS_MAX_AGE_SECS", default_value_t = 24 * 3600, global = true)]
+    nats_max_age_secs: u64,
+    /// Redis for leaderboards; embedded in-memory leaderboards when unset.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key Grandstand writes.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "gs:", global = true)]
+    redis_prefix: String,
+    /// PostgreSQL for match history; a SQLite file under --data-dir when unset.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Where the embedded defaults keep files (the SQLite history).
+    #[arg(long, env = "GRANDSTAND_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+    /// Secret signing bearer tokens. Required when roles run in separate processes; `all`
+    /// makes up one per process when unset (tokens then die with the process).
+    #[arg(long, env = "GRANDSTAND_TOKEN_SECRET", hide_env_values = true, global = true)]
+    token_secret: Option<String>,
+
+    /// Matches each game server keeps running.
+    #[arg(long, env = "GRANDSTAND_MATCHES", default_value_t = 2, global = true)]
+    matches: usize,
+    /// Bots per match.
+    #[arg(long, env = "GRANDSTAND_BOTS", default_value_t = 8, global = true)]
+    bots: usize,
+    /// Simulation rate (10-128 Hz).
+    #[arg(long, env = "GRANDSTAND_TICK_HZ", default_value_t = 30, value_parser = clap::value_parser!(u32).range(10..=128), global = true)]
+    tick_hz: u32,
+    /// Spectator feed rate (deltas per second).
+    #[arg(long, env = "GRANDSTAND_SPECTATOR_HZ", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60), global = true)]
+    spectator_hz: u32,
+    /// Length of a match in seconds.
+    #[arg(long, env = "GRANDSTAND_MATCH_SECS", default_value_t = 300, global = true)]
+    match_secs: u64,
+    /// Seconds between keyframes.
+    #[arg(long, env = "GRANDSTAND_KEYFRAME_SECS", default_value_t = 5, global = true)]
+    keyframe_secs: u64,
+    /// Seconds between a match's end and the next one in its slot.
+    #[arg(long, env = "GRANDSTAND_INTERMISSION_SECS", default_value_t = 5, global = true)]
+    intermission_secs: u64,
+    /// Seed for the matches' simulations (random when unset).
+    #[arg(long, env = "GRANDSTAND_SEED", global = true)]
+    seed: Option<u64>,
+
+    /// Frames queued per viewer before its backlog is replaced by a snapshot.
+    #[arg(long, env = "GRANDSTAND_VIEWER_QUEUE", default_value_t = 64, global = true)]
+    viewer_queue: usize,
+    /// Recent frames each match hub keeps for resuming viewers.
+    #[arg(long, env = "GRANDSTAND_RESUME_WINDOW", default_value_t = 256, global = true)]
+    resume_window: usize,
+    /// Seconds a viewer may leave frames unread before it is closed.
+    #[arg(long, env = "GRANDSTAND_STALL_SECS", default_value_t = 30, global = true)]
+    stall_secs: u64,
+
+    /// Durable consumer name of the aggregator (aggregators with one name share the work).
+    #[arg(long, env = "GRANDSTAND_AGGREGATOR", default_value = "aggregator", global = true)]
+    aggregator_name: String,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Every role in one process (the default).
+    All,
+    /// Rooms and the player port.
+    GameServer,
+    /// Viewer streams (WebSocket and SSE).
+    Gateway,
+    /// Leaderboards and history from the match events.
+    Aggregator,
+    /// The HTTP API.
+    SnapshotApi,
+}
+
+struct Backends {
+    log: Arc<dyn MatchLog>,
+    boards: Option<Arc<dyn Leaderboards>>,
+    history: Option<Arc<dyn History>>,
+}
+
+async fn match_log(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn MatchLog>> {
+    match &cli.nats_url {
+        Some(url) => {
+            let mut config = NatsLogConfig::new(url.clone());
+            config.stream = cli.nats_stream.clone();
+            config.subject_root = cli.nats_subject_root.clone();
+            config.max_age = Duration::from_secs(cli.nats_max_age_secs);
+            let log = NatsLog::connect(config).await.context("connecting to NATS JetStream")?;
+            tracing::info!(%url, stream = %cli.nats_stream, "match log: NATS JetStream");
+            Ok(Arc::new(log))
+        }
+        None if role == Role::All => {
+            tracing::info!("match log: embedded (in-process)");
+            Ok(Arc::new(MemoryLog::new(MemoryLogLimits::default())))
+        }
+        None => bail!("{role:?} runs in its own process and needs NATS_URL; the embedded log only works with `grandstand all`"),
+    }
+}
+
+async fn leaderboards(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn Leaderboards>> {
+    match &cli.redis_url {
+        Some(url) => {
+            let lb = RedisLeaderboards::connect(url, &cli.redis_prefix).await.context("connecting to Redis")?;
+            tracing::info!(%url, prefix = %cli.redis_prefix, "leaderboards: Redis");
+            Ok(Arc::new(lb))
+        }
+        None if role == Role::All => {
+            tracing::info!("leaderboards: embedded (in-memory)");
+            Ok(Arc::new(MemoryLeaderboards::new()))
+        }
+        None => bail!("{role:?} needs REDIS_URL; embedded leaderboards only work with `grandstand all`"),
+    }
+}
+
+async fn history(cli: &Cli) -> anyhow::Result<Arc<dyn History>> {
+    let url = match &cli.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&cli.data_dir)
+                .with_context(|| format!("creating {}", cli.data_dir.display()))?;
+            format!("sqlite://{}", cli.data_dir.join("history.sqlite").display())
+        }
+    };
+    let h = SqlHistory::connect(&url).await.context("opening the history store")?;
+    let shown = if url.starts_with("sqlite:") { url.clone() } else { "PostgreSQL (DATABASE_URL)".into() };
+    tracing::info!(store = %shown, "history ready (migrations applied)");
+    Ok(Arc::new(h))
+}
+
+async fn connect(cli: &Cli, role: Role) -> anyhow::Result<Backends> {
+    let log = match_log(cli, role).await?;
+    let needs_reads = matches!(role, Role::All | Role::Aggregator | Role::SnapshotApi);
+    let (boards, history) = if needs_reads {
+        (Some(leaderboards(cli, role).await?), Some(history(cli).await?))
+    } else {
+        (None, None)
+    };
+    Ok(Backends { log, boards, history })
+}
+
+fn signer(cli: &Cli, role: Role) -> anyhow::Result<TokenSigner> {
+    match &cli.token_secret {
+        Some(s) if s.len() >= 16 => Ok(TokenSigner::new(s.as_bytes())),
+        Some(_) => bail!("GRANDSTAND_TOKEN_SECRET must be at least 16 characters"),
+        None if role == Role::All => {
+            let secret: [u8; 32] = rand::random();
+            Ok(TokenSigner::new(&secret))
+        }
+        None => bail!("{role:?} needs GRANDSTAND_TOKEN_SECRET, shared by the gateways and the API"),
+    }
+}
+
+async fn wait_for_signal(shutdown: Shutdown) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+fn static_site() -> Router {
+    Router::new()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let role = cli.role.unwrap_or(Role::All);
+    let shutdown = Shutdown::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    let backends = connect(&cli, role).await?;
+    let http = tokio::net::TcpListener::bind(cli.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cli.http_addr))?;
+    tracing::info!(http_addr = %http.local_addr()?, role = ?role, "HTTP listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut router: Router = httpkit::ops_router();
+
+    if matches!(role, Role::All | Role::GameServer) {
+        let udp = tokio::net::UdpSocket::bind(cli.udp_addr)
+            .await
+            .with_context(|| format!("binding UDP on {}", cli.udp_addr))?;
+        tracing::info!(udp_addr = %udp.local_addr()?, "UDP listening");
+        let config = game_server::GameServerConfig {
+            matches: cli.matches,
+            bots_per_match: cli.bots,
+            tick_hz: cli.tick_hz,
+            spectator_hz: cli.spectator_hz,
+            match_duration: Duration::from_secs(cli.match_secs),
+            keyframe_every: Duration::from_secs(cli.keyframe_secs.max(1)),
+            intermission: Duration::from_secs(cli.intermission_secs),
+            seed: cli.seed,
+            ..Default::default()
+        };
+        let (log, shutdown) = (backends.log.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = game_server::run(config, udp, log, shutdown).await {
+                tracing::error!(error = %e, "game server stopped");
+            }
+        });
+    }
+
+    let mut gateway = None;
+    if matches!(role, Role::All | Role::Gateway) {
+        let config = fanout_gateway::GatewayConfig {
+            viewer_queue: cli.viewer_queue,
+            ring_capacity: cli.resume_window,
+            stall_deadline: Duration::from_secs(cli.stall_secs.max(1)),
+            ..Default::default()
+        };
+        let gw = fanout_gateway::Gateway::new(config, backends.log.clone(), signer(&cli, role)?, shutdown.clone());
+        router = router.merge(gw.router());
+        gateway = Some(gw);
+    }
+
+    if matches!(role, Role::All | Role::Aggregator) {
+        let config = aggregator::AggregatorConfig {
+            consumer: cli.aggregator_name.clone(),
+            ..Default::default()
+        };
+        let (log, boards, history, shutdown) = (
+            backends.log.clone(),
+            backends.boards.clone().expect("connected for this role"),
+            backends.history.clone().expect("connected for this role"),
+            shutdown.clone(),
+        );
+        tasks.spawn(aggregator::run(config, log, boards, history, shutdown));
+    }
+
+    if matches!(role, Role::All | Role::SnapshotApi) {
+        let viewers: Option<snapshot_api::ViewerCounts> = gateway
+            .clone()
+            .map(|gw| Arc::new(move |id: &str| gw.viewers(id)) as snapshot_api::ViewerCounts);
+        let state = snapshot_api::ApiState::new(
+            snapshot_api::ApiConfig::default(),
+            backends.log.clone(),
+            backends.boards.clone().expect("connected for this role"),
+            backends.history.clone().expect("connected for this role"),
+            // In `all` the API and the gateway must share one signer.
+            match (&gateway, role) {
+                (Some(gw), _) => gw.signer(),
+                _ => signer(&cli, role)?,
+            },
+            viewers,
+        );
+        router = router.merge(snapshot_api::router(state));
+    }
+    router = router.merge(static_site()).fallback(httpkit::no_such_route);
+
+    let served = httpkit::serve(http, router, shutdown.clone());
+    let result = served.await;
+    shutdown.cancel();
+    // Give the rooms a moment to end their matches and flush their feeds.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("some tasks did not stop within 10 s");
+    }
+    result.context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,1 +1,275 @@
+//! The aggregator role: two durable consumers of every match's events.
+//!
+//! - `<name>-leaderboards` applies score changes to the leaderboards exactly once (the
+//!   leaderboard backend checks each event's gapless seq atomically with the change) and acks
+//!   only after the change is durable.
+//! - `<name>-history` writes match history in batches; while the history store is down it
+//!   retries the same batch (nothing is acked, so nothing is lost) without holding back the
+//!   leaderboards, which have their own consumer.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::{
+    ApplyOutcome, DeliveredEvent, EventConsumer, History, HistoryRecord, Leaderboards, MatchLog,
+    ScoredEvent,
+};
+use httpkit::Shutdown;
+use protocol::{EventRecord, LogRecord, MatchEvent};
+
+mod metrics;
+
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// Durable consumer name prefix; aggregators with the same name share the work.
+    pub consumer: String,
+    /// Events per batch at most.
+    pub batch_size: usize,
+    /// How long a batch waits to fill (the batch goes out at the size or this, whichever first).
+    pub batch_wait: Duration,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            consumer: "aggregator".into(),
+            batch_size: 500,
+            batch_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The leaderboard changes an event makes. Kills score a point on `global`.
+pub fn scored_event(record: &LogRecord, event: &EventRecord) -> ScoredEvent {
+    let changes = event
+        .event
+        .score_changes()
+        .into_iter()
+        .map(|(player, points)| ("global".to_string(), player.to_string(), points))
+        .collect();
+    let names = match &event.event {
+        MatchEvent::PlayerJoined { player, name, .. } => vec![(player.clone(), name.clone())],
+        _ => Vec::new(),
+    };
+    ScoredEvent {
+        match_id: record.match_id.clone(),
+        epoch: record.epoch,
+        seq: event.seq,
+        at_ms: event.at_ms,
+        changes,
+        names,
+    }
+}
+
+/// The history rows an event makes.
+pub fn history_records(record: &LogRecord, event: &EventRecord) -> Vec<HistoryRecord> {
+    let match_id = record.match_id.clone();
+    match &event.event {
+        MatchEvent::MatchStarted { region } => vec![HistoryRecord::MatchStarted {
+            match_id,
+            epoch: record.epoch,
+            region: region.clone(),
+            at_ms: event.at_ms,
+        }],
+        MatchEvent::PlayerJoined { player, name, .. } => vec![HistoryRecord::PlayerSeen {
+            player: player.clone(),
+            name: name.clone(),
+        }],
+        MatchEvent::PlayerLeft { .. } => Vec::new(),
+        MatchEvent::Kill { killer, victim } => vec![HistoryRecord::Kill {
+            match_id,
+            epoch: record.epoch,
+            seq: event.seq,
+            killer: killer.clone(),
+            victim: victim.clone(),
+            at_ms: event.at_ms,
+        }],
+        MatchEvent::MatchEnded { results } => vec![HistoryRecord::MatchEnded {
+            match_id,
+            at_ms: event.at_ms,
+            results: results.clone(),
+        }],
+    }
+}
+
+/// Decodes a batch; events that cannot be decoded are acked and logged (they can never apply).
+async fn decode(
+    consumer: &mut dyn EventConsumer,
+    batch: Vec<DeliveredEvent>,
+) -> Vec<(DeliveredEvent, EventRecord)> {
+    let mut out = Vec::with_capacity(batch.len());
+    for d in batch {
+        match serde_json::from_slice::<EventRecord>(&d.record.body) {
+            Ok(ev) => out.push((d, ev)),
+            Err(e) => {
+                tracing::error!(match_id = %d.record.match_id, version = d.record.version, error = %e, "undecodable event dropped");
+                metrics::UNDECODABLE.inc();
+                let _ = consumer.ack(&d).await;
+            }
+        }
+    }
+    out
+}
+
+async fn open_consumer(log: &dyn MatchLog, name: &str, shutdown: &Shutdown) -> Option<Box<dyn EventConsumer>> {
+    loop {
+        match log.event_consumer(name).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "cannot open event consumer; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Runs both consumers until `shutdown`.
+pub async fn run(
+    config: AggregatorConfig,
+    log: Arc<dyn MatchLog>,
+    boards: Arc<dyn Leaderboards>,
+    history: Arc<dyn History>,
+    shutdown: Shutdown,
+) {
+    let lb = tokio::spawn(run_leaderboards(config.clone(), log.clone(), boards, shutdown.clone()));
+    let hist = tokio::spawn(run_history(config, log, history, shutdown));
+    let _ = tokio::join!(lb, hist);
+}
+
+async fn run_leaderboards(
+    config: AggregatorConfig,
+    log: Arc<dyn MatchLog>,
+    boards: Arc<dyn Leaderboards>,
+    shutdown: Shutdown,
+) {
+    let name = format!("{}-leaderboards", config.consumer);
+    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else { return };
+    loop {
+        let batch = tokio::select! {
+            b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
+            _ = shutdown.cancelled() => return,
+        };
+        let batch = match batch {
+            Ok(b) if b.is_empty() => continue,
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching events failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let events = decode(&mut *consumer, batch).await;
+        let scored: Vec<ScoredEvent> = events.iter().map(|(d, e)| scored_event(&d.record, e)).collect();
+        let started = std::time::Instant::now();
+        match boards.apply(&scored).await {
+            Ok(outcomes) => {
+                metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+                for ((delivered, _), outcome) in events.iter().zip(outcomes) {
+                    let result = match outcome {
+                        ApplyOutcome::Applied => {
+                            metrics::APPLIED.inc();
+                            consumer.ack(delivered).await
+                        }
+                        ApplyOutcome::Duplicate => {
+                            metrics::DUPLICATES.inc();
+                            consumer.ack(delivered).await
+                        }
+                        ApplyOutcome::TooEarly => {
+                            metrics::TOO_EARLY.inc();
+                            consumer.retry_later(delivered, Duration::from_millis(200)).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        // Not acked: it will be redelivered and then found to be a duplicate.
+                        tracing::warn!(error = %e, "ack failed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "leaderboard store unavailable; batch will be redelivered");
+                metrics::APPLY_ERRORS.inc();
+                for (delivered, _) in &events {
+                    let _ = consumer.retry_later(delivered, Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn run_history(
+    config: AggregatorConfig,
+    log: Arc<dyn MatchLog>,
+    history: Arc<dyn History>,
+    shutdown: Shutdown,
+) {
+    let name = format!("{}-history", config.consumer);
+    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else { return };
+    loop {
+        let batch = tokio::select! {
+            b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
+            _ = shutdown.cancelled() => return,
+        };
+        let batch = match batch {
+            Ok(b) if b.is_empty() => continue,
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching events failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let events = decode(&mut *consumer, batch).await;
+        let records: Vec<HistoryRecord> = events
+            .iter()
+            .flat_map(|(d, e)| history_records(&d.record, e))
+            .collect();
+        // Retry the same batch until the store takes it: a history outage pauses this consumer
+        // only, and nothing is acked (so nothing is lost) until the write is durable.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match history.write(&records).await {
+                Ok(()) => {
+                    metrics::HISTORY_WRITTEN.inc_by(records.len() as u64);
+                    for (d, _) in &events {
+                        if let Err(e) = consumer.ack(d).await {
+                            tracing::warn!(error = %e, "ack failed; the write is idempotent");
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    metrics::HISTORY_ERRORS.inc();
+                    tracing::warn!(error = %e, "history write failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use protocol::LogKind;
+
+    #[test]
+    fn kills_score_the_killer_on_global() {
+        let rec = LogRecord { match_id: "m".into(), epoch: 3, version: 9, kind: LogKind::Event, body: Bytes::new() };
+        let ev = EventRecord { seq: 4, at_ms: 77, event: MatchEvent::Kill { killer: "a".into(), victim: "b".into() } };
+        let s = scored_event(&rec, &ev);
+        assert_eq!((s.epoch, s.seq, s.at_ms), (3, 4, 77));
+        assert_eq!(s.changes, vec![("global".to_string(), "a".to_string(), 1)]);
+        assert_eq!(history_records(&rec, &ev).len(), 1);
+        let join = EventRecord { seq: 5, at_ms: 1, event: MatchEvent::PlayerJoined { player: "c".into(), name: "Cy".into(), bot: true } };
+        assert_eq!(scored_event(&rec, &join).names, vec![("c".to_string(), "Cy".to_string())]);
+        assert!(scored_event(&rec, &join).changes.is_empty());
+    }
+}

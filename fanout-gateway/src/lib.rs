@@ -86,6 +86,11 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// The signer checking viewers' tokens (shared with the API in `all`).
+    pub fn signer(&self) -> TokenSigner {
+        self.signer.clone()
+    }
+
     /// Viewers of `match_id` connected to this gateway.
     pub fn viewers(&self, match_id: &str) -> u64 {
         self.registry

@@ -1,1 +1,409 @@
+//! The snapshot-api role: cold loads and reads over HTTP (DESIGN.md section 5). Every read of
+//! match state goes through a short-lived moka cache whose misses are single-flight, so a
+//! reconnect storm of N viewers costs one backend read per match per TTL.
 
+mod limiter;
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backends::{load_feed, BoardError, History, Leaderboards, LogError, MatchLog};
+use bytes::Bytes;
+use httpkit::ApiError;
+use moka::future::Cache;
+use protocol::{Claims, MatchStatus, SpectatorState, TokenSigner};
+use serde::Serialize;
+
+pub use limiter::RateLimiter;
+
+/// Viewer counts per match, from the gateways this API knows about.
+pub type ViewerCounts = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub guest_token_ttl: Duration,
+    /// How long a cached snapshot is served (and the `max-age` clients are told).
+    pub snapshot_ttl: Duration,
+    /// Guest tokens per IP: burst, then one per this interval.
+    pub guest_burst: u32,
+    pub guest_refill: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            guest_token_ttl: Duration::from_secs(24 * 3600),
+            snapshot_ttl: Duration::from_secs(1),
+            guest_burst: 30,
+            guest_refill: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A match state as served: the JSON body, encoded once per cache fill, and its position.
+#[derive(Debug)]
+struct Snapshot {
+    etag: HeaderValue,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ApiConfig,
+    log: Arc<dyn MatchLog>,
+    boards: Arc<dyn Leaderboards>,
+    history: Arc<dyn History>,
+    signer: TokenSigner,
+    snapshots: Cache<String, Arc<Snapshot>>,
+    match_list: Cache<(), Arc<Vec<MatchListing>>>,
+    viewers: Option<ViewerCounts>,
+    guests: RateLimiter,
+}
+
+impl ApiState {
+    pub fn new(
+        config: ApiConfig,
+        log: Arc<dyn MatchLog>,
+        boards: Arc<dyn Leaderboards>,
+        history: Arc<dyn History>,
+        signer: TokenSigner,
+        viewers: Option<ViewerCounts>,
+    ) -> ApiState {
+        let snapshots = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(config.snapshot_ttl)
+            .build();
+        let match_list = Cache::builder()
+            .max_capacity(1)
+            .time_to_live(Duration::from_secs(1))
+            .build();
+        let guests = RateLimiter::new(config.guest_burst, config.guest_refill, 100_000);
+        ApiState {
+            inner: Arc::new(Inner {
+                config,
+                log,
+                boards,
+                history,
+                signer,
+                snapshots,
+                match_list,
+                viewers,
+                guests,
+            }),
+        }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(placeholder_page))
+        .route("/v1/auth/guest", post(guest))
+        .route("/v1/matches", get(list_matches))
+        .route("/v1/matches/{id}/snapshot", get(snapshot))
+        .route("/v1/matches/{id}/results", get(results))
+        .route("/v1/leaderboards/{board}", get(leaderboard))
+        .route("/v1/leaderboards/{board}/around/{player}", get(around))
+        .route("/v1/players/{id}", get(player))
+        .with_state(state)
+}
+
+async fn placeholder_page() -> Html<&'static str> {
+    Html(include_str!("placeholder.html"))
+}
+
+#[derive(Serialize)]
+struct GuestResponse {
+    token: String,
+    player: String,
+    name: String,
+    expires_at: u64,
+}
+
+async fn guest(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+) -> Result<Json<GuestResponse>, ApiError> {
+    // Absent when the router is driven without a socket (tests with `oneshot`).
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    if let Some(ip) = ip {
+        if !s.inner.guests.allow(ip) {
+            metrics::GUESTS_LIMITED.inc();
+            return Err(ApiError::too_many("too many guest sign-ins from this address; slow down"));
+        }
+    }
+    let suffix: u32 = rand::random();
+    let player = format!("g-{suffix:08x}");
+    let exp = httpkit::now_secs() + s.inner.config.guest_token_ttl.as_secs();
+    let name = format!("Guest-{:04X}", suffix & 0xffff);
+    let token = s.inner.signer.sign(&Claims {
+        sub: player.clone(),
+        name: name.clone(),
+        exp,
+    });
+    Ok(Json(GuestResponse {
+        token,
+        player,
+        name,
+        expires_at: exp,
+    }))
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ScoreLine {
+    player: String,
+    name: String,
+    score: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct MatchListing {
+    id: String,
+    region: String,
+    status: MatchStatus,
+    players: usize,
+    viewers: u64,
+    epoch: u64,
+    version: u64,
+    /// The top scores, as of the latest keyframe (a few seconds old at most).
+    top: Vec<ScoreLine>,
+}
+
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::UnknownMatch => ApiError::not_found("no such match"),
+        other => {
+            tracing::warn!(error = %other, "match log read failed");
+            ApiError::unavailable("match log unavailable; retry")
+        }
+    }
+}
+
+async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError> {
+    let ids = log.match_ids().await.map_err(log_error)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Ok(kf) = log.latest_keyframe(&id).await else { continue };
+        let Ok(state) = serde_json::from_slice::<SpectatorState>(&kf.body) else { continue };
+        let mut top: Vec<ScoreLine> = state
+            .players
+            .iter()
+            .map(|(p, v)| ScoreLine { player: p.clone(), name: v.name.clone(), score: v.score })
+            .collect();
+        top.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.player.cmp(&b.player)));
+        top.truncate(5);
+        out.push(MatchListing {
+            id,
+            region: state.region.clone(),
+            status: state.status,
+            players: state.players.len(),
+            viewers: 0,
+            epoch: kf.epoch,
+            version: kf.version,
+            top,
+        });
+    }
+    // Live matches first, the most recent first within each status.
+    out.sort_by(|a, b| {
+        (a.status != MatchStatus::Live)
+            .cmp(&(b.status != MatchStatus::Live))
+            .then(b.epoch.cmp(&a.epoch))
+    });
+    Ok(out)
+}
+
+async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let inner = s.inner.clone();
+    let listings = s
+        .inner
+        .match_list
+        .try_get_with((), async move { load_listings(&*inner.log).await.map(Arc::new) })
+        .await
+        .map_err(|e| (*e).clone())?;
+    let mut listings = (*listings).clone();
+    // Ended matches stay listed for their retention; show the most recent few.
+    let mut ended = 0;
+    listings.retain(|m| m.status == MatchStatus::Live || { ended += 1; ended <= 20 });
+    if let Some(viewers) = &s.inner.viewers {
+        for m in &mut listings {
+            m.viewers = viewers(&m.id);
+        }
+    }
+    let mut res = Json(serde_json::json!({ "matches": listings })).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    Ok(res)
+}
+
+async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapshot>, ApiError> {
+    metrics::SNAPSHOT_LOADS.inc();
+    let feed = load_feed(log, match_id, 1).await.map_err(log_error)?;
+    let position = feed.position().ok_or_else(|| ApiError::not_found("no such match"))?;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "match": match_id,
+        "epoch": position.epoch,
+        "version": position.version,
+        "state": feed.state(),
+    }))
+    .map_err(ApiError::internal)?;
+    Ok(Arc::new(Snapshot {
+        etag: HeaderValue::from_str(&format!("\"{position}\"")).map_err(ApiError::internal)?,
+        body: body.into(),
+    }))
+}
+
+async fn snapshot(
+    State(s): State<ApiState>,
+    Path(match_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !protocol::valid_match_id(&match_id) {
+        return Err(ApiError::not_found("no such match"));
+    }
+    let inner = s.inner.clone();
+    let key = match_id.clone();
+    let snap = s
+        .inner
+        .snapshots
+        .try_get_with(key, async move { load_snapshot(&*inner.log, &match_id).await })
+        .await
+        .map_err(|e| (*e).clone())?;
+    let max_age = s.inner.config.snapshot_ttl.as_secs().max(1);
+    let cache_control = HeaderValue::from_str(&format!(
+        "public, max-age={max_age}, stale-while-revalidate=5"
+    ))
+    .expect("ascii");
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == snap.etag || t.trim() == "*"));
+    let mut res = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], snap.body.clone()).into_response()
+    };
+    res.headers_mut().insert(header::ETAG, snap.etag.clone());
+    res.headers_mut().insert(header::CACHE_CONTROL, cache_control);
+    Ok(res)
+}
+
+async fn results(
+    State(s): State<ApiState>,
+    Path(match_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let summary = s
+        .inner
+        .history
+        .match_summary(&match_id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "history read failed");
+            ApiError::unavailable("history unavailable; retry")
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no recorded match {match_id:?}")))?;
+    Ok(Json(summary).into_response())
+}
+
+async fn player(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let stats = s
+        .inner
+        .history
+        .player_stats(&id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "history read failed");
+            ApiError::unavailable("history unavailable; retry")
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no player {id:?}")))?;
+    Ok(Json(stats).into_response())
+}
+
+pub const MAX_LIMIT: u64 = 1000;
+pub const MAX_OFFSET: u64 = 1_000_000;
+pub const MAX_RADIUS: u64 = 100;
+
+/// Parses an optional unsigned query parameter within `0..=max`, naming the field on error.
+fn bounded(
+    q: &HashMap<String, String>,
+    field: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    let Some(raw) = q.get(field) else { return Ok(default) };
+    let v: u64 = raw
+        .parse()
+        .map_err(|_| ApiError::invalid(field, format!("expected a whole number from {min} to {max}")))?;
+    if v < min || v > max {
+        return Err(ApiError::invalid(field, format!("must be from {min} to {max}")));
+    }
+    Ok(v)
+}
+
+fn board_error(e: BoardError) -> ApiError {
+    tracing::warn!(error = %e, "leaderboard read failed");
+    ApiError::unavailable("leaderboards unavailable; retry")
+}
+
+fn board_response(board: &str, page: backends::BoardPage) -> Response {
+    Json(serde_json::json!({
+        "board": board,
+        "updated_at": page.updated_at_ms,
+        "stale": false,
+        "total": page.total,
+        "entries": page.entries,
+    }))
+    .into_response()
+}
+
+async fn leaderboard(
+    State(s): State<ApiState>,
+    Path(board): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = bounded(&q, "limit", 100, 1, MAX_LIMIT)?;
+    let offset = bounded(&q, "offset", 0, 0, MAX_OFFSET)?;
+    if !backends::leaderboard::valid_board(&board) {
+        return Err(ApiError::not_found(format!("no leaderboard {board:?}")));
+    }
+    let page = s
+        .inner
+        .boards
+        .top(&board, offset, limit)
+        .await
+        .map_err(board_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no leaderboard {board:?}")))?;
+    Ok(board_response(&board, page))
+}
+
+async fn around(
+    State(s): State<ApiState>,
+    Path((board, player)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let radius = bounded(&q, "radius", 10, 0, MAX_RADIUS)?;
+    if !backends::leaderboard::valid_board(&board) {
+        return Err(ApiError::not_found(format!("no leaderboard {board:?}")));
+    }
+    let page = s
+        .inner
+        .boards
+        .around(&board, &player, radius)
+        .await
+        .map_err(board_error)?
+        .ok_or_else(|| ApiError::not_found(format!("{player:?} is not on leaderboard {board:?}")))?;
+    Ok(board_response(&board, page))
+}
