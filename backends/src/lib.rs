@@ -12,6 +12,7 @@ pub use leaderboard::{
     ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
     RedisLeaderboards, ScoredEvent,
 };
+pub use protocol::LogKind;
 pub use matchlog::{
     load_feed, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, MemoryLog,
     MemoryLogLimits, NatsLog, NatsLogConfig,

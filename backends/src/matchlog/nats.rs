@@ -64,11 +64,10 @@ impl NatsLog {
         let root = &config.subject_root;
         let stream_config = stream::Config {
             name: config.stream.clone(),
-            subjects: vec![
-                format!("{root}.*.delta"),
-                format!("{root}.*.event"),
-                format!("{root}.*.keyframe"),
-            ],
+            // `<root>.>` rather than the three kinds: a consumer filter must be a subset of one
+            // stream subject, and `<root>.<match>.*` (one match, every kind) is the filter
+            // followers need; nats-server 2.9 has no multi-subject filters.
+            subjects: vec![format!("{root}.>")],
             max_age: config.max_age,
             max_bytes: config.max_bytes,
             storage: stream::StorageType::File,
@@ -146,8 +145,10 @@ impl MatchLog for NatsLog {
             .map_err(LogError::unavailable)?;
         let messages = consumer.messages().await.map_err(LogError::unavailable)?;
         let root = root.clone();
+        let wanted = match_id.to_string();
         let stream = messages.filter_map(move |m| {
             let root = root.clone();
+            let wanted = wanted.clone();
             async move {
                 let m = match m {
                     Ok(m) => m,
@@ -157,6 +158,9 @@ impl MatchLog for NatsLog {
                 let caught_up = info.pending == 0;
                 let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
                 let (match_id, kind) = parse_subject(&root, m.subject.as_str())?;
+                if match_id != wanted {
+                    return None;
+                }
                 let header = |name: &str| -> Option<u64> {
                     m.headers.as_ref()?.get(name)?.as_str().parse().ok()
                 };

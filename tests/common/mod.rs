@@ -1,0 +1,277 @@
+//! Test harness: runs the real `grandstand` binary on port 0 against a chosen backend and
+//! talks to it as clients do (HTTP, WebSocket, SSE).
+#![allow(dead_code)]
+
+pub mod clients;
+pub mod scenarios;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn unique() -> String {
+    format!("{}{:06x}", std::process::id(), rand::random::<u32>() & 0xffffff)
+}
+
+/// Where a test's platform keeps its state. Kept across restarts of the process.
+pub enum Backend {
+    Embedded {
+        data_dir: PathBuf,
+    },
+    Real {
+        data_dir: PathBuf,
+        stream: String,
+        subject_root: String,
+        redis_prefix: String,
+        database: String,
+    },
+}
+
+impl Backend {
+    pub fn embedded() -> Backend {
+        let data_dir = std::env::temp_dir().join(format!("gs-test-{}", unique()));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        Backend::Embedded { data_dir }
+    }
+
+    /// Fresh, isolated names on the real NATS, Redis and PostgreSQL of this machine.
+    pub async fn real() -> Backend {
+        let id = unique();
+        let data_dir = std::env::temp_dir().join(format!("gs-test-{id}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let database = format!("gs_test_{id}");
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await.unwrap();
+        Backend::Real {
+            data_dir,
+            stream: format!("GS_TEST_{id}"),
+            subject_root: format!("gstest{id}"),
+            redis_prefix: format!("gs-test-{id}:"),
+            database,
+        }
+    }
+
+    pub fn data_dir(&self) -> &PathBuf {
+        match self {
+            Backend::Embedded { data_dir } | Backend::Real { data_dir, .. } => data_dir,
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("GRANDSTAND_DATA_DIR".to_string(), self.data_dir().display().to_string())];
+        if let Backend::Real { stream, subject_root, redis_prefix, database, .. } = self {
+            env.extend([
+                ("NATS_URL".into(), NATS_URL.into()),
+                ("NATS_STREAM".into(), stream.clone()),
+                ("NATS_SUBJECT_ROOT".into(), subject_root.clone()),
+                ("NATS_MAX_AGE_SECS".into(), "900".into()),
+                ("REDIS_URL".into(), REDIS_URL.into()),
+                ("REDIS_PREFIX".into(), redis_prefix.clone()),
+                ("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{database}")),
+            ]);
+        }
+        env
+    }
+
+    /// Removes what the test created on the shared servers.
+    pub async fn cleanup(self) {
+        if let Backend::Real { stream, redis_prefix, database, data_dir, .. } = &self {
+            if let Ok(client) = async_nats::connect(NATS_URL).await {
+                let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
+            }
+            if let Ok(client) = redis::Client::open(REDIS_URL) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{redis_prefix}*")).query_async(&mut c).await.unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
+                    }
+                }
+            }
+            if let Ok(admin) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).execute(&admin).await;
+            }
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
+        if let Backend::Embedded { data_dir } = &self {
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
+    }
+}
+
+pub struct App {
+    pub base: String,
+    pub http: reqwest::Client,
+    child: Child,
+    log_path: PathBuf,
+    args: Vec<String>,
+}
+
+impl App {
+    /// Starts `grandstand` (all roles) on port 0 and waits for its bound address.
+    pub async fn spawn(backend: &Backend, args: &[&str]) -> App {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let n = std::fs::read_dir(backend.data_dir()).map(|d| d.count()).unwrap_or(0);
+        let log_path = backend.data_dir().join(format!("grandstand-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_grandstand"))
+            .args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
+            .args(&args)
+            .envs(backend.env())
+            .env("RUST_LOG", "info,sqlx=warn,async_nats=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn grandstand");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(i) = text.find("http_addr=") {
+                let addr: String = text[i + 10..].chars().take_while(|c| !c.is_whitespace()).collect();
+                break format!("http://{addr}");
+            }
+            if Instant::now() > deadline {
+                panic!("grandstand did not start:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        App {
+            base,
+            http: reqwest::Client::new(),
+            child,
+            log_path,
+            args,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn guest_token(&self) -> String {
+        let r = self.http.post(self.url("/v1/auth/guest")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    /// Live matches, waiting until at least `n` are listed.
+    pub async fn live_matches(&self, n: usize) -> Vec<Value> {
+        eventually(Duration::from_secs(20), || async {
+            let (status, body) = self.get("/v1/matches").await;
+            let live: Vec<Value> = body["matches"]
+                .as_array()
+                .map(|a| a.iter().filter(|m| m["status"] == "live").cloned().collect())
+                .unwrap_or_default();
+            (status == 200 && live.len() >= n).then_some(live)
+        })
+        .await
+        .unwrap_or_else(|| panic!("fewer than {n} live matches\n{}", self.log()))
+    }
+
+    /// Stops the process with SIGTERM (graceful shutdown) and waits for it.
+    pub async fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "grandstand exited with {status}\n{}", self.log());
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("grandstand did not stop on SIGTERM\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::mem::take(&mut self.args)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or gives up after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the viewer protocol's guarantee on what one viewer receives, across reconnects:
+/// a snapshot first; then, within an epoch, strictly consecutive versions; a snapshot may
+/// replace a run of deltas (never going back); a new epoch starts with a snapshot.
+#[derive(Default, Debug)]
+pub struct VersionLine {
+    pub position: Option<(u64, u64)>,
+    pub snapshots: usize,
+    pub messages: usize,
+}
+
+impl VersionLine {
+    pub fn observe(&mut self, msg: &Value) -> Result<(), String> {
+        let e = msg["epoch"].as_u64().ok_or("no epoch")?;
+        let v = msg["version"].as_u64().ok_or("no version")?;
+        self.messages += 1;
+        match msg["type"].as_str() {
+            Some("snapshot") => {
+                if let Some((pe, pv)) = self.position {
+                    if pe == e && v < pv {
+                        return Err(format!("snapshot at {e}:{v} went back from {pe}:{pv}"));
+                    }
+                }
+                self.snapshots += 1;
+            }
+            Some("delta") | Some("event") => {
+                let (pe, pv) = self.position.ok_or("stream did not start with a snapshot")?;
+                if e != pe {
+                    return Err(format!("epoch changed {pe} -> {e} without a snapshot"));
+                }
+                if v != pv + 1 {
+                    return Err(format!("after {pe}:{pv} got {e}:{v} ({})", if v <= pv { "duplicate" } else { "gap" }));
+                }
+            }
+            other => return Err(format!("unknown message type {other:?}")),
+        }
+        self.position = Some((e, v));
+        Ok(())
+    }
+
+    pub fn since(&self) -> String {
+        let (e, v) = self.position.expect("seen something");
+        format!("{e}:{v}")
+    }
+}

@@ -1,0 +1,27 @@
+//! The whole platform on the embedded default: in-process log, in-memory leaderboards,
+//! SQLite history.
+
+mod common;
+
+use common::{scenarios, Backend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_contract() {
+    let backend = Backend::embedded();
+    scenarios::stream_contract(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_and_history() {
+    let backend = Backend::embedded();
+    scenarios::scores_and_history(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors() {
+    let backend = Backend::embedded();
+    scenarios::http_errors(&backend).await;
+    backend.cleanup().await;
+}

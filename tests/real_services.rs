@@ -1,0 +1,27 @@
+//! The whole platform on the real NATS JetStream, Redis and PostgreSQL of this machine,
+//! each test under its own stream, key prefix and database.
+
+mod common;
+
+use common::{scenarios, Backend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_contract() {
+    let backend = Backend::real().await;
+    scenarios::stream_contract(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_and_history() {
+    let backend = Backend::real().await;
+    scenarios::scores_and_history(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors() {
+    let backend = Backend::real().await;
+    scenarios::http_errors(&backend).await;
+    backend.cleanup().await;
+}
