@@ -21,16 +21,30 @@ use httpkit::Shutdown;
 use protocol::TokenSigner;
 
 #[derive(Parser, Debug)]
-#[command(name = "grandstand", version, about = "Live multiplayer matches and leaderboards, in real time")]
+#[command(
+    name = "grandstand",
+    version,
+    about = "Live multiplayer matches and leaderboards, in real time"
+)]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
 
     /// HTTP address: API, viewer streams, dashboard, /healthz and /metrics. Port 0 picks one.
-    #[arg(long, env = "GRANDSTAND_HTTP_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     http_addr: SocketAddr,
     /// UDP address players connect to (game-server). Port 0 picks one.
-    #[arg(long, env = "GRANDSTAND_UDP_ADDR", default_value = "127.0.0.1:7777", global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_UDP_ADDR",
+        default_value = "127.0.0.1:7777",
+        global = true
+    )]
     udp_addr: SocketAddr,
 
     /// NATS server with JetStream for the match log; the embedded in-process log when unset.
@@ -40,7 +54,12 @@ struct Cli {
     #[arg(long, env = "NATS_STREAM", default_value = "MATCHES", global = true)]
     nats_stream: String,
     /// First token of match log subjects (`<root>.<match>.delta|event|keyframe`).
-    #[arg(long, env = "NATS_SUBJECT_ROOT", default_value = "match", global = true)]
+    #[arg(
+        long,
+        env = "NATS_SUBJECT_ROOT",
+        default_value = "match",
+        global = true
+    )]
     nats_subject_root: String,
     /// How long the match log keeps messages, in seconds.
     #[arg(long, env = "NATS_MAX_AGE_SECS", default_value_t = 24 * 3600, global = true)]
@@ -55,11 +74,21 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// Where the embedded defaults keep files (the SQLite history).
-    #[arg(long, env = "GRANDSTAND_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Secret signing bearer tokens. Required when roles run in separate processes; `all`
     /// makes up one per process when unset (tokens then die with the process).
-    #[arg(long, env = "GRANDSTAND_TOKEN_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_TOKEN_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     token_secret: Option<String>,
 
     /// Matches each game server keeps running.
@@ -75,30 +104,65 @@ struct Cli {
     #[arg(long, env = "GRANDSTAND_SPECTATOR_HZ", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60), global = true)]
     spectator_hz: u32,
     /// Length of a match in seconds.
-    #[arg(long, env = "GRANDSTAND_MATCH_SECS", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_MATCH_SECS",
+        default_value_t = 300,
+        global = true
+    )]
     match_secs: u64,
     /// Seconds between keyframes.
-    #[arg(long, env = "GRANDSTAND_KEYFRAME_SECS", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_KEYFRAME_SECS",
+        default_value_t = 5,
+        global = true
+    )]
     keyframe_secs: u64,
     /// Seconds between a match's end and the next one in its slot.
-    #[arg(long, env = "GRANDSTAND_INTERMISSION_SECS", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_INTERMISSION_SECS",
+        default_value_t = 5,
+        global = true
+    )]
     intermission_secs: u64,
     /// Seed for the matches' simulations (random when unset).
     #[arg(long, env = "GRANDSTAND_SEED", global = true)]
     seed: Option<u64>,
 
     /// Frames queued per viewer before its backlog is replaced by a snapshot.
-    #[arg(long, env = "GRANDSTAND_VIEWER_QUEUE", default_value_t = 64, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_VIEWER_QUEUE",
+        default_value_t = 64,
+        global = true
+    )]
     viewer_queue: usize,
     /// Recent frames each match hub keeps for resuming viewers.
-    #[arg(long, env = "GRANDSTAND_RESUME_WINDOW", default_value_t = 256, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_RESUME_WINDOW",
+        default_value_t = 256,
+        global = true
+    )]
     resume_window: usize,
     /// Seconds a viewer may leave frames unread before it is closed.
-    #[arg(long, env = "GRANDSTAND_STALL_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_STALL_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     stall_secs: u64,
 
     /// Durable consumer name of the aggregator (aggregators with one name share the work).
-    #[arg(long, env = "GRANDSTAND_AGGREGATOR", default_value = "aggregator", global = true)]
+    #[arg(
+        long,
+        env = "GRANDSTAND_AGGREGATOR",
+        default_value = "aggregator",
+        global = true
+    )]
     aggregator_name: String,
 }
 
@@ -144,7 +208,9 @@ async fn match_log(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn MatchLog>> {
 async fn leaderboards(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn Leaderboards>> {
     match &cli.redis_url {
         Some(url) => {
-            let lb = RedisLeaderboards::connect(url, &cli.redis_prefix).await.context("connecting to Redis")?;
+            let lb = RedisLeaderboards::connect(url, &cli.redis_prefix)
+                .await
+                .context("connecting to Redis")?;
             tracing::info!(%url, prefix = %cli.redis_prefix, "leaderboards: Redis");
             Ok(Arc::new(lb))
         }
@@ -152,7 +218,9 @@ async fn leaderboards(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn Leaderboa
             tracing::info!("leaderboards: embedded (in-memory)");
             Ok(Arc::new(MemoryLeaderboards::new()))
         }
-        None => bail!("{role:?} needs REDIS_URL; embedded leaderboards only work with `grandstand all`"),
+        None => {
+            bail!("{role:?} needs REDIS_URL; embedded leaderboards only work with `grandstand all`")
+        }
     }
 }
 
@@ -165,8 +233,14 @@ async fn history(cli: &Cli) -> anyhow::Result<Arc<dyn History>> {
             format!("sqlite://{}", cli.data_dir.join("history.sqlite").display())
         }
     };
-    let h = SqlHistory::connect(&url).await.context("opening the history store")?;
-    let shown = if url.starts_with("sqlite:") { url.clone() } else { "PostgreSQL (DATABASE_URL)".into() };
+    let h = SqlHistory::connect(&url)
+        .await
+        .context("opening the history store")?;
+    let shown = if url.starts_with("sqlite:") {
+        url.clone()
+    } else {
+        "PostgreSQL (DATABASE_URL)".into()
+    };
     tracing::info!(store = %shown, "history ready (migrations applied)");
     Ok(Arc::new(h))
 }
@@ -175,11 +249,18 @@ async fn connect(cli: &Cli, role: Role) -> anyhow::Result<Backends> {
     let log = match_log(cli, role).await?;
     let needs_reads = matches!(role, Role::All | Role::Aggregator | Role::SnapshotApi);
     let (boards, history) = if needs_reads {
-        (Some(leaderboards(cli, role).await?), Some(history(cli).await?))
+        (
+            Some(leaderboards(cli, role).await?),
+            Some(history(cli).await?),
+        )
     } else {
         (None, None)
     };
-    Ok(Backends { log, boards, history })
+    Ok(Backends {
+        log,
+        boards,
+        history,
+    })
 }
 
 fn signer(cli: &Cli, role: Role) -> anyhow::Result<TokenSigner> {
@@ -274,7 +355,12 @@ async fn main() -> anyhow::Result<()> {
             stall_deadline: Duration::from_secs(cli.stall_secs.max(1)),
             ..Default::default()
         };
-        let gw = fanout_gateway::Gateway::new(config, backends.log.clone(), signer(&cli, role)?, shutdown.clone());
+        let gw = fanout_gateway::Gateway::new(
+            config,
+            backends.log.clone(),
+            signer(&cli, role)?,
+            shutdown.clone(),
+        );
         router = router.merge(gw.router());
         gateway = Some(gw);
     }
@@ -318,7 +404,10 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     // Give the rooms a moment to end their matches and flush their feeds.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within 10 s");
     }
     result.context("HTTP server")?;

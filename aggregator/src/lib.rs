@@ -111,7 +111,11 @@ async fn decode(
     out
 }
 
-async fn open_consumer(log: &dyn MatchLog, name: &str, shutdown: &Shutdown) -> Option<Box<dyn EventConsumer>> {
+async fn open_consumer(
+    log: &dyn MatchLog,
+    name: &str,
+    shutdown: &Shutdown,
+) -> Option<Box<dyn EventConsumer>> {
     loop {
         match log.event_consumer(name).await {
             Ok(c) => return Some(c),
@@ -134,7 +138,12 @@ pub async fn run(
     history: Arc<dyn History>,
     shutdown: Shutdown,
 ) {
-    let lb = tokio::spawn(run_leaderboards(config.clone(), log.clone(), boards, shutdown.clone()));
+    let lb = tokio::spawn(run_leaderboards(
+        config.clone(),
+        log.clone(),
+        boards,
+        shutdown.clone(),
+    ));
     let hist = tokio::spawn(run_history(config, log, history, shutdown));
     let _ = tokio::join!(lb, hist);
 }
@@ -146,7 +155,9 @@ async fn run_leaderboards(
     shutdown: Shutdown,
 ) {
     let name = format!("{}-leaderboards", config.consumer);
-    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else { return };
+    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else {
+        return;
+    };
     loop {
         let batch = tokio::select! {
             b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
@@ -162,7 +173,10 @@ async fn run_leaderboards(
             }
         };
         let events = decode(&mut *consumer, batch).await;
-        let scored: Vec<ScoredEvent> = events.iter().map(|(d, e)| scored_event(&d.record, e)).collect();
+        let scored: Vec<ScoredEvent> = events
+            .iter()
+            .map(|(d, e)| scored_event(&d.record, e))
+            .collect();
         let started = std::time::Instant::now();
         match boards.apply(&scored).await {
             Ok(outcomes) => {
@@ -179,7 +193,9 @@ async fn run_leaderboards(
                         }
                         ApplyOutcome::TooEarly => {
                             metrics::TOO_EARLY.inc();
-                            consumer.retry_later(delivered, Duration::from_millis(200)).await
+                            consumer
+                                .retry_later(delivered, Duration::from_millis(200))
+                                .await
                         }
                     };
                     if let Err(e) = result {
@@ -192,7 +208,9 @@ async fn run_leaderboards(
                 tracing::warn!(error = %e, "leaderboard store unavailable; batch will be redelivered");
                 metrics::APPLY_ERRORS.inc();
                 for (delivered, _) in &events {
-                    let _ = consumer.retry_later(delivered, Duration::from_secs(1)).await;
+                    let _ = consumer
+                        .retry_later(delivered, Duration::from_secs(1))
+                        .await;
                 }
             }
         }
@@ -206,7 +224,9 @@ async fn run_history(
     shutdown: Shutdown,
 ) {
     let name = format!("{}-history", config.consumer);
-    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else { return };
+    let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else {
+        return;
+    };
     loop {
         let batch = tokio::select! {
             b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
@@ -262,14 +282,38 @@ mod tests {
 
     #[test]
     fn kills_score_the_killer_on_global() {
-        let rec = LogRecord { match_id: "m".into(), epoch: 3, version: 9, kind: LogKind::Event, body: Bytes::new() };
-        let ev = EventRecord { seq: 4, at_ms: 77, event: MatchEvent::Kill { killer: "a".into(), victim: "b".into() } };
+        let rec = LogRecord {
+            match_id: "m".into(),
+            epoch: 3,
+            version: 9,
+            kind: LogKind::Event,
+            body: Bytes::new(),
+        };
+        let ev = EventRecord {
+            seq: 4,
+            at_ms: 77,
+            event: MatchEvent::Kill {
+                killer: "a".into(),
+                victim: "b".into(),
+            },
+        };
         let s = scored_event(&rec, &ev);
         assert_eq!((s.epoch, s.seq, s.at_ms), (3, 4, 77));
         assert_eq!(s.changes, vec![("global".to_string(), "a".to_string(), 1)]);
         assert_eq!(history_records(&rec, &ev).len(), 1);
-        let join = EventRecord { seq: 5, at_ms: 1, event: MatchEvent::PlayerJoined { player: "c".into(), name: "Cy".into(), bot: true } };
-        assert_eq!(scored_event(&rec, &join).names, vec![("c".to_string(), "Cy".to_string())]);
+        let join = EventRecord {
+            seq: 5,
+            at_ms: 1,
+            event: MatchEvent::PlayerJoined {
+                player: "c".into(),
+                name: "Cy".into(),
+                bot: true,
+            },
+        };
+        assert_eq!(
+            scored_event(&rec, &join).names,
+            vec![("c".to_string(), "Cy".to_string())]
+        );
         assert!(scored_event(&rec, &join).changes.is_empty());
     }
 }

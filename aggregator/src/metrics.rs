@@ -3,26 +3,54 @@ use std::sync::LazyLock;
 use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
 
 pub static APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_events_applied_total", "Events applied to the leaderboards").unwrap()
+    register_int_counter!(
+        "agg_events_applied_total",
+        "Events applied to the leaderboards"
+    )
+    .unwrap()
 });
 pub static DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_events_duplicate_total", "Re-delivered events recognised and skipped").unwrap()
+    register_int_counter!(
+        "agg_events_duplicate_total",
+        "Re-delivered events recognised and skipped"
+    )
+    .unwrap()
 });
 pub static TOO_EARLY: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_events_too_early_total", "Events delivered before their predecessor (retried)").unwrap()
+    register_int_counter!(
+        "agg_events_too_early_total",
+        "Events delivered before their predecessor (retried)"
+    )
+    .unwrap()
 });
 pub static APPLY_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_apply_errors_total", "Batches the leaderboard store refused (retried)").unwrap()
+    register_int_counter!(
+        "agg_apply_errors_total",
+        "Batches the leaderboard store refused (retried)"
+    )
+    .unwrap()
 });
 pub static UNDECODABLE: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_events_undecodable_total", "Events that could not be decoded").unwrap()
+    register_int_counter!(
+        "agg_events_undecodable_total",
+        "Events that could not be decoded"
+    )
+    .unwrap()
 });
 pub static HISTORY_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("agg_history_records_total", "History records written").unwrap()
 });
 pub static HISTORY_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("agg_history_errors_total", "Failed history writes (retried)").unwrap()
+    register_int_counter!(
+        "agg_history_errors_total",
+        "Failed history writes (retried)"
+    )
+    .unwrap()
 });
 pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("agg_apply_batch_seconds", "Time to apply one batch to the leaderboards").unwrap()
+    register_histogram!(
+        "agg_apply_batch_seconds",
+        "Time to apply one batch to the leaderboards"
+    )
+    .unwrap()
 });

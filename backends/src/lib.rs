@@ -12,8 +12,8 @@ pub use leaderboard::{
     ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
     RedisLeaderboards, ScoredEvent,
 };
-pub use protocol::LogKind;
 pub use matchlog::{
     load_feed, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, MemoryLog,
     MemoryLogLimits, NatsLog, NatsLogConfig,
 };
+pub use protocol::LogKind;

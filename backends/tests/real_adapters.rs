@@ -13,7 +13,11 @@ use futures::StreamExt;
 use protocol::LogRecord;
 
 fn unique() -> String {
-    format!("{}{:06x}", std::process::id(), rand::random::<u32>() & 0xffffff)
+    format!(
+        "{}{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xffffff
+    )
 }
 
 fn rec(match_id: &str, version: u64, kind: LogKind) -> LogRecord {
@@ -32,18 +36,28 @@ async fn nats_log() -> (NatsLog, NatsLogConfig) {
     config.stream = format!("GS_ADAPTER_{id}");
     config.subject_root = format!("gsadapter{id}");
     config.max_age = Duration::from_secs(600);
-    (NatsLog::connect(config.clone()).await.expect("NATS JetStream on 127.0.0.1:4222"), config)
+    (
+        NatsLog::connect(config.clone())
+            .await
+            .expect("NATS JetStream on 127.0.0.1:4222"),
+        config,
+    )
 }
 
 async fn drop_stream(config: &NatsLogConfig) {
     let client = async_nats::connect(&config.url).await.unwrap();
-    let _ = async_nats::jetstream::new(client).delete_stream(&config.stream).await;
+    let _ = async_nats::jetstream::new(client)
+        .delete_stream(&config.stream)
+        .await;
 }
 
 #[tokio::test]
 async fn nats_follow_reads_one_match_from_its_latest_keyframe() {
     let (log, config) = nats_log().await;
-    assert!(matches!(log.follow("m1").await, Err(backends::LogError::UnknownMatch)));
+    assert!(matches!(
+        log.follow("m1").await,
+        Err(backends::LogError::UnknownMatch)
+    ));
     for (m, v, k) in [
         ("m1", 0, LogKind::Keyframe),
         ("m2", 0, LogKind::Keyframe),
@@ -60,24 +74,45 @@ async fn nats_follow_reads_one_match_from_its_latest_keyframe() {
     let mut s = log.follow("m1").await.unwrap();
     let mut got = Vec::new();
     loop {
-        let item = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap().unwrap();
-        got.push((item.record.match_id.clone(), item.record.version, item.record.kind));
+        let item = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push((
+            item.record.match_id.clone(),
+            item.record.version,
+            item.record.kind,
+        ));
         if item.caught_up {
             break;
         }
     }
     assert_eq!(
         got,
-        vec![("m1".to_string(), 2, LogKind::Keyframe), ("m1".to_string(), 3, LogKind::Delta)]
+        vec![
+            ("m1".to_string(), 2, LogKind::Keyframe),
+            ("m1".to_string(), 3, LogKind::Delta)
+        ]
     );
     // Live records follow, still only this match's.
     log.publish(rec("m2", 3, LogKind::Delta)).await.unwrap();
     log.publish(rec("m1", 4, LogKind::Event)).await.unwrap();
-    let item = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!((item.record.match_id.as_str(), item.record.version), ("m1", 4));
+    let item = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (item.record.match_id.as_str(), item.record.version),
+        ("m1", 4)
+    );
     let kf = log.latest_keyframe("m1").await.unwrap();
     assert_eq!((kf.epoch, kf.version), (7, 2));
-    assert_eq!(log.match_ids().await.unwrap(), vec!["m1".to_string(), "m2".to_string()]);
+    assert_eq!(
+        log.match_ids().await.unwrap(),
+        vec!["m1".to_string(), "m2".to_string()]
+    );
     drop_stream(&config).await;
 }
 
@@ -91,17 +126,25 @@ async fn nats_event_consumers_are_durable_and_redeliver_what_was_not_acked() {
     log.publish(rec("m1", 5, LogKind::Delta)).await.unwrap();
     let mut c = log.event_consumer("agg").await.unwrap();
     let batch = c.next_batch(10, Duration::from_secs(1)).await.unwrap();
-    assert_eq!(batch.iter().map(|e| e.record.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        batch.iter().map(|e| e.record.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     for e in &batch[..2] {
         c.ack(e).await.unwrap();
     }
-    c.retry_later(&batch[2], Duration::from_millis(10)).await.unwrap();
+    c.retry_later(&batch[2], Duration::from_millis(10))
+        .await
+        .unwrap();
     drop(c);
     // A new consumer under the same durable name gets what was not acknowledged; event 4 is
     // still pending on the old delivery until its ack wait runs out, so only 3 comes now.
     let mut c2 = log.event_consumer("agg").await.unwrap();
     let again = c2.next_batch(10, Duration::from_secs(1)).await.unwrap();
-    let versions: Vec<_> = again.iter().map(|e| (e.record.version, e.delivered)).collect();
+    let versions: Vec<_> = again
+        .iter()
+        .map(|e| (e.record.version, e.delivered))
+        .collect();
     assert_eq!(versions.first(), Some(&(3, 2)), "{versions:?}");
     drop_stream(&config).await;
 }
@@ -120,26 +163,58 @@ fn kill(match_id: &str, seq: u64, at_ms: u64, killer: &str) -> ScoredEvent {
 async fn leaderboard_suite(lb: &dyn Leaderboards) {
     let t = 1_800_000_000_000;
     let out = lb
-        .apply(&[kill("m", 1, t, "a"), kill("m", 1, t, "a"), kill("m", 3, t, "b"), kill("m", 2, t, "b")])
+        .apply(&[
+            kill("m", 1, t, "a"),
+            kill("m", 1, t, "a"),
+            kill("m", 3, t, "b"),
+            kill("m", 2, t, "b"),
+        ])
         .await
         .unwrap();
     use ApplyOutcome::*;
     assert_eq!(out, vec![Applied, Duplicate, TooEarly, Applied]);
-    assert_eq!(lb.apply(&[kill("m", 3, t + 5000, "b")]).await.unwrap(), vec![Applied]);
+    assert_eq!(
+        lb.apply(&[kill("m", 3, t + 5000, "b")]).await.unwrap(),
+        vec![Applied]
+    );
     // Ties: equal points rank the earlier achievement first, whatever the names.
-    lb.apply(&[kill("n", 1, t + 9000, "zed"), kill("n", 2, t - 1000, "amy"), kill("n", 3, t + 1000, "bob")])
-        .await
-        .unwrap();
+    lb.apply(&[
+        kill("n", 1, t + 9000, "zed"),
+        kill("n", 2, t - 1000, "amy"),
+        kill("n", 3, t + 1000, "bob"),
+    ])
+    .await
+    .unwrap();
     let page = lb.top("global", 0, 10).await.unwrap().unwrap();
-    let rows: Vec<_> = page.entries.iter().map(|e| (e.rank, e.player.as_str(), e.score)).collect();
-    assert_eq!(rows, vec![(1, "b", 2), (2, "amy", 1), (3, "a", 1), (4, "bob", 1), (5, "zed", 1)]);
+    let rows: Vec<_> = page
+        .entries
+        .iter()
+        .map(|e| (e.rank, e.player.as_str(), e.score))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "b", 2),
+            (2, "amy", 1),
+            (3, "a", 1),
+            (4, "bob", 1),
+            (5, "zed", 1)
+        ]
+    );
     assert_eq!(page.entries[0].name, "Name b");
     assert_eq!(page.total, 5);
     assert!(page.updated_at_ms.is_some());
     let page = lb.top("global", 1, 2).await.unwrap().unwrap();
-    assert_eq!(page.entries.iter().map(|e| e.rank).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        page.entries.iter().map(|e| e.rank).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     let around = lb.around("global", "a", 1).await.unwrap().unwrap();
-    let rows: Vec<_> = around.entries.iter().map(|e| (e.rank, e.player.as_str())).collect();
+    let rows: Vec<_> = around
+        .entries
+        .iter()
+        .map(|e| (e.rank, e.player.as_str()))
+        .collect();
     assert_eq!(rows, vec![(2, "amy"), (3, "a"), (4, "bob")]);
     assert!(lb.around("global", "nobody", 1).await.unwrap().is_none());
     assert!(lb.top("no-such-board", 0, 10).await.unwrap().is_none());
@@ -153,13 +228,32 @@ async fn memory_leaderboards_follow_the_rules() {
 #[tokio::test]
 async fn redis_leaderboards_follow_the_same_rules() {
     let prefix = format!("gs-adapter-{}:", unique());
-    let lb = RedisLeaderboards::connect("redis://127.0.0.1:6379", &prefix).await.expect("Redis on 127.0.0.1:6379");
+    let lb = RedisLeaderboards::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("Redis on 127.0.0.1:6379");
     leaderboard_suite(&lb).await;
     // A script cache flush (as after a Redis restart) is survived by reloading the script.
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
-    assert_eq!(lb.apply(&[kill("m", 4, 1_800_000_100_000, "a")]).await.unwrap(), vec![ApplyOutcome::Applied]);
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await.unwrap();
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        lb.apply(&[kill("m", 4, 1_800_000_100_000, "a")])
+            .await
+            .unwrap(),
+        vec![ApplyOutcome::Applied]
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
 }

@@ -183,7 +183,12 @@ impl Hub {
 
 /// Applies one log item and fans out what it produced. Returns true on a gap (the caller
 /// resubscribes from the latest keyframe).
-fn deliver(match_id: &str, feed: &mut MatchFeed, viewers: &mut Vec<Arc<ViewerQueue>>, item: &LogItem) -> bool {
+fn deliver(
+    match_id: &str,
+    feed: &mut MatchFeed,
+    viewers: &mut Vec<Arc<ViewerQueue>>,
+    item: &LogItem,
+) -> bool {
     match feed.apply_published(&item.record, item.published_ms) {
         Applied::Appended(frame) => {
             if let Some(p) = item.published_ms {
@@ -215,7 +220,12 @@ fn deliver(match_id: &str, feed: &mut MatchFeed, viewers: &mut Vec<Arc<ViewerQue
     }
 }
 
-fn attach(feed: &mut MatchFeed, viewers: &mut Vec<Arc<ViewerQueue>>, a: Attach, config: &GatewayConfig) {
+fn attach(
+    feed: &mut MatchFeed,
+    viewers: &mut Vec<Arc<ViewerQueue>>,
+    a: Attach,
+    config: &GatewayConfig,
+) {
     let queue = ViewerQueue::new(config.viewer_queue);
     queue.push_initial(feed.resume_frames(a.since));
     if a.reply.send(Ok(queue.clone())).is_ok() {

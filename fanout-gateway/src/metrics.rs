@@ -10,27 +10,57 @@ pub static VIEWERS: LazyLock<IntGauge> =
 pub static HUBS: LazyLock<IntGauge> =
     LazyLock::new(|| register_int_gauge!("gw_match_hubs", "Matches with a running hub").unwrap());
 pub static CONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("gw_connects_total", "Viewer connections accepted", &["transport"]).unwrap()
+    register_int_counter_vec!(
+        "gw_connects_total",
+        "Viewer connections accepted",
+        &["transport"]
+    )
+    .unwrap()
 });
 pub static DISCONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("gw_disconnects_total", "Viewer connections ended").unwrap()
 });
 pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("gw_rejected_total", "Stream requests refused before streaming", &["reason"]).unwrap()
+    register_int_counter_vec!(
+        "gw_rejected_total",
+        "Stream requests refused before streaming",
+        &["reason"]
+    )
+    .unwrap()
 });
-pub static MESSAGES_OUT: LazyLock<IntCounter> =
-    LazyLock::new(|| register_int_counter!("gw_messages_out_total", "Messages sent to viewers").unwrap());
-pub static BYTES_OUT: LazyLock<IntCounter> =
-    LazyLock::new(|| register_int_counter!("gw_bytes_out_total", "Payload bytes sent to viewers").unwrap());
+pub static MESSAGES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gw_messages_out_total", "Messages sent to viewers").unwrap()
+});
+pub static BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gw_bytes_out_total", "Payload bytes sent to viewers").unwrap()
+});
 pub static SUBSTITUTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gw_snapshot_substitutions_total", "Full viewer queues replaced by a snapshot").unwrap()
+    register_int_counter!(
+        "gw_snapshot_substitutions_total",
+        "Full viewer queues replaced by a snapshot"
+    )
+    .unwrap()
 });
 pub static STALLED_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gw_stalled_viewers_closed_total", "Viewers closed for not reading").unwrap()
+    register_int_counter!(
+        "gw_stalled_viewers_closed_total",
+        "Viewers closed for not reading"
+    )
+    .unwrap()
 });
 pub static LOG_TO_HUB: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("gw_log_to_hub_seconds", "Match log accept -> hub fan-out", vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]).unwrap()
+    register_histogram!(
+        "gw_log_to_hub_seconds",
+        "Match log accept -> hub fan-out",
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap()
 });
 pub static PUBLISH_TO_SEND: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!("gw_publish_to_send_seconds", "Match log accept -> written to a viewer", vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]).unwrap()
+    register_histogram!(
+        "gw_publish_to_send_seconds",
+        "Match log accept -> written to a viewer",
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap()
 });

@@ -144,13 +144,19 @@ mod tests {
         for v in 1..=3 {
             assert_eq!(q.push(frame(FrameKind::Delta, v), || None), Pushed::Queued);
         }
-        let out = q.push(frame(FrameKind::Delta, 4), || Some(frame(FrameKind::Snapshot, 4)));
+        let out = q.push(frame(FrameKind::Delta, 4), || {
+            Some(frame(FrameKind::Snapshot, 4))
+        });
         assert_eq!(out, Pushed::Substituted);
         assert_eq!(q.push(frame(FrameKind::Delta, 5), || None), Pushed::Queued);
         let batch = q.next_batch().await.unwrap();
         let got: Vec<_> = batch.iter().map(|f| (f.kind, f.position.version)).collect();
         assert_eq!(got, vec![(FrameKind::Snapshot, 4), (FrameKind::Delta, 5)]);
-        q.close(CloseReason { code: 1001, reason: "bye".into(), retry_after_ms: 1000 });
+        q.close(CloseReason {
+            code: 1001,
+            reason: "bye".into(),
+            retry_after_ms: 1000,
+        });
         assert_eq!(q.push(frame(FrameKind::Delta, 6), || None), Pushed::Closed);
         assert_eq!(q.next_batch().await.unwrap_err().reason, "bye");
     }

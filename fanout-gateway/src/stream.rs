@@ -96,10 +96,16 @@ pub(crate) async fn handle(
     let queue = match gw.attach(&match_id, since).await {
         Ok(q) => q,
         Err(AttachError::UnknownMatch) => {
-            return reject("unknown_match", ApiError::not_found(format!("no match {match_id:?}")))
+            return reject(
+                "unknown_match",
+                ApiError::not_found(format!("no match {match_id:?}")),
+            )
         }
         Err(AttachError::Unavailable) => {
-            return reject("unavailable", ApiError::unavailable("match log unavailable; retry"))
+            return reject(
+                "unavailable",
+                ApiError::unavailable("match log unavailable; retry"),
+            )
         }
     };
     match upgrade {
@@ -228,7 +234,11 @@ async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue
     };
     if let Some(reason) = close {
         let text = if reason.retry_after_ms > 0 {
-            format!("{}; retry-after={}ms", reason.reason, jittered(reason.retry_after_ms))
+            format!(
+                "{}; retry-after={}ms",
+                reason.reason,
+                jittered(reason.retry_after_ms)
+            )
         } else {
             reason.reason.clone()
         };
@@ -236,7 +246,11 @@ async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue
             code: reason.code,
             reason: Utf8Bytes::from(text.chars().take(120).collect::<String>()),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 

@@ -105,8 +105,9 @@ async fn run_slot(
             .map(|s| s.wrapping_add(slot as u64 * 1_000_003 + round))
             .unwrap_or_else(rand::random);
         let spectator_hz = config.spectator_hz.clamp(1, config.tick_hz);
-        let keyframe_every =
-            (config.keyframe_every.as_secs_f64() * spectator_hz as f64).round().max(1.0) as u64;
+        let keyframe_every = (config.keyframe_every.as_secs_f64() * spectator_hz as f64)
+            .round()
+            .max(1.0) as u64;
         let (tx, rx) = mpsc::channel(1024);
         let publisher = Publisher::new(log.clone(), match_id.clone(), epoch, keyframe_every);
         let publishing = tokio::spawn(publisher.run(rx, shutdown.clone()));

@@ -8,10 +8,18 @@ use prometheus::{
 pub static TICKS: LazyLock<IntCounter> =
     LazyLock::new(|| register_int_counter!("gs_ticks_total", "Simulation ticks run").unwrap());
 pub static TICK_OVERRUNS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gs_tick_overruns_total", "Ticks skipped because a room ran late").unwrap()
+    register_int_counter!(
+        "gs_tick_overruns_total",
+        "Ticks skipped because a room ran late"
+    )
+    .unwrap()
 });
 pub static STALLED_TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gs_stalled_ticks_total", "Ticks paused because the publisher fell behind").unwrap()
+    register_int_counter!(
+        "gs_stalled_ticks_total",
+        "Ticks paused because the publisher fell behind"
+    )
+    .unwrap()
 });
 pub static TICK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
@@ -22,13 +30,26 @@ pub static TICK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     .unwrap()
 });
 pub static PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("gs_published_total", "Match log records published", &["kind"]).unwrap()
+    register_int_counter_vec!(
+        "gs_published_total",
+        "Match log records published",
+        &["kind"]
+    )
+    .unwrap()
 });
 pub static PUBLISH_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gs_publish_errors_total", "Failed publish attempts (retried)").unwrap()
+    register_int_counter!(
+        "gs_publish_errors_total",
+        "Failed publish attempts (retried)"
+    )
+    .unwrap()
 });
 pub static LIVE_MATCHES: LazyLock<IntGauge> =
     LazyLock::new(|| register_int_gauge!("gs_live_matches", "Matches being played").unwrap());
 pub static UDP_DATAGRAMS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("gs_udp_datagrams_total", "Datagrams received on the player port").unwrap()
+    register_int_counter!(
+        "gs_udp_datagrams_total",
+        "Datagrams received on the player port"
+    )
+    .unwrap()
 });

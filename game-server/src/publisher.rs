@@ -19,7 +19,10 @@ pub enum RoomOutput {
     /// The state the match starts from; published as the epoch's first keyframe (version 0).
     Start(Box<SpectatorState>),
     Delta(Delta),
-    Event { at_ms: u64, event: MatchEvent },
+    Event {
+        at_ms: u64,
+        event: MatchEvent,
+    },
 }
 
 pub struct Publisher {
@@ -34,7 +37,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(log: Arc<dyn MatchLog>, match_id: String, epoch: u64, keyframe_every: u64) -> Publisher {
+    pub fn new(
+        log: Arc<dyn MatchLog>,
+        match_id: String,
+        epoch: u64,
+        keyframe_every: u64,
+    ) -> Publisher {
         Publisher {
             log,
             match_id,

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use protocol::{now_ms, Delta, MatchEvent, MatchStatus, PlayerResult, Shot, SpectatorState};
+use protocol::{now_ms, Delta, MatchEvent, MatchStatus, PlayerResult, Shot};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
@@ -76,7 +76,10 @@ fn quantize(v: f32) -> i32 {
 pub async fn run_room(config: RoomConfig, tx: mpsc::Sender<RoomOutput>, shutdown: Shutdown) {
     let mut world = World::new(config.seed, config.tick_hz);
     for i in 0..config.bots {
-        world.add_bot(format!("{}-bot{i}", config.match_id), format!("Bot {}", i + 1));
+        world.add_bot(
+            format!("{}-bot{i}", config.match_id),
+            format!("Bot {}", i + 1),
+        );
     }
     let mut outbox = Outbox {
         tx,
@@ -133,7 +136,14 @@ pub async fn run_room(config: RoomConfig, tx: mpsc::Sender<RoomOutput>, shutdown
                     at_ms,
                     event: MatchEvent::Kill { killer, victim },
                 }),
-                SimEvent::Shot { from, x0, y0, x1, y1, hit } => shots.push(Shot {
+                SimEvent::Shot {
+                    from,
+                    x0,
+                    y0,
+                    x1,
+                    y1,
+                    hit,
+                } => shots.push(Shot {
                     from,
                     x0: quantize(x0),
                     y0: quantize(y0),
@@ -143,7 +153,7 @@ pub async fn run_room(config: RoomConfig, tx: mpsc::Sender<RoomOutput>, shutdown
                 }),
             }
         }
-        if world.tick % ticks_per_frame == 0 {
+        if world.tick.is_multiple_of(ticks_per_frame) {
             let next = world.spectator_state(&config.region);
             let mut delta = view.diff(&next);
             delta.shots = std::mem::take(&mut shots);
@@ -153,10 +163,10 @@ pub async fn run_room(config: RoomConfig, tx: mpsc::Sender<RoomOutput>, shutdown
         metrics::TICKS.inc();
         metrics::TICK_SECONDS.observe(now.elapsed().as_secs_f64());
     }
-    end_match(&world, &view, &mut outbox).await;
+    end_match(&world, &mut outbox).await;
 }
 
-async fn end_match(world: &World, view: &SpectatorState, outbox: &mut Outbox) {
+async fn end_match(world: &World, outbox: &mut Outbox) {
     let mut results: Vec<PlayerResult> = world
         .players
         .iter()
@@ -173,8 +183,6 @@ async fn end_match(world: &World, view: &SpectatorState, outbox: &mut Outbox) {
         at_ms: now_ms(),
         event: MatchEvent::MatchEnded { results },
     });
-    let mut ended = view.clone();
-    ended.status = MatchStatus::Ended;
     outbox.push(RoomOutput::Delta(Delta {
         tick: world.tick,
         status: Some(MatchStatus::Ended),

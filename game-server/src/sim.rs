@@ -66,8 +66,18 @@ pub struct Player {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SimEvent {
-    Kill { killer: String, victim: String },
-    Shot { from: String, x0: f32, y0: f32, x1: f32, y1: f32, hit: bool },
+    Kill {
+        killer: String,
+        victim: String,
+    },
+    Shot {
+        from: String,
+        x0: f32,
+        y0: f32,
+        x1: f32,
+        y1: f32,
+        hit: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -79,9 +89,9 @@ pub struct World {
 }
 
 fn blocked(x: f32, y: f32) -> bool {
-    OBSTACLES
-        .iter()
-        .any(|&(ox, oy, w, h)| x > ox - RADIUS && x < ox + w + RADIUS && y > oy - RADIUS && y < oy + h + RADIUS)
+    OBSTACLES.iter().any(|&(ox, oy, w, h)| {
+        x > ox - RADIUS && x < ox + w + RADIUS && y > oy - RADIUS && y < oy + h + RADIUS
+    })
 }
 
 impl World {
@@ -176,7 +186,10 @@ impl World {
             }
             let len = (want_x * want_x + want_y * want_y).sqrt().max(1e-3);
             let p = &mut self.players[i];
-            let (dvx, dvy) = (want_x / len * MAX_SPEED - p.vx, want_y / len * MAX_SPEED - p.vy);
+            let (dvx, dvy) = (
+                want_x / len * MAX_SPEED - p.vx,
+                want_y / len * MAX_SPEED - p.vy,
+            );
             let dv = (dvx * dvx + dvy * dvy).sqrt().max(1e-3);
             let step = (ACCEL * dt).min(dv);
             p.vx += dvx / dv * step;
@@ -272,7 +285,14 @@ impl World {
                 height: (ARENA * 10.0) as i32,
                 obstacles: OBSTACLES
                     .iter()
-                    .map(|&(x, y, w, h)| [(x * 10.0) as i32, (y * 10.0) as i32, (w * 10.0) as i32, (h * 10.0) as i32])
+                    .map(|&(x, y, w, h)| {
+                        [
+                            (x * 10.0) as i32,
+                            (y * 10.0) as i32,
+                            (w * 10.0) as i32,
+                            (h * 10.0) as i32,
+                        ]
+                    })
                     .collect(),
             },
             players,
@@ -321,8 +341,19 @@ mod tests {
         for _ in 0..3000 {
             w.step();
             for p in &w.players {
-                assert!(p.x >= RADIUS && p.x <= ARENA - RADIUS && p.y >= RADIUS && p.y <= ARENA - RADIUS);
-                assert!(!blocked(p.x, p.y), "{} inside an obstacle at {},{}", p.id, p.x, p.y);
+                assert!(
+                    p.x >= RADIUS
+                        && p.x <= ARENA - RADIUS
+                        && p.y >= RADIUS
+                        && p.y <= ARENA - RADIUS
+                );
+                assert!(
+                    !blocked(p.x, p.y),
+                    "{} inside an obstacle at {},{}",
+                    p.id,
+                    p.x,
+                    p.y
+                );
             }
         }
     }
@@ -332,7 +363,11 @@ mod tests {
         let mut w = world(11);
         let mut kills = 0;
         for _ in 0..1800 {
-            kills += w.step().iter().filter(|e| matches!(e, SimEvent::Kill { .. })).count();
+            kills += w
+                .step()
+                .iter()
+                .filter(|e| matches!(e, SimEvent::Kill { .. }))
+                .count();
         }
         let total_score: u32 = w.players.iter().map(|p| p.score).sum();
         let total_deaths: u32 = w.players.iter().map(|p| p.deaths).sum();

@@ -37,7 +37,11 @@ impl ApiError {
 
     /// A 400 naming the offending field.
     pub fn invalid(field: &str, why: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {why}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {why}"),
+        )
     }
 
     pub fn unauthorized(why: impl Into<String>) -> ApiError {
@@ -55,7 +59,11 @@ impl ApiError {
     /// An opaque 500: the cause goes to the log, never to the client.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -64,8 +72,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut res = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
         }
         res
     }
@@ -114,18 +124,23 @@ pub fn authenticate(
     let token = from_header
         .or(query_token)
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-    signer.verify(token.trim(), now_secs()).map_err(|e| match e {
-        TokenError::Expired => ApiError::unauthorized("token has expired"),
-        TokenError::BadSignature | TokenError::Malformed => {
-            ApiError::unauthorized("token is invalid")
-        }
-    })
+    signer
+        .verify(token.trim(), now_secs())
+        .map_err(|e| match e {
+            TokenError::Expired => ApiError::unauthorized("token has expired"),
+            TokenError::BadSignature | TokenError::Malformed => {
+                ApiError::unauthorized("token is invalid")
+            }
+        })
 }
 
 /// `/healthz` and `/metrics` (Prometheus text format, the process-wide registry).
 pub fn ops_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/metrics", get(metrics))
 }
 

@@ -7,11 +7,24 @@ use crate::ids::PlayerId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MatchEvent {
-    MatchStarted { region: String },
-    PlayerJoined { player: PlayerId, name: String, bot: bool },
-    PlayerLeft { player: PlayerId },
-    Kill { killer: PlayerId, victim: PlayerId },
-    MatchEnded { results: Vec<PlayerResult> },
+    MatchStarted {
+        region: String,
+    },
+    PlayerJoined {
+        player: PlayerId,
+        name: String,
+        bot: bool,
+    },
+    PlayerLeft {
+        player: PlayerId,
+    },
+    Kill {
+        killer: PlayerId,
+        victim: PlayerId,
+    },
+    MatchEnded {
+        results: Vec<PlayerResult>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,7 +95,10 @@ pub enum Applied {
     Ignored,
     /// A record past the next version with no keyframe to heal it: the follower must
     /// resubscribe from the latest keyframe.
-    Gap { expected: StreamPosition, got: StreamPosition },
+    Gap {
+        expected: StreamPosition,
+        got: StreamPosition,
+    },
 }
 
 pub struct MatchFeed {
@@ -171,7 +174,9 @@ impl MatchFeed {
                         Ok(delta) => self.state.apply(&delta),
                         // A malformed delta from our own room is a bug: skip its effect but
                         // keep the version line, so viewers are not stalled by it.
-                        Err(e) => tracing::error!(match_id = %self.match_id, at = %got, error = %e, "malformed delta"),
+                        Err(e) => {
+                            tracing::error!(match_id = %self.match_id, at = %got, error = %e, "malformed delta")
+                        }
                     }
                     FrameKind::Delta
                 } else {
@@ -179,7 +184,8 @@ impl MatchFeed {
                 };
                 self.position = Some(got);
                 self.snapshot = None;
-                let mut frame = Frame::new(kind, got, envelope(kind, &self.match_id, got, &record.body));
+                let mut frame =
+                    Frame::new(kind, got, envelope(kind, &self.match_id, got, &record.body));
                 frame.published_ms = published_ms;
                 let frame = Arc::new(frame);
                 if self.ring.len() == self.ring_capacity {
@@ -305,9 +311,20 @@ mod tests {
     #[test]
     fn follows_the_version_line_and_encodes_envelopes() {
         let mut feed = MatchFeed::new("m1", 4);
-        assert_eq!(feed.apply(&delta(1, 1, &moved(1, 1))), Applied::Gap { expected: pos(1, 1), got: pos(1, 1) });
-        assert_eq!(feed.apply(&keyframe(1, 0, &SpectatorState::default())), Applied::Reset);
-        let Applied::Appended(f) = feed.apply(&delta(1, 1, &moved(1, 5))) else { panic!() };
+        assert_eq!(
+            feed.apply(&delta(1, 1, &moved(1, 1))),
+            Applied::Gap {
+                expected: pos(1, 1),
+                got: pos(1, 1)
+            }
+        );
+        assert_eq!(
+            feed.apply(&keyframe(1, 0, &SpectatorState::default())),
+            Applied::Reset
+        );
+        let Applied::Appended(f) = feed.apply(&delta(1, 1, &moved(1, 5))) else {
+            panic!()
+        };
         let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
         assert_eq!(v["type"], "delta");
         assert_eq!(v["match"], "m1");
@@ -320,11 +337,20 @@ mod tests {
         assert_eq!(feed.apply(&delta(1, 1, &moved(1, 9))), Applied::Ignored);
         assert_eq!(
             feed.apply(&delta(1, 3, &moved(3, 9))),
-            Applied::Gap { expected: pos(1, 2), got: pos(1, 3) }
+            Applied::Gap {
+                expected: pos(1, 2),
+                got: pos(1, 3)
+            }
         );
         // A keyframe at our own version changes nothing; a newer epoch resets.
-        assert_eq!(feed.apply(&keyframe(1, 1, &SpectatorState::default())), Applied::Ignored);
-        assert_eq!(feed.apply(&keyframe(2, 0, &SpectatorState::default())), Applied::Reset);
+        assert_eq!(
+            feed.apply(&keyframe(1, 1, &SpectatorState::default())),
+            Applied::Ignored
+        );
+        assert_eq!(
+            feed.apply(&keyframe(2, 0, &SpectatorState::default())),
+            Applied::Reset
+        );
         assert_eq!(feed.position(), Some(pos(2, 0)));
         assert!(feed.state().players.is_empty());
     }
@@ -337,12 +363,32 @@ mod tests {
             feed.apply(&delta(1, v, &moved(v, v as i32)));
         }
         // Ring holds 3..=5.
-        let versions = |fs: Vec<Arc<Frame>>| fs.iter().map(|f| (f.kind, f.position.version)).collect::<Vec<_>>();
-        assert_eq!(versions(feed.resume_frames(Some(pos(1, 3)))), vec![(FrameKind::Delta, 4), (FrameKind::Delta, 5)]);
-        assert_eq!(versions(feed.resume_frames(Some(pos(1, 2)))), vec![(FrameKind::Delta, 3), (FrameKind::Delta, 4), (FrameKind::Delta, 5)]);
-        assert_eq!(versions(feed.resume_frames(Some(pos(1, 1)))), vec![(FrameKind::Snapshot, 5)]);
+        let versions = |fs: Vec<Arc<Frame>>| {
+            fs.iter()
+                .map(|f| (f.kind, f.position.version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            versions(feed.resume_frames(Some(pos(1, 3)))),
+            vec![(FrameKind::Delta, 4), (FrameKind::Delta, 5)]
+        );
+        assert_eq!(
+            versions(feed.resume_frames(Some(pos(1, 2)))),
+            vec![
+                (FrameKind::Delta, 3),
+                (FrameKind::Delta, 4),
+                (FrameKind::Delta, 5)
+            ]
+        );
+        assert_eq!(
+            versions(feed.resume_frames(Some(pos(1, 1)))),
+            vec![(FrameKind::Snapshot, 5)]
+        );
         assert_eq!(versions(feed.resume_frames(Some(pos(1, 5)))), vec![]);
-        assert_eq!(versions(feed.resume_frames(Some(pos(0, 5)))), vec![(FrameKind::Snapshot, 5)]);
+        assert_eq!(
+            versions(feed.resume_frames(Some(pos(0, 5)))),
+            vec![(FrameKind::Snapshot, 5)]
+        );
         let snap = feed.snapshot_frame().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&snap.json).unwrap();
         assert_eq!(v["type"], "snapshot");

@@ -82,7 +82,10 @@ mod tests {
             body: Bytes::from_static(b"{}"),
         };
         assert_eq!(r.subject("t1.match"), "t1.match.eu-1.event");
-        assert_eq!(parse_subject("t1.match", "t1.match.eu-1.event"), Some(("eu-1", LogKind::Event)));
+        assert_eq!(
+            parse_subject("t1.match", "t1.match.eu-1.event"),
+            Some(("eu-1", LogKind::Event))
+        );
         assert_eq!(parse_subject("match", "other.eu-1.event"), None);
         assert_eq!(parse_subject("match", "match.eu-1.bogus"), None);
         assert_eq!(r.msg_id(), "eu-1:7:9");

@@ -155,8 +155,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_view() -> impl Strategy<Value = PlayerView> {
-        (0..10_000i32, 0..10_000i32, -180..180i16, 0..=100u8, any::<bool>(), 0..50u32).prop_map(
-            |(x, y, angle, hp, alive, score)| PlayerView {
+        (
+            0..10_000i32,
+            0..10_000i32,
+            -180..180i16,
+            0..=100u8,
+            any::<bool>(),
+            0..50u32,
+        )
+            .prop_map(|(x, y, angle, hp, alive, score)| PlayerView {
                 name: "p".into(),
                 x,
                 y,
@@ -167,8 +174,7 @@ mod tests {
                 kills: score,
                 deaths: 0,
                 bot: true,
-            },
-        )
+            })
     }
 
     fn arb_state() -> impl Strategy<Value = SpectatorState> {
@@ -179,7 +185,11 @@ mod tests {
         )
             .prop_map(|(players, ended, tick)| SpectatorState {
                 region: "eu".into(),
-                status: if ended { MatchStatus::Ended } else { MatchStatus::Live },
+                status: if ended {
+                    MatchStatus::Ended
+                } else {
+                    MatchStatus::Live
+                },
                 tick,
                 arena: Arena::default(),
                 players,

@@ -66,7 +66,8 @@ impl TokenSigner {
             .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(body.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::Malformed)?;
@@ -107,8 +108,18 @@ mod tests {
         let t = s.sign(&claims(100));
         let (_, sig) = t.split_once('.').unwrap();
         let forged_body = URL_SAFE_NO_PAD.encode(br#"{"sub":"p-2","name":"Bob","exp":100}"#);
-        assert_eq!(s.verify(&format!("{forged_body}.{sig}"), 1), Err(TokenError::BadSignature));
-        for junk in ["", ".", "abc", "a.b", "!!!.???", &"a".repeat(MAX_TOKEN_LEN + 1)] {
+        assert_eq!(
+            s.verify(&format!("{forged_body}.{sig}"), 1),
+            Err(TokenError::BadSignature)
+        );
+        for junk in [
+            "",
+            ".",
+            "abc",
+            "a.b",
+            "!!!.???",
+            &"a".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(s.verify(junk, 1).is_err(), "{junk:?}");
         }
     }

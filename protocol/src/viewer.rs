@@ -86,10 +86,27 @@ mod tests {
         assert_eq!(parse_position("3:17"), Ok(pos(3, 17)));
         assert_eq!(parse_position("0:0"), Ok(pos(0, 0)));
         for bad in [
-            "", ":", "3:", ":4", "3:4:5", "-1:2", "+1:2", " 1:2", "1:2 ", "a:b", "1.0:2",
-            "99999999999999999999999:1", "18446744073709551616:1", "1;2", "１:2",
+            "",
+            ":",
+            "3:",
+            ":4",
+            "3:4:5",
+            "-1:2",
+            "+1:2",
+            " 1:2",
+            "1:2 ",
+            "a:b",
+            "1.0:2",
+            "99999999999999999999999:1",
+            "18446744073709551616:1",
+            "1;2",
+            "１:2",
         ] {
-            assert_eq!(parse_position(bad), Err(PositionError::Malformed), "{bad:?}");
+            assert_eq!(
+                parse_position(bad),
+                Err(PositionError::Malformed),
+                "{bad:?}"
+            );
         }
     }
 
@@ -99,20 +116,44 @@ mod tests {
         // No position: snapshot.
         assert_eq!(decide_resume(None, cur, Some(50)), Resume::Snapshot);
         // Same epoch, inside the window: replay the rest.
-        assert_eq!(decide_resume(Some(pos(5, 60)), cur, Some(50)), Resume::Replay { from: 61 });
+        assert_eq!(
+            decide_resume(Some(pos(5, 60)), cur, Some(50)),
+            Resume::Replay { from: 61 }
+        );
         // Exactly one before the oldest retained: still covered.
-        assert_eq!(decide_resume(Some(pos(5, 49)), cur, Some(50)), Resume::Replay { from: 50 });
+        assert_eq!(
+            decide_resume(Some(pos(5, 49)), cur, Some(50)),
+            Resume::Replay { from: 50 }
+        );
         // Outside the window.
-        assert_eq!(decide_resume(Some(pos(5, 48)), cur, Some(50)), Resume::Snapshot);
+        assert_eq!(
+            decide_resume(Some(pos(5, 48)), cur, Some(50)),
+            Resume::Snapshot
+        );
         // Up to date.
-        assert_eq!(decide_resume(Some(pos(5, 100)), cur, Some(50)), Resume::UpToDate);
+        assert_eq!(
+            decide_resume(Some(pos(5, 100)), cur, Some(50)),
+            Resume::UpToDate
+        );
         // Other epoch, older or newer.
-        assert_eq!(decide_resume(Some(pos(4, 100)), cur, Some(50)), Resume::Snapshot);
-        assert_eq!(decide_resume(Some(pos(6, 1)), cur, Some(50)), Resume::Snapshot);
+        assert_eq!(
+            decide_resume(Some(pos(4, 100)), cur, Some(50)),
+            Resume::Snapshot
+        );
+        assert_eq!(
+            decide_resume(Some(pos(6, 1)), cur, Some(50)),
+            Resume::Snapshot
+        );
         // A version from the future (another gateway ahead of us, or a forged one).
-        assert_eq!(decide_resume(Some(pos(5, 101)), cur, Some(50)), Resume::Snapshot);
+        assert_eq!(
+            decide_resume(Some(pos(5, 101)), cur, Some(50)),
+            Resume::Snapshot
+        );
         // Empty ring: only an up-to-date viewer avoids the snapshot.
         assert_eq!(decide_resume(Some(pos(5, 99)), cur, None), Resume::Snapshot);
-        assert_eq!(decide_resume(Some(pos(5, 100)), cur, None), Resume::UpToDate);
+        assert_eq!(
+            decide_resume(Some(pos(5, 100)), cur, None),
+            Resume::UpToDate
+        );
     }
 }

@@ -143,7 +143,9 @@ async fn guest(
     if let Some(ip) = ip {
         if !s.inner.guests.allow(ip) {
             metrics::GUESTS_LIMITED.inc();
-            return Err(ApiError::too_many("too many guest sign-ins from this address; slow down"));
+            return Err(ApiError::too_many(
+                "too many guest sign-ins from this address; slow down",
+            ));
         }
     }
     let suffix: u32 = rand::random();
@@ -197,12 +199,20 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
     let ids = log.match_ids().await.map_err(log_error)?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let Ok(kf) = log.latest_keyframe(&id).await else { continue };
-        let Ok(state) = serde_json::from_slice::<SpectatorState>(&kf.body) else { continue };
+        let Ok(kf) = log.latest_keyframe(&id).await else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_slice::<SpectatorState>(&kf.body) else {
+            continue;
+        };
         let mut top: Vec<ScoreLine> = state
             .players
             .iter()
-            .map(|(p, v)| ScoreLine { player: p.clone(), name: v.name.clone(), score: v.score })
+            .map(|(p, v)| ScoreLine {
+                player: p.clone(),
+                name: v.name.clone(),
+                score: v.score,
+            })
             .collect();
         top.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.player.cmp(&b.player)));
         top.truncate(5);
@@ -231,27 +241,40 @@ async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let listings = s
         .inner
         .match_list
-        .try_get_with((), async move { load_listings(&*inner.log).await.map(Arc::new) })
+        .try_get_with(
+            (),
+            async move { load_listings(&*inner.log).await.map(Arc::new) },
+        )
         .await
         .map_err(|e| (*e).clone())?;
     let mut listings = (*listings).clone();
     // Ended matches stay listed for their retention; show the most recent few.
     let mut ended = 0;
-    listings.retain(|m| m.status == MatchStatus::Live || { ended += 1; ended <= 20 });
+    listings.retain(|m| {
+        m.status == MatchStatus::Live || {
+            ended += 1;
+            ended <= 20
+        }
+    });
     if let Some(viewers) = &s.inner.viewers {
         for m in &mut listings {
             m.viewers = viewers(&m.id);
         }
     }
     let mut res = Json(serde_json::json!({ "matches": listings })).into_response();
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=1"),
+    );
     Ok(res)
 }
 
 async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapshot>, ApiError> {
     metrics::SNAPSHOT_LOADS.inc();
     let feed = load_feed(log, match_id, 1).await.map_err(log_error)?;
-    let position = feed.position().ok_or_else(|| ApiError::not_found("no such match"))?;
+    let position = feed
+        .position()
+        .ok_or_else(|| ApiError::not_found("no such match"))?;
     let body = serde_json::to_vec(&serde_json::json!({
         "match": match_id,
         "epoch": position.epoch,
@@ -278,7 +301,10 @@ async fn snapshot(
     let snap = s
         .inner
         .snapshots
-        .try_get_with(key, async move { load_snapshot(&*inner.log, &match_id).await })
+        .try_get_with(
+            key,
+            async move { load_snapshot(&*inner.log, &match_id).await },
+        )
         .await
         .map_err(|e| (*e).clone())?;
     let max_age = s.inner.config.snapshot_ttl.as_secs().max(1);
@@ -289,14 +315,22 @@ async fn snapshot(
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == snap.etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == snap.etag || t.trim() == "*")
+        });
     let mut res = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json")], snap.body.clone()).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            snap.body.clone(),
+        )
+            .into_response()
     };
     res.headers_mut().insert(header::ETAG, snap.etag.clone());
-    res.headers_mut().insert(header::CACHE_CONTROL, cache_control);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control);
     Ok(res)
 }
 
@@ -343,12 +377,20 @@ fn bounded(
     min: u64,
     max: u64,
 ) -> Result<u64, ApiError> {
-    let Some(raw) = q.get(field) else { return Ok(default) };
-    let v: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::invalid(field, format!("expected a whole number from {min} to {max}")))?;
+    let Some(raw) = q.get(field) else {
+        return Ok(default);
+    };
+    let v: u64 = raw.parse().map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("expected a whole number from {min} to {max}"),
+        )
+    })?;
     if v < min || v > max {
-        return Err(ApiError::invalid(field, format!("must be from {min} to {max}")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be from {min} to {max}"),
+        ));
     }
     Ok(v)
 }
@@ -404,6 +446,8 @@ async fn around(
         .around(&board, &player, radius)
         .await
         .map_err(board_error)?
-        .ok_or_else(|| ApiError::not_found(format!("{player:?} is not on leaderboard {board:?}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("{player:?} is not on leaderboard {board:?}"))
+        })?;
     Ok(board_response(&board, page))
 }

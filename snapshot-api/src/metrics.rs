@@ -3,8 +3,16 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter, IntCounter};
 
 pub static SNAPSHOT_LOADS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("api_snapshot_backend_reads_total", "Snapshot cache misses that read the match log").unwrap()
+    register_int_counter!(
+        "api_snapshot_backend_reads_total",
+        "Snapshot cache misses that read the match log"
+    )
+    .unwrap()
 });
 pub static GUESTS_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("api_guest_rate_limited_total", "Guest sign-ins refused by the per-IP limit").unwrap()
+    register_int_counter!(
+        "api_guest_rate_limited_total",
+        "Guest sign-ins refused by the per-IP limit"
+    )
+    .unwrap()
 });

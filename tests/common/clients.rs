@@ -15,7 +15,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 pub async fn ws_connect(url: &str, token: Option<&str>) -> Result<Ws, u16> {
     let mut req = url.into_client_request().unwrap();
     if let Some(t) = token {
-        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
@@ -32,9 +33,13 @@ pub enum WsNext {
 /// The next data message (pings are answered by the library), or the close.
 pub async fn ws_next(ws: &mut Ws, limit: Duration) -> WsNext {
     loop {
-        let msg = tokio::time::timeout(limit, ws.next()).await.expect("no message in time");
+        let msg = tokio::time::timeout(limit, ws.next())
+            .await
+            .expect("no message in time");
         match msg {
-            Some(Ok(Message::Text(t))) => return WsNext::Json(serde_json::from_str(&t).expect("JSON text")),
+            Some(Ok(Message::Text(t))) => {
+                return WsNext::Json(serde_json::from_str(&t).expect("JSON text"))
+            }
             Some(Ok(Message::Close(c))) => return WsNext::Closed(c),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return WsNext::Closed(None),
@@ -122,7 +127,11 @@ impl Sse {
                 if id.is_some() {
                     self.last_event_id = id.clone();
                 }
-                return Some(SseEvent { id, event, data: data.join("\n") });
+                return Some(SseEvent {
+                    id,
+                    event,
+                    data: data.join("\n"),
+                });
             }
             let chunk = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
                 .await
@@ -135,8 +144,15 @@ impl Sse {
     pub async fn json(&mut self) -> Value {
         let ev = self.next().await.expect("SSE stream ended");
         let v: Value = serde_json::from_str(&ev.data).expect("SSE data is JSON");
-        assert_eq!(ev.event, v["type"].as_str().unwrap(), "event name matches the message type");
-        assert_eq!(ev.id.as_deref(), Some(format!("{}:{}", v["epoch"], v["version"]).as_str()));
+        assert_eq!(
+            ev.event,
+            v["type"].as_str().unwrap(),
+            "event name matches the message type"
+        );
+        assert_eq!(
+            ev.id.as_deref(),
+            Some(format!("{}:{}", v["epoch"], v["version"]).as_str())
+        );
         v
     }
 }

@@ -16,7 +16,11 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn unique() -> String {
-    format!("{}{:06x}", std::process::id(), rand::random::<u32>() & 0xffffff)
+    format!(
+        "{}{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xffffff
+    )
 }
 
 /// Where a test's platform keeps its state. Kept across restarts of the process.
@@ -46,8 +50,13 @@ impl Backend {
         let data_dir = std::env::temp_dir().join(format!("gs-test-{id}"));
         std::fs::create_dir_all(&data_dir).unwrap();
         let database = format!("gs_test_{id}");
-        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE DATABASE {database}")).execute(&admin).await.unwrap();
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         Backend::Real {
             data_dir,
             stream: format!("GS_TEST_{id}"),
@@ -64,8 +73,18 @@ impl Backend {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("GRANDSTAND_DATA_DIR".to_string(), self.data_dir().display().to_string())];
-        if let Backend::Real { stream, subject_root, redis_prefix, database, .. } = self {
+        let mut env = vec![(
+            "GRANDSTAND_DATA_DIR".to_string(),
+            self.data_dir().display().to_string(),
+        )];
+        if let Backend::Real {
+            stream,
+            subject_root,
+            redis_prefix,
+            database,
+            ..
+        } = self
+        {
             env.extend([
                 ("NATS_URL".into(), NATS_URL.into()),
                 ("NATS_STREAM".into(), stream.clone()),
@@ -73,7 +92,10 @@ impl Backend {
                 ("NATS_MAX_AGE_SECS".into(), "900".into()),
                 ("REDIS_URL".into(), REDIS_URL.into()),
                 ("REDIS_PREFIX".into(), redis_prefix.clone()),
-                ("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:5432/{database}")),
+                (
+                    "DATABASE_URL".into(),
+                    format!("postgres://postgres@127.0.0.1:5432/{database}"),
+                ),
             ]);
         }
         env
@@ -81,20 +103,36 @@ impl Backend {
 
     /// Removes what the test created on the shared servers.
     pub async fn cleanup(self) {
-        if let Backend::Real { stream, redis_prefix, database, data_dir, .. } = &self {
+        if let Backend::Real {
+            stream,
+            redis_prefix,
+            database,
+            data_dir,
+            ..
+        } = &self
+        {
             if let Ok(client) = async_nats::connect(NATS_URL).await {
-                let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(stream)
+                    .await;
             }
             if let Ok(client) = redis::Client::open(REDIS_URL) {
                 if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{redis_prefix}*")).query_async(&mut c).await.unwrap_or_default();
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{redis_prefix}*"))
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
                     if !keys.is_empty() {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(&keys).query_async(&mut c).await;
                     }
                 }
             }
             if let Ok(admin) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).execute(&admin).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
             }
             let _ = std::fs::remove_dir_all(data_dir);
         }
@@ -116,7 +154,9 @@ impl App {
     /// Starts `grandstand` (all roles) on port 0 and waits for its bound address.
     pub async fn spawn(backend: &Backend, args: &[&str]) -> App {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let n = std::fs::read_dir(backend.data_dir()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(backend.data_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log_path = backend.data_dir().join(format!("grandstand-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_grandstand"))
@@ -133,7 +173,10 @@ impl App {
         let base = loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Some(i) = text.find("http_addr=") {
-                let addr: String = text[i + 10..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let addr: String = text[i + 10..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
                 break format!("http://{addr}");
             }
             if Instant::now() > deadline {
@@ -169,9 +212,17 @@ impl App {
     }
 
     pub async fn guest_token(&self) -> String {
-        let r = self.http.post(self.url("/v1/auth/guest")).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/v1/auth/guest"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
-        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Live matches, waiting until at least `n` are listed.
@@ -180,7 +231,12 @@ impl App {
             let (status, body) = self.get("/v1/matches").await;
             let live: Vec<Value> = body["matches"]
                 .as_array()
-                .map(|a| a.iter().filter(|m| m["status"] == "live").cloned().collect())
+                .map(|a| {
+                    a.iter()
+                        .filter(|m| m["status"] == "live")
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             (status == 200 && live.len() >= n).then_some(live)
         })
@@ -190,11 +246,17 @@ impl App {
 
     /// Stops the process with SIGTERM (graceful shutdown) and waits for it.
     pub async fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "grandstand exited with {status}\n{}", self.log());
+                assert!(
+                    status.success(),
+                    "grandstand exited with {status}\n{}",
+                    self.log()
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -256,12 +318,17 @@ impl VersionLine {
                 self.snapshots += 1;
             }
             Some("delta") | Some("event") => {
-                let (pe, pv) = self.position.ok_or("stream did not start with a snapshot")?;
+                let (pe, pv) = self
+                    .position
+                    .ok_or("stream did not start with a snapshot")?;
                 if e != pe {
                     return Err(format!("epoch changed {pe} -> {e} without a snapshot"));
                 }
                 if v != pv + 1 {
-                    return Err(format!("after {pe}:{pv} got {e}:{v} ({})", if v <= pv { "duplicate" } else { "gap" }));
+                    return Err(format!(
+                        "after {pe}:{pv} got {e}:{v} ({})",
+                        if v <= pv { "duplicate" } else { "gap" }
+                    ));
                 }
             }
             other => return Err(format!("unknown message type {other:?}")),

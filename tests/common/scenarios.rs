@@ -28,7 +28,9 @@ pub async fn stream_contract(backend: &Backend) {
     let first = ws_json(&mut ws).await;
     assert_eq!(first["type"], "snapshot", "{first}");
     assert_eq!(first["match"], id.as_str());
-    assert!(first["state"]["players"].as_object().is_some_and(|p| !p.is_empty()));
+    assert!(first["state"]["players"]
+        .as_object()
+        .is_some_and(|p| !p.is_empty()));
     line.observe(&first).unwrap();
     for _ in 0..20 {
         line.observe(&ws_json(&mut ws).await).unwrap();
@@ -36,9 +38,14 @@ pub async fn stream_contract(backend: &Backend) {
     ws_close(ws).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resume = format!("{path}?since={}", line.since());
-    let mut ws = ws_connect(&app.ws_url(&resume), Some(&token)).await.unwrap();
+    let mut ws = ws_connect(&app.ws_url(&resume), Some(&token))
+        .await
+        .unwrap();
     let m = ws_json(&mut ws).await;
-    assert_ne!(m["type"], "snapshot", "a resume inside the window replays, not re-snapshots: {m}");
+    assert_ne!(
+        m["type"], "snapshot",
+        "a resume inside the window replays, not re-snapshots: {m}"
+    );
     line.observe(&m).unwrap();
     for _ in 0..10 {
         line.observe(&ws_json(&mut ws).await).unwrap();
@@ -51,7 +58,10 @@ pub async fn stream_contract(backend: &Backend) {
     let mut sse = Sse::connect(&app.http, &url, &token, None).await.unwrap();
     let first = sse.json().await;
     assert_eq!(first["type"], "snapshot");
-    assert!(sse.retry_ms.is_some_and(|r| r > 0), "SSE sends a retry hint");
+    assert!(
+        sse.retry_ms.is_some_and(|r| r > 0),
+        "SSE sends a retry hint"
+    );
     sse_line.observe(&first).unwrap();
     for _ in 0..15 {
         sse_line.observe(&sse.json().await).unwrap();
@@ -59,7 +69,9 @@ pub async fn stream_contract(backend: &Backend) {
     let last = sse.last_event_id.clone().unwrap();
     drop(sse);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut sse = Sse::connect(&app.http, &url, &token, Some(&last)).await.unwrap();
+    let mut sse = Sse::connect(&app.http, &url, &token, Some(&last))
+        .await
+        .unwrap();
     let m = sse.json().await;
     assert_ne!(m["type"], "snapshot", "SSE resume replays: {m}");
     sse_line.observe(&m).unwrap();
@@ -68,34 +80,84 @@ pub async fn stream_contract(backend: &Backend) {
     }
 
     // Bad input, while the WebSocket viewer above keeps watching.
-    let (status, body) = Sse::connect(&app.http, &app.url("/v1/matches/no-such-match/stream"), &token, None)
+    let (status, body) = Sse::connect(
+        &app.http,
+        &app.url("/v1/matches/no-such-match/stream"),
+        &token,
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(
+        ws_connect(
+            &app.ws_url("/v1/matches/no-such-match/stream"),
+            Some(&token)
+        )
+        .await
+        .err(),
+        Some(404)
+    );
+    assert_eq!(ws_connect(&app.ws_url(&path), None).await.err(), Some(401));
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        ws_connect(&app.ws_url(&path), Some(&forged)).await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        ws_connect(&app.ws_url(&path), Some("not-a-token"))
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(
+        ws_connect(&app.ws_url(&format!("{path}?since=12:x")), Some(&token))
+            .await
+            .err(),
+        Some(400)
+    );
+    let (status, body) = Sse::connect(&app.http, &url, &token, Some("garbage"))
         .await
         .err()
         .unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    assert_eq!(ws_connect(&app.ws_url("/v1/matches/no-such-match/stream"), Some(&token)).await.err(), Some(404));
-    assert_eq!(ws_connect(&app.ws_url(&path), None).await.err(), Some(401));
-    let forged = format!("{}x", &token[..token.len() - 1]);
-    assert_eq!(ws_connect(&app.ws_url(&path), Some(&forged)).await.err(), Some(401));
-    assert_eq!(ws_connect(&app.ws_url(&path), Some("not-a-token")).await.err(), Some(401));
-    assert_eq!(ws_connect(&app.ws_url(&format!("{path}?since=12:x")), Some(&token)).await.err(), Some(400));
-    let (status, body) = Sse::connect(&app.http, &url, &token, Some("garbage")).await.err().unwrap();
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("Last-Event-ID"), "{body}");
-    let r = app.http.get(app.url(&path)).bearer_auth(&token).send().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Last-Event-ID"),
+        "{body}"
+    );
+    let r = app
+        .http
+        .get(app.url(&path))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406, "neither WebSocket nor SSE");
 
     // Oversized and non-UTF-8 frames close that socket with a reason...
     let mut big = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
     ws_json(&mut big).await;
-    big.send(Message::text("x".repeat(64 * 1024))).await.unwrap();
+    big.send(Message::text("x".repeat(64 * 1024)))
+        .await
+        .unwrap();
     let code = closed_with(&mut big).await;
     assert_eq!(code, Some(1009), "oversized frame closes with 1009");
     let mut bad = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
     ws_json(&mut bad).await;
     let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
     bad.send(Message::Frame(frame)).await.unwrap();
-    assert_eq!(closed_with(&mut bad).await, Some(1007), "invalid UTF-8 closes with 1007");
+    assert_eq!(
+        closed_with(&mut bad).await,
+        Some(1007),
+        "invalid UTF-8 closes with 1007"
+    );
     // ...and the bystander kept streaming without a gap.
     for _ in 0..10 {
         line.observe(&ws_json(&mut ws).await).unwrap();
@@ -115,14 +177,25 @@ async fn closed_with(ws: &mut super::clients::Ws) -> Option<u16> {
 
 async fn results(app: &App, id: &str) -> Option<Value> {
     let (status, body) = app.get(&format!("/v1/matches/{id}/results")).await;
-    (status == 200 && body["ended_ms"].is_u64() && body["results"].as_array().is_some_and(|r| !r.is_empty()))
-        .then_some(body)
+    (status == 200
+        && body["ended_ms"].is_u64()
+        && body["results"].as_array().is_some_and(|r| !r.is_empty()))
+    .then_some(body)
 }
 
 /// Bots play short matches; the global leaderboard ends up equal to the sum of the recorded
 /// results (every kill counted exactly once), and a restart of the process keeps the history.
 pub async fn scores_and_history(backend: &Backend) {
-    let args = ["--matches", "2", "--bots", "6", "--match-secs", "6", "--intermission-secs", "600"];
+    let args = [
+        "--matches",
+        "2",
+        "--bots",
+        "6",
+        "--match-secs",
+        "6",
+        "--intermission-secs",
+        "600",
+    ];
     let app = App::spawn(backend, &args).await;
     let ids: Vec<String> = app
         .live_matches(2)
@@ -133,7 +206,10 @@ pub async fn scores_and_history(backend: &Backend) {
     // The leaderboard reflects kills within seconds, while the matches are still live.
     eventually(Duration::from_secs(10), || async {
         let (_, b) = app.get("/v1/leaderboards/global?limit=5").await;
-        b["entries"].as_array().filter(|e| !e.is_empty()).map(|_| ())
+        b["entries"]
+            .as_array()
+            .filter(|e| !e.is_empty())
+            .map(|_| ())
     })
     .await
     .expect("kills reach the leaderboard");
@@ -158,21 +234,34 @@ pub async fn scores_and_history(backend: &Backend) {
         let got: HashMap<String, i64> = b["entries"]
             .as_array()?
             .iter()
-            .map(|e| (e["player"].as_str().unwrap().to_string(), e["score"].as_i64().unwrap()))
+            .map(|e| {
+                (
+                    e["player"].as_str().unwrap().to_string(),
+                    e["score"].as_i64().unwrap(),
+                )
+            })
             .collect();
         (got == expected).then_some(b)
     })
     .await;
     let (_, now) = app.get("/v1/leaderboards/global?limit=1000").await;
-    assert!(board.is_some(), "global board must equal the results exactly\nexpected {expected:?}\ngot {now}");
+    assert!(
+        board.is_some(),
+        "global board must equal the results exactly\nexpected {expected:?}\ngot {now}"
+    );
     // Ranks follow the scores.
     let entries = now["entries"].as_array().unwrap();
     for w in entries.windows(2) {
         assert!(w[0]["score"].as_i64() >= w[1]["score"].as_i64());
-        assert_eq!(w[0]["rank"].as_u64().unwrap() + 1, w[1]["rank"].as_u64().unwrap());
+        assert_eq!(
+            w[0]["rank"].as_u64().unwrap() + 1,
+            w[1]["rank"].as_u64().unwrap()
+        );
     }
     let top = entries[0]["player"].as_str().unwrap();
-    let (status, around) = app.get(&format!("/v1/leaderboards/global/around/{top}?radius=2")).await;
+    let (status, around) = app
+        .get(&format!("/v1/leaderboards/global/around/{top}?radius=2"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(around["entries"][0]["player"], top);
 
@@ -181,13 +270,19 @@ pub async fn scores_and_history(backend: &Backend) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let app = App::spawn(backend, &args).await;
     for (id, before) in ids.iter().zip(&recorded) {
-        let after = results(&app, id).await.unwrap_or_else(|| panic!("history of {id} lost on restart"));
+        let after = results(&app, id)
+            .await
+            .unwrap_or_else(|| panic!("history of {id} lost on restart"));
         assert_eq!(&after, before);
     }
     let (player, score) = expected.iter().next().unwrap();
     let (status, stats) = app.get(&format!("/v1/players/{player}")).await;
     assert_eq!(status, 200, "{stats}");
-    assert_eq!(stats["kills"].as_i64(), Some(*score), "stats count each kill once");
+    assert_eq!(
+        stats["kills"].as_i64(),
+        Some(*score),
+        "stats count each kill once"
+    );
     drop(app);
 }
 
@@ -198,25 +293,54 @@ pub async fn http_errors(backend: &Backend) {
         ("/v1/matches/nope/snapshot", 404, "not_found"),
         ("/v1/matches/bad.id/snapshot", 404, "not_found"),
         ("/v1/leaderboards/nope", 404, "not_found"),
-        ("/v1/leaderboards/global?limit=100000", 400, "invalid_request"),
+        (
+            "/v1/leaderboards/global?limit=100000",
+            400,
+            "invalid_request",
+        ),
         ("/v1/leaderboards/global?offset=-1", 400, "invalid_request"),
-        ("/v1/leaderboards/global/around/p?radius=abc", 400, "invalid_request"),
+        (
+            "/v1/leaderboards/global/around/p?radius=abc",
+            400,
+            "invalid_request",
+        ),
         ("/v1/players/nobody", 404, "not_found"),
         ("/v1/no/such/route", 404, "not_found"),
     ];
     for (path, status, code) in cases {
         let (got, body) = app.get(path).await;
-        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{path}: {body}");
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {body}"
+        );
     }
     let (_, body) = app.get("/v1/leaderboards/global?limit=100000").await;
-    assert!(body["error"]["message"].as_str().unwrap().starts_with("limit"), "names the field: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("limit"),
+        "names the field: {body}"
+    );
 
     // Cold load: ETag and Cache-Control, then 304 on If-None-Match.
-    let id = app.live_matches(1).await[0]["id"].as_str().unwrap().to_string();
-    let r = app.http.get(app.url(&format!("/v1/matches/{id}/snapshot"))).send().await.unwrap();
+    let id = app.live_matches(1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/matches/{id}/snapshot")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
-    assert!(r.headers()["cache-control"].to_str().unwrap().contains("max-age=1"));
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=1"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(etag, format!("\"{}:{}\"", body["epoch"], body["version"]));
     let r = app
@@ -226,12 +350,31 @@ pub async fn http_errors(backend: &Backend) {
         .send()
         .await
         .unwrap();
-    assert!(r.status() == 304 || r.status() == 200, "304 while the version holds");
+    assert!(
+        r.status() == 304 || r.status() == 200,
+        "304 while the version holds"
+    );
     let (status, health) = app.get("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("gs_ticks_total"), "metrics exposed");
-    let page = app.http.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    let page = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("Grandstand"));
     drop(app);
 }

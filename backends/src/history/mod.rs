@@ -21,10 +21,29 @@ pub enum HistoryError {
 /// One fact to keep, derived from a match event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryRecord {
-    MatchStarted { match_id: String, epoch: u64, region: String, at_ms: u64 },
-    PlayerSeen { player: String, name: String },
-    Kill { match_id: String, epoch: u64, seq: u64, killer: String, victim: String, at_ms: u64 },
-    MatchEnded { match_id: String, at_ms: u64, results: Vec<PlayerResult> },
+    MatchStarted {
+        match_id: String,
+        epoch: u64,
+        region: String,
+        at_ms: u64,
+    },
+    PlayerSeen {
+        player: String,
+        name: String,
+    },
+    Kill {
+        match_id: String,
+        epoch: u64,
+        seq: u64,
+        killer: String,
+        victim: String,
+        at_ms: u64,
+    },
+    MatchEnded {
+        match_id: String,
+        at_ms: u64,
+        results: Vec<PlayerResult>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,7 +92,11 @@ impl SqlHistory {
     pub async fn connect(url: &str) -> Result<SqlHistory, HistoryError> {
         sqlx::any::install_default_drivers();
         let (url, dialect) = if url.starts_with("sqlite:") {
-            let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
             (url, Dialect::Sqlite)
         } else {
             (url.to_string(), Dialect::Postgres)
@@ -108,7 +131,12 @@ impl History for SqlHistory {
         let mut tx = self.pool.begin().await?;
         for record in batch {
             match record {
-                HistoryRecord::MatchStarted { match_id, epoch, region, at_ms } => {
+                HistoryRecord::MatchStarted {
+                    match_id,
+                    epoch,
+                    region,
+                    at_ms,
+                } => {
                     sqlx::query(&self.sql(
                         "INSERT INTO matches (match_id, region, epoch, started_ms) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (match_id) DO UPDATE SET epoch = excluded.epoch",
@@ -130,7 +158,14 @@ impl History for SqlHistory {
                     .execute(&mut *tx)
                     .await?;
                 }
-                HistoryRecord::Kill { match_id, epoch, seq, killer, victim, at_ms } => {
+                HistoryRecord::Kill {
+                    match_id,
+                    epoch,
+                    seq,
+                    killer,
+                    victim,
+                    at_ms,
+                } => {
                     sqlx::query(&self.sql(
                         "INSERT INTO kills (match_id, epoch, seq, killer, victim, at_ms) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -144,7 +179,11 @@ impl History for SqlHistory {
                     .execute(&mut *tx)
                     .await?;
                 }
-                HistoryRecord::MatchEnded { match_id, at_ms, results } => {
+                HistoryRecord::MatchEnded {
+                    match_id,
+                    at_ms,
+                    results,
+                } => {
                     sqlx::query(&self.sql("UPDATE matches SET ended_ms = $1 WHERE match_id = $2"))
                         .bind(*at_ms as i64)
                         .bind(match_id)
@@ -242,18 +281,46 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_history_is_idempotent_and_survives_reopen() {
-        let dir = std::env::temp_dir().join(format!("gs-hist-{}-{}", std::process::id(), protocol::now_ms()));
+        let dir = std::env::temp_dir().join(format!(
+            "gs-hist-{}-{}",
+            std::process::id(),
+            protocol::now_ms()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}", dir.join("h.sqlite").display());
         let batch = vec![
-            HistoryRecord::MatchStarted { match_id: "m1".into(), epoch: 1, region: "eu".into(), at_ms: 10 },
-            HistoryRecord::PlayerSeen { player: "a".into(), name: "Ann".into() },
-            HistoryRecord::PlayerSeen { player: "b".into(), name: "Bob".into() },
-            HistoryRecord::Kill { match_id: "m1".into(), epoch: 1, seq: 3, killer: "a".into(), victim: "b".into(), at_ms: 11 },
+            HistoryRecord::MatchStarted {
+                match_id: "m1".into(),
+                epoch: 1,
+                region: "eu".into(),
+                at_ms: 10,
+            },
+            HistoryRecord::PlayerSeen {
+                player: "a".into(),
+                name: "Ann".into(),
+            },
+            HistoryRecord::PlayerSeen {
+                player: "b".into(),
+                name: "Bob".into(),
+            },
+            HistoryRecord::Kill {
+                match_id: "m1".into(),
+                epoch: 1,
+                seq: 3,
+                killer: "a".into(),
+                victim: "b".into(),
+                at_ms: 11,
+            },
             HistoryRecord::MatchEnded {
                 match_id: "m1".into(),
                 at_ms: 20,
-                results: vec![PlayerResult { player: "a".into(), name: "Ann".into(), score: 1, kills: 1, deaths: 0 }],
+                results: vec![PlayerResult {
+                    player: "a".into(),
+                    name: "Ann".into(),
+                    score: 1,
+                    kills: 1,
+                    deaths: 0,
+                }],
             },
         ];
         {

@@ -78,7 +78,9 @@ impl Leaderboards for MemoryLeaderboards {
                 outcomes.push(ApplyOutcome::TooEarly);
                 continue;
             }
-            inner.applied.insert((ev.match_id.clone(), ev.epoch), ev.seq);
+            inner
+                .applied
+                .insert((ev.match_id.clone(), ev.epoch), ev.seq);
             for (player, name) in &ev.names {
                 inner.names.insert(player.clone(), name.clone());
             }
@@ -130,7 +132,11 @@ impl Leaderboards for MemoryLeaderboards {
         };
         let rank = b.order.range(..(*key, player.to_string())).count();
         let start = rank.saturating_sub(radius as usize);
-        Ok(Some(inner.page(b, start, rank - start + radius as usize + 1)))
+        Ok(Some(inner.page(
+            b,
+            start,
+            rank - start + radius as usize + 1,
+        )))
     }
 }
 
@@ -154,14 +160,31 @@ mod tests {
         let lb = MemoryLeaderboards::new();
         let t = 1_800_000_000_000;
         let out = lb
-            .apply(&[kill("m", 1, t, "a"), kill("m", 1, t, "a"), kill("m", 3, t, "b"), kill("m", 2, t, "b")])
+            .apply(&[
+                kill("m", 1, t, "a"),
+                kill("m", 1, t, "a"),
+                kill("m", 3, t, "b"),
+                kill("m", 2, t, "b"),
+            ])
             .await
             .unwrap();
-        assert_eq!(out, vec![ApplyOutcome::Applied, ApplyOutcome::Duplicate, ApplyOutcome::TooEarly, ApplyOutcome::Applied]);
+        assert_eq!(
+            out,
+            vec![
+                ApplyOutcome::Applied,
+                ApplyOutcome::Duplicate,
+                ApplyOutcome::TooEarly,
+                ApplyOutcome::Applied
+            ]
+        );
         let out = lb.apply(&[kill("m", 3, t + 5000, "b")]).await.unwrap();
         assert_eq!(out, vec![ApplyOutcome::Applied]);
         let page = lb.top("global", 0, 10).await.unwrap().unwrap();
-        let rows: Vec<_> = page.entries.iter().map(|e| (e.rank, e.player.as_str(), e.score)).collect();
+        let rows: Vec<_> = page
+            .entries
+            .iter()
+            .map(|e| (e.rank, e.player.as_str(), e.score))
+            .collect();
         assert_eq!(rows, vec![(1, "b", 2), (2, "a", 1)]);
         assert_eq!(page.entries[0].name, "B");
         assert!(lb.top("nope", 0, 10).await.unwrap().is_none());
@@ -171,13 +194,19 @@ mod tests {
     async fn ties_go_to_the_earlier_achievement() {
         let lb = MemoryLeaderboards::new();
         let t = 1_800_000_000_000;
-        lb.apply(&[kill("m", 1, t + 9000, "zed"), kill("m", 2, t, "amy")]).await.unwrap();
+        lb.apply(&[kill("m", 1, t + 9000, "zed"), kill("m", 2, t, "amy")])
+            .await
+            .unwrap();
         lb.apply(&[kill("n", 1, t + 1000, "bob")]).await.unwrap();
         let page = lb.top("global", 0, 10).await.unwrap().unwrap();
         let order: Vec<_> = page.entries.iter().map(|e| e.player.as_str()).collect();
         assert_eq!(order, vec!["amy", "bob", "zed"]);
         let around = lb.around("global", "bob", 1).await.unwrap().unwrap();
-        let order: Vec<_> = around.entries.iter().map(|e| (e.rank, e.player.as_str())).collect();
+        let order: Vec<_> = around
+            .entries
+            .iter()
+            .map(|e| (e.rank, e.player.as_str()))
+            .collect();
         assert_eq!(order, vec![(1, "amy"), (2, "bob"), (3, "zed")]);
     }
 }

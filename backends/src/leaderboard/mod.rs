@@ -106,8 +106,12 @@ pub trait Leaderboards: Send + Sync + 'static {
     async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError>;
 
     /// Entries `offset..offset+limit` in rank order, or `None` for a board that does not exist.
-    async fn top(&self, board: &str, offset: u64, limit: u64)
-        -> Result<Option<BoardPage>, BoardError>;
+    async fn top(
+        &self,
+        board: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<BoardPage>, BoardError>;
 
     /// The `radius` entries above and below `player`, with the player; `None` when the board or
     /// the player is not on it.

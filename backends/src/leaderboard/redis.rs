@@ -108,12 +108,7 @@ impl RedisLeaderboards {
         pipe
     }
 
-    async fn page(
-        &self,
-        board: &str,
-        start: i64,
-        stop: i64,
-    ) -> Result<BoardPage, BoardError> {
+    async fn page(&self, board: &str, start: i64, stop: i64) -> Result<BoardPage, BoardError> {
         let mut conn = self.conn.clone();
         let key = self.key(board);
         let (rows, total, updated): (Vec<(String, f64)>, u64, Option<u64>) = redis::pipe()
@@ -189,7 +184,11 @@ impl Leaderboards for RedisLeaderboards {
         limit: u64,
     ) -> Result<Option<BoardPage>, BoardError> {
         if limit == 0 {
-            return Ok(Some(BoardPage { entries: vec![], total: 0, updated_at_ms: None }));
+            return Ok(Some(BoardPage {
+                entries: vec![],
+                total: 0,
+                updated_at_ms: None,
+            }));
         }
         let page = self
             .page(board, offset as i64, (offset + limit - 1) as i64)
@@ -207,11 +206,17 @@ impl Leaderboards for RedisLeaderboards {
         radius: u64,
     ) -> Result<Option<BoardPage>, BoardError> {
         let mut conn = self.conn.clone();
-        let rank: Option<u64> = conn.zrank(self.key(board), player).await.map_err(unavailable)?;
+        let rank: Option<u64> = conn
+            .zrank(self.key(board), player)
+            .await
+            .map_err(unavailable)?;
         let Some(rank) = rank else {
             return Ok(None);
         };
         let start = rank.saturating_sub(radius);
-        Ok(Some(self.page(board, start as i64, (rank + radius) as i64).await?))
+        Ok(Some(
+            self.page(board, start as i64, (rank + radius) as i64)
+                .await?,
+        ))
     }
 }

@@ -70,16 +70,16 @@ impl MemoryLog {
     pub fn new(limits: MemoryLogLimits) -> MemoryLog {
         MemoryLog {
             shared: Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                matches: HashMap::new(),
-                created: VecDeque::new(),
-                events: VecDeque::new(),
-                next_event: 0,
-                consumers: HashMap::new(),
+                inner: Mutex::new(Inner {
+                    matches: HashMap::new(),
+                    created: VecDeque::new(),
+                    events: VecDeque::new(),
+                    next_event: 0,
+                    consumers: HashMap::new(),
+                }),
+                limits,
+                latest_event: watch::channel(0).0,
             }),
-            limits,
-            latest_event: watch::channel(0).0,
-        }),
         }
     }
 }
@@ -264,7 +264,10 @@ impl EventConsumer for MemoryConsumer {
                     return Ok(batch);
                 }
             }
-            if tokio::time::timeout_at(deadline, latest.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, latest.changed())
+                .await
+                .is_err()
+            {
                 return Ok(Vec::new());
             }
         }
@@ -311,7 +314,10 @@ mod tests {
     #[tokio::test]
     async fn follow_starts_at_the_latest_keyframe_then_goes_live() {
         let log = MemoryLog::new(MemoryLogLimits::default());
-        assert!(matches!(log.follow("m1").await, Err(LogError::UnknownMatch)));
+        assert!(matches!(
+            log.follow("m1").await,
+            Err(LogError::UnknownMatch)
+        ));
         log.publish(rec(0, LogKind::Keyframe)).await.unwrap();
         log.publish(rec(1, LogKind::Delta)).await.unwrap();
         log.publish(rec(2, LogKind::Delta)).await.unwrap();
@@ -324,7 +330,10 @@ mod tests {
             let item = s.next().await.unwrap().unwrap();
             seen.push((item.record.version, item.record.kind, item.caught_up));
         }
-        assert_eq!(seen, vec![(2, LogKind::Keyframe, false), (3, LogKind::Event, true)]);
+        assert_eq!(
+            seen,
+            vec![(2, LogKind::Keyframe, false), (3, LogKind::Event, true)]
+        );
         log.publish(rec(4, LogKind::Delta)).await.unwrap();
         let item = s.next().await.unwrap().unwrap();
         assert_eq!((item.record.version, item.caught_up), (4, true));
@@ -340,16 +349,29 @@ mod tests {
         }
         let mut c = log.event_consumer("agg").await.unwrap();
         let batch = c.next_batch(2, Duration::from_millis(10)).await.unwrap();
-        assert_eq!(batch.iter().map(|e| e.record.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            batch.iter().map(|e| e.record.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         c.ack(&batch[0]).await.unwrap();
         c.retry_later(&batch[1], Duration::ZERO).await.unwrap();
         let again = c.next_batch(10, Duration::from_millis(10)).await.unwrap();
-        assert_eq!(again.iter().map(|e| (e.record.version, e.delivered)).collect::<Vec<_>>(), vec![(2, 2), (3, 1)]);
+        assert_eq!(
+            again
+                .iter()
+                .map(|e| (e.record.version, e.delivered))
+                .collect::<Vec<_>>(),
+            vec![(2, 2), (3, 1)]
+        );
         drop(c);
         // A new consumer with the same name starts after the last acknowledged event.
         let mut c2 = log.event_consumer("agg").await.unwrap();
         let b = c2.next_batch(10, Duration::from_millis(10)).await.unwrap();
         assert_eq!(b.first().map(|e| e.record.version), Some(2));
-        assert!(c2.next_batch(10, Duration::from_millis(10)).await.unwrap().is_empty());
+        assert!(c2
+            .next_batch(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -88,8 +88,11 @@ pub trait EventConsumer: Send {
 
     /// Deliver the event again after `delay` (it arrived before an event it depends on, or its
     /// effect could not be made durable).
-    async fn retry_later(&mut self, event: &DeliveredEvent, delay: Duration)
-        -> Result<(), LogError>;
+    async fn retry_later(
+        &mut self,
+        event: &DeliveredEvent,
+        delay: Duration,
+    ) -> Result<(), LogError>;
 }
 
 /// Reads a match's log from its latest keyframe up to the present into a fresh feed: the cold

@@ -86,7 +86,12 @@ impl NatsLog {
         Ok(NatsLog { js, stream, config })
     }
 
-    fn record(&self, subject: &str, headers: Option<&async_nats::HeaderMap>, payload: Bytes) -> Option<LogRecord> {
+    fn record(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Option<LogRecord> {
         let (match_id, kind) = parse_subject(&self.config.subject_root, subject)?;
         let header = |name: &str| -> Option<u64> { headers?.get(name)?.as_str().parse().ok() };
         Some(LogRecord {
@@ -112,10 +117,17 @@ impl MatchLog for NatsLog {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());
         headers.insert(VERSION_HEADER, record.version.to_string().as_str());
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, record.msg_id().as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            record.msg_id().as_str(),
+        );
         let ack = self
             .js
-            .publish_with_headers(record.subject(&self.config.subject_root), headers, record.body)
+            .publish_with_headers(
+                record.subject(&self.config.subject_root),
+                headers,
+                record.body,
+            )
             .await
             .map_err(LogError::unavailable)?;
         ack.await.map_err(LogError::unavailable)?;
@@ -206,7 +218,9 @@ impl MatchLog for NatsLog {
         let mut ids = Vec::new();
         while let Some(s) = subjects.next().await {
             let (subject, _) = s.map_err(LogError::unavailable)?;
-            if let Some((id, LogKind::Keyframe)) = parse_subject(&self.config.subject_root, &subject) {
+            if let Some((id, LogKind::Keyframe)) =
+                parse_subject(&self.config.subject_root, &subject)
+            {
                 ids.push(id.to_string());
             }
         }
