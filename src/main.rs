@@ -296,10 +296,6 @@ async fn wait_for_signal(shutdown: Shutdown) {
     shutdown.cancel();
 }
 
-fn static_site() -> Router {
-    Router::new()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -379,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(aggregator::run(config, log, boards, history, shutdown));
     }
 
+    let mut api = None;
     if matches!(role, Role::All | Role::SnapshotApi) {
         let viewers: Option<snapshot_api::ViewerCounts> = gateway
             .clone()
@@ -395,12 +392,26 @@ async fn main() -> anyhow::Result<()> {
             },
             viewers,
         );
-        router = router.merge(snapshot_api::router(state));
+        router = router.merge(snapshot_api::router(state.clone()));
+        api = Some(state);
     }
-    router = router.merge(static_site()).fallback(httpkit::no_such_route);
 
-    let served = httpkit::serve(http, router, shutdown.clone());
-    let result = served.await;
+    // A single-role process serves that role's own entry point; `all` serves every router on
+    // one port (and game-server / aggregator processes only /healthz and /metrics).
+    let result = match (role, gateway, api) {
+        (Role::Gateway, Some(gw), _) => gw.run(http).await,
+        (Role::SnapshotApi, _, Some(state)) => {
+            snapshot_api::run(state, http, shutdown.clone()).await
+        }
+        _ => {
+            httpkit::serve(
+                http,
+                router.fallback(httpkit::no_such_route),
+                shutdown.clone(),
+            )
+            .await
+        }
+    };
     shutdown.cancel();
     // Give the rooms a moment to end their matches and flush their feeds.
     let drain = async { while tasks.join_next().await.is_some() {} };

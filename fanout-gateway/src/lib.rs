@@ -86,6 +86,17 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// Serves the gateway alone (its routes plus `/healthz` and `/metrics`) on `listener` until
+    /// `shutdown`.
+    pub async fn run(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let router = self
+            .router()
+            .merge(httpkit::ops_router())
+            .fallback(httpkit::no_such_route);
+        httpkit::serve(listener, router, shutdown).await
+    }
+
     /// The signer checking viewers' tokens (shared with the API in `all`).
     pub fn signer(&self) -> TokenSigner {
         self.signer.clone()

@@ -119,8 +119,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Serves the API alone (plus `/healthz` and `/metrics`) on `listener` until `shutdown`.
+pub async fn run(
+    state: ApiState,
+    listener: tokio::net::TcpListener,
+    shutdown: httpkit::Shutdown,
+) -> std::io::Result<()> {
+    let router = router(state)
+        .merge(httpkit::ops_router())
+        .fallback(httpkit::no_such_route);
+    httpkit::serve(listener, router, shutdown).await
+}
+
 async fn placeholder_page() -> Html<&'static str> {
-    Html(include_str!("placeholder.html"))
+    Html(include_str!("../../web-dashboard/placeholder.html"))
 }
 
 #[derive(Serialize)]
