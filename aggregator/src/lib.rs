@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backends::leaderboard::periods;
 use backends::{
-    ApplyOutcome, DeliveredEvent, EventConsumer, History, HistoryRecord, Leaderboards, MatchLog,
-    ScoredEvent,
+    ApplyOutcome, BoardChange, DeliveredEvent, EventConsumer, History, HistoryRecord, Leaderboards,
+    MatchLog, ScoredEvent,
 };
 use httpkit::Shutdown;
 use protocol::{EventRecord, LogRecord, MatchEvent};
@@ -27,6 +28,28 @@ pub struct AggregatorConfig {
     pub batch_size: usize,
     /// How long a batch waits to fill (the batch goes out at the size or this, whichever first).
     pub batch_wait: Duration,
+    pub retention: BoardRetention,
+}
+
+/// How long boards that end are kept: past days and weeks, and finished matches' scoreboards.
+#[derive(Debug, Clone, Copy)]
+pub struct BoardRetention {
+    /// Kept this long after their day ends.
+    pub daily: Duration,
+    /// Kept this long after their week ends.
+    pub weekly: Duration,
+    /// Kept this long after the match's last score.
+    pub per_match: Duration,
+}
+
+impl Default for BoardRetention {
+    fn default() -> Self {
+        BoardRetention {
+            daily: Duration::from_secs(7 * 86_400),
+            weekly: Duration::from_secs(5 * 7 * 86_400),
+            per_match: Duration::from_secs(86_400),
+        }
+    }
 }
 
 impl Default for AggregatorConfig {
@@ -35,18 +58,45 @@ impl Default for AggregatorConfig {
             consumer: "aggregator".into(),
             batch_size: 500,
             batch_wait: Duration::from_millis(50),
+            retention: BoardRetention::default(),
         }
     }
 }
 
-/// The leaderboard changes an event makes. Kills score a point on `global`.
-pub fn scored_event(record: &LogRecord, event: &EventRecord) -> ScoredEvent {
-    let changes = event
-        .event
-        .score_changes()
-        .into_iter()
-        .map(|(player, points)| ("global".to_string(), player.to_string(), points))
-        .collect();
+/// The leaderboard changes an event makes: each point counts on `global`, the event's day and
+/// ISO week (`daily:<date>`, `weekly:<week>`, UTC), its match (`match:<id>`) and its region
+/// (`region:<region>`).
+pub fn scored_event(
+    record: &LogRecord,
+    event: &EventRecord,
+    retention: &BoardRetention,
+) -> ScoredEvent {
+    let at = event.at_ms;
+    let until =
+        |end_ms: u64, keep: Duration| Some(end_ms.saturating_sub(at) / 1000 + keep.as_secs());
+    let mut changes = Vec::new();
+    for (player, points) in event.event.score_changes() {
+        changes.push(BoardChange::new("global", player, points));
+        changes.push(BoardChange {
+            keep_secs: until(periods::day_end_ms(at), retention.daily),
+            ..BoardChange::new(periods::daily_board(at), player, points)
+        });
+        changes.push(BoardChange {
+            keep_secs: until(periods::week_end_ms(at), retention.weekly),
+            ..BoardChange::new(periods::weekly_board(at), player, points)
+        });
+        changes.push(BoardChange {
+            keep_secs: Some(retention.per_match.as_secs()),
+            ..BoardChange::new(format!("match:{}", record.match_id), player, points)
+        });
+        if !event.region.is_empty() {
+            changes.push(BoardChange::new(
+                format!("region:{}", event.region),
+                player,
+                points,
+            ));
+        }
+    }
     let names = match &event.event {
         MatchEvent::PlayerJoined { player, name, .. } => vec![(player.clone(), name.clone())],
         _ => Vec::new(),
@@ -65,10 +115,10 @@ pub fn scored_event(record: &LogRecord, event: &EventRecord) -> ScoredEvent {
 pub fn history_records(record: &LogRecord, event: &EventRecord) -> Vec<HistoryRecord> {
     let match_id = record.match_id.clone();
     match &event.event {
-        MatchEvent::MatchStarted { region } => vec![HistoryRecord::MatchStarted {
+        MatchEvent::MatchStarted {} => vec![HistoryRecord::MatchStarted {
             match_id,
             epoch: record.epoch,
-            region: region.clone(),
+            region: event.region.clone(),
             at_ms: event.at_ms,
         }],
         MatchEvent::PlayerJoined { player, name, .. } => vec![HistoryRecord::PlayerSeen {
@@ -175,7 +225,7 @@ async fn run_leaderboards(
         let events = decode(&mut *consumer, batch).await;
         let scored: Vec<ScoredEvent> = events
             .iter()
-            .map(|(d, e)| scored_event(&d.record, e))
+            .map(|(d, e)| scored_event(&d.record, e, &config.retention))
             .collect();
         let started = std::time::Instant::now();
         match boards.apply(&scored).await {
@@ -281,7 +331,7 @@ mod tests {
     use protocol::LogKind;
 
     #[test]
-    fn kills_score_the_killer_on_global() {
+    fn kills_score_the_killer_on_every_board() {
         let rec = LogRecord {
             match_id: "m".into(),
             epoch: 3,
@@ -289,31 +339,50 @@ mod tests {
             kind: LogKind::Event,
             body: Bytes::new(),
         };
+        // 2026-11-21 12:00 UTC, a Saturday.
+        let at = 1_795_262_400_000;
+        let kill = MatchEvent::Kill {
+            killer: "a".into(),
+            victim: "b".into(),
+        };
         let ev = EventRecord {
             seq: 4,
-            at_ms: 77,
-            event: MatchEvent::Kill {
-                killer: "a".into(),
-                victim: "b".into(),
-            },
+            region: "eu".into(),
+            at_ms: at,
+            event: kill,
         };
-        let s = scored_event(&rec, &ev);
-        assert_eq!((s.epoch, s.seq, s.at_ms), (3, 4, 77));
-        assert_eq!(s.changes, vec![("global".to_string(), "a".to_string(), 1)]);
+        let r = BoardRetention::default();
+        let s = scored_event(&rec, &ev, &r);
+        assert_eq!((s.epoch, s.seq, s.at_ms), (3, 4, at));
+        let boards: Vec<_> = s
+            .changes
+            .iter()
+            .map(|c| (c.board.as_str(), c.player.as_str(), c.points, c.keep_secs))
+            .collect();
+        assert_eq!(
+            boards,
+            vec![
+                ("global", "a", 1, None),
+                ("daily:2026-11-21", "a", 1, Some(12 * 3600 + 7 * 86_400)),
+                ("weekly:2026-W47", "a", 1, Some(36 * 3600 + 35 * 86_400)),
+                ("match:m", "a", 1, Some(86_400)),
+                ("region:eu", "a", 1, None),
+            ]
+        );
         assert_eq!(history_records(&rec, &ev).len(), 1);
+        let joined = MatchEvent::PlayerJoined {
+            player: "c".into(),
+            name: "Cy".into(),
+            bot: true,
+        };
         let join = EventRecord {
             seq: 5,
+            region: "eu".into(),
             at_ms: 1,
-            event: MatchEvent::PlayerJoined {
-                player: "c".into(),
-                name: "Cy".into(),
-                bot: true,
-            },
+            event: joined,
         };
-        assert_eq!(
-            scored_event(&rec, &join).names,
-            vec![("c".to_string(), "Cy".to_string())]
-        );
-        assert!(scored_event(&rec, &join).changes.is_empty());
+        let s = scored_event(&rec, &join, &r);
+        assert_eq!(s.names, vec![("c".to_string(), "Cy".to_string())]);
+        assert!(s.changes.is_empty());
     }
 }

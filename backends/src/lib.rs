@@ -9,7 +9,7 @@ pub mod matchlog;
 
 pub use history::{History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, SqlHistory};
 pub use leaderboard::{
-    ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
+    ApplyOutcome, BoardChange, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
     RedisLeaderboards, ScoredEvent,
 };
 pub use matchlog::{

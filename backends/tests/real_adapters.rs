@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use backends::{
-    ApplyOutcome, Leaderboards, LogKind, MatchLog, MemoryLeaderboards, NatsLog, NatsLogConfig,
-    RedisLeaderboards, ScoredEvent,
+    ApplyOutcome, BoardChange, Leaderboards, LogKind, MatchLog, MemoryLeaderboards, NatsLog,
+    NatsLogConfig, RedisLeaderboards, ScoredEvent,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -155,7 +155,7 @@ fn kill(match_id: &str, seq: u64, at_ms: u64, killer: &str) -> ScoredEvent {
         epoch: 1,
         seq,
         at_ms,
-        changes: vec![("global".into(), killer.into(), 1)],
+        changes: vec![BoardChange::new("global", killer, 1)],
         names: vec![(killer.into(), format!("Name {killer}"))],
     }
 }
@@ -246,6 +246,25 @@ async fn redis_leaderboards_follow_the_same_rules() {
             .unwrap(),
         vec![ApplyOutcome::Applied]
     );
+    // Boards that end expire on their own.
+    let mut ev = kill("m", 5, 1_800_000_200_000, "a");
+    ev.changes = vec![BoardChange {
+        keep_secs: Some(100),
+        ..BoardChange::new("daily:2027-01-15", "a", 1)
+    }];
+    assert_eq!(lb.apply(&[ev]).await.unwrap(), vec![ApplyOutcome::Applied]);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}lb:daily:2027-01-15"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((90..=100).contains(&ttl), "ttl {ttl}");
+    let global_ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}lb:global"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(global_ttl, -1, "global never expires");
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut c)

@@ -109,7 +109,13 @@ async fn run_slot(
             .round()
             .max(1.0) as u64;
         let (tx, rx) = mpsc::channel(1024);
-        let publisher = Publisher::new(log.clone(), match_id.clone(), epoch, keyframe_every);
+        let publisher = Publisher::new(
+            log.clone(),
+            match_id.clone(),
+            region.clone(),
+            epoch,
+            keyframe_every,
+        );
         let publishing = tokio::spawn(publisher.run(rx, shutdown.clone()));
         tracing::info!(%match_id, %region, epoch, "match starting");
         metrics::LIVE_MATCHES.inc();

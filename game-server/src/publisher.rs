@@ -28,6 +28,7 @@ pub enum RoomOutput {
 pub struct Publisher {
     log: Arc<dyn MatchLog>,
     match_id: String,
+    region: String,
     epoch: u64,
     version: u64,
     event_seq: u64,
@@ -40,12 +41,14 @@ impl Publisher {
     pub fn new(
         log: Arc<dyn MatchLog>,
         match_id: String,
+        region: String,
         epoch: u64,
         keyframe_every: u64,
     ) -> Publisher {
         Publisher {
             log,
             match_id,
+            region,
             epoch,
             version: 0,
             event_seq: 0,
@@ -80,6 +83,7 @@ impl Publisher {
                     self.event_seq += 1;
                     let record = EventRecord {
                         seq: self.event_seq,
+                        region: self.region.clone(),
                         at_ms,
                         event,
                     };

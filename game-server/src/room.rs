@@ -90,9 +90,7 @@ pub async fn run_room(config: RoomConfig, tx: mpsc::Sender<RoomOutput>, shutdown
     let started = now_ms();
     outbox.push(RoomOutput::Event {
         at_ms: started,
-        event: MatchEvent::MatchStarted {
-            region: config.region.clone(),
-        },
+        event: MatchEvent::MatchStarted {},
     });
     for p in &world.players {
         outbox.push(RoomOutput::Event {

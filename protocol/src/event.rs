@@ -7,9 +7,8 @@ use crate::ids::PlayerId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MatchEvent {
-    MatchStarted {
-        region: String,
-    },
+    /// The match's region is on every event record (`EventRecord::region`).
+    MatchStarted {},
     PlayerJoined {
         player: PlayerId,
         name: String,
@@ -42,6 +41,9 @@ pub struct PlayerResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
+    /// The region the match is played in (boards per region are kept from it).
+    #[serde(default)]
+    pub region: String,
     /// When the event happened (ms since the Unix epoch); leaderboard ties are broken by it.
     pub at_ms: u64,
     #[serde(flatten)]
@@ -54,6 +56,50 @@ impl MatchEvent {
         match self {
             MatchEvent::Kill { killer, .. } => vec![(killer.as_str(), 1)],
             _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips_through_its_record() {
+        let events = [
+            MatchEvent::MatchStarted {},
+            MatchEvent::PlayerJoined {
+                player: "p".into(),
+                name: "P".into(),
+                bot: false,
+            },
+            MatchEvent::PlayerLeft { player: "p".into() },
+            MatchEvent::Kill {
+                killer: "a".into(),
+                victim: "b".into(),
+            },
+            MatchEvent::MatchEnded {
+                results: vec![PlayerResult {
+                    player: "a".into(),
+                    name: "A".into(),
+                    score: 1,
+                    kills: 1,
+                    deaths: 0,
+                }],
+            },
+        ];
+        for (i, event) in events.into_iter().enumerate() {
+            let record = EventRecord {
+                seq: i as u64 + 1,
+                region: "eu".into(),
+                at_ms: 5,
+                event,
+            };
+            let json = serde_json::to_vec(&record).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<EventRecord>(&json).unwrap(),
+                record
+            );
         }
     }
 }

@@ -423,6 +423,31 @@ fn board_response(board: &str, page: backends::BoardPage) -> Response {
     .into_response()
 }
 
+/// The board a request names: `daily` and `weekly` mean the current period. Returns the name
+/// and whether the board exists even while empty (global and the current periods).
+pub fn resolve_board(board: &str, now_ms: u64) -> Result<(String, bool), ApiError> {
+    use backends::leaderboard::periods;
+    let resolved = match board {
+        "daily" => periods::daily_board(now_ms),
+        "weekly" => periods::weekly_board(now_ms),
+        other => other.to_string(),
+    };
+    let known = matches!(board, "global" | "daily" | "weekly")
+        || ["daily:", "weekly:", "match:", "region:"]
+            .iter()
+            .any(|p| board.starts_with(p));
+    if !known || !backends::leaderboard::valid_board(&resolved) {
+        return Err(ApiError::not_found(format!(
+            "no leaderboard {board:?}; boards are global, daily, weekly, daily:<YYYY-MM-DD>, \
+             weekly:<YYYY-Www>, match:<id>, region:<region>"
+        )));
+    }
+    let standing = matches!(board, "global" | "daily" | "weekly")
+        || resolved == periods::daily_board(now_ms)
+        || resolved == periods::weekly_board(now_ms);
+    Ok((resolved, standing))
+}
+
 async fn leaderboard(
     State(s): State<ApiState>,
     Path(board): Path<String>,
@@ -430,16 +455,22 @@ async fn leaderboard(
 ) -> Result<Response, ApiError> {
     let limit = bounded(&q, "limit", 100, 1, MAX_LIMIT)?;
     let offset = bounded(&q, "offset", 0, 0, MAX_OFFSET)?;
-    if !backends::leaderboard::valid_board(&board) {
-        return Err(ApiError::not_found(format!("no leaderboard {board:?}")));
-    }
-    let page = s
+    let (board, standing) = resolve_board(&board, protocol::now_ms())?;
+    let page = match s
         .inner
         .boards
         .top(&board, offset, limit)
         .await
         .map_err(board_error)?
-        .ok_or_else(|| ApiError::not_found(format!("no leaderboard {board:?}")))?;
+    {
+        Some(page) => page,
+        None if standing => backends::BoardPage {
+            entries: Vec::new(),
+            total: 0,
+            updated_at_ms: None,
+        },
+        None => return Err(ApiError::not_found(format!("no leaderboard {board:?}"))),
+    };
     Ok(board_response(&board, page))
 }
 
@@ -449,9 +480,7 @@ async fn around(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let radius = bounded(&q, "radius", 10, 0, MAX_RADIUS)?;
-    if !backends::leaderboard::valid_board(&board) {
-        return Err(ApiError::not_found(format!("no leaderboard {board:?}")));
-    }
+    let (board, _) = resolve_board(&board, protocol::now_ms())?;
     let page = s
         .inner
         .boards

@@ -258,6 +258,37 @@ pub async fn scores_and_history(backend: &Backend) {
             w[1]["rank"].as_u64().unwrap()
         );
     }
+    // Every point also lands on the day's, the week's, the match's and the region's board.
+    for board in ["daily", "weekly", "region:eu", "region:us"] {
+        let (status, b) = app
+            .get(&format!("/v1/leaderboards/{board}?limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{board}: {b}");
+    }
+    let (_, daily) = app.get("/v1/leaderboards/daily?limit=1000").await;
+    assert!(daily["board"].as_str().unwrap().starts_with("daily:20"));
+    assert_eq!(
+        daily["total"], now["total"],
+        "today's board holds everyone who scored today"
+    );
+    for id in &ids {
+        let (status, b) = app
+            .get(&format!("/v1/leaderboards/match:{id}?limit=100"))
+            .await;
+        assert_eq!(status, 200, "{b}");
+        let sum: i64 = b["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["score"].as_i64().unwrap())
+            .sum();
+        let want: i64 = expected
+            .iter()
+            .filter(|(p, _)| p.starts_with(id.as_str()))
+            .map(|(_, s)| s)
+            .sum();
+        assert_eq!(sum, want, "match board of {id}");
+    }
     let top = entries[0]["player"].as_str().unwrap();
     let (status, around) = app
         .get(&format!("/v1/leaderboards/global/around/{top}?radius=2"))
@@ -293,6 +324,7 @@ pub async fn http_errors(backend: &Backend) {
         ("/v1/matches/nope/snapshot", 404, "not_found"),
         ("/v1/matches/bad.id/snapshot", 404, "not_found"),
         ("/v1/leaderboards/nope", 404, "not_found"),
+        ("/v1/leaderboards/match:nope", 404, "not_found"),
         (
             "/v1/leaderboards/global?limit=100000",
             400,

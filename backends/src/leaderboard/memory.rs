@@ -7,14 +7,20 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    is_standing_board, points_of, rank_key, ApplyOutcome, BoardError, BoardPage, Entry,
-    Leaderboards, ScoredEvent,
+    points_of, rank_key, ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards, ScoredEvent,
 };
 
 #[derive(Default)]
 struct Board {
     keys: HashMap<String, i64>,
     order: BTreeSet<(i64, String)>,
+    expires_at_ms: Option<u64>,
+}
+
+impl Board {
+    fn live(&self, now_ms: u64) -> bool {
+        !self.order.is_empty() && self.expires_at_ms.is_none_or(|t| t > now_ms)
+    }
 }
 
 #[derive(Default)]
@@ -84,8 +90,11 @@ impl Leaderboards for MemoryLeaderboards {
             for (player, name) in &ev.names {
                 inner.names.insert(player.clone(), name.clone());
             }
-            for (board, player, points) in &ev.changes {
+            let now = protocol::now_ms();
+            for c in &ev.changes {
+                let (board, player, points) = (&c.board, &c.player, &c.points);
                 let b = inner.boards.entry(board.clone()).or_default();
+                b.expires_at_ms = c.keep_secs.map(|k| now + k * 1000);
                 let old = b.keys.get(player).copied();
                 let current = old.map(points_of).unwrap_or(0);
                 let key = rank_key(current + points, ev.at_ms);
@@ -95,9 +104,13 @@ impl Leaderboards for MemoryLeaderboards {
                 b.order.insert((key, player.clone()));
                 b.keys.insert(player.clone(), key);
             }
-            inner.updated_at_ms = Some(protocol::now_ms());
+            inner.updated_at_ms = Some(now);
             outcomes.push(ApplyOutcome::Applied);
         }
+        let now = protocol::now_ms();
+        inner
+            .boards
+            .retain(|_, b| b.expires_at_ms.is_none_or(|t| t > now));
         Ok(outcomes)
     }
 
@@ -108,13 +121,12 @@ impl Leaderboards for MemoryLeaderboards {
         limit: u64,
     ) -> Result<Option<BoardPage>, BoardError> {
         let inner = self.inner.lock().unwrap();
-        let empty = Board::default();
-        let b = match inner.boards.get(board) {
-            Some(b) => b,
-            None if is_standing_board(board) => &empty,
-            None => return Ok(None),
-        };
-        Ok(Some(inner.page(b, offset as usize, limit as usize)))
+        match inner.boards.get(board) {
+            Some(b) if b.live(protocol::now_ms()) => {
+                Ok(Some(inner.page(b, offset as usize, limit as usize)))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn around(
@@ -124,7 +136,11 @@ impl Leaderboards for MemoryLeaderboards {
         radius: u64,
     ) -> Result<Option<BoardPage>, BoardError> {
         let inner = self.inner.lock().unwrap();
-        let Some(b) = inner.boards.get(board) else {
+        let Some(b) = inner
+            .boards
+            .get(board)
+            .filter(|b| b.live(protocol::now_ms()))
+        else {
             return Ok(None);
         };
         let Some(key) = b.keys.get(player) else {
@@ -143,6 +159,7 @@ impl Leaderboards for MemoryLeaderboards {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leaderboard::BoardChange;
 
     pub(crate) fn kill(match_id: &str, seq: u64, at_ms: u64, killer: &str) -> ScoredEvent {
         ScoredEvent {
@@ -150,7 +167,7 @@ mod tests {
             epoch: 1,
             seq,
             at_ms,
-            changes: vec![("global".into(), killer.into(), 1)],
+            changes: vec![BoardChange::new("global", killer, 1)],
             names: vec![(killer.into(), killer.to_uppercase())],
         }
     }

@@ -10,6 +10,7 @@
 //! score change; `seq <= last` is a duplicate, `seq > last + 1` arrived early and is retried.
 
 mod memory;
+pub mod periods;
 mod redis;
 
 use async_trait::async_trait;
@@ -49,10 +50,31 @@ pub struct ScoredEvent {
     pub epoch: u64,
     pub seq: u64,
     pub at_ms: u64,
-    /// `(board, player, points)`: points added to a player on a board.
-    pub changes: Vec<(String, String, i64)>,
+    pub changes: Vec<BoardChange>,
     /// `(player, display name)` learnt from this event.
     pub names: Vec<(String, String)>,
+}
+
+/// Points added to a player on a board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardChange {
+    pub board: String,
+    pub player: String,
+    pub points: i64,
+    /// How long the board is kept after this change, for boards that expire (past periods,
+    /// finished matches); `None` keeps it forever.
+    pub keep_secs: Option<u64>,
+}
+
+impl BoardChange {
+    pub fn new(board: impl Into<String>, player: impl Into<String>, points: i64) -> BoardChange {
+        BoardChange {
+            board: board.into(),
+            player: player.into(),
+            points,
+            keep_secs: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +108,6 @@ pub enum BoardError {
     Unavailable(String),
 }
 
-/// Boards that exist even while empty.
-pub fn is_standing_board(board: &str) -> bool {
-    board == "global"
-}
-
 /// A board name is short and made of `[A-Za-z0-9:_-]` (e.g. `global`, `match:eu-1`).
 pub fn valid_board(board: &str) -> bool {
     !board.is_empty()
@@ -105,7 +122,8 @@ pub trait Leaderboards: Send + Sync + 'static {
     /// Applies a batch, each event atomically and exactly once; one outcome per event.
     async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError>;
 
-    /// Entries `offset..offset+limit` in rank order, or `None` for a board that does not exist.
+    /// Entries `offset..offset+limit` in rank order, or `None` for a board that has no entries
+    /// (never scored, or expired).
     async fn top(
         &self,
         board: &str,

@@ -11,13 +11,14 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    achievement_time, is_standing_board, points_of, ApplyOutcome, BoardError, BoardPage, Entry,
-    Leaderboards, ScoredEvent,
+    achievement_time, points_of, ApplyOutcome, BoardError, BoardPage, Entry, Leaderboards,
+    ScoredEvent,
 };
 
 const APPLY_EVENT: &str = r#"
 -- KEYS: applied hash, names hash, updated_at, then one board key per score change
--- ARGV: field, seq, achievement time, now_ms, name count, (player, name)*, (player, points)*
+-- ARGV: field, seq, achievement time, now_ms, name count, (player, name)*,
+--       (player, points, keep seconds or 0)* one per board key
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local seq = tonumber(ARGV[2])
 if seq <= last then return 0 end
@@ -33,12 +34,14 @@ end
 for k = 4, #KEYS do
   local member = ARGV[i]
   local delta = tonumber(ARGV[i + 1])
-  i = i + 2
+  local keep = tonumber(ARGV[i + 2])
+  i = i + 3
   local cur = redis.call('ZSCORE', KEYS[k], member)
   local points = 0
   if cur then points = math.floor(-tonumber(cur) / span) end
   points = math.max(0, math.min(points + delta, 4194303))
   redis.call('ZADD', KEYS[k], -(points * span + (span - 1 - t)), member)
+  if keep > 0 then redis.call('EXPIRE', KEYS[k], keep) end
 end
 redis.call('SET', KEYS[3], ARGV[4])
 return 1
@@ -89,8 +92,8 @@ impl RedisLeaderboards {
             inv.key(self.key("applied"))
                 .key(self.key("names"))
                 .key(self.key("updated_at"));
-            for (board, _, _) in &ev.changes {
-                inv.key(self.key(board));
+            for c in &ev.changes {
+                inv.key(self.key(&c.board));
             }
             inv.arg(format!("{}:{}", ev.match_id, ev.epoch))
                 .arg(ev.seq)
@@ -100,8 +103,10 @@ impl RedisLeaderboards {
             for (player, name) in &ev.names {
                 inv.arg(player).arg(name);
             }
-            for (_, player, points) in &ev.changes {
-                inv.arg(player).arg(*points);
+            for c in &ev.changes {
+                inv.arg(&c.player)
+                    .arg(c.points)
+                    .arg(c.keep_secs.unwrap_or(0));
             }
             pipe.invoke_script(&inv);
         }
@@ -193,7 +198,7 @@ impl Leaderboards for RedisLeaderboards {
         let page = self
             .page(board, offset as i64, (offset + limit - 1) as i64)
             .await?;
-        if page.total == 0 && !is_standing_board(board) {
+        if page.total == 0 {
             return Ok(None);
         }
         Ok(Some(page))
