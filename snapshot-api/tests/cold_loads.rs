@@ -1,0 +1,129 @@
+//! The API as a router, driven with `oneshot` over an embedded match log that counts reads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use backends::{
+    EventConsumer, LogError, LogStream, MatchLog, MemoryLeaderboards, MemoryLog, MemoryLogLimits,
+    SqlHistory,
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use protocol::{Delta, LogKind, LogRecord, SpectatorState, TokenSigner};
+use snapshot_api::{router, ApiConfig, ApiState};
+use tower::ServiceExt;
+
+/// The embedded log, counting how often a match's log is read from its keyframe.
+struct CountingLog {
+    inner: MemoryLog,
+    follows: AtomicUsize,
+}
+
+#[async_trait]
+impl MatchLog for CountingLog {
+    async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
+        self.inner.publish(record).await
+    }
+    async fn follow(&self, match_id: &str) -> Result<LogStream, LogError> {
+        self.follows.fetch_add(1, Ordering::SeqCst);
+        // Make the read slow enough that every request arrives while it is in flight.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.inner.follow(match_id).await
+    }
+    async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
+        self.inner.latest_keyframe(match_id).await
+    }
+    async fn match_ids(&self) -> Result<Vec<String>, LogError> {
+        self.inner.match_ids().await
+    }
+    async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
+        self.inner.event_consumer(name).await
+    }
+}
+
+async fn app() -> (axum::Router, Arc<CountingLog>) {
+    let log = Arc::new(CountingLog {
+        inner: MemoryLog::new(MemoryLogLimits::default()),
+        follows: AtomicUsize::new(0),
+    });
+    let record = |version, kind, body: Vec<u8>| LogRecord {
+        match_id: "eu-1".into(),
+        epoch: 9,
+        version,
+        kind,
+        body: Bytes::from(body),
+    };
+    let state = SpectatorState { region: "eu".into(), ..Default::default() };
+    log.publish(record(0, LogKind::Keyframe, serde_json::to_vec(&state).unwrap())).await.unwrap();
+    let delta = Delta { tick: 3, ..Default::default() };
+    log.publish(record(1, LogKind::Delta, serde_json::to_vec(&delta).unwrap())).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("gs-api-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = SqlHistory::connect(&format!("sqlite://{}", dir.join("h.sqlite").display())).await.unwrap();
+    let state = ApiState::new(
+        ApiConfig::default(),
+        log.clone(),
+        Arc::new(MemoryLeaderboards::new()),
+        Arc::new(history),
+        TokenSigner::new(b"0123456789abcdef"),
+        None,
+    );
+    (router(state), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_cold_loads_cost_one_backend_read() {
+    let (app, log) = app().await;
+    let requests = (0..1000).map(|_| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let res = app
+                .oneshot(Request::get("/v1/matches/eu-1/snapshot").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let etag = res.headers()["etag"].to_str().unwrap().to_string();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (etag, body)
+        })
+    });
+    let responses = futures::future::join_all(requests).await;
+    assert_eq!(log.follows.load(Ordering::SeqCst), 1, "concurrent misses must coalesce");
+    let (etag, body) = responses[0].as_ref().unwrap();
+    assert_eq!(etag, "\"9:1\"");
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!((v["epoch"].as_u64(), v["version"].as_u64(), v["state"]["tick"].as_u64()), (Some(9), Some(1), Some(3)));
+    assert!(responses.iter().all(|r| r.as_ref().unwrap().1 == *body), "everyone gets the same bytes");
+    // Unknown matches are 404s and are not cached as hits.
+    let res = app
+        .clone()
+        .oneshot(Request::get("/v1/matches/eu-2/snapshot").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn not_modified_when_the_etag_matches() {
+    let (app, _) = app().await;
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get("/v1/matches/eu-1/snapshot")
+                .header("if-none-match", "\"9:1\"")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(res.headers()["etag"], "\"9:1\"");
+    let res = app
+        .oneshot(Request::get("/v1/matches/eu-1/snapshot").header("if-none-match", "\"9:0\"").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
