@@ -208,7 +208,17 @@ async fn run_leaderboards(
     let Some(mut consumer) = open_consumer(&*log, &name, &shutdown).await else {
         return;
     };
+    let mut last_heartbeat = std::time::Instant::now() - Duration::from_secs(60);
     loop {
+        // Tell readers we are alive and how far behind, about once a second.
+        if last_heartbeat.elapsed() >= Duration::from_secs(1) {
+            last_heartbeat = std::time::Instant::now();
+            let backlog = consumer.backlog().await.unwrap_or(0);
+            metrics::BACKLOG.set(backlog as i64);
+            if let Err(e) = boards.heartbeat(backlog).await {
+                tracing::warn!(error = %e, "leaderboard heartbeat failed");
+            }
+        }
         let batch = tokio::select! {
             b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
             _ = shutdown.cancelled() => return,

@@ -1,6 +1,16 @@
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
+use prometheus::{
+    register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge,
+};
+
+pub static BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "agg_leaderboard_backlog",
+        "Events not yet applied to the leaderboards"
+    )
+    .unwrap()
+});
 
 pub static APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(

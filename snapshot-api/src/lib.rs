@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use backends::{load_feed, BoardError, History, Leaderboards, LogError, MatchLog};
+use backends::{load_feed, BoardError, BoardPage, History, Leaderboards, LogError, MatchLog};
 use bytes::Bytes;
 use httpkit::ApiError;
 use moka::future::Cache;
@@ -68,6 +68,11 @@ struct Inner {
     signer: TokenSigner,
     snapshots: Cache<String, Arc<Snapshot>>,
     match_list: Cache<(), Arc<Vec<MatchListing>>>,
+    /// Board reads, shared by concurrent requests for a quarter of a second.
+    board_reads: Cache<String, Arc<Option<BoardPage>>>,
+    /// The last good answer per board read and when it was fetched, served (marked stale)
+    /// while the leaderboard store is unavailable.
+    last_good: Cache<String, (Arc<Option<BoardPage>>, u64)>,
     viewers: Option<ViewerCounts>,
     guests: RateLimiter,
 }
@@ -89,6 +94,14 @@ impl ApiState {
             .max_capacity(1)
             .time_to_live(Duration::from_secs(1))
             .build();
+        let board_reads = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_millis(250))
+            .build();
+        let last_good = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(600))
+            .build();
         let guests = RateLimiter::new(config.guest_burst, config.guest_refill, 100_000);
         ApiState {
             inner: Arc::new(Inner {
@@ -99,6 +112,8 @@ impl ApiState {
                 signer,
                 snapshots,
                 match_list,
+                board_reads,
+                last_good,
                 viewers,
                 guests,
             }),
@@ -407,16 +422,80 @@ fn bounded(
     Ok(v)
 }
 
-fn board_error(e: BoardError) -> ApiError {
+fn board_error(e: &BoardError) -> ApiError {
     tracing::warn!(error = %e, "leaderboard read failed");
     ApiError::unavailable("leaderboards unavailable; retry")
 }
 
-fn board_response(board: &str, page: backends::BoardPage) -> Response {
+/// The aggregator counts as behind when it has not reported for this long...
+const HEARTBEAT_STALE_MS: u64 = 5_000;
+/// ...or has more than this many events left to apply.
+const BACKLOG_STALE: u64 = 1_000;
+
+/// Reads a board through the short cache; when the store is down, falls back to the last
+/// good answer and says since when it is stale.
+async fn read_board<F>(
+    s: &ApiState,
+    key: String,
+    fetch: F,
+) -> Result<(Arc<Option<BoardPage>>, Option<u64>), ApiError>
+where
+    F: std::future::Future<Output = Result<Option<BoardPage>, BoardError>>,
+{
+    let fetched = s
+        .inner
+        .board_reads
+        .try_get_with(key.clone(), async move { fetch.await.map(Arc::new) })
+        .await;
+    match fetched {
+        Ok(page) => {
+            s.inner
+                .last_good
+                .insert(key, (page.clone(), protocol::now_ms()))
+                .await;
+            Ok((page, None))
+        }
+        Err(e) => match s.inner.last_good.get(&key).await {
+            Some((page, fetched_ms)) => {
+                metrics::STALE_SERVED.inc();
+                tracing::warn!(error = %e, "leaderboard store unavailable; serving the last known board");
+                Ok((page, Some(fetched_ms)))
+            }
+            None => Err(board_error(&e)),
+        },
+    }
+}
+
+/// A board as clients see it, with how fresh it is: `updated_at` (last applied event),
+/// `age_ms`, and `stale` with the reason when the aggregator is behind or silent, or when the
+/// store is down and the last known value is served.
+fn board_response(board: &str, page: &BoardPage, store_down_since: Option<u64>) -> Response {
+    let now = protocol::now_ms();
+    let reason = if let Some(since) = store_down_since {
+        Some(format!(
+            "leaderboard store unavailable; last known value from {} ms ago",
+            now.saturating_sub(since)
+        ))
+    } else if page
+        .aggregator_heartbeat_ms
+        .is_none_or(|h| now.saturating_sub(h) > HEARTBEAT_STALE_MS)
+    {
+        Some("aggregator not reporting".to_string())
+    } else if page.aggregator_backlog.unwrap_or(0) > BACKLOG_STALE {
+        Some(format!(
+            "aggregator is {} events behind",
+            page.aggregator_backlog.unwrap_or(0)
+        ))
+    } else {
+        None
+    };
     Json(serde_json::json!({
         "board": board,
         "updated_at": page.updated_at_ms,
-        "stale": false,
+        "age_ms": page.updated_at_ms.map(|u| now.saturating_sub(u)),
+        "stale": reason.is_some(),
+        "stale_reason": reason,
+        "behind_events": page.aggregator_backlog,
         "total": page.total,
         "entries": page.entries,
     }))
@@ -456,22 +535,20 @@ async fn leaderboard(
     let limit = bounded(&q, "limit", 100, 1, MAX_LIMIT)?;
     let offset = bounded(&q, "offset", 0, 0, MAX_OFFSET)?;
     let (board, standing) = resolve_board(&board, protocol::now_ms())?;
-    let page = match s
-        .inner
-        .boards
-        .top(&board, offset, limit)
-        .await
-        .map_err(board_error)?
-    {
-        Some(page) => page,
-        None if standing => backends::BoardPage {
-            entries: Vec::new(),
-            total: 0,
-            updated_at_ms: None,
-        },
-        None => return Err(ApiError::not_found(format!("no leaderboard {board:?}"))),
-    };
-    Ok(board_response(&board, page))
+    let key = format!("top:{board}:{offset}:{limit}");
+    let boards = s.inner.boards.clone();
+    let name = board.clone();
+    let (page, down) = read_board(
+        &s,
+        key,
+        async move { boards.top(&name, offset, limit).await },
+    )
+    .await?;
+    match (&*page, standing) {
+        (Some(page), _) => Ok(board_response(&board, page, down)),
+        (None, true) => Ok(board_response(&board, &BoardPage::default(), down)),
+        (None, false) => Err(ApiError::not_found(format!("no leaderboard {board:?}"))),
+    }
 }
 
 async fn around(
@@ -481,14 +558,18 @@ async fn around(
 ) -> Result<Response, ApiError> {
     let radius = bounded(&q, "radius", 10, 0, MAX_RADIUS)?;
     let (board, _) = resolve_board(&board, protocol::now_ms())?;
-    let page = s
-        .inner
-        .boards
-        .around(&board, &player, radius)
-        .await
-        .map_err(board_error)?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("{player:?} is not on leaderboard {board:?}"))
-        })?;
-    Ok(board_response(&board, page))
+    let key = format!("around:{board}:{player}:{radius}");
+    let (boards, name, who) = (s.inner.boards.clone(), board.clone(), player.clone());
+    let (page, down) = read_board(
+        &s,
+        key,
+        async move { boards.around(&name, &who, radius).await },
+    )
+    .await?;
+    match &*page {
+        Some(page) => Ok(board_response(&board, page, down)),
+        None => Err(ApiError::not_found(format!(
+            "{player:?} is not on leaderboard {board:?}"
+        ))),
+    }
 }

@@ -9,6 +9,13 @@ pub static SNAPSHOT_LOADS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static STALE_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "api_stale_boards_served_total",
+        "Board reads answered from the last known value while the store was down"
+    )
+    .unwrap()
+});
 pub static GUESTS_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "api_guest_rate_limited_total",

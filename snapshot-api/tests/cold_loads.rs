@@ -56,13 +56,37 @@ async fn app() -> (axum::Router, Arc<CountingLog>) {
         kind,
         body: Bytes::from(body),
     };
-    let state = SpectatorState { region: "eu".into(), ..Default::default() };
-    log.publish(record(0, LogKind::Keyframe, serde_json::to_vec(&state).unwrap())).await.unwrap();
-    let delta = Delta { tick: 3, ..Default::default() };
-    log.publish(record(1, LogKind::Delta, serde_json::to_vec(&delta).unwrap())).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("gs-api-{}-{}", std::process::id(), rand::random::<u32>()));
+    let state = SpectatorState {
+        region: "eu".into(),
+        ..Default::default()
+    };
+    log.publish(record(
+        0,
+        LogKind::Keyframe,
+        serde_json::to_vec(&state).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let delta = Delta {
+        tick: 3,
+        ..Default::default()
+    };
+    log.publish(record(
+        1,
+        LogKind::Delta,
+        serde_json::to_vec(&delta).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "gs-api-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let history = SqlHistory::connect(&format!("sqlite://{}", dir.join("h.sqlite").display())).await.unwrap();
+    let history = SqlHistory::connect(&format!("sqlite://{}", dir.join("h.sqlite").display()))
+        .await
+        .unwrap();
     let state = ApiState::new(
         ApiConfig::default(),
         log.clone(),
@@ -81,7 +105,11 @@ async fn a_thousand_concurrent_cold_loads_cost_one_backend_read() {
         let app = app.clone();
         tokio::spawn(async move {
             let res = app
-                .oneshot(Request::get("/v1/matches/eu-1/snapshot").body(Body::empty()).unwrap())
+                .oneshot(
+                    Request::get("/v1/matches/eu-1/snapshot")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
                 .await
                 .unwrap();
             assert_eq!(res.status(), StatusCode::OK);
@@ -91,16 +119,34 @@ async fn a_thousand_concurrent_cold_loads_cost_one_backend_read() {
         })
     });
     let responses = futures::future::join_all(requests).await;
-    assert_eq!(log.follows.load(Ordering::SeqCst), 1, "concurrent misses must coalesce");
+    assert_eq!(
+        log.follows.load(Ordering::SeqCst),
+        1,
+        "concurrent misses must coalesce"
+    );
     let (etag, body) = responses[0].as_ref().unwrap();
     assert_eq!(etag, "\"9:1\"");
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    assert_eq!((v["epoch"].as_u64(), v["version"].as_u64(), v["state"]["tick"].as_u64()), (Some(9), Some(1), Some(3)));
-    assert!(responses.iter().all(|r| r.as_ref().unwrap().1 == *body), "everyone gets the same bytes");
+    assert_eq!(
+        (
+            v["epoch"].as_u64(),
+            v["version"].as_u64(),
+            v["state"]["tick"].as_u64()
+        ),
+        (Some(9), Some(1), Some(3))
+    );
+    assert!(
+        responses.iter().all(|r| r.as_ref().unwrap().1 == *body),
+        "everyone gets the same bytes"
+    );
     // Unknown matches are 404s and are not cached as hits.
     let res = app
         .clone()
-        .oneshot(Request::get("/v1/matches/eu-2/snapshot").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/v1/matches/eu-2/snapshot")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
@@ -122,8 +168,159 @@ async fn not_modified_when_the_etag_matches() {
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(res.headers()["etag"], "\"9:1\"");
     let res = app
-        .oneshot(Request::get("/v1/matches/eu-1/snapshot").header("if-none-match", "\"9:0\"").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/v1/matches/eu-1/snapshot")
+                .header("if-none-match", "\"9:0\"")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// In-memory leaderboards that can be made to fail like an unreachable Redis.
+struct Flaky {
+    inner: MemoryLeaderboards,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), backends::BoardError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(backends::BoardError::Unavailable(
+                "connection refused".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl backends::Leaderboards for Flaky {
+    async fn apply(
+        &self,
+        events: &[backends::ScoredEvent],
+    ) -> Result<Vec<backends::ApplyOutcome>, backends::BoardError> {
+        self.check()?;
+        self.inner.apply(events).await
+    }
+    async fn top(
+        &self,
+        board: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<backends::BoardPage>, backends::BoardError> {
+        self.check()?;
+        self.inner.top(board, offset, limit).await
+    }
+    async fn heartbeat(&self, backlog: u64) -> Result<(), backends::BoardError> {
+        self.check()?;
+        self.inner.heartbeat(backlog).await
+    }
+    async fn around(
+        &self,
+        board: &str,
+        player: &str,
+        radius: u64,
+    ) -> Result<Option<backends::BoardPage>, backends::BoardError> {
+        self.check()?;
+        self.inner.around(board, player, radius).await
+    }
+}
+
+async fn get_json(app: &axum::Router, path: &str) -> (StatusCode, serde_json::Value) {
+    let res = app
+        .clone()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn leaderboards_say_how_fresh_they_are_and_survive_a_store_outage() {
+    use backends::{BoardChange, Leaderboards, ScoredEvent};
+    let boards = Arc::new(Flaky {
+        inner: MemoryLeaderboards::new(),
+        down: Default::default(),
+    });
+    let kill = ScoredEvent {
+        match_id: "m".into(),
+        epoch: 1,
+        seq: 1,
+        at_ms: protocol::now_ms(),
+        changes: vec![BoardChange::new("global", "ann", 1)],
+        names: vec![("ann".into(), "Ann".into())],
+    };
+    boards.apply(&[kill]).await.unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "gs-api-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = SqlHistory::connect(&format!("sqlite://{}", dir.join("h.sqlite").display()))
+        .await
+        .unwrap();
+    let state = ApiState::new(
+        ApiConfig::default(),
+        Arc::new(MemoryLog::new(MemoryLogLimits::default())),
+        boards.clone(),
+        Arc::new(history),
+        TokenSigner::new(b"0123456789abcdef"),
+        None,
+    );
+    let app = router(state);
+    let wait_cache = || tokio::time::sleep(std::time::Duration::from_millis(300));
+
+    // No aggregator has reported: the board is served, and marked stale.
+    let (status, b) = get_json(&app, "/v1/leaderboards/global").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (b["stale"].as_bool(), b["stale_reason"].as_str()),
+        (Some(true), Some("aggregator not reporting"))
+    );
+    assert_eq!(b["entries"][0]["player"], "ann");
+    assert!(b["updated_at"].is_u64() && b["age_ms"].is_u64());
+
+    // A live aggregator, caught up: fresh.
+    boards.heartbeat(0).await.unwrap();
+    wait_cache().await;
+    let (_, b) = get_json(&app, "/v1/leaderboards/global").await;
+    assert_eq!(b["stale"], false, "{b}");
+    // Far behind: stale, with the backlog.
+    boards.heartbeat(50_000).await.unwrap();
+    wait_cache().await;
+    let (_, b) = get_json(&app, "/v1/leaderboards/global").await;
+    assert_eq!(
+        (b["stale"].as_bool(), b["behind_events"].as_u64()),
+        (Some(true), Some(50_000))
+    );
+
+    // The store goes down: the last known board is served, marked stale with its age...
+    boards.heartbeat(0).await.unwrap();
+    wait_cache().await;
+    get_json(&app, "/v1/leaderboards/global").await;
+    boards.down.store(true, Ordering::SeqCst);
+    wait_cache().await;
+    let (status, b) = get_json(&app, "/v1/leaderboards/global").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b["stale"], true);
+    assert!(
+        b["stale_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("leaderboard store unavailable"),
+        "{b}"
+    );
+    assert_eq!(b["entries"][0]["player"], "ann");
+    // ...and a read never answered before is a clear 503.
+    let (status, b) = get_json(&app, "/v1/leaderboards/global?limit=7").await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
 }

@@ -249,6 +249,10 @@ pub async fn scores_and_history(backend: &Backend) {
         board.is_some(),
         "global board must equal the results exactly\nexpected {expected:?}\ngot {now}"
     );
+    assert_eq!(
+        now["stale"], false,
+        "a running aggregator keeps the board fresh: {now}"
+    );
     // Ranks follow the scores.
     let entries = now["entries"].as_array().unwrap();
     for w in entries.windows(2) {

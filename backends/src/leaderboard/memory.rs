@@ -29,6 +29,7 @@ struct Inner {
     names: HashMap<String, String>,
     applied: HashMap<(String, u64), u64>,
     updated_at_ms: Option<u64>,
+    heartbeat: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -61,6 +62,8 @@ impl Inner {
             entries,
             total: board.order.len() as u64,
             updated_at_ms: self.updated_at_ms,
+            aggregator_heartbeat_ms: self.heartbeat.map(|h| h.0),
+            aggregator_backlog: self.heartbeat.map(|h| h.1),
         }
     }
 }
@@ -127,6 +130,11 @@ impl Leaderboards for MemoryLeaderboards {
             }
             _ => Ok(None),
         }
+    }
+
+    async fn heartbeat(&self, backlog: u64) -> Result<(), BoardError> {
+        self.inner.lock().unwrap().heartbeat = Some((protocol::now_ms(), backlog));
+        Ok(())
     }
 
     async fn around(

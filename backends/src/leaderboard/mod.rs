@@ -93,13 +93,16 @@ pub struct Entry {
     pub score: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BoardPage {
     pub entries: Vec<Entry>,
     /// Players on the board.
     pub total: u64,
     /// When any event was last applied (ms since the Unix epoch).
     pub updated_at_ms: Option<u64>,
+    /// When an aggregator last reported in, and how many events it had yet to apply.
+    pub aggregator_heartbeat_ms: Option<u64>,
+    pub aggregator_backlog: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,10 @@ pub trait Leaderboards: Send + Sync + 'static {
         offset: u64,
         limit: u64,
     ) -> Result<Option<BoardPage>, BoardError>;
+
+    /// An aggregator reports that it is alive and how many events it has yet to apply, so
+    /// readers can tell a quiet board from a stale one.
+    async fn heartbeat(&self, backlog: u64) -> Result<(), BoardError>;
 
     /// The `radius` entries above and below `player`, with the player; `None` when the board or
     /// the player is not on it.

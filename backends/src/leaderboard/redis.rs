@@ -116,10 +116,20 @@ impl RedisLeaderboards {
     async fn page(&self, board: &str, start: i64, stop: i64) -> Result<BoardPage, BoardError> {
         let mut conn = self.conn.clone();
         let key = self.key(board);
-        let (rows, total, updated): (Vec<(String, f64)>, u64, Option<u64>) = redis::pipe()
+        type Reply = (
+            Vec<(String, f64)>,
+            u64,
+            Option<u64>,
+            (Option<u64>, Option<u64>),
+        );
+        let (rows, total, updated, (heartbeat, backlog)): Reply = redis::pipe()
             .zrange_withscores(&key, start as isize, stop as isize)
             .zcard(&key)
             .get(self.key("updated_at"))
+            .cmd("HMGET")
+            .arg(self.key("aggregator"))
+            .arg("heartbeat_ms")
+            .arg("backlog")
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -149,6 +159,8 @@ impl RedisLeaderboards {
             entries,
             total,
             updated_at_ms: updated,
+            aggregator_heartbeat_ms: heartbeat,
+            aggregator_backlog: backlog,
         })
     }
 }
@@ -189,11 +201,7 @@ impl Leaderboards for RedisLeaderboards {
         limit: u64,
     ) -> Result<Option<BoardPage>, BoardError> {
         if limit == 0 {
-            return Ok(Some(BoardPage {
-                entries: vec![],
-                total: 0,
-                updated_at_ms: None,
-            }));
+            return Ok(Some(BoardPage::default()));
         }
         let page = self
             .page(board, offset as i64, (offset + limit - 1) as i64)
@@ -202,6 +210,18 @@ impl Leaderboards for RedisLeaderboards {
             return Ok(None);
         }
         Ok(Some(page))
+    }
+
+    async fn heartbeat(&self, backlog: u64) -> Result<(), BoardError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset_multiple(
+                self.key("aggregator"),
+                &[("heartbeat_ms", protocol::now_ms()), ("backlog", backlog)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn around(

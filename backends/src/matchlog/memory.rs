@@ -273,6 +273,11 @@ impl EventConsumer for MemoryConsumer {
         }
     }
 
+    async fn backlog(&mut self) -> Option<u64> {
+        let latest = *self.log.shared.latest_event.borrow();
+        Some(latest.saturating_sub(self.cursor))
+    }
+
     async fn ack(&mut self, event: &DeliveredEvent) -> Result<(), LogError> {
         if let AckHandle::Memory(seq) = event.handle {
             self.deliveries.remove(&seq);

@@ -86,6 +86,9 @@ pub trait EventConsumer: Send {
     /// The event's effect is durable: never deliver it again.
     async fn ack(&mut self, event: &DeliveredEvent) -> Result<(), LogError>;
 
+    /// Events not yet delivered to this consumer (its backlog), where the backend can tell.
+    async fn backlog(&mut self) -> Option<u64>;
+
     /// Deliver the event again after `delay` (it arrived before an event it depends on, or its
     /// effect could not be made durable).
     async fn retry_later(

@@ -303,6 +303,11 @@ impl EventConsumer for NatsConsumer {
         Ok(out)
     }
 
+    async fn backlog(&mut self) -> Option<u64> {
+        let info = self.consumer.info().await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
+    }
+
     async fn ack(&mut self, event: &DeliveredEvent) -> Result<(), LogError> {
         if let AckHandle::Nats(m) = &event.handle {
             m.double_ack().await.map_err(LogError::unavailable)?;
