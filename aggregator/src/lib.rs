@@ -56,7 +56,7 @@ impl Default for AggregatorConfig {
     fn default() -> Self {
         AggregatorConfig {
             consumer: "aggregator".into(),
-            batch_size: 500,
+            batch_size: 5000,
             batch_wait: Duration::from_millis(50),
             retention: BoardRetention::default(),
         }

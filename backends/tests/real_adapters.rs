@@ -218,6 +218,32 @@ async fn leaderboard_suite(lb: &dyn Leaderboards) {
     assert_eq!(rows, vec![(2, "amy"), (3, "a"), (4, "bob")]);
     assert!(lb.around("global", "nobody", 1).await.unwrap().is_none());
     assert!(lb.top("no-such-board", 0, 10).await.unwrap().is_none());
+
+    // A redelivered batch that straddles what was applied: only the new events count.
+    let run = |seqs: std::ops::RangeInclusive<u64>| -> Vec<ScoredEvent> {
+        seqs.map(|s| {
+            kill(
+                "r",
+                s,
+                t + s * 1000,
+                if s % 2 == 0 { "even" } else { "odd" },
+            )
+        })
+        .collect()
+    };
+    assert_eq!(lb.apply(&run(1..=3)).await.unwrap(), vec![Applied; 3]);
+    assert_eq!(
+        lb.apply(&run(2..=5)).await.unwrap(),
+        vec![Duplicate, Duplicate, Applied, Applied]
+    );
+    assert_eq!(
+        lb.apply(&run(7..=8)).await.unwrap(),
+        vec![TooEarly, TooEarly]
+    );
+    assert_eq!(lb.apply(&run(1..=5)).await.unwrap(), vec![Duplicate; 5]);
+    let odd = lb.around("global", "odd", 0).await.unwrap().unwrap();
+    let even = lb.around("global", "even", 0).await.unwrap().unwrap();
+    assert_eq!((odd.entries[0].score, even.entries[0].score), (3, 2));
 }
 
 #[tokio::test]

@@ -1,1 +1,38 @@
-fn main() {}
+//! Load generator and benchmarks. Every latency goes into an HDR histogram and is printed as
+//! p50/p95/p99/p999/max; comparisons run side by side in one invocation.
+
+mod aggregator_bench;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Grandstand load generator and benchmarks")]
+struct Cli {
+    /// Write the results as JSON to this file too.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Exactly-once leaderboard applies into real Redis: batched pipeline vs one round trip
+    /// per event, same events, same run.
+    Aggregator(aggregator_bench::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let results = match cli.scenario {
+        Scenario::Aggregator(args) => aggregator_bench::run(args).await?,
+    };
+    println!("{}", report::table(&results));
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}

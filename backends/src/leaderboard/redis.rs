@@ -6,6 +6,8 @@
 //! Each event is applied by one Lua script, so the exactly-once check, the `last applied` update
 //! and the score changes are one atomic step; a batch is one pipelined round trip.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -47,10 +49,88 @@ redis.call('SET', KEYS[3], ARGV[4])
 return 1
 "#;
 
+/// Applies a run of consecutive events of one match epoch (seqs `first..=last`) in one step:
+/// the same check as [`APPLY_EVENT`] on the whole range, with each player's points on each board
+/// summed over the run and stamped with the time of the player's last gain in it.
+const APPLY_RUN: &str = r#"
+-- KEYS: applied hash, names hash, updated_at, then one board key per (board, player) change
+-- ARGV: field, first seq, last seq, now_ms, name count, (player, name)*,
+--       (player, points, achievement time, keep seconds or 0)* one per board key
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local first = tonumber(ARGV[2])
+local upto = tonumber(ARGV[3])
+if upto <= last then return 0 end
+if first <= last then return -2 end
+if first ~= last + 1 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local span = 2147483648
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for k = 4, #KEYS do
+  local member = ARGV[i]
+  local delta = tonumber(ARGV[i + 1])
+  local t = tonumber(ARGV[i + 2])
+  local keep = tonumber(ARGV[i + 3])
+  i = i + 4
+  local cur = redis.call('ZSCORE', KEYS[k], member)
+  local points = 0
+  if cur then points = math.floor(-tonumber(cur) / span) end
+  points = math.max(0, math.min(points + delta, 4194303))
+  redis.call('ZADD', KEYS[k], -(points * span + (span - 1 - t)), member)
+  if keep > 0 then redis.call('EXPIRE', KEYS[k], keep) end
+end
+redis.call('SET', KEYS[3], ARGV[4])
+return 1
+"#;
+
+fn outcome(reply: i64) -> ApplyOutcome {
+    match reply {
+        1 => ApplyOutcome::Applied,
+        0 => ApplyOutcome::Duplicate,
+        _ => ApplyOutcome::TooEarly,
+    }
+}
+
+/// Splits a batch into runs: for each match epoch (in order of first appearance), its events in
+/// delivery order, cut wherever seqs stop being consecutive. Different matches are independent,
+/// so gathering each match's events across the batch changes no outcome and no board, while it
+/// turns a stream of interleaved matches into a few long runs.
+fn runs(events: &[ScoredEvent]) -> Vec<Vec<usize>> {
+    let mut by_match: HashMap<(&str, u64), usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        let g = *by_match
+            .entry((ev.match_id.as_str(), ev.epoch))
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[g].push(i);
+    }
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for group in groups {
+        let mut run: Vec<usize> = Vec::new();
+        for i in group {
+            if let Some(&prev) = run.last() {
+                if events[prev].seq + 1 != events[i].seq {
+                    out.push(std::mem::take(&mut run));
+                }
+            }
+            run.push(i);
+        }
+        out.push(run);
+    }
+    out
+}
+
 pub struct RedisLeaderboards {
     conn: ConnectionManager,
     prefix: String,
     apply_script: Script,
+    run_script: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> BoardError {
@@ -66,6 +146,7 @@ impl RedisLeaderboards {
             conn,
             prefix: prefix.to_string(),
             apply_script: Script::new(APPLY_EVENT),
+            run_script: Script::new(APPLY_RUN),
         };
         lb.load_script().await?;
         Ok(lb)
@@ -73,16 +154,87 @@ impl RedisLeaderboards {
 
     async fn load_script(&self) -> Result<(), BoardError> {
         let mut conn = self.conn.clone();
-        self.apply_script
-            .prepare_invoke()
-            .load_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        for script in [&self.apply_script, &self.run_script] {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 
     fn key(&self, suffix: &str) -> String {
         format!("{}lb:{suffix}", self.prefix)
+    }
+
+    /// One script call per run, with each (board, player)'s points summed over the run.
+    fn run_pipeline(
+        &self,
+        events: &[ScoredEvent],
+        runs: &[Vec<usize>],
+        now_ms: u64,
+    ) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for run in runs {
+            let evs: Vec<&ScoredEvent> = run.iter().map(|&i| &events[i]).collect();
+            // (board, player) -> (points, time of the last gain, keep seconds), in first-seen order.
+            let mut order: Vec<(&str, &str)> = Vec::new();
+            let mut sums: HashMap<(&str, &str), (i64, u64, Option<u64>)> = HashMap::new();
+            for ev in &evs {
+                for c in &ev.changes {
+                    let key = (c.board.as_str(), c.player.as_str());
+                    let entry = sums.entry(key).or_insert_with(|| {
+                        order.push(key);
+                        (0, 0, None)
+                    });
+                    entry.0 += c.points;
+                    entry.1 = entry.1.max(ev.at_ms);
+                    entry.2 = c.keep_secs;
+                }
+            }
+            let mut inv = self.run_script.prepare_invoke();
+            inv.key(self.key("applied"))
+                .key(self.key("names"))
+                .key(self.key("updated_at"));
+            for (board, _) in &order {
+                inv.key(self.key(board));
+            }
+            let (first, last) = (evs[0], evs[evs.len() - 1]);
+            let names: Vec<&(String, String)> = evs.iter().flat_map(|e| &e.names).collect();
+            inv.arg(format!("{}:{}", first.match_id, first.epoch))
+                .arg(first.seq)
+                .arg(last.seq)
+                .arg(now_ms)
+                .arg(names.len());
+            for (player, name) in names {
+                inv.arg(player).arg(name);
+            }
+            for key in &order {
+                let (points, at_ms, keep) = sums[key];
+                inv.arg(key.1)
+                    .arg(points)
+                    .arg(achievement_time(at_ms))
+                    .arg(keep.unwrap_or(0));
+            }
+            pipe.invoke_script(&inv);
+        }
+        pipe
+    }
+
+    /// Runs a pipeline of script calls, reloading the scripts once if Redis lost them (after a
+    /// restart). Calls before the failure either did not run or ran atomically and will be
+    /// reported as duplicates on the retry.
+    async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<i64>, BoardError> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_script().await?;
+                pipe.query_async(&mut conn).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     fn pipeline(&self, events: &[ScoredEvent], now_ms: u64) -> redis::Pipeline {
@@ -171,27 +323,27 @@ impl Leaderboards for RedisLeaderboards {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let pipe = self.pipeline(events, protocol::now_ms());
-        let mut conn = self.conn.clone();
-        let replies: Vec<i64> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis lost its script cache (restart): load it again and retry once. Events
-                // before the failure were not applied by this pipeline, or were applied
-                // atomically and are then reported as duplicates.
-                self.load_script().await?;
-                pipe.query_async(&mut conn).await.map_err(unavailable)?
+        let now = protocol::now_ms();
+        let runs = runs(events);
+        let replies = self.query(&self.run_pipeline(events, &runs, now)).await?;
+        let mut outcomes = vec![ApplyOutcome::TooEarly; events.len()];
+        let mut straddling: Vec<usize> = Vec::new();
+        for (run, reply) in runs.iter().zip(replies) {
+            match reply {
+                -2 => straddling.extend(run),
+                r => run.iter().for_each(|&i| outcomes[i] = outcome(r)),
             }
-            Err(e) => return Err(unavailable(e)),
-        };
-        Ok(replies
-            .into_iter()
-            .map(|r| match r {
-                1 => ApplyOutcome::Applied,
-                0 => ApplyOutcome::Duplicate,
-                _ => ApplyOutcome::TooEarly,
-            })
-            .collect())
+        }
+        // A run that straddles the last applied seq (a redelivery overlapping new events) is
+        // applied event by event, which sorts out which of its events are duplicates.
+        if !straddling.is_empty() {
+            let single: Vec<ScoredEvent> = straddling.iter().map(|&i| events[i].clone()).collect();
+            let replies = self.query(&self.pipeline(&single, now)).await?;
+            for (i, r) in straddling.into_iter().zip(replies) {
+                outcomes[i] = outcome(r);
+            }
+        }
+        Ok(outcomes)
     }
 
     async fn top(
