@@ -124,6 +124,7 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(placeholder_page))
+        .route("/openapi.json", get(openapi))
         .route("/v1/auth/guest", post(guest))
         .route("/v1/matches", get(list_matches))
         .route("/v1/matches/{id}/snapshot", get(snapshot))
@@ -144,6 +145,14 @@ pub async fn run(
         .merge(httpkit::ops_router())
         .fallback(httpkit::no_such_route);
     httpkit::serve(listener, router, shutdown).await
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn placeholder_page() -> Html<&'static str> {

@@ -402,6 +402,38 @@ pub async fn http_errors(backend: &Backend) {
         .await
         .unwrap();
     assert!(metrics.contains("gs_ticks_total"), "metrics exposed");
+    // Every documented path is routed (parameters filled with something that exists or not),
+    // and answers with a status the document lists.
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10);
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{board}", "global")
+            .replace("{player}", "nobody");
+        let res = if ops.get("post").is_some() {
+            app.http.post(app.url(&concrete)).send().await.unwrap()
+        } else {
+            app.http.get(app.url(&concrete)).send().await.unwrap()
+        };
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_ne!(
+            body["error"]["message"], "no such route",
+            "{path} is documented but not routed"
+        );
+        let documented = ops
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|op| op["responses"].get(status.to_string()).is_some());
+        assert!(
+            documented,
+            "{path} answered {status}, which the document does not list"
+        );
+    }
     let page = app
         .http
         .get(app.url("/"))
