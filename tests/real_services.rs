@@ -25,3 +25,10 @@ async fn http_errors() {
     scenarios::http_errors(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_outage() {
+    let backend = Backend::real().await;
+    scenarios::history_outage(&backend).await;
+    backend.cleanup().await;
+}

@@ -325,9 +325,16 @@ async fn run_history(
                     tracing::warn!(error = %e, "history write failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => {
+                            // Hand the unwritten events back now, so the next aggregator gets
+                            // them at once instead of after the ack wait runs out.
+                            for (d, _) in &events {
+                                let _ = consumer.retry_later(d, Duration::ZERO).await;
+                            }
+                            return;
+                        }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod proxy;
 pub mod scenarios;
 
 use std::path::PathBuf;
@@ -69,6 +70,20 @@ impl Backend {
     pub fn data_dir(&self) -> &PathBuf {
         match self {
             Backend::Embedded { data_dir } | Backend::Real { data_dir, .. } => data_dir,
+        }
+    }
+
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            Backend::Real { database, .. } => Some(database),
+            Backend::Embedded { .. } => None,
+        }
+    }
+
+    pub fn redis_prefix(&self) -> Option<&str> {
+        match self {
+            Backend::Real { redis_prefix, .. } => Some(redis_prefix),
+            Backend::Embedded { .. } => None,
         }
     }
 
@@ -153,7 +168,21 @@ pub struct App {
 impl App {
     /// Starts `grandstand` (all roles) on port 0 and waits for its bound address.
     pub async fn spawn(backend: &Backend, args: &[&str]) -> App {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        App::spawn_with(backend, args, &[], None).await
+    }
+
+    /// Starts a role (`None`: all) with extra environment overriding the backend's.
+    pub async fn spawn_with(
+        backend: &Backend,
+        args: &[&str],
+        env: &[(&str, String)],
+        role: Option<&str>,
+    ) -> App {
+        let args: Vec<String> = role
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(|s| s.to_string())
+            .collect();
         let n = std::fs::read_dir(backend.data_dir())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -163,6 +192,7 @@ impl App {
             .args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
             .args(&args)
             .envs(backend.env())
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .env("RUST_LOG", "info,sqlx=warn,async_nats=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -446,3 +446,97 @@ pub async fn http_errors(backend: &Backend) {
     assert!(page.contains("Grandstand"));
     drop(app);
 }
+
+/// The history store (PostgreSQL) disappears for a while as matches end: the leaderboards keep
+/// flowing, and once it is back every result and every kill is in it, counted once.
+pub async fn history_outage(backend: &Backend) {
+    use super::proxy::Proxy;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let db = backend.database().expect("a real backend");
+    let via_proxy = vec![(
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port),
+    )];
+    let args = [
+        "--matches",
+        "2",
+        "--bots",
+        "6",
+        "--match-secs",
+        "4",
+        "--intermission-secs",
+        "1",
+    ];
+    let app = App::spawn_with(backend, &args, &via_proxy, None).await;
+    app.live_matches(2).await;
+    proxy.cut();
+    // Matches end and new ones start while PostgreSQL is unreachable...
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // ...and the leaderboards did not wait for it.
+    let (_, during) = app.get("/v1/leaderboards/global?limit=1000").await;
+    assert!(
+        during["total"].as_u64().unwrap_or(0) > 0,
+        "boards kept updating: {during}"
+    );
+    assert_eq!(during["stale"], false, "{during}");
+    assert!(
+        app.log().contains("history write failed"),
+        "the outage must have been felt by the history writer\n{}",
+        app.log()
+    );
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.stop().await;
+    // A lone aggregator drains whatever the stopped process had not written yet.
+    let drain = App::spawn_with(backend, &[], &via_proxy, Some("aggregator")).await;
+    let pg = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{db}"))
+        .await
+        .unwrap();
+    let redis_client = redis::Client::open(super::REDIS_URL).unwrap();
+    let redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let board_key = format!("{}lb:global", backend.redis_prefix().unwrap());
+    let settled = eventually(Duration::from_secs(20), || {
+        let (pg, mut redis, board_key) = (pg.clone(), redis.clone(), board_key.clone());
+        async move {
+            let kills: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM kills")
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+            let (matches, ended, with_results): (i64, i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COUNT(ended_ms), \
+                 (SELECT COUNT(DISTINCT match_id) FROM results) FROM matches",
+            )
+            .fetch_one(&pg)
+            .await
+            .ok()?;
+            let scores: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&board_key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            let points: i64 = scores
+                .iter()
+                .map(|(_, s)| (-(*s as i64)).div_euclid(1 << 31))
+                .sum();
+            (matches >= 4
+                && ended == matches
+                && with_results == matches
+                && kills == points
+                && kills > 0)
+                .then_some((matches, kills))
+        }
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "after the outage, every match, result and kill must be in PostgreSQL exactly once\n{}",
+        drain.log()
+    );
+    drop(drain);
+}

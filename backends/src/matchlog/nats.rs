@@ -273,7 +273,15 @@ impl EventConsumer for NatsConsumer {
             .map_err(LogError::unavailable)?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            let m = m.map_err(LogError::unavailable)?;
+            let m = match m {
+                Ok(m) => m,
+                // Keep what was fetched: dropping it unacked would delay it by the ack wait.
+                Err(e) if !out.is_empty() => {
+                    tracing::warn!(error = %e, "event fetch ended early");
+                    break;
+                }
+                Err(e) => return Err(LogError::unavailable(e)),
+            };
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
             let parsed = parse_subject(&self.root, m.subject.as_str()).and_then(|(id, kind)| {
                 let header = |name: &str| -> Option<u64> {
