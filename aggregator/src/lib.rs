@@ -198,6 +198,62 @@ pub async fn run(
     let _ = tokio::join!(lb, hist);
 }
 
+/// Publishes each board that changed, at most once a second per board, with its top 100: the
+/// latest state wins, so a burst of changes costs one tick.
+#[derive(Default)]
+struct Ticker {
+    pending: std::collections::HashSet<String>,
+    last_sent: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl Ticker {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    async fn flush(&mut self, log: &dyn MatchLog, boards: &dyn Leaderboards) {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|b| {
+                self.last_sent
+                    .get(*b)
+                    .is_none_or(|t| t.elapsed() >= Self::EVERY)
+            })
+            .cloned()
+            .collect();
+        for board in due {
+            self.pending.remove(&board);
+            self.last_sent
+                .insert(board.clone(), std::time::Instant::now());
+            let page = match boards.top(&board, 0, 100).await {
+                Ok(Some(page)) => page,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, %board, "cannot read board for its tick");
+                    continue;
+                }
+            };
+            let tick = serde_json::json!({
+                "type": "leaderboard",
+                "board": board,
+                "version": page.updated_at_ms.unwrap_or_else(protocol::now_ms),
+                "updated_at": page.updated_at_ms,
+                "total": page.total,
+                "entries": page.entries,
+            });
+            match log
+                .publish_tick(&board, serde_json::to_vec(&tick).expect("json").into())
+                .await
+            {
+                Ok(()) => metrics::TICKS.inc(),
+                Err(e) => tracing::warn!(error = %e, %board, "tick publish failed"),
+            }
+        }
+        // Forget boards that have been quiet for a while (bounds the map by recent activity).
+        self.last_sent
+            .retain(|_, t| t.elapsed() < Duration::from_secs(10));
+    }
+}
+
 async fn run_leaderboards(
     config: AggregatorConfig,
     log: Arc<dyn MatchLog>,
@@ -209,7 +265,9 @@ async fn run_leaderboards(
         return;
     };
     let mut last_heartbeat = std::time::Instant::now() - Duration::from_secs(60);
+    let mut ticker = Ticker::default();
     loop {
+        ticker.flush(&*log, &*boards).await;
         // Tell readers we are alive and how far behind, about once a second.
         if last_heartbeat.elapsed() >= Duration::from_secs(1) {
             last_heartbeat = std::time::Instant::now();
@@ -241,10 +299,14 @@ async fn run_leaderboards(
         match boards.apply(&scored).await {
             Ok(outcomes) => {
                 metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
-                for ((delivered, _), outcome) in events.iter().zip(outcomes) {
+                for ((scored, (delivered, _)), outcome) in scored.iter().zip(&events).zip(outcomes)
+                {
                     let result = match outcome {
                         ApplyOutcome::Applied => {
                             metrics::APPLIED.inc();
+                            ticker
+                                .pending
+                                .extend(scored.changes.iter().map(|c| c.board.clone()));
                             consumer.ack(delivered).await
                         }
                         ApplyOutcome::Duplicate => {

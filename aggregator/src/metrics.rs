@@ -4,6 +4,9 @@ use prometheus::{
     register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge,
 };
 
+pub static TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("agg_leaderboard_ticks_total", "Leaderboard ticks published").unwrap()
+});
 pub static BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "agg_leaderboard_backlog",

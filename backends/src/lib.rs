@@ -13,7 +13,7 @@ pub use leaderboard::{
     RedisLeaderboards, ScoredEvent,
 };
 pub use matchlog::{
-    load_feed, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, MemoryLog,
-    MemoryLogLimits, NatsLog, NatsLogConfig,
+    load_feed, tick_subject, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog,
+    MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickStream,
 };
 pub use protocol::LogKind;

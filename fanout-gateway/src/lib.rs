@@ -2,6 +2,7 @@
 //! or Server-Sent Events and get a snapshot, then strictly consecutive versions (DESIGN.md
 //! section 4). One hub per match encodes each message once; every viewer has a bounded queue.
 
+mod boards;
 mod hub;
 mod metrics;
 pub mod queue;
@@ -60,6 +61,7 @@ pub struct Gateway {
     pub(crate) log: Arc<dyn MatchLog>,
     pub(crate) signer: TokenSigner,
     registry: Registry,
+    pub(crate) boards: Arc<boards::BoardFeeds>,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -75,6 +77,7 @@ impl Gateway {
             log,
             signer,
             registry: Arc::new(Mutex::new(HashMap::new())),
+            boards: Arc::new(boards::BoardFeeds::default()),
             shutdown,
         }
     }
@@ -83,6 +86,7 @@ impl Gateway {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/matches/{id}/stream", get(stream::handle))
+            .route("/v1/leaderboards/{board}/stream", get(boards::handle))
             .with_state(self.clone())
     }
 

@@ -27,14 +27,14 @@ pub(crate) struct StreamQuery {
     token: Option<String>,
 }
 
-fn wants_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn wants_sse(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_sse(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -514,26 +514,12 @@ fn board_response(board: &str, page: &BoardPage, store_down_since: Option<u64>) 
 /// The board a request names: `daily` and `weekly` mean the current period. Returns the name
 /// and whether the board exists even while empty (global and the current periods).
 pub fn resolve_board(board: &str, now_ms: u64) -> Result<(String, bool), ApiError> {
-    use backends::leaderboard::periods;
-    let resolved = match board {
-        "daily" => periods::daily_board(now_ms),
-        "weekly" => periods::weekly_board(now_ms),
-        other => other.to_string(),
-    };
-    let known = matches!(board, "global" | "daily" | "weekly")
-        || ["daily:", "weekly:", "match:", "region:"]
-            .iter()
-            .any(|p| board.starts_with(p));
-    if !known || !backends::leaderboard::valid_board(&resolved) {
-        return Err(ApiError::not_found(format!(
+    backends::leaderboard::resolve_board(board, now_ms).ok_or_else(|| {
+        ApiError::not_found(format!(
             "no leaderboard {board:?}; boards are global, daily, weekly, daily:<YYYY-MM-DD>, \
              weekly:<YYYY-Www>, match:<id>, region:<region>"
-        )));
-    }
-    let standing = matches!(board, "global" | "daily" | "weekly")
-        || resolved == periods::daily_board(now_ms)
-        || resolved == periods::weekly_board(now_ms);
-    Ok((resolved, standing))
+        ))
+    })
 }
 
 async fn leaderboard(

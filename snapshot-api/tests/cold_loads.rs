@@ -42,6 +42,12 @@ impl MatchLog for CountingLog {
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
         self.inner.event_consumer(name).await
     }
+    async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
+        self.inner.publish_tick(board, tick).await
+    }
+    async fn ticks(&self, board: &str) -> Result<backends::TickStream, LogError> {
+        self.inner.ticks(board).await
+    }
 }
 
 async fn app() -> (axum::Router, Arc<CountingLog>) {

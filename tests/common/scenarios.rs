@@ -214,6 +214,40 @@ pub async fn scores_and_history(backend: &Backend) {
     .await
     .expect("kills reach the leaderboard");
 
+    // Leaderboard ticks: SSE and WebSocket, at most one a second, the latest state each time.
+    let token = app.guest_token().await;
+    let mut sse = Sse::connect(
+        &app.http,
+        &app.url("/v1/leaderboards/global/stream"),
+        &token,
+        None,
+    )
+    .await
+    .unwrap();
+    let tick = loop {
+        let ev = sse.next().await.expect("tick stream open");
+        if ev.event == "leaderboard" {
+            break serde_json::from_str::<Value>(&ev.data).unwrap();
+        }
+    };
+    assert_eq!(
+        (tick["type"].as_str(), tick["board"].as_str()),
+        (Some("leaderboard"), Some("global"))
+    );
+    assert!(
+        tick["entries"].as_array().is_some_and(|e| !e.is_empty()),
+        "{tick}"
+    );
+    let mut ws = ws_connect(&app.ws_url("/v1/leaderboards/daily/stream"), None)
+        .await
+        .unwrap();
+    let tick = ws_json(&mut ws).await;
+    assert!(
+        tick["board"].as_str().unwrap().starts_with("daily:20"),
+        "{tick}"
+    );
+    drop((sse, ws));
+
     let mut expected: HashMap<String, i64> = HashMap::new();
     let mut recorded = Vec::new();
     for id in &ids {

@@ -120,6 +120,28 @@ pub fn valid_board(board: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
 }
 
+/// The board a client names: `daily` and `weekly` mean the current period. Returns the board's
+/// name and whether it exists even while empty (global and the current periods), or `None` for
+/// a name that is not a board.
+pub fn resolve_board(board: &str, now_ms: u64) -> Option<(String, bool)> {
+    let resolved = match board {
+        "daily" => periods::daily_board(now_ms),
+        "weekly" => periods::weekly_board(now_ms),
+        other => other.to_string(),
+    };
+    let known = matches!(board, "global" | "daily" | "weekly")
+        || ["daily:", "weekly:", "match:", "region:"]
+            .iter()
+            .any(|p| board.starts_with(p));
+    if !known || !valid_board(&resolved) {
+        return None;
+    }
+    let standing = matches!(board, "global" | "daily" | "weekly")
+        || resolved == periods::daily_board(now_ms)
+        || resolved == periods::weekly_board(now_ms);
+    Some((resolved, standing))
+}
+
 #[async_trait]
 pub trait Leaderboards: Send + Sync + 'static {
     /// Applies a batch, each event atomically and exactly once; one outcome per event.

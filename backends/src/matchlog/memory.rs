@@ -56,6 +56,8 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// Tick channels per board; a board without subscribers is dropped on the next publish.
+    ticks: Mutex<HashMap<String, broadcast::Sender<bytes::Bytes>>>,
     limits: MemoryLogLimits,
     latest_event: watch::Sender<u64>,
 }
@@ -70,6 +72,7 @@ impl MemoryLog {
     pub fn new(limits: MemoryLogLimits) -> MemoryLog {
         MemoryLog {
             shared: Arc::new(Shared {
+                ticks: Mutex::new(HashMap::new()),
                 inner: Mutex::new(Inner {
                     matches: HashMap::new(),
                     created: VecDeque::new(),
@@ -193,6 +196,30 @@ impl MatchLog for MemoryLog {
             })
             .cloned()
             .collect())
+    }
+
+    async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError> {
+        let mut ticks = self.shared.ticks.lock().unwrap();
+        if let Some(tx) = ticks.get(board) {
+            if tx.send(tick).is_err() {
+                ticks.remove(board);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ticks(&self, board: &str) -> Result<super::TickStream, LogError> {
+        let rx = {
+            let mut ticks = self.shared.ticks.lock().unwrap();
+            ticks
+                .entry(board.to_string())
+                .or_insert_with(|| broadcast::channel(16).0)
+                .subscribe()
+        };
+        // A subscriber that falls behind skips to the latest ticks: each one is complete.
+        Ok(Box::pin(
+            BroadcastStream::new(rx).filter_map(|r| async move { r.ok() }),
+        ))
     }
 
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {

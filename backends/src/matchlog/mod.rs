@@ -41,6 +41,20 @@ pub struct LogItem {
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogItem, LogError>> + Send>>;
 
+/// Live leaderboard ticks of one board, each a complete encoded message (latest wins).
+pub type TickStream = Pin<Box<dyn Stream<Item = bytes::Bytes> + Send>>;
+
+/// The subject of a board's ticks: `leaderboard.<board>` next to the production match log,
+/// `<root>-leaderboard.<board>` beside any other subject root (tests), never under the match
+/// log's own root, which the stream captures.
+pub fn tick_subject(subject_root: &str, board: &str) -> String {
+    if subject_root == "match" {
+        format!("leaderboard.{board}")
+    } else {
+        format!("{subject_root}-leaderboard.{board}")
+    }
+}
+
 #[async_trait]
 pub trait MatchLog: Send + Sync + 'static {
     /// Appends a record. Publishing the same (match, epoch, version, kind) twice stores it once.
@@ -59,6 +73,13 @@ pub trait MatchLog: Send + Sync + 'static {
     /// A durable consumer of every match's events, named `name`; consumers with the same name
     /// share (compete for) the work and resume where the last one acknowledged.
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError>;
+
+    /// Publishes a leaderboard tick. Ticks are not stored: a subscriber gets the ones published
+    /// while it listens.
+    async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError>;
+
+    /// Subscribes to a board's ticks.
+    async fn ticks(&self, board: &str) -> Result<TickStream, LogError>;
 }
 
 /// An event handed to a consumer, to be acknowledged once its effect is durable.

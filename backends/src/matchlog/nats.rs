@@ -46,6 +46,7 @@ impl NatsLogConfig {
 }
 
 pub struct NatsLog {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
     config: NatsLogConfig,
@@ -60,7 +61,7 @@ impl NatsLog {
             .connect(&config.url)
             .await
             .map_err(LogError::unavailable)?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let root = &config.subject_root;
         let stream_config = stream::Config {
             name: config.stream.clone(),
@@ -83,7 +84,12 @@ impl NatsLog {
             .get_stream(&config.stream)
             .await
             .map_err(LogError::unavailable)?;
-        Ok(NatsLog { js, stream, config })
+        Ok(NatsLog {
+            client,
+            js,
+            stream,
+            config,
+        })
     }
 
     fn record(
@@ -226,6 +232,24 @@ impl MatchLog for NatsLog {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
+        let subject = super::tick_subject(&self.config.subject_root, board);
+        self.client
+            .publish(subject, tick)
+            .await
+            .map_err(LogError::unavailable)
+    }
+
+    async fn ticks(&self, board: &str) -> Result<super::TickStream, LogError> {
+        let subject = super::tick_subject(&self.config.subject_root, board);
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(LogError::unavailable)?;
+        Ok(Box::pin(sub.map(|m| m.payload)))
     }
 
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
