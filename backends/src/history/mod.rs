@@ -121,6 +121,27 @@ impl SqlHistory {
     }
 }
 
+impl SqlHistory {
+    /// Adds one to a player's counter in the maintained stats.
+    async fn bump(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        player: &str,
+        counter: &'static str,
+    ) -> Result<(), HistoryError> {
+        let statement = format!(
+            "INSERT INTO player_stats (player_id, {counter}) VALUES ($1, 1) \
+             ON CONFLICT (player_id) DO UPDATE SET {counter} = player_stats.{counter} + 1"
+        );
+        let statement = match self.dialect {
+            Dialect::Postgres => statement,
+            Dialect::Sqlite => statement.replace('$', "?"),
+        };
+        sqlx::query(&statement).bind(player).execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -166,7 +187,7 @@ impl History for SqlHistory {
                     victim,
                     at_ms,
                 } => {
-                    sqlx::query(&self.sql(
+                    let inserted = sqlx::query(&self.sql(
                         "INSERT INTO kills (match_id, epoch, seq, killer, victim, at_ms) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     ))
@@ -177,7 +198,12 @@ impl History for SqlHistory {
                     .bind(victim)
                     .bind(*at_ms as i64)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        self.bump(&mut tx, killer, "kills").await?;
+                        self.bump(&mut tx, victim, "deaths").await?;
+                    }
                 }
                 HistoryRecord::MatchEnded {
                     match_id,
@@ -190,7 +216,7 @@ impl History for SqlHistory {
                         .execute(&mut *tx)
                         .await?;
                     for r in results {
-                        sqlx::query(&self.sql(
+                        let inserted = sqlx::query(&self.sql(
                             "INSERT INTO results (match_id, player_id, name, score, kills, deaths) \
                              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                         ))
@@ -201,7 +227,11 @@ impl History for SqlHistory {
                         .bind(r.kills as i64)
                         .bind(r.deaths as i64)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                        if inserted == 1 {
+                            self.bump(&mut tx, &r.player, "matches").await?;
+                        }
                     }
                 }
             }
@@ -248,11 +278,10 @@ impl History for SqlHistory {
 
     async fn player_stats(&self, player: &str) -> Result<Option<PlayerStats>, HistoryError> {
         let row = sqlx::query(&self.sql(
-            "SELECT p.player_id, p.name, \
-               (SELECT COUNT(*) FROM kills k WHERE k.killer = p.player_id), \
-               (SELECT COUNT(*) FROM kills k WHERE k.victim = p.player_id), \
-               (SELECT COUNT(*) FROM results r WHERE r.player_id = p.player_id) \
-             FROM players p WHERE p.player_id = $1",
+            "SELECT p.player_id, p.name, COALESCE(s.kills, 0), COALESCE(s.deaths, 0), \
+               COALESCE(s.matches, 0) \
+             FROM players p LEFT JOIN player_stats s ON s.player_id = p.player_id \
+             WHERE p.player_id = $1",
         ))
         .bind(player)
         .fetch_optional(&self.pool)
