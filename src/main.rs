@@ -156,6 +156,11 @@ struct Cli {
     )]
     stall_secs: u64,
 
+    /// With `aggregator`: rebuild every leaderboard from history and the match log into fresh
+    /// keys, swap them in atomically, and exit (after a Redis loss). Aggregators may keep running.
+    #[arg(long, global = true)]
+    rebuild: bool,
+
     /// Durable consumer name of the aggregator (aggregators with one name share the work).
     #[arg(
         long,
@@ -311,6 +316,35 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let backends = connect(&cli, role).await?;
+    let retention = aggregator::BoardRetention::default();
+    if cli.rebuild {
+        let (Role::Aggregator, Some(url), Some(history)) =
+            (role, &cli.redis_url, &backends.history)
+        else {
+            bail!("--rebuild goes with `grandstand aggregator` and needs REDIS_URL, DATABASE_URL and NATS_URL");
+        };
+        let report = aggregator::rebuild::rebuild_redis(
+            url,
+            &cli.redis_prefix,
+            &**history,
+            &*backends.log,
+            &retention,
+        )
+        .await
+        .context("rebuilding leaderboards")?;
+        tracing::info!(?report, "leaderboards rebuilt");
+        println!("rebuilt: {report:?}");
+        return Ok(());
+    }
+    if let (Role::All, None, Some(boards), Some(history)) =
+        (role, &cli.redis_url, &backends.boards, &backends.history)
+    {
+        // Embedded leaderboards live in memory: restore them from the history on disk.
+        let (epochs, events) = aggregator::rebuild::load_history(&**history, &**boards, &retention)
+            .await
+            .context("restoring leaderboards from history")?;
+        tracing::info!(epochs, events, "leaderboards restored from history");
+    }
     let http = tokio::net::TcpListener::bind(cli.http_addr)
         .await
         .with_context(|| format!("binding HTTP on {}", cli.http_addr))?;

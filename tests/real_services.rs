@@ -32,3 +32,10 @@ async fn history_outage() {
     scenarios::history_outage(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_after_redis_loss() {
+    let backend = Backend::real().await;
+    scenarios::rebuild_after_redis_loss(&backend).await;
+    backend.cleanup().await;
+}

@@ -19,6 +19,7 @@ use httpkit::Shutdown;
 use protocol::{EventRecord, LogRecord, MatchEvent};
 
 mod metrics;
+pub mod rebuild;
 
 #[derive(Debug, Clone)]
 pub struct AggregatorConfig {
@@ -70,25 +71,36 @@ pub fn scored_event(
     record: &LogRecord,
     event: &EventRecord,
     retention: &BoardRetention,
+    now_ms: u64,
 ) -> ScoredEvent {
     let at = event.at_ms;
-    let until =
-        |end_ms: u64, keep: Duration| Some(end_ms.saturating_sub(at) / 1000 + keep.as_secs());
+    // Keep a period board until its end plus the retention, counted from now (a replayed old
+    // event must not extend it); a board already past that gets no change at all.
+    let keep = |end_ms: u64, keep: Duration| {
+        let until = end_ms + keep.as_millis() as u64;
+        (until > now_ms).then(|| (until - now_ms).div_ceil(1000))
+    };
     let mut changes = Vec::new();
     for (player, points) in event.event.score_changes() {
         changes.push(BoardChange::new("global", player, points));
-        changes.push(BoardChange {
-            keep_secs: until(periods::day_end_ms(at), retention.daily),
-            ..BoardChange::new(periods::daily_board(at), player, points)
-        });
-        changes.push(BoardChange {
-            keep_secs: until(periods::week_end_ms(at), retention.weekly),
-            ..BoardChange::new(periods::weekly_board(at), player, points)
-        });
-        changes.push(BoardChange {
-            keep_secs: Some(retention.per_match.as_secs()),
-            ..BoardChange::new(format!("match:{}", record.match_id), player, points)
-        });
+        if let Some(k) = keep(periods::day_end_ms(at), retention.daily) {
+            changes.push(BoardChange {
+                keep_secs: Some(k),
+                ..BoardChange::new(periods::daily_board(at), player, points)
+            });
+        }
+        if let Some(k) = keep(periods::week_end_ms(at), retention.weekly) {
+            changes.push(BoardChange {
+                keep_secs: Some(k),
+                ..BoardChange::new(periods::weekly_board(at), player, points)
+            });
+        }
+        if let Some(k) = keep(at, retention.per_match) {
+            changes.push(BoardChange {
+                keep_secs: Some(k),
+                ..BoardChange::new(format!("match:{}", record.match_id), player, points)
+            });
+        }
         if !event.region.is_empty() {
             changes.push(BoardChange::new(
                 format!("region:{}", event.region),
@@ -114,7 +126,13 @@ pub fn scored_event(
 /// The history rows an event makes.
 pub fn history_records(record: &LogRecord, event: &EventRecord) -> Vec<HistoryRecord> {
     let match_id = record.match_id.clone();
-    match &event.event {
+    let seen = HistoryRecord::EventSeen {
+        match_id: match_id.clone(),
+        epoch: record.epoch,
+        seq: event.seq,
+    };
+    let mut records = vec![seen];
+    records.extend(match &event.event {
         MatchEvent::MatchStarted {} => vec![HistoryRecord::MatchStarted {
             match_id,
             epoch: record.epoch,
@@ -139,7 +157,8 @@ pub fn history_records(record: &LogRecord, event: &EventRecord) -> Vec<HistoryRe
             at_ms: event.at_ms,
             results: results.clone(),
         }],
-    }
+    });
+    records
 }
 
 /// Decodes a batch; events that cannot be decoded are acked and logged (they can never apply).
@@ -293,7 +312,7 @@ async fn run_leaderboards(
         let events = decode(&mut *consumer, batch).await;
         let scored: Vec<ScoredEvent> = events
             .iter()
-            .map(|(d, e)| scored_event(&d.record, e, &config.retention))
+            .map(|(d, e)| scored_event(&d.record, e, &config.retention, protocol::now_ms()))
             .collect();
         let started = std::time::Instant::now();
         match boards.apply(&scored).await {
@@ -431,7 +450,7 @@ mod tests {
             event: kill,
         };
         let r = BoardRetention::default();
-        let s = scored_event(&rec, &ev, &r);
+        let s = scored_event(&rec, &ev, &r, at);
         assert_eq!((s.epoch, s.seq, s.at_ms), (3, 4, at));
         let boards: Vec<_> = s
             .changes
@@ -448,7 +467,15 @@ mod tests {
                 ("region:eu", "a", 1, None),
             ]
         );
-        assert_eq!(history_records(&rec, &ev).len(), 1);
+        assert_eq!(
+            history_records(&rec, &ev).len(),
+            2,
+            "the kill and its event identity"
+        );
+        // Replayed long after: the day and the match are past their retention, the week not.
+        let later = scored_event(&rec, &ev, &r, at + 9 * 86_400_000);
+        let boards: Vec<_> = later.changes.iter().map(|c| c.board.as_str()).collect();
+        assert_eq!(boards, vec!["global", "weekly:2026-W47", "region:eu"]);
         let joined = MatchEvent::PlayerJoined {
             player: "c".into(),
             name: "Cy".into(),
@@ -460,7 +487,7 @@ mod tests {
             at_ms: 1,
             event: joined,
         };
-        let s = scored_event(&rec, &join, &r);
+        let s = scored_event(&rec, &join, &r, at);
         assert_eq!(s.names, vec![("c".to_string(), "Cy".to_string())]);
         assert!(s.changes.is_empty());
     }

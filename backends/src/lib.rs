@@ -7,7 +7,10 @@ pub mod history;
 pub mod leaderboard;
 pub mod matchlog;
 
-pub use history::{History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, SqlHistory};
+pub use history::{
+    EpochHistory, History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, RebuildSource,
+    SqlHistory,
+};
 pub use leaderboard::{
     ApplyOutcome, BoardChange, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
     RedisLeaderboards, ScoredEvent,

@@ -53,7 +53,7 @@ fn events(n: usize, matches: usize, run: &str) -> Vec<ScoredEvent> {
                     victim: format!("{run}-m{m}-p{}", (i + 1) % 16),
                 },
             };
-            aggregator::scored_event(&record, &event, &retention)
+            aggregator::scored_event(&record, &event, &retention, now)
         })
         .collect()
 }

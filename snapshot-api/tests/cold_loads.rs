@@ -42,6 +42,9 @@ impl MatchLog for CountingLog {
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
         self.inner.event_consumer(name).await
     }
+    async fn all_events(&self) -> Result<LogStream, LogError> {
+        self.inner.all_events().await
+    }
     async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
         self.inner.publish_tick(board, tick).await
     }

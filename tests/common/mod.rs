@@ -157,6 +157,24 @@ impl Backend {
     }
 }
 
+/// Runs `grandstand <args>` to completion against `backend`; returns whether it succeeded and
+/// what it printed.
+pub fn run_to_completion(backend: &Backend, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_grandstand"))
+        .args(args)
+        .envs(backend.env())
+        .env("RUST_LOG", "info,sqlx=warn,async_nats=warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run grandstand");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub struct App {
     pub base: String,
     pub http: reqwest::Client,

@@ -344,6 +344,27 @@ pub async fn scores_and_history(backend: &Backend) {
             .unwrap_or_else(|| panic!("history of {id} lost on restart"));
         assert_eq!(&after, before);
     }
+    // The old matches' players keep their points on the board across the restart (embedded:
+    // restored from the SQLite history; real: Redis kept them).
+    let board = eventually(Duration::from_secs(10), || async {
+        let (_, b) = app.get("/v1/leaderboards/global?limit=1000").await;
+        let got: HashMap<String, i64> = b["entries"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                (
+                    e["player"].as_str().unwrap().to_string(),
+                    e["score"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        expected
+            .iter()
+            .all(|(p, s)| got.get(p) == Some(s))
+            .then_some(())
+    })
+    .await;
+    assert!(board.is_some(), "leaderboards lost on restart");
     let (player, score) = expected.iter().next().unwrap();
     let (status, stats) = app.get(&format!("/v1/players/{player}")).await;
     assert_eq!(status, 200, "{stats}");
@@ -573,4 +594,82 @@ pub async fn history_outage(backend: &Backend) {
         drain.log()
     );
     drop(drain);
+}
+
+/// Everything one would compare between two states of the leaderboards.
+async fn boards_of(app: &App, ids: &[String]) -> Vec<(String, Value)> {
+    let mut names: Vec<String> = ["global", "daily", "weekly", "region:eu", "region:us"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(ids.iter().map(|id| format!("match:{id}")));
+    let mut out = Vec::new();
+    for name in names {
+        let (status, b) = app
+            .get(&format!("/v1/leaderboards/{name}?limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{name}: {b}");
+        out.push((name, b["entries"].clone()));
+    }
+    out
+}
+
+/// Redis loses every leaderboard; `grandstand aggregator --rebuild` brings back exactly what
+/// was there, from PostgreSQL and the match log.
+pub async fn rebuild_after_redis_loss(backend: &Backend) {
+    let args = [
+        "--matches",
+        "2",
+        "--bots",
+        "6",
+        "--match-secs",
+        "4",
+        "--intermission-secs",
+        "600",
+    ];
+    let app = App::spawn(backend, &args).await;
+    let ids: Vec<String> = app
+        .live_matches(2)
+        .await
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        eventually(Duration::from_secs(30), || results(&app, id))
+            .await
+            .expect("match ended");
+    }
+    // Let the aggregator settle, then record every board.
+    let before = eventually(Duration::from_secs(10), || async {
+        let a = boards_of(&app, &ids).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let b = boards_of(&app, &ids).await;
+        (a == b && a[0].1.as_array().is_some_and(|e| !e.is_empty())).then_some(a)
+    })
+    .await
+    .expect("boards settle");
+    app.stop().await;
+
+    let client = redis::Client::open(super::REDIS_URL).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", backend.redis_prefix().unwrap()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let (ok, out) = super::run_to_completion(backend, &["aggregator", "--rebuild"]);
+    assert!(ok, "rebuild failed:\n{out}");
+    assert!(out.contains("unrecoverable: 0"), "{out}");
+
+    let app = App::spawn(backend, &["--matches", "0"]).await;
+    let after = boards_of(&app, &ids).await;
+    assert_eq!(after, before, "rebuilt boards must equal the lost ones");
+    drop(app);
 }

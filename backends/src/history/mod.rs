@@ -21,6 +21,12 @@ pub enum HistoryError {
 /// One fact to keep, derived from a match event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryRecord {
+    /// Every event is recorded by its identity (see `RebuildSource`).
+    EventSeen {
+        match_id: String,
+        epoch: u64,
+        seq: u64,
+    },
     MatchStarted {
         match_id: String,
         epoch: u64,
@@ -73,6 +79,27 @@ pub trait History: Send + Sync + 'static {
     async fn player_stats(&self, player: &str) -> Result<Option<PlayerStats>, HistoryError>;
     /// How many matches are recorded (for health and tests).
     async fn match_count(&self) -> Result<u64, HistoryError>;
+
+    /// What a leaderboard rebuild needs from history.
+    async fn rebuild_source(&self) -> Result<RebuildSource, HistoryError>;
+}
+
+/// For each match epoch, the longest prefix of its events (seq 1..=`complete_through`) that
+/// history holds with no gap, and the kills in it; plus every player's name.
+#[derive(Debug, Clone, Default)]
+pub struct RebuildSource {
+    pub epochs: Vec<EpochHistory>,
+    pub names: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EpochHistory {
+    pub match_id: String,
+    pub epoch: u64,
+    pub region: String,
+    pub complete_through: u64,
+    /// `(seq, killer, victim, at_ms)` with `seq <= complete_through`, in seq order.
+    pub kills: Vec<(u64, String, String, u64)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,7 +164,10 @@ impl SqlHistory {
             Dialect::Postgres => statement,
             Dialect::Sqlite => statement.replace('$', "?"),
         };
-        sqlx::query(&statement).bind(player).execute(&mut **tx).await?;
+        sqlx::query(&statement)
+            .bind(player)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }
@@ -152,6 +182,21 @@ impl History for SqlHistory {
         let mut tx = self.pool.begin().await?;
         for record in batch {
             match record {
+                HistoryRecord::EventSeen {
+                    match_id,
+                    epoch,
+                    seq,
+                } => {
+                    sqlx::query(&self.sql(
+                        "INSERT INTO event_seqs (match_id, epoch, seq) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                    ))
+                    .bind(match_id)
+                    .bind(*epoch as i64)
+                    .bind(*seq as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 HistoryRecord::MatchStarted {
                     match_id,
                     epoch,
@@ -293,6 +338,69 @@ impl History for SqlHistory {
             deaths: u(r.get(3)),
             matches: u(r.get(4)),
         }))
+    }
+
+    async fn rebuild_source(&self) -> Result<RebuildSource, HistoryError> {
+        use std::collections::BTreeMap;
+        let mut seqs: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
+        for r in
+            sqlx::query("SELECT match_id, epoch, seq FROM event_seqs ORDER BY match_id, epoch, seq")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            seqs.entry((r.get(0), u(r.get(1))))
+                .or_default()
+                .push(u(r.get(2)));
+        }
+        let regions: BTreeMap<String, String> = sqlx::query("SELECT match_id, region FROM matches")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut kills: BTreeMap<(String, u64), Vec<(u64, String, String, u64)>> = BTreeMap::new();
+        for r in sqlx::query(
+            "SELECT match_id, epoch, seq, killer, victim, at_ms FROM kills ORDER BY match_id, epoch, seq",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            kills
+                .entry((r.get(0), u(r.get(1))))
+                .or_default()
+                .push((u(r.get(2)), r.get(3), r.get(4), u(r.get(5))));
+        }
+        let epochs = seqs
+            .into_iter()
+            .map(|((match_id, epoch), seqs)| {
+                // Seqs are sorted and distinct: the prefix ends before the first hole.
+                let complete_through = seqs
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, s)| **s == *i as u64 + 1)
+                    .count() as u64;
+                let kills = kills
+                    .remove(&(match_id.clone(), epoch))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|k| k.0 <= complete_through)
+                    .collect();
+                EpochHistory {
+                    region: regions.get(&match_id).cloned().unwrap_or_default(),
+                    match_id,
+                    epoch,
+                    complete_through,
+                    kills,
+                }
+            })
+            .collect();
+        let names = sqlx::query("SELECT player_id, name FROM players")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(RebuildSource { epochs, names })
     }
 
     async fn match_count(&self) -> Result<u64, HistoryError> {

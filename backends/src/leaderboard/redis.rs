@@ -317,6 +317,43 @@ impl RedisLeaderboards {
     }
 }
 
+impl RedisLeaderboards {
+    /// Atomically replaces the leaderboards under `live_prefix` with these (built under this
+    /// instance's own prefix): one MULTI deletes the live keys (but the aggregators' heartbeat)
+    /// and renames these into their place. Returns how many keys were swapped in.
+    pub async fn swap_into(&self, live_prefix: &str) -> Result<usize, BoardError> {
+        let mut conn = self.conn.clone();
+        let scan = |pattern: String| {
+            let mut conn = conn.clone();
+            async move {
+                let mut keys: Vec<String> = Vec::new();
+                let mut iter = conn
+                    .scan_match::<_, String>(pattern)
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(k) = futures::StreamExt::next(&mut iter).await {
+                    keys.push(k.map_err(unavailable)?);
+                }
+                Ok::<_, BoardError>(keys)
+            }
+        };
+        let fresh = scan(format!("{}lb:*", self.prefix)).await?;
+        let live = scan(format!("{live_prefix}lb:*")).await?;
+        let heartbeat = format!("{live_prefix}lb:aggregator");
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for k in live.iter().filter(|k| **k != heartbeat) {
+            tx.del(k).ignore();
+        }
+        for k in &fresh {
+            let suffix = &k[self.prefix.len()..];
+            tx.rename(k, format!("{live_prefix}{suffix}")).ignore();
+        }
+        let _: () = tx.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(fresh.len())
+    }
+}
+
 #[async_trait]
 impl Leaderboards for RedisLeaderboards {
     async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError> {

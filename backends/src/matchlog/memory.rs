@@ -198,6 +198,24 @@ impl MatchLog for MemoryLog {
             .collect())
     }
 
+    async fn all_events(&self) -> Result<LogStream, LogError> {
+        let inner = self.shared.inner.lock().unwrap();
+        let n = inner.events.len();
+        let items: Vec<Result<LogItem, LogError>> = inner
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, (_, record))| {
+                Ok(LogItem {
+                    record: record.clone(),
+                    caught_up: i + 1 == n,
+                    published_ms: None,
+                })
+            })
+            .collect();
+        Ok(Box::pin(futures::stream::iter(items)))
+    }
+
     async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError> {
         let mut ticks = self.shared.ticks.lock().unwrap();
         if let Some(tx) = ticks.get(board) {

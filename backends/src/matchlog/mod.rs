@@ -74,6 +74,10 @@ pub trait MatchLog: Send + Sync + 'static {
     /// share (compete for) the work and resume where the last one acknowledged.
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError>;
 
+    /// Every retained event of every match, oldest first, ending once caught up (the last item
+    /// has `caught_up`); empty when there are none. For rebuilds.
+    async fn all_events(&self) -> Result<LogStream, LogError>;
+
     /// Publishes a leaderboard tick. Ticks are not stored: a subscriber gets the ones published
     /// while it listens.
     async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError>;

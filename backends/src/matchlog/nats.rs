@@ -234,6 +234,60 @@ impl MatchLog for NatsLog {
         Ok(ids)
     }
 
+    async fn all_events(&self) -> Result<LogStream, LogError> {
+        let root = self.config.subject_root.clone();
+        let mut consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{root}.*.event"),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::unavailable)?;
+        let pending = consumer
+            .info()
+            .await
+            .map_err(LogError::unavailable)?
+            .num_pending;
+        if pending == 0 {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let messages = consumer.messages().await.map_err(LogError::unavailable)?;
+        let stream = messages
+            .map(move |m| {
+                let m = m.map_err(LogError::unavailable)?;
+                let info = m.info().map_err(LogError::unavailable)?;
+                let caught_up = info.pending == 0;
+                let (match_id, kind) = parse_subject(&root, m.subject.as_str())
+                    .ok_or_else(|| LogError::Unavailable("foreign subject".into()))?;
+                let header = |name: &str| -> Option<u64> {
+                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
+                };
+                let record = LogRecord {
+                    match_id: match_id.to_string(),
+                    epoch: header(EPOCH_HEADER).unwrap_or(0),
+                    version: header(VERSION_HEADER).unwrap_or(0),
+                    kind,
+                    body: m.payload.clone(),
+                };
+                Ok(LogItem {
+                    record,
+                    caught_up,
+                    published_ms: None,
+                })
+            })
+            // Stop after the item that caught up: this is a bounded replay, not a follow.
+            .scan(false, |done, item: Result<LogItem, LogError>| {
+                if *done {
+                    return futures::future::ready(None);
+                }
+                *done = item.as_ref().map(|i| i.caught_up).unwrap_or(true);
+                futures::future::ready(Some(item))
+            });
+        Ok(Box::pin(stream))
+    }
+
     async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
         let subject = super::tick_subject(&self.config.subject_root, board);
         self.client
