@@ -161,6 +161,31 @@ struct Cli {
     #[arg(long, global = true)]
     rebuild: bool,
 
+    /// Days a past day's leaderboard is kept after the day ends.
+    #[arg(
+        long,
+        env = "GRANDSTAND_DAILY_RETENTION_DAYS",
+        default_value_t = 7,
+        global = true
+    )]
+    daily_retention_days: u64,
+    /// Weeks a past week's leaderboard is kept after the week ends.
+    #[arg(
+        long,
+        env = "GRANDSTAND_WEEKLY_RETENTION_WEEKS",
+        default_value_t = 5,
+        global = true
+    )]
+    weekly_retention_weeks: u64,
+    /// Hours a match's scoreboard is kept after its last score.
+    #[arg(
+        long,
+        env = "GRANDSTAND_MATCH_BOARD_HOURS",
+        default_value_t = 24,
+        global = true
+    )]
+    match_board_hours: u64,
+
     /// Durable consumer name of the aggregator (aggregators with one name share the work).
     #[arg(
         long,
@@ -316,7 +341,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let backends = connect(&cli, role).await?;
-    let retention = aggregator::BoardRetention::default();
+    let retention = aggregator::BoardRetention {
+        daily: Duration::from_secs(cli.daily_retention_days * 86_400),
+        weekly: Duration::from_secs(cli.weekly_retention_weeks * 7 * 86_400),
+        per_match: Duration::from_secs(cli.match_board_hours * 3600),
+    };
     if cli.rebuild {
         let (Role::Aggregator, Some(url), Some(history)) =
             (role, &cli.redis_url, &backends.history)
@@ -398,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
     if matches!(role, Role::All | Role::Aggregator) {
         let config = aggregator::AggregatorConfig {
             consumer: cli.aggregator_name.clone(),
+            retention,
             ..Default::default()
         };
         let (log, boards, history, shutdown) = (

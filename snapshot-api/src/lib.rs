@@ -73,6 +73,8 @@ struct Inner {
     /// The last good answer per board read and when it was fetched, served (marked stale)
     /// while the leaderboard store is unavailable.
     last_good: Cache<String, (Arc<Option<BoardPage>>, u64)>,
+    /// Player stats and match results, encoded, for a second (errors are not cached).
+    history_reads: Cache<String, Bytes>,
     viewers: Option<ViewerCounts>,
     guests: RateLimiter,
 }
@@ -102,6 +104,10 @@ impl ApiState {
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(600))
             .build();
+        let history_reads = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(1))
+            .build();
         let guests = RateLimiter::new(config.guest_burst, config.guest_refill, 100_000);
         ApiState {
             inner: Arc::new(Inner {
@@ -114,6 +120,7 @@ impl ApiState {
                 match_list,
                 board_reads,
                 last_good,
+                history_reads,
                 viewers,
                 guests,
             }),
@@ -370,35 +377,57 @@ async fn snapshot(
     Ok(res)
 }
 
+fn history_error(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "history read failed");
+    ApiError::unavailable("history unavailable; retry")
+}
+
 async fn results(
     State(s): State<ApiState>,
     Path(match_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let summary = s
+    let inner = s.inner.clone();
+    let key = format!("results:{match_id}");
+    let body = s
         .inner
-        .history
-        .match_summary(&match_id)
+        .history_reads
+        .try_get_with(key, async move {
+            let summary = inner
+                .history
+                .match_summary(&match_id)
+                .await
+                .map_err(history_error)?;
+            let summary = summary
+                .ok_or_else(|| ApiError::not_found(format!("no recorded match {match_id:?}")))?;
+            serde_json::to_vec(&summary)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        })
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "history read failed");
-            ApiError::unavailable("history unavailable; retry")
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("no recorded match {match_id:?}")))?;
-    Ok(Json(summary).into_response())
+        .map_err(|e| (*e).clone())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn player(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let stats = s
+    let inner = s.inner.clone();
+    let key = format!("player:{id}");
+    let body = s
         .inner
-        .history
-        .player_stats(&id)
+        .history_reads
+        .try_get_with(key, async move {
+            let stats = inner
+                .history
+                .player_stats(&id)
+                .await
+                .map_err(history_error)?;
+            let stats = stats.ok_or_else(|| ApiError::not_found(format!("no player {id:?}")))?;
+            serde_json::to_vec(&stats)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        })
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "history read failed");
-            ApiError::unavailable("history unavailable; retry")
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("no player {id:?}")))?;
-    Ok(Json(stats).into_response())
+        .map_err(|e| (*e).clone())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub const MAX_LIMIT: u64 = 1000;
