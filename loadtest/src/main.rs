@@ -2,6 +2,8 @@
 //! p50/p95/p99/p999/max; comparisons run side by side in one invocation.
 
 mod aggregator_bench;
+mod freshness;
+mod http_bench;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,11 @@ enum Scenario {
     /// Exactly-once leaderboard applies into real Redis: batched pipeline vs one round trip
     /// per event, same events, same run.
     Aggregator(aggregator_bench::Args),
+    /// Cached snapshot and leaderboard GETs against a running server, with the uncached
+    /// backend reads side by side.
+    Http(http_bench::Args),
+    /// Kill event -> visible in the leaderboard API, against a running server.
+    Freshness(freshness::Args),
 }
 
 #[tokio::main]
@@ -28,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let results = match cli.scenario {
         Scenario::Aggregator(args) => aggregator_bench::run(args).await?,
+        Scenario::Http(args) => http_bench::run(args).await?,
+        Scenario::Freshness(args) => freshness::run(args).await?,
     };
     println!("{}", report::table(&results));
     if let Some(path) = cli.json {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use protocol::log::parse_subject;
 use protocol::{LogKind, LogRecord};
 
@@ -77,9 +77,19 @@ impl NatsLog {
             allow_direct: true,
             ..Default::default()
         };
-        js.create_or_update_stream(stream_config)
-            .await
-            .map_err(LogError::unavailable)?;
+        // JetStream may be briefly busy or electing a leader: retry for about 20 s.
+        let mut attempt = 0;
+        loop {
+            match js.create_or_update_stream(stream_config.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 8 => {
+                    attempt += 1;
+                    tracing::warn!(error = ?e, attempt, "creating the match log stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * (1 << attempt.min(4)))).await;
+                }
+                Err(e) => return Err(LogError::Unavailable(format!("creating stream: {e} ({e:?})"))),
+            }
+        }
         let stream = js
             .get_stream(&config.stream)
             .await
@@ -315,7 +325,9 @@ impl MatchLog for NatsLog {
                     durable_name: Some(name.to_string()),
                     filter_subject: format!("{}.*.event", self.config.subject_root),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // Also how long events prefetched by a consumer that went away wait before
+                    // another gets them.
+                    ack_wait: Duration::from_secs(10),
                     max_ack_pending: 20_000,
                     ..Default::default()
                 },
@@ -325,6 +337,7 @@ impl MatchLog for NatsLog {
         Ok(Box::new(NatsConsumer {
             consumer,
             root: self.config.subject_root.clone(),
+            messages: None,
         }))
     }
 }
@@ -332,6 +345,7 @@ impl MatchLog for NatsLog {
 struct NatsConsumer {
     consumer: consumer::PullConsumer,
     root: String,
+    messages: Option<consumer::pull::Stream>,
 }
 
 #[async_trait]
@@ -341,25 +355,50 @@ impl EventConsumer for NatsConsumer {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<DeliveredEvent>, LogError> {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(LogError::unavailable)?;
-        let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
-                // Keep what was fetched: dropping it unacked would delay it by the ack wait.
-                Err(e) if !out.is_empty() => {
-                    tracing::warn!(error = %e, "event fetch ended early");
+        // One long-lived pull stream (the client keeps pulls in flight), batched here: wait up
+        // to `wait` for the first event, then take whatever has already arrived. A per-batch
+        // fetch would wait out its expiry on every call.
+        if self.messages.is_none() {
+            let stream = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(max.clamp(1, 10_000))
+                .messages()
+                .await
+                .map_err(LogError::unavailable)?;
+            self.messages = Some(stream);
+        }
+        let stream = self.messages.as_mut().expect("just set");
+        let mut fetched = Vec::new();
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => {
+                self.messages = None;
+                return Err(LogError::Unavailable("event stream ended".into()));
+            }
+            Ok(Some(Err(e))) => {
+                self.messages = None;
+                return Err(LogError::unavailable(e));
+            }
+            Ok(Some(Ok(m))) => fetched.push(m),
+        }
+        while fetched.len() < max {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => fetched.push(m),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "event stream error; reconnecting");
+                    self.messages = None;
                     break;
                 }
-                Err(e) => return Err(LogError::unavailable(e)),
-            };
+                Some(None) => {
+                    self.messages = None;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        for m in fetched {
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
             let parsed = parse_subject(&self.root, m.subject.as_str()).and_then(|(id, kind)| {
                 let header = |name: &str| -> Option<u64> {
