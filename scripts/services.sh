@@ -39,3 +39,5 @@ done
 # Tests connect as the postgres superuser over TCP (trust auth on this kind of machine).
 psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
 echo "services: PostgreSQL, Redis and NATS JetStream are up"
+# Streams left by interrupted test runs keep JetStream storage reserved: drop them first.
+python3 "$(dirname "$0")/nats_cleanup.py"

@@ -64,6 +64,9 @@ struct Cli {
     /// How long the match log keeps messages, in seconds.
     #[arg(long, env = "NATS_MAX_AGE_SECS", default_value_t = 24 * 3600, global = true)]
     nats_max_age_secs: u64,
+    /// Bytes the match log stream may hold (and reserves on the NATS server).
+    #[arg(long, env = "NATS_MAX_BYTES", default_value_t = 8 << 30, global = true)]
+    nats_max_bytes: i64,
     /// Redis for leaderboards; embedded in-memory leaderboards when unset.
     #[arg(long, env = "REDIS_URL", global = true)]
     redis_url: Option<String>,
@@ -223,6 +226,7 @@ async fn match_log(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn MatchLog>> {
             config.stream = cli.nats_stream.clone();
             config.subject_root = cli.nats_subject_root.clone();
             config.max_age = Duration::from_secs(cli.nats_max_age_secs);
+            config.max_bytes = cli.nats_max_bytes;
             let log = NatsLog::connect(config).await.context("connecting to NATS JetStream")?;
             tracing::info!(%url, stream = %cli.nats_stream, "match log: NATS JetStream");
             Ok(Arc::new(log))

@@ -36,6 +36,7 @@ async fn nats_log() -> (NatsLog, NatsLogConfig) {
     config.stream = format!("GS_ADAPTER_{id}");
     config.subject_root = format!("gsadapter{id}");
     config.max_age = Duration::from_secs(600);
+    config.max_bytes = 64 << 20;
     (
         NatsLog::connect(config.clone())
             .await

@@ -105,6 +105,7 @@ impl Backend {
                 ("NATS_STREAM".into(), stream.clone()),
                 ("NATS_SUBJECT_ROOT".into(), subject_root.clone()),
                 ("NATS_MAX_AGE_SECS".into(), "900".into()),
+                ("NATS_MAX_BYTES".into(), (64 << 20).to_string()),
                 ("REDIS_URL".into(), REDIS_URL.into()),
                 ("REDIS_PREFIX".into(), redis_prefix.clone()),
                 (

@@ -87,7 +87,11 @@ impl NatsLog {
                     tracing::warn!(error = ?e, attempt, "creating the match log stream failed; retrying");
                     tokio::time::sleep(Duration::from_millis(250 * (1 << attempt.min(4)))).await;
                 }
-                Err(e) => return Err(LogError::Unavailable(format!("creating stream: {e} ({e:?})"))),
+                Err(e) => {
+                    return Err(LogError::Unavailable(format!(
+                        "creating stream: {e} ({e:?})"
+                    )))
+                }
             }
         }
         let stream = js
