@@ -180,6 +180,28 @@ async fn decode(
     out
 }
 
+/// The next decoded batch: `None` at shutdown, empty when nothing came in time (or the fetch
+/// failed, after a short pause).
+async fn next_events(
+    consumer: &mut dyn EventConsumer,
+    config: &AggregatorConfig,
+    shutdown: &Shutdown,
+) -> Option<Vec<(DeliveredEvent, EventRecord)>> {
+    let batch = tokio::select! {
+        b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
+        _ = shutdown.cancelled() => return None,
+    };
+    match batch {
+        Ok(b) if b.is_empty() => Some(Vec::new()),
+        Ok(b) => Some(decode(consumer, b).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "fetching events failed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(Vec::new())
+        }
+    }
+}
+
 async fn open_consumer(
     log: &dyn MatchLog,
     name: &str,
@@ -296,20 +318,12 @@ async fn run_leaderboards(
                 tracing::warn!(error = %e, "leaderboard heartbeat failed");
             }
         }
-        let batch = tokio::select! {
-            b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
-            _ = shutdown.cancelled() => return,
+        let Some(events) = next_events(&mut *consumer, &config, &shutdown).await else {
+            return;
         };
-        let batch = match batch {
-            Ok(b) if b.is_empty() => continue,
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching events failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let events = decode(&mut *consumer, batch).await;
+        if events.is_empty() {
+            continue;
+        }
         let scored: Vec<ScoredEvent> = events
             .iter()
             .map(|(d, e)| scored_event(&d.record, e, &config.retention, protocol::now_ms()))
@@ -369,20 +383,12 @@ async fn run_history(
         return;
     };
     loop {
-        let batch = tokio::select! {
-            b = consumer.next_batch(config.batch_size, config.batch_wait) => b,
-            _ = shutdown.cancelled() => return,
+        let Some(events) = next_events(&mut *consumer, &config, &shutdown).await else {
+            return;
         };
-        let batch = match batch {
-            Ok(b) if b.is_empty() => continue,
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching events failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let events = decode(&mut *consumer, batch).await;
+        if events.is_empty() {
+            continue;
+        }
         let records: Vec<HistoryRecord> = events
             .iter()
             .flat_map(|(d, e)| history_records(&d.record, e))

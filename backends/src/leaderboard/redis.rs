@@ -3,8 +3,9 @@
 //! `lb:<board>` (ZSET, member = player, score = rank key), `lb:names` (HASH player -> name),
 //! `lb:applied` (HASH `<match>:<epoch>` -> last applied event seq), `lb:updated_at`.
 //!
-//! Each event is applied by one Lua script, so the exactly-once check, the `last applied` update
-//! and the score changes are one atomic step; a batch is one pipelined round trip.
+//! A run of consecutive events of a match is applied by one Lua script, so the exactly-once
+//! check, the `last applied` update and the score changes are one atomic step; a batch is one
+//! pipelined round trip.
 
 use std::collections::HashMap;
 
@@ -17,41 +18,10 @@ use super::{
     ScoredEvent,
 };
 
-const APPLY_EVENT: &str = r#"
--- KEYS: applied hash, names hash, updated_at, then one board key per score change
--- ARGV: field, seq, achievement time, now_ms, name count, (player, name)*,
---       (player, points, keep seconds or 0)* one per board key
-local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local seq = tonumber(ARGV[2])
-if seq <= last then return 0 end
-if seq ~= last + 1 then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local span = 2147483648
-local t = tonumber(ARGV[3])
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-for k = 4, #KEYS do
-  local member = ARGV[i]
-  local delta = tonumber(ARGV[i + 1])
-  local keep = tonumber(ARGV[i + 2])
-  i = i + 3
-  local cur = redis.call('ZSCORE', KEYS[k], member)
-  local points = 0
-  if cur then points = math.floor(-tonumber(cur) / span) end
-  points = math.max(0, math.min(points + delta, 4194303))
-  redis.call('ZADD', KEYS[k], -(points * span + (span - 1 - t)), member)
-  if keep > 0 then redis.call('EXPIRE', KEYS[k], keep) end
-end
-redis.call('SET', KEYS[3], ARGV[4])
-return 1
-"#;
-
 /// Applies a run of consecutive events of one match epoch (seqs `first..=last`) in one step:
-/// the same check as [`APPLY_EVENT`] on the whole range, with each player's points on each board
-/// summed over the run and stamped with the time of the player's last gain in it.
+/// the exactly-once check on the whole range (`last` applied so far must be `first - 1`), then
+/// each player's points on each board summed over the run and stamped with the time of the
+/// player's last gain in it. A single event is a run of one.
 const APPLY_RUN: &str = r#"
 -- KEYS: applied hash, names hash, updated_at, then one board key per (board, player) change
 -- ARGV: field, first seq, last seq, now_ms, name count, (player, name)*,
@@ -129,7 +99,6 @@ fn runs(events: &[ScoredEvent]) -> Vec<Vec<usize>> {
 pub struct RedisLeaderboards {
     conn: ConnectionManager,
     prefix: String,
-    apply_script: Script,
     run_script: Script,
 }
 
@@ -145,7 +114,6 @@ impl RedisLeaderboards {
         let lb = RedisLeaderboards {
             conn,
             prefix: prefix.to_string(),
-            apply_script: Script::new(APPLY_EVENT),
             run_script: Script::new(APPLY_RUN),
         };
         lb.load_script().await?;
@@ -154,13 +122,11 @@ impl RedisLeaderboards {
 
     async fn load_script(&self) -> Result<(), BoardError> {
         let mut conn = self.conn.clone();
-        for script in [&self.apply_script, &self.run_script] {
-            script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        }
+        self.run_script
+            .prepare_invoke()
+            .load_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -235,34 +201,6 @@ impl RedisLeaderboards {
             }
             Err(e) => Err(unavailable(e)),
         }
-    }
-
-    fn pipeline(&self, events: &[ScoredEvent], now_ms: u64) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        for ev in events {
-            let mut inv = self.apply_script.prepare_invoke();
-            inv.key(self.key("applied"))
-                .key(self.key("names"))
-                .key(self.key("updated_at"));
-            for c in &ev.changes {
-                inv.key(self.key(&c.board));
-            }
-            inv.arg(format!("{}:{}", ev.match_id, ev.epoch))
-                .arg(ev.seq)
-                .arg(achievement_time(ev.at_ms))
-                .arg(now_ms)
-                .arg(ev.names.len());
-            for (player, name) in &ev.names {
-                inv.arg(player).arg(name);
-            }
-            for c in &ev.changes {
-                inv.arg(&c.player)
-                    .arg(c.points)
-                    .arg(c.keep_secs.unwrap_or(0));
-            }
-            pipe.invoke_script(&inv);
-        }
-        pipe
     }
 
     async fn page(&self, board: &str, start: i64, stop: i64) -> Result<BoardPage, BoardError> {
@@ -374,8 +312,10 @@ impl Leaderboards for RedisLeaderboards {
         // A run that straddles the last applied seq (a redelivery overlapping new events) is
         // applied event by event, which sorts out which of its events are duplicates.
         if !straddling.is_empty() {
-            let single: Vec<ScoredEvent> = straddling.iter().map(|&i| events[i].clone()).collect();
-            let replies = self.query(&self.pipeline(&single, now)).await?;
+            let singles: Vec<Vec<usize>> = straddling.iter().map(|&i| vec![i]).collect();
+            let replies = self
+                .query(&self.run_pipeline(events, &singles, now))
+                .await?;
             for (i, r) in straddling.into_iter().zip(replies) {
                 outcomes[i] = outcome(r);
             }
