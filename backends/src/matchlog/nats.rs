@@ -105,23 +105,25 @@ impl NatsLog {
             config,
         })
     }
+}
 
-    fn record(
-        &self,
-        subject: &str,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: Bytes,
-    ) -> Option<LogRecord> {
-        let (match_id, kind) = parse_subject(&self.config.subject_root, subject)?;
-        let header = |name: &str| -> Option<u64> { headers?.get(name)?.as_str().parse().ok() };
-        Some(LogRecord {
-            match_id: match_id.to_string(),
-            epoch: header(EPOCH_HEADER)?,
-            version: header(VERSION_HEADER)?,
-            kind,
-            body: payload,
-        })
-    }
+/// The log record a message carries: match and kind from its subject under `root`, epoch and
+/// version from its headers; `None` for a message that is not a match log record.
+fn record_of(
+    root: &str,
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+) -> Option<LogRecord> {
+    let (match_id, kind) = parse_subject(root, subject)?;
+    let header = |name: &str| -> Option<u64> { headers?.get(name)?.as_str().parse().ok() };
+    Some(LogRecord {
+        match_id: match_id.to_string(),
+        epoch: header(EPOCH_HEADER)?,
+        version: header(VERSION_HEADER)?,
+        kind,
+        body: payload,
+    })
 }
 
 fn keyframe_error(e: stream::LastRawMessageError) -> LogError {
@@ -189,20 +191,15 @@ impl MatchLog for NatsLog {
                 let info = m.info().ok()?;
                 let caught_up = info.pending == 0;
                 let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
-                let (match_id, kind) = parse_subject(&root, m.subject.as_str())?;
-                if match_id != wanted {
+                let record = record_of(
+                    &root,
+                    m.subject.as_str(),
+                    m.headers.as_ref(),
+                    m.payload.clone(),
+                )?;
+                if record.match_id != wanted {
                     return None;
                 }
-                let header = |name: &str| -> Option<u64> {
-                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
-                };
-                let record = LogRecord {
-                    match_id: match_id.to_string(),
-                    epoch: header(EPOCH_HEADER)?,
-                    version: header(VERSION_HEADER)?,
-                    kind,
-                    body: m.payload.clone(),
-                };
                 Some(Ok(LogItem {
                     record,
                     caught_up,
@@ -225,8 +222,13 @@ impl MatchLog for NatsLog {
             ))
             .await
             .map_err(keyframe_error)?;
-        self.record(m.subject.as_str(), Some(&m.headers), m.payload)
-            .ok_or_else(|| LogError::Unavailable("keyframe without match headers".into()))
+        record_of(
+            &self.config.subject_root,
+            m.subject.as_str(),
+            Some(&m.headers),
+            m.payload,
+        )
+        .ok_or_else(|| LogError::Unavailable("keyframe without match headers".into()))
     }
 
     async fn match_ids(&self) -> Result<Vec<String>, LogError> {
@@ -273,18 +275,15 @@ impl MatchLog for NatsLog {
                 let m = m.map_err(LogError::unavailable)?;
                 let info = m.info().map_err(LogError::unavailable)?;
                 let caught_up = info.pending == 0;
-                let (match_id, kind) = parse_subject(&root, m.subject.as_str())
-                    .ok_or_else(|| LogError::Unavailable("foreign subject".into()))?;
-                let header = |name: &str| -> Option<u64> {
-                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
-                };
-                let record = LogRecord {
-                    match_id: match_id.to_string(),
-                    epoch: header(EPOCH_HEADER).unwrap_or(0),
-                    version: header(VERSION_HEADER).unwrap_or(0),
-                    kind,
-                    body: m.payload.clone(),
-                };
+                let record = record_of(
+                    &root,
+                    m.subject.as_str(),
+                    m.headers.as_ref(),
+                    m.payload.clone(),
+                )
+                .ok_or_else(|| {
+                    LogError::Unavailable(format!("{} is not a match log record", m.subject))
+                })?;
                 Ok(LogItem {
                     record,
                     caught_up,
@@ -404,18 +403,12 @@ impl EventConsumer for NatsConsumer {
         let mut out = Vec::new();
         for m in fetched {
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
-            let parsed = parse_subject(&self.root, m.subject.as_str()).and_then(|(id, kind)| {
-                let header = |name: &str| -> Option<u64> {
-                    m.headers.as_ref()?.get(name)?.as_str().parse().ok()
-                };
-                Some(LogRecord {
-                    match_id: id.to_string(),
-                    epoch: header(EPOCH_HEADER)?,
-                    version: header(VERSION_HEADER)?,
-                    kind,
-                    body: m.payload.clone(),
-                })
-            });
+            let parsed = record_of(
+                &self.root,
+                m.subject.as_str(),
+                m.headers.as_ref(),
+                m.payload.clone(),
+            );
             match parsed {
                 Some(record) => out.push(DeliveredEvent {
                     record,
