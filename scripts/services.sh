@@ -41,3 +41,12 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null
 echo "services: PostgreSQL, Redis and NATS JetStream are up"
 # Streams left by interrupted test runs keep JetStream storage reserved: drop them first.
 python3 "$(dirname "$0")/nats_cleanup.py"
+# Likewise test databases and Redis keys that interrupted runs left behind.
+psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'gs\_test\_%'" |
+  while read -r db; do
+    [ -n "$db" ] && psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE \"$db\" WITH (FORCE)"
+  done
+for pattern in 'gs-test-*' 'gs-adapter-*' 'gs-loadtest-*'; do
+  redis-cli -h 127.0.0.1 --scan --pattern "$pattern" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null
+done
