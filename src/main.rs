@@ -189,6 +189,37 @@ struct Cli {
     )]
     match_board_hours: u64,
 
+    /// Real players per room.
+    #[arg(long, env = "GRANDSTAND_SEATS", default_value_t = 16, global = true)]
+    seats: usize,
+    /// Snapshots per second sent to each player (at most the tick rate).
+    #[arg(long, env = "GRANDSTAND_SNAPSHOT_HZ", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=128), global = true)]
+    snapshot_hz: u32,
+    /// The most a shot is rewound for lag compensation, in milliseconds.
+    #[arg(
+        long,
+        env = "GRANDSTAND_REWIND_CAP_MS",
+        default_value_t = 200,
+        global = true
+    )]
+    rewind_cap_ms: u32,
+    /// The player address put in connect tokens (the bound UDP address when unset).
+    #[arg(long, env = "GRANDSTAND_ADVERTISE_UDP", global = true)]
+    advertise_udp: Option<String>,
+    /// Matchmaking regions, comma separated.
+    #[arg(
+        long,
+        env = "GRANDSTAND_REGIONS",
+        default_value = "eu,us,asia",
+        value_delimiter = ',',
+        global = true
+    )]
+    regions: Vec<String>,
+    /// With `snapshot-api`: the game server (HTTP) whose matchmaker serves
+    /// `POST /v1/matchmaking/join`.
+    #[arg(long, env = "GRANDSTAND_MATCHMAKER_URL", global = true)]
+    matchmaker_url: Option<String>,
+
     /// Durable consumer name of the aggregator (aggregators with one name share the work).
     #[arg(
         long,
@@ -386,6 +417,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut router: Router = httpkit::ops_router();
 
+    // One signer for every role of this process (in `all` a random secret is drawn once).
+    let rest_signer = signer(&cli, role)?;
+    let mut game = None;
     if matches!(role, Role::All | Role::GameServer) {
         let udp = tokio::net::UdpSocket::bind(cli.udp_addr)
             .await
@@ -393,21 +427,50 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(udp_addr = %udp.local_addr()?, "UDP listening");
         let config = game_server::GameServerConfig {
             matches: cli.matches,
+            regions: cli.regions.clone(),
             bots_per_match: cli.bots,
+            seats: cli.seats.max(1),
             tick_hz: cli.tick_hz,
             spectator_hz: cli.spectator_hz,
+            snapshot_hz: cli.snapshot_hz,
             match_duration: Duration::from_secs(cli.match_secs),
             keyframe_every: Duration::from_secs(cli.keyframe_secs.max(1)),
             intermission: Duration::from_secs(cli.intermission_secs),
             seed: cli.seed,
+            rewind_cap_ms: cli.rewind_cap_ms,
+            advertise: cli.advertise_udp.clone(),
+            // Takeover needs checkpoints another process can read: Redis.
+            checkpoints: cli.redis_url.is_some(),
             ..Default::default()
         };
-        let (log, shutdown) = (backends.log.clone(), shutdown.clone());
+        let stores = game_server::GameServerStores {
+            log: backends.log.clone(),
+            registry: match &cli.redis_url {
+                Some(url) => Arc::new(
+                    backends::RedisRegistry::connect(url, &cli.redis_prefix)
+                        .await
+                        .context("connecting the room registry to Redis")?,
+                ),
+                None => Arc::new(backends::MemoryRegistry::default()),
+            },
+            checkpoints: match &cli.redis_url {
+                Some(url) => Arc::new(
+                    backends::RedisCheckpoints::connect(url, &cli.redis_prefix)
+                        .await
+                        .context("connecting room checkpoints to Redis")?,
+                ),
+                None => Arc::new(backends::MemoryCheckpoints::default()),
+            },
+        };
+        let server =
+            game_server::GameServer::new(config, udp, stores, &rest_signer, shutdown.clone())?;
+        let running = server.clone();
         tasks.spawn(async move {
-            if let Err(e) = game_server::run(config, udp, log, shutdown).await {
+            if let Err(e) = running.run().await {
                 tracing::error!(error = %e, "game server stopped");
             }
         });
+        game = Some(server);
     }
 
     let mut gateway = None;
@@ -421,7 +484,7 @@ async fn main() -> anyhow::Result<()> {
         let gw = fanout_gateway::Gateway::new(
             config,
             backends.log.clone(),
-            signer(&cli, role)?,
+            rest_signer.clone(),
             shutdown.clone(),
         );
         router = router.merge(gw.router());
@@ -453,15 +516,27 @@ async fn main() -> anyhow::Result<()> {
             backends.log.clone(),
             backends.boards.clone().expect("connected for this role"),
             backends.history.clone().expect("connected for this role"),
-            // In `all` the API and the gateway must share one signer.
-            match (&gateway, role) {
-                (Some(gw), _) => gw.signer(),
-                _ => signer(&cli, role)?,
-            },
+            rest_signer.clone(),
             viewers,
         );
+        let state = match (&game, &cli.matchmaker_url) {
+            (Some(gs), _) => {
+                state.with_matchmaker(Arc::new(game_server::LocalMatchmaker(gs.clone())))
+            }
+            (None, Some(url)) => {
+                state.with_matchmaker(Arc::new(snapshot_api::RemoteMatchmaker::new(url)))
+            }
+            (None, None) => state,
+        };
         router = router.merge(snapshot_api::router(state.clone()));
         api = Some(state);
+    }
+
+    if let (Role::GameServer, Some(gs)) = (role, &game) {
+        router = router.merge(httpkit::matchmaking_router(
+            Arc::new(game_server::LocalMatchmaker(gs.clone())),
+            rest_signer.clone(),
+        ));
     }
 
     // A single-role process serves that role's own entry point; `all` serves every router on

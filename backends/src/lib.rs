@@ -6,6 +6,7 @@
 pub mod history;
 pub mod leaderboard;
 pub mod matchlog;
+pub mod rooms;
 
 pub use history::{
     EpochHistory, History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, RebuildSource,
@@ -20,3 +21,7 @@ pub use matchlog::{
     MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickStream,
 };
 pub use protocol::LogKind;
+pub use rooms::{
+    CheckpointStore, MemoryCheckpoints, MemoryRegistry, RedisCheckpoints, RedisRegistry, RoomInfo,
+    RoomRegistry, RoomStoreError,
+};

@@ -126,7 +126,18 @@ async fn nats_event_consumers_are_durable_and_redeliver_what_was_not_acked() {
     }
     log.publish(rec("m1", 5, LogKind::Delta)).await.unwrap();
     let mut c = log.event_consumer("agg").await.unwrap();
-    let batch = c.next_batch(10, Duration::from_secs(1)).await.unwrap();
+    // A batch holds what has arrived so far: gather until all four are in (or time runs out).
+    let mut batch = Vec::new();
+    for _ in 0..10 {
+        batch.extend(
+            c.next_batch(10 - batch.len(), Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+        if batch.len() >= 4 {
+            break;
+        }
+    }
     assert_eq!(
         batch.iter().map(|e| e.record.version).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]

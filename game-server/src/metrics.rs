@@ -53,3 +53,54 @@ pub static UDP_DATAGRAMS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static UDP_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gs_udp_rejected_total",
+        "Datagrams refused, by reason (malformed, unknown session, denied handshake, flood)",
+        &["reason"]
+    )
+    .unwrap()
+});
+pub static UDP_BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gs_udp_bytes_out_total",
+        "Bytes sent to players, UDP payload plus 28 bytes of IPv4+UDP headers per datagram"
+    )
+    .unwrap()
+});
+pub static SNAPSHOTS_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("gs_snapshots_sent_total", "Snapshots sent to players").unwrap()
+});
+pub static PLAYER_TICKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gs_player_ticks_total",
+        "Sum over ticks of the players (bots and humans) in the room"
+    )
+    .unwrap()
+});
+pub static TICK_BUSY_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "gs_tick_busy_seconds_total",
+        "Time spent running ticks (simulation, interest, encoding, sending)"
+    )
+    .unwrap()
+});
+pub static CONNECTED_PLAYERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gs_connected_players", "Real players connected over UDP").unwrap()
+});
+pub static REWINDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gs_lag_compensated_shots_total",
+        "Shots by real players, by whether the rewind was capped",
+        &["capped"]
+    )
+    .unwrap()
+});
+pub static CHECKPOINTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gs_checkpoints_total",
+        "Room checkpoints written, by outcome",
+        &["outcome"]
+    )
+    .unwrap()
+});

@@ -1,7 +1,11 @@
 //! The HTTP edge every role shares: JSON errors (`{"error":{"code","message"}}`, opaque 500s
 //! with the cause logged), bearer-token auth, `/healthz` and Prometheus `/metrics`.
 
+mod matchmaking;
+
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use matchmaking::{matchmaking_router, Assignment, Matchmaking, MAX_SKILL};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};

@@ -6,6 +6,7 @@ pub mod event;
 pub mod feed;
 pub mod ids;
 pub mod log;
+pub mod net;
 pub mod state;
 pub mod token;
 pub mod viewer;
@@ -15,7 +16,7 @@ pub use feed::{Applied, Frame, FrameKind, MatchFeed};
 pub use ids::{valid_match_id, MatchId, PlayerId};
 pub use log::{LogKind, LogRecord};
 pub use state::{Arena, Delta, MatchStatus, PlayerView, Shot, SpectatorState};
-pub use token::{Claims, TokenError, TokenSigner};
+pub use token::{Claims, ConnectClaims, TokenError, TokenSigner};
 pub use viewer::{decide_resume, parse_position, PositionError, Resume, StreamPosition};
 
 /// Milliseconds since the Unix epoch; the one clock every role stamps records with.

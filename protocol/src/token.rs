@@ -6,6 +6,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -19,6 +20,38 @@ pub struct Claims {
     pub name: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+}
+
+/// A connect token: lets one player into one match on one game server, once, until `exp`.
+/// Issued by the matchmaker, checked in the UDP handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectClaims {
+    pub sub: String,
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_id: String,
+    /// The game server's UDP address the token is for.
+    pub server: String,
+    pub exp: u64,
+    /// Unique per token: a used nonce is not accepted again from another address.
+    pub nonce: u64,
+}
+
+/// Claims with an expiry.
+pub trait Expiring {
+    fn exp(&self) -> u64;
+}
+
+impl Expiring for Claims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+impl Expiring for ConnectClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +80,18 @@ impl TokenSigner {
         Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length")
     }
 
-    pub fn sign(&self, claims: &Claims) -> String {
+    /// A signer for another purpose, keyed from this one: a token made for one purpose (say a
+    /// connect token) never verifies for another (a REST bearer token).
+    pub fn derive(&self, purpose: &str) -> TokenSigner {
+        let mut mac = self.mac();
+        mac.update(b"grandstand-purpose:");
+        mac.update(purpose.as_bytes());
+        TokenSigner {
+            key: mac.finalize().into_bytes().to_vec(),
+        }
+    }
+
+    pub fn sign(&self, claims: &impl Serialize) -> String {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
         let mut mac = self.mac();
         mac.update(body.as_bytes());
@@ -57,6 +101,15 @@ impl TokenSigner {
 
     /// Verifies `token` at time `now_secs`.
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, TokenError> {
+        self.verify_as(token, now_secs)
+    }
+
+    /// Verifies `token` and decodes its claims as `T`.
+    pub fn verify_as<T: DeserializeOwned + Expiring>(
+        &self,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<T, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
@@ -71,8 +124,8 @@ impl TokenSigner {
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now_secs {
+        let claims: T = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.exp() <= now_secs {
             return Err(TokenError::Expired);
         }
         Ok(claims)
@@ -97,6 +150,25 @@ mod tests {
         let t = s.sign(&claims(100));
         assert_eq!(s.verify(&t, 99), Ok(claims(100)));
         assert_eq!(s.verify(&t, 100), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn tokens_of_one_purpose_never_verify_for_another() {
+        let s = TokenSigner::new(b"secret");
+        let connect = s.derive("connect");
+        let rest = s.sign(&claims(100));
+        assert_eq!(connect.verify(&rest, 1), Err(TokenError::BadSignature));
+        let c = ConnectClaims {
+            sub: "p-1".into(),
+            name: "Ann".into(),
+            match_id: "eu-1".into(),
+            server: "127.0.0.1:7777".into(),
+            exp: 100,
+            nonce: 9,
+        };
+        let t = connect.sign(&c);
+        assert_eq!(s.verify(&t, 1), Err(TokenError::BadSignature));
+        assert_eq!(connect.verify_as::<ConnectClaims>(&t, 1), Ok(c));
     }
 
     #[test]

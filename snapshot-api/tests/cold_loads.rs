@@ -45,6 +45,9 @@ impl MatchLog for CountingLog {
     async fn all_events(&self) -> Result<LogStream, LogError> {
         self.inner.all_events().await
     }
+    async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {
+        self.inner.match_events(match_id).await
+    }
     async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
         self.inner.publish_tick(board, tick).await
     }

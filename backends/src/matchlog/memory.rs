@@ -198,6 +198,16 @@ impl MatchLog for MemoryLog {
             .collect())
     }
 
+    async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {
+        let inner = self.shared.inner.lock().unwrap();
+        Ok(inner
+            .events
+            .iter()
+            .filter(|(_, r)| r.match_id == match_id)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
     async fn all_events(&self) -> Result<LogStream, LogError> {
         let inner = self.shared.inner.lock().unwrap();
         let n = inner.events.len();

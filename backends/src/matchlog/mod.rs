@@ -74,6 +74,10 @@ pub trait MatchLog: Send + Sync + 'static {
     /// share (compete for) the work and resume where the last one acknowledged.
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError>;
 
+    /// Every retained event record of one match (all epochs), oldest first: what a server
+    /// taking over a crashed room replays past its checkpoint.
+    async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError>;
+
     /// Every retained event of every match, oldest first, ending once caught up (the last item
     /// has `caught_up`); empty when there are none. For rebuilds.
     async fn all_events(&self) -> Result<LogStream, LogError>;

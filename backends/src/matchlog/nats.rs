@@ -210,6 +210,50 @@ impl MatchLog for NatsLog {
         Ok(Box::pin(stream))
     }
 
+    async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {
+        if !protocol::valid_match_id(match_id) {
+            return Ok(Vec::new());
+        }
+        let root = &self.config.subject_root;
+        let subject = format!("{root}.{match_id}.event");
+        let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) => {
+                return match keyframe_error(e) {
+                    LogError::UnknownMatch => Ok(Vec::new()),
+                    other => Err(other),
+                }
+            }
+        };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::unavailable)?;
+        let mut messages = consumer.messages().await.map_err(LogError::unavailable)?;
+        let mut out = Vec::new();
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(LogError::unavailable)?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(u64::MAX);
+            if let Some(r) = record_of(
+                root,
+                m.subject.as_str(),
+                m.headers.as_ref(),
+                m.payload.clone(),
+            ) {
+                out.push(r);
+            }
+            if seq >= last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
         if !protocol::valid_match_id(match_id) {
             return Err(LogError::UnknownMatch);

@@ -1,0 +1,169 @@
+//! Area of interest: which entities a player is sent, from a uniform spatial grid.
+//!
+//! An entity enters a player's view within `radius` and leaves only beyond `radius + margin`
+//! (hysteresis, so one at the edge does not flicker in and out). Entities in view are tiered:
+//! near ones (within `near`) are refreshed every snapshot, far ones every `far_every`th, their
+//! refreshes spread over snapshots by entity id.
+
+use crate::physics::ARENA;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InterestConfig {
+    pub radius: f32,
+    pub margin: f32,
+    pub near: f32,
+    pub far_every: u64,
+}
+
+impl Default for InterestConfig {
+    fn default() -> Self {
+        InterestConfig {
+            radius: 400.0,
+            margin: 50.0,
+            near: 200.0,
+            far_every: 3,
+        }
+    }
+}
+
+const CELL: f32 = 100.0;
+const COLS: usize = (ARENA / CELL) as usize;
+
+/// Entity ids bucketed by cell; rebuilt once per snapshot round, shared by every player.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    cells: Vec<Vec<(u16, f32, f32)>>,
+}
+
+fn cell_of(v: f32) -> usize {
+    ((v / CELL) as usize).min(COLS - 1)
+}
+
+impl Grid {
+    pub fn build(entities: impl IntoIterator<Item = (u16, f32, f32)>) -> Grid {
+        let mut cells = vec![Vec::new(); COLS * COLS];
+        for (id, x, y) in entities {
+            cells[cell_of(y) * COLS + cell_of(x)].push((id, x, y));
+        }
+        Grid { cells }
+    }
+
+    /// Entities within `r` of (x, y), with their squared distance.
+    pub fn within(&self, x: f32, y: f32, r: f32, out: &mut Vec<(u16, f32)>) {
+        let (c0, c1) = (cell_of((x - r).max(0.0)), cell_of((x + r).min(ARENA)));
+        let (r0, r1) = (cell_of((y - r).max(0.0)), cell_of((y + r).min(ARENA)));
+        for row in r0..=r1 {
+            for col in c0..=c1 {
+                for &(id, ex, ey) in &self.cells[row * COLS + col] {
+                    let d2 = (ex - x).powi(2) + (ey - y).powi(2);
+                    if d2 <= r * r {
+                        out.push((id, d2));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one player is sent this snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interest {
+    /// In view, ascending.
+    pub visible: Vec<u16>,
+    /// The subset of `visible` whose state is refreshed this snapshot; the others keep the
+    /// state the player last acknowledged.
+    pub refresh: Vec<u16>,
+}
+
+/// The interest of a player at (x, y) (`me` is always in view and always refreshed), given
+/// what it saw last snapshot (`previous`, ascending).
+pub fn interest(
+    grid: &Grid,
+    me: u16,
+    x: f32,
+    y: f32,
+    previous: &[u16],
+    snapshot_no: u64,
+    config: &InterestConfig,
+) -> Interest {
+    let mut around = Vec::new();
+    grid.within(x, y, config.radius + config.margin, &mut around);
+    let mut visible = Vec::with_capacity(around.len());
+    let mut refresh = Vec::with_capacity(around.len());
+    for (id, d2) in around {
+        let inner = d2 <= config.radius * config.radius;
+        if id != me && !inner && previous.binary_search(&id).is_err() {
+            continue;
+        }
+        visible.push(id);
+        let near = d2 <= config.near * config.near;
+        if id == me || near || (snapshot_no + u64::from(id)).is_multiple_of(config.far_every) {
+            refresh.push(id);
+        }
+    }
+    visible.sort_unstable();
+    refresh.sort_unstable();
+    Interest { visible, refresh }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entities_in_view_and_hysteresis_at_the_edge() {
+        let cfg = InterestConfig::default();
+        let grid = Grid::build([
+            (1, 500.0, 500.0),
+            (2, 600.0, 500.0), // near
+            (3, 850.0, 500.0), // 350: far but in view
+            (4, 920.0, 500.0), // 420: in the margin
+            (5, 990.0, 990.0), // out of view
+        ]);
+        let first = interest(&grid, 1, 500.0, 500.0, &[], 0, &cfg);
+        assert_eq!(first.visible, vec![1, 2, 3], "4 is not yet in view");
+        // Once seen, 4 stays while in the margin.
+        let kept = interest(&grid, 1, 500.0, 500.0, &[1, 2, 3, 4], 0, &cfg);
+        assert_eq!(kept.visible, vec![1, 2, 3, 4]);
+        assert!(!kept.visible.contains(&5));
+    }
+
+    #[test]
+    fn far_entities_refresh_less_often() {
+        let cfg = InterestConfig::default();
+        let grid = Grid::build([(1, 500.0, 500.0), (2, 550.0, 500.0), (3, 850.0, 500.0)]);
+        let mut far_refreshes = 0;
+        for n in 0..30 {
+            let i = interest(&grid, 1, 500.0, 500.0, &[], n, &cfg);
+            assert!(i.refresh.contains(&1) && i.refresh.contains(&2));
+            far_refreshes += i.refresh.contains(&3) as u32;
+        }
+        assert_eq!(far_refreshes, 10);
+    }
+
+    #[test]
+    fn grid_matches_brute_force() {
+        let pts: Vec<(u16, f32, f32)> = (0..400u16)
+            .map(|i| (i, (i as f32 * 37.7) % ARENA, (i as f32 * 91.3) % ARENA))
+            .collect();
+        let grid = Grid::build(pts.clone());
+        for &(x, y, r) in &[
+            (0.0, 0.0, 300.0),
+            (500.0, 500.0, 450.0),
+            (999.0, 10.0, 120.0),
+        ] {
+            let mut got: Vec<u16> = Vec::new();
+            let mut tmp = Vec::new();
+            grid.within(x, y, r, &mut tmp);
+            got.extend(tmp.iter().map(|t| t.0));
+            got.sort();
+            let mut want: Vec<u16> = pts
+                .iter()
+                .filter(|p| (p.1 - x).powi(2) + (p.2 - y).powi(2) <= r * r)
+                .map(|p| p.0)
+                .collect();
+            want.sort();
+            assert_eq!(got, want);
+        }
+    }
+}

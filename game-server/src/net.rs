@@ -1,0 +1,230 @@
+//! The player port: one UDP socket shared by every room of the server. One task reads it,
+//! decodes each datagram (malformed ones are counted and dropped), checks handshakes (connect
+//! token signature, expiry, match, server, replay) and routes packets of established sessions
+//! to their room through the room's bounded command channel. Rooms send directly on the socket
+//! without waiting (a full socket buffer drops a snapshot; the next one supersedes it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use protocol::net::{DenyReason, Packet, MAX_PACKET};
+use protocol::{ConnectClaims, TokenError, TokenSigner};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use backends::RoomInfo;
+
+use crate::metrics;
+use crate::room::RoomCommand;
+use httpkit::Shutdown;
+
+/// Connect-token nonces remembered (until their token expires) to refuse replays. At the
+/// limit, expired ones are pruned; if it is still full, new handshakes are refused as busy.
+const MAX_NONCES: usize = 100_000;
+
+struct RoomEntry {
+    tx: mpsc::Sender<RoomCommand>,
+    info: RoomInfo,
+}
+
+pub struct Routes {
+    pub socket: Arc<UdpSocket>,
+    signer: TokenSigner,
+    sessions: Mutex<HashMap<SocketAddr, (u64, String)>>,
+    rooms: Mutex<HashMap<String, RoomEntry>>,
+    nonces: Mutex<HashMap<u64, (SocketAddr, u64)>>,
+}
+
+pub fn send_packet(socket: &UdpSocket, addr: SocketAddr, p: &Packet) {
+    let bytes = p.encode();
+    metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + 28);
+    let _ = socket.try_send_to(&bytes, addr);
+}
+
+impl Routes {
+    /// `signer` verifies connect tokens (the matchmaker's connect signer).
+    pub fn new(socket: Arc<UdpSocket>, signer: TokenSigner) -> Arc<Routes> {
+        Arc::new(Routes {
+            socket,
+            signer,
+            sessions: Mutex::default(),
+            rooms: Mutex::default(),
+            nonces: Mutex::default(),
+        })
+    }
+
+    pub fn add_room(&self, info: RoomInfo, tx: mpsc::Sender<RoomCommand>) {
+        self.rooms
+            .lock()
+            .unwrap()
+            .insert(info.match_id.clone(), RoomEntry { tx, info });
+    }
+
+    pub fn remove_room(&self, match_id: &str) {
+        self.rooms.lock().unwrap().remove(match_id);
+        self.sessions
+            .lock()
+            .unwrap()
+            .retain(|_, (_, m)| m != match_id);
+    }
+
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        self.rooms
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| r.info.clone())
+            .collect()
+    }
+
+    pub fn set_humans(&self, match_id: &str, humans: usize) {
+        if let Some(r) = self.rooms.lock().unwrap().get_mut(match_id) {
+            r.info.humans = humans;
+        }
+    }
+
+    pub fn bind(&self, addr: SocketAddr, session: u64, match_id: &str) {
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(addr, (session, match_id.to_string()));
+    }
+
+    pub fn unbind(&self, addr: SocketAddr) {
+        self.sessions.lock().unwrap().remove(&addr);
+    }
+
+    fn room_tx(&self, match_id: &str) -> Option<(mpsc::Sender<RoomCommand>, String)> {
+        self.rooms
+            .lock()
+            .unwrap()
+            .get(match_id)
+            .map(|r| (r.tx.clone(), r.info.server.clone()))
+    }
+
+    fn session_room(&self, addr: SocketAddr, session: u64) -> Option<mpsc::Sender<RoomCommand>> {
+        let m = {
+            let sessions = self.sessions.lock().unwrap();
+            let (s, m) = sessions.get(&addr)?;
+            if *s != session {
+                return None;
+            }
+            m.clone()
+        };
+        self.room_tx(&m).map(|(tx, _)| tx)
+    }
+
+    /// Checks a handshake; the room to join, or why not.
+    fn admit(
+        &self,
+        addr: SocketAddr,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<(mpsc::Sender<RoomCommand>, ConnectClaims), DenyReason> {
+        let claims: ConnectClaims =
+            self.signer
+                .verify_as(token, now_secs)
+                .map_err(|e| match e {
+                    TokenError::Expired => DenyReason::Expired,
+                    _ => DenyReason::BadToken,
+                })?;
+        let (tx, server) = self
+            .room_tx(&claims.match_id)
+            .ok_or(DenyReason::UnknownMatch)?;
+        if claims.server != server {
+            return Err(DenyReason::WrongServer);
+        }
+        let mut nonces = self.nonces.lock().unwrap();
+        match nonces.get(&claims.nonce) {
+            Some((first, _)) if *first != addr => return Err(DenyReason::Replayed),
+            Some(_) => {}
+            None => {
+                if nonces.len() >= MAX_NONCES {
+                    nonces.retain(|_, (_, exp)| *exp > now_secs);
+                    if nonces.len() >= MAX_NONCES {
+                        return Err(DenyReason::ServerBusy);
+                    }
+                }
+                nonces.insert(claims.nonce, (addr, claims.exp));
+            }
+        }
+        Ok((tx, claims))
+    }
+}
+
+fn reject(reason: &str) {
+    metrics::UDP_REJECTED.with_label_values(&[reason]).inc();
+}
+
+/// Reads the player port until shutdown.
+pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, addr) = tokio::select! {
+            r = routes.socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP "port unreachable" from a departed client surfaces here on Linux.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        metrics::UDP_DATAGRAMS.inc();
+        if n > MAX_PACKET {
+            reject("oversized");
+            continue;
+        }
+        let packet = match Packet::decode(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::trace!(%addr, error = %e, "malformed datagram");
+                reject("malformed");
+                continue;
+            }
+        };
+        match packet {
+            Packet::ConnectRequest { token } => {
+                match routes.admit(addr, &token, httpkit::now_secs()) {
+                    Ok((tx, claims)) => {
+                        if tx.try_send(RoomCommand::Join { addr, claims }).is_err() {
+                            reject("room_busy");
+                            send_packet(
+                                &routes.socket,
+                                addr,
+                                &Packet::ConnectDenied {
+                                    reason: DenyReason::ServerBusy,
+                                },
+                            );
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%addr, ?reason, "handshake refused");
+                        reject("handshake");
+                        send_packet(&routes.socket, addr, &Packet::ConnectDenied { reason });
+                    }
+                }
+            }
+            Packet::Client(p) => match routes.session_room(addr, p.session) {
+                Some(tx) => {
+                    if tx
+                        .try_send(RoomCommand::Packet { addr, packet: p })
+                        .is_err()
+                    {
+                        reject("room_busy");
+                    }
+                }
+                None => reject("unknown_session"),
+            },
+            Packet::Disconnect { session } => match routes.session_room(addr, session) {
+                Some(tx) => {
+                    let _ = tx.try_send(RoomCommand::Disconnect { addr });
+                }
+                None => reject("unknown_session"),
+            },
+            _ => reject("unexpected"),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! One connected player as its room sees it: packet acks, the reliable channel both ways, the
+//! queue of inputs not yet simulated, and the snapshots sent (the baselines of later deltas).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::net::acks::{ReceivedPackets, SentPackets};
+use protocol::net::reliable::{ReliableReceiver, ReliableSender};
+use protocol::net::{ClientPacket, EntityState, Header, Input, Message};
+
+/// Inputs waiting to be simulated; a client far ahead of the server loses its oldest.
+const INPUT_QUEUE: usize = 64;
+/// Snapshots kept as possible baselines (about one second at 30 Hz).
+const SNAPSHOT_RING: usize = 32;
+/// A client may catch up on late inputs, but never run more than this many ticks ahead of
+/// real time (a speed-hack guard).
+const MAX_INPUT_CREDIT: f32 = 4.0;
+
+pub type Entities = Arc<Vec<(u16, EntityState)>>;
+
+pub struct Client {
+    pub addr: SocketAddr,
+    pub session: u64,
+    pub entity: u16,
+    pub player: String,
+    pub last_heard: Instant,
+    pub rtt_ms: f32,
+    pub visible: Vec<u16>,
+    pub reliable_out: ReliableSender,
+    next_seq: u16,
+    received: ReceivedPackets,
+    sent: SentPackets<u32>,
+    reliable_in: ReliableReceiver,
+    inputs: VecDeque<Input>,
+    newest_input: u32,
+    credit: f32,
+    snapshots: VecDeque<(u32, Entities)>,
+    acked_tick: Option<u32>,
+}
+
+impl Client {
+    pub fn new(
+        addr: SocketAddr,
+        session: u64,
+        entity: u16,
+        player: String,
+        last_input: u32,
+    ) -> Client {
+        Client {
+            addr,
+            session,
+            entity,
+            player,
+            last_heard: Instant::now(),
+            rtt_ms: 100.0,
+            visible: Vec::new(),
+            reliable_out: ReliableSender::default(),
+            next_seq: 0,
+            received: ReceivedPackets::default(),
+            sent: SentPackets::default(),
+            reliable_in: ReliableReceiver::default(),
+            inputs: VecDeque::new(),
+            newest_input: last_input,
+            credit: 1.0,
+            snapshots: VecDeque::new(),
+            acked_tick: None,
+        }
+    }
+
+    /// Takes a packet from the client; returns the reliable messages now delivered in order.
+    pub fn on_packet(&mut self, p: ClientPacket, now_ms: u64) -> Vec<Message> {
+        self.last_heard = Instant::now();
+        if !self.received.record(p.header.seq) {
+            return Vec::new();
+        }
+        for (_, tick, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
+            self.rtt_ms = self.rtt_ms * 0.9 + rtt as f32 * 0.1;
+            if self.acked_tick.is_none_or(|t| tick > t) {
+                self.acked_tick = Some(tick);
+            }
+        }
+        self.reliable_out.on_ack(p.reliable.ack_next);
+        for input in p.inputs {
+            if input.seq > self.newest_input {
+                self.newest_input = input.seq;
+                if self.inputs.len() >= INPUT_QUEUE {
+                    self.inputs.pop_front();
+                }
+                self.inputs.push_back(input);
+            }
+        }
+        let mut delivered = Vec::new();
+        for (id, m) in p.reliable.messages {
+            delivered.extend(self.reliable_in.receive(id, m));
+        }
+        delivered
+    }
+
+    /// The inputs to simulate this tick, oldest first: one per tick, more to catch up after a
+    /// late packet, within the credit real time has given.
+    pub fn take_inputs(&mut self) -> Vec<Input> {
+        self.credit = (self.credit + 1.0).min(MAX_INPUT_CREDIT);
+        let mut out = Vec::new();
+        while self.credit >= 1.0 {
+            let Some(i) = self.inputs.pop_front() else {
+                break;
+            };
+            self.credit -= 1.0;
+            out.push(i);
+        }
+        out
+    }
+
+    /// The newest acknowledged snapshot still held: the baseline for the next delta.
+    pub fn baseline(&self) -> Option<(u32, Entities)> {
+        let t = self.acked_tick?;
+        self.snapshots
+            .iter()
+            .rev()
+            .find(|(tick, _)| *tick == t)
+            .map(|(tick, e)| (*tick, e.clone()))
+    }
+
+    /// The header of the next packet, recording that it carries the snapshot of `tick`.
+    pub fn next_header(&mut self, tick: u32, entities: Entities, now_ms: u64) -> Header {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.sent.record(seq, now_ms, tick);
+        if self.snapshots.len() >= SNAPSHOT_RING {
+            self.snapshots.pop_front();
+        }
+        self.snapshots.push_back((tick, entities));
+        let (ack, ack_bits) = self.received.ack_fields();
+        Header { seq, ack, ack_bits }
+    }
+
+    pub fn reliable_ack_next(&self) -> u16 {
+        self.reliable_in.ack_next()
+    }
+
+    /// How long to wait before resending an unacknowledged reliable message.
+    pub fn resend_after_ms(&self) -> u64 {
+        (self.rtt_ms * 1.25).clamp(30.0, 500.0) as u64
+    }
+}

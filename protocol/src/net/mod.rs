@@ -1,0 +1,549 @@
+//! The player protocol over UDP: packets, the delta-compressed entity snapshots, packet acks
+//! and the reliable ordered channel. Pure: bytes in, values out, and every decoder rejects
+//! malformed, truncated or oversized input with an error instead of panicking or allocating
+//! what a hostile count asks for.
+//!
+//! Layout: every datagram starts with `"GS"`, the protocol version and a packet type. Integers
+//! are little-endian; counts, ids and deltas are LEB128 varints (zigzag for signed values).
+
+pub mod acks;
+mod codec;
+pub mod reliable;
+pub mod snapshot;
+
+use codec::{Reader, Writer};
+pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
+
+pub const MAGIC: [u8; 2] = *b"GS";
+pub const PROTOCOL_VERSION: u8 = 1;
+/// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
+pub const MAX_PACKET: usize = 1200;
+/// Connect requests are padded to exactly this size and every reply is smaller, so a forged
+/// source address can never turn the server into an amplifier.
+pub const CONNECT_REQUEST_LEN: usize = 1100;
+/// How many recent inputs a client repeats in every packet, so a lost packet loses no input.
+pub const MAX_INPUTS: usize = 8;
+pub const MAX_ENTITIES: usize = 256;
+pub const MAX_MESSAGES: usize = 64;
+pub const MAX_CHAT: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("packet truncated")]
+    Truncated,
+    #[error("not a Grandstand packet")]
+    BadMagic,
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("unknown packet type {0}")]
+    UnknownType(u8),
+    #[error("packet larger than {MAX_PACKET} bytes")]
+    TooLarge,
+    #[error("trailing bytes after packet")]
+    Trailing,
+    #[error("invalid packet: {0}")]
+    Invalid(&'static str),
+    #[error("snapshot baseline {0} is not known")]
+    UnknownBaseline(u32),
+}
+
+/// Why a connection was refused; sent back in `ConnectDenied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DenyReason {
+    BadToken = 1,
+    Expired = 2,
+    Replayed = 3,
+    WrongServer = 4,
+    UnknownMatch = 5,
+    RoomFull = 6,
+    ServerBusy = 7,
+}
+
+impl DenyReason {
+    fn from_u8(v: u8) -> Result<DenyReason, NetError> {
+        use DenyReason::*;
+        Ok(match v {
+            1 => BadToken,
+            2 => Expired,
+            3 => Replayed,
+            4 => WrongServer,
+            5 => UnknownMatch,
+            6 => RoomFull,
+            7 => ServerBusy,
+            _ => return Err(NetError::Invalid("unknown deny reason")),
+        })
+    }
+}
+
+/// Per-packet acknowledgement header (sequence, latest received, and the 32 before it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Header {
+    pub seq: u16,
+    pub ack: u16,
+    pub ack_bits: u32,
+}
+
+/// One tick of player input. `view_tick` + `view_frac`/256 is the server time the player was
+/// looking at (its interpolated view) when it pressed fire: what lag compensation rewinds to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Input {
+    pub seq: u32,
+    pub move_x: i8,
+    pub move_y: i8,
+    /// Aim angle, a full turn in 65536 steps.
+    pub aim: u16,
+    pub fire: bool,
+    pub view_tick: u32,
+    pub view_frac: u8,
+}
+
+/// The receiving player's own body at full precision, after `last_processed_input`, so client
+/// prediction can reconcile without quantization error.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnState {
+    pub x: f32,
+    pub y: f32,
+    pub vx: f32,
+    pub vy: f32,
+    pub alive: bool,
+}
+
+/// Events that must arrive exactly once and in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    PlayerInfo {
+        entity: u16,
+        player: String,
+        name: String,
+        bot: bool,
+    },
+    PlayerGone {
+        entity: u16,
+    },
+    Fire {
+        entity: u16,
+        x0: u16,
+        y0: u16,
+        x1: u16,
+        y1: u16,
+        hit: bool,
+    },
+    Hit {
+        shooter: u16,
+        victim: u16,
+        damage: u8,
+    },
+    Death {
+        victim: u16,
+        killer: u16,
+    },
+    Pickup {
+        entity: u16,
+    },
+    Chat {
+        entity: u16,
+        text: String,
+    },
+    MatchEnded,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReliableBlock {
+    /// The next message id this side expects from the peer (everything before it arrived).
+    pub ack_next: u16,
+    pub messages: Vec<(u16, Message)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientPacket {
+    pub session: u64,
+    pub header: Header,
+    /// Newest last; at most `MAX_INPUTS`.
+    pub inputs: Vec<Input>,
+    pub reliable: ReliableBlock,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerPacket {
+    pub session: u64,
+    pub header: Header,
+    pub tick: u32,
+    pub last_processed_input: u32,
+    pub own: OwnState,
+    pub snapshot: SnapshotDelta,
+    pub reliable: ReliableBlock,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packet {
+    ConnectRequest {
+        token: String,
+    },
+    ConnectAccepted {
+        session: u64,
+        entity: u16,
+        tick_hz: u8,
+        tick: u32,
+    },
+    ConnectDenied {
+        reason: DenyReason,
+    },
+    Client(ClientPacket),
+    Server(ServerPacket),
+    Disconnect {
+        session: u64,
+    },
+}
+
+const T_CONNECT: u8 = 1;
+const T_ACCEPTED: u8 = 2;
+const T_DENIED: u8 = 3;
+const T_CLIENT: u8 = 4;
+const T_SERVER: u8 = 5;
+const T_DISCONNECT: u8 = 6;
+
+impl Packet {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(256);
+        w.buf.extend_from_slice(&MAGIC);
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            Packet::ConnectRequest { token } => {
+                w.u8(T_CONNECT);
+                let t = &token.as_bytes()[..token.len().min(CONNECT_REQUEST_LEN - 6)];
+                w.u16(t.len() as u16);
+                w.buf.extend_from_slice(t);
+                w.buf.resize(CONNECT_REQUEST_LEN, 0);
+            }
+            Packet::ConnectAccepted {
+                session,
+                entity,
+                tick_hz,
+                tick,
+            } => {
+                w.u8(T_ACCEPTED);
+                w.u64(*session);
+                w.u16(*entity);
+                w.u8(*tick_hz);
+                w.u32(*tick);
+            }
+            Packet::ConnectDenied { reason } => {
+                w.u8(T_DENIED);
+                w.u8(*reason as u8);
+            }
+            Packet::Client(p) => {
+                w.u8(T_CLIENT);
+                w.u64(p.session);
+                write_header(&mut w, &p.header);
+                w.u8(p.inputs.len().min(MAX_INPUTS) as u8);
+                // Inputs are consecutive in practice: the first seq in full, the rest as deltas.
+                let mut prev = 0u32;
+                for (i, input) in p.inputs.iter().take(MAX_INPUTS).enumerate() {
+                    if i == 0 {
+                        w.u32(input.seq);
+                    } else {
+                        w.varint(u64::from(input.seq.wrapping_sub(prev)));
+                    }
+                    prev = input.seq;
+                    w.u8(input.move_x as u8);
+                    w.u8(input.move_y as u8);
+                    w.u16(input.aim);
+                    w.u8(input.fire as u8);
+                    w.u32(input.view_tick);
+                    w.u8(input.view_frac);
+                }
+                write_reliable(&mut w, &p.reliable);
+            }
+            Packet::Server(p) => {
+                w.u8(T_SERVER);
+                w.u64(p.session);
+                write_header(&mut w, &p.header);
+                w.u32(p.tick);
+                w.u32(p.last_processed_input);
+                w.f32(p.own.x);
+                w.f32(p.own.y);
+                w.f32(p.own.vx);
+                w.f32(p.own.vy);
+                w.u8(p.own.alive as u8);
+                p.snapshot.write(&mut w);
+                write_reliable(&mut w, &p.reliable);
+            }
+            Packet::Disconnect { session } => {
+                w.u8(T_DISCONNECT);
+                w.u64(*session);
+            }
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Packet, NetError> {
+        if buf.len() > MAX_PACKET {
+            return Err(NetError::TooLarge);
+        }
+        let mut r = Reader::new(buf);
+        if r.bytes(2)? != MAGIC {
+            return Err(NetError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != PROTOCOL_VERSION {
+            return Err(NetError::BadVersion(version));
+        }
+        let packet = match r.u8()? {
+            T_CONNECT => {
+                if buf.len() != CONNECT_REQUEST_LEN {
+                    return Err(NetError::Invalid("connect request not padded"));
+                }
+                let n = r.u16()? as usize;
+                let token = std::str::from_utf8(r.bytes(n)?)
+                    .map_err(|_| NetError::Invalid("token is not UTF-8"))?
+                    .to_owned();
+                if r.bytes(r.remaining())?.iter().any(|&b| b != 0) {
+                    return Err(NetError::Invalid("padding is not zero"));
+                }
+                Packet::ConnectRequest { token }
+            }
+            T_ACCEPTED => Packet::ConnectAccepted {
+                session: r.u64()?,
+                entity: r.u16()?,
+                tick_hz: r.u8()?,
+                tick: r.u32()?,
+            },
+            T_DENIED => Packet::ConnectDenied {
+                reason: DenyReason::from_u8(r.u8()?)?,
+            },
+            T_CLIENT => {
+                let session = r.u64()?;
+                let header = read_header(&mut r)?;
+                let n = r.u8()? as usize;
+                if n > MAX_INPUTS {
+                    return Err(NetError::Invalid("too many inputs"));
+                }
+                let mut inputs = Vec::with_capacity(n);
+                let mut prev = 0u32;
+                for i in 0..n {
+                    let seq = if i == 0 {
+                        r.u32()?
+                    } else {
+                        let d = r.varint()?;
+                        if d == 0 || d > u64::from(u32::MAX) {
+                            return Err(NetError::Invalid("inputs out of order"));
+                        }
+                        prev.wrapping_add(d as u32)
+                    };
+                    prev = seq;
+                    let move_x = r.u8()? as i8;
+                    let move_y = r.u8()? as i8;
+                    let aim = r.u16()?;
+                    let fire = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(NetError::Invalid("fire flag")),
+                    };
+                    inputs.push(Input {
+                        seq,
+                        move_x,
+                        move_y,
+                        aim,
+                        fire,
+                        view_tick: r.u32()?,
+                        view_frac: r.u8()?,
+                    });
+                }
+                Packet::Client(ClientPacket {
+                    session,
+                    header,
+                    inputs,
+                    reliable: read_reliable(&mut r)?,
+                })
+            }
+            T_SERVER => {
+                let session = r.u64()?;
+                let header = read_header(&mut r)?;
+                let tick = r.u32()?;
+                let last_processed_input = r.u32()?;
+                let own = OwnState {
+                    x: r.f32()?,
+                    y: r.f32()?,
+                    vx: r.f32()?,
+                    vy: r.f32()?,
+                    alive: r.u8()? != 0,
+                };
+                Packet::Server(ServerPacket {
+                    session,
+                    header,
+                    tick,
+                    last_processed_input,
+                    own,
+                    snapshot: SnapshotDelta::read(&mut r)?,
+                    reliable: read_reliable(&mut r)?,
+                })
+            }
+            T_DISCONNECT => Packet::Disconnect { session: r.u64()? },
+            t => return Err(NetError::UnknownType(t)),
+        };
+        if r.remaining() != 0 {
+            return Err(NetError::Trailing);
+        }
+        Ok(packet)
+    }
+}
+
+fn write_header(w: &mut Writer, h: &Header) {
+    w.u16(h.seq);
+    w.u16(h.ack);
+    w.u32(h.ack_bits);
+}
+
+fn read_header(r: &mut Reader) -> Result<Header, NetError> {
+    Ok(Header {
+        seq: r.u16()?,
+        ack: r.u16()?,
+        ack_bits: r.u32()?,
+    })
+}
+
+const M_INFO: u8 = 1;
+const M_GONE: u8 = 2;
+const M_FIRE: u8 = 3;
+const M_HIT: u8 = 4;
+const M_DEATH: u8 = 5;
+const M_PICKUP: u8 = 6;
+const M_CHAT: u8 = 7;
+const M_ENDED: u8 = 8;
+
+impl Message {
+    /// Bytes this message takes on the wire (for packet budgets).
+    pub fn encoded_len(&self) -> usize {
+        let mut w = Writer::with_capacity(32);
+        write_message(&mut w, self);
+        w.buf.len() + 2
+    }
+}
+
+fn write_message(w: &mut Writer, m: &Message) {
+    match m {
+        Message::PlayerInfo {
+            entity,
+            player,
+            name,
+            bot,
+        } => {
+            w.u8(M_INFO);
+            w.u16(*entity);
+            w.str(player);
+            w.str(name);
+            w.u8(*bot as u8);
+        }
+        Message::PlayerGone { entity } => {
+            w.u8(M_GONE);
+            w.u16(*entity);
+        }
+        Message::Fire {
+            entity,
+            x0,
+            y0,
+            x1,
+            y1,
+            hit,
+        } => {
+            w.u8(M_FIRE);
+            w.u16(*entity);
+            for v in [x0, y0, x1, y1] {
+                w.u16(*v);
+            }
+            w.u8(*hit as u8);
+        }
+        Message::Hit {
+            shooter,
+            victim,
+            damage,
+        } => {
+            w.u8(M_HIT);
+            w.u16(*shooter);
+            w.u16(*victim);
+            w.u8(*damage);
+        }
+        Message::Death { victim, killer } => {
+            w.u8(M_DEATH);
+            w.u16(*victim);
+            w.u16(*killer);
+        }
+        Message::Pickup { entity } => {
+            w.u8(M_PICKUP);
+            w.u16(*entity);
+        }
+        Message::Chat { entity, text } => {
+            w.u8(M_CHAT);
+            w.u16(*entity);
+            w.str(text);
+        }
+        Message::MatchEnded => w.u8(M_ENDED),
+    }
+}
+
+fn read_message(r: &mut Reader) -> Result<Message, NetError> {
+    Ok(match r.u8()? {
+        M_INFO => Message::PlayerInfo {
+            entity: r.u16()?,
+            player: r.str()?,
+            name: r.str()?,
+            bot: r.u8()? != 0,
+        },
+        M_GONE => Message::PlayerGone { entity: r.u16()? },
+        M_FIRE => Message::Fire {
+            entity: r.u16()?,
+            x0: r.u16()?,
+            y0: r.u16()?,
+            x1: r.u16()?,
+            y1: r.u16()?,
+            hit: r.u8()? != 0,
+        },
+        M_HIT => Message::Hit {
+            shooter: r.u16()?,
+            victim: r.u16()?,
+            damage: r.u8()?,
+        },
+        M_DEATH => Message::Death {
+            victim: r.u16()?,
+            killer: r.u16()?,
+        },
+        M_PICKUP => Message::Pickup { entity: r.u16()? },
+        M_CHAT => {
+            let entity = r.u16()?;
+            let text = r.str()?;
+            if text.len() > MAX_CHAT {
+                return Err(NetError::Invalid("chat message too long"));
+            }
+            Message::Chat { entity, text }
+        }
+        M_ENDED => Message::MatchEnded,
+        _ => return Err(NetError::Invalid("unknown message type")),
+    })
+}
+
+fn write_reliable(w: &mut Writer, b: &ReliableBlock) {
+    w.u16(b.ack_next);
+    w.u8(b.messages.len().min(MAX_MESSAGES) as u8);
+    for (id, m) in b.messages.iter().take(MAX_MESSAGES) {
+        w.u16(*id);
+        write_message(w, m);
+    }
+}
+
+fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
+    let ack_next = r.u16()?;
+    let n = r.u8()? as usize;
+    if n > MAX_MESSAGES {
+        return Err(NetError::Invalid("too many messages"));
+    }
+    let mut messages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.u16()?;
+        messages.push((id, read_message(r)?));
+    }
+    Ok(ReliableBlock { ack_next, messages })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+//! Entity snapshots delta-compressed against a baseline the client acknowledged (Quake 3
+//! style): unchanged entities cost nothing, a changed one costs its id, a field mask and the
+//! changed fields (positions as small signed deltas), and a new one its full quantized state.
+//! With no baseline every entity is sent in full.
+
+use super::codec::{Reader, Writer};
+use super::{NetError, MAX_ENTITIES};
+
+pub const FLAG_ALIVE: u8 = 1;
+pub const FLAG_BOT: u8 = 2;
+
+/// One entity as a client sees it: positions in tenths of a unit, angle in 256ths of a turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntityState {
+    pub x: u16,
+    pub y: u16,
+    pub angle: u8,
+    pub hp: u8,
+    pub flags: u8,
+    pub score: u16,
+}
+
+impl EntityState {
+    pub fn alive(&self) -> bool {
+        self.flags & FLAG_ALIVE != 0
+    }
+}
+
+/// How one entity differs from the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityChange {
+    /// Not in the baseline: its whole state.
+    Full(u16, EntityState),
+    /// In the baseline: the fields whose `mask` bit is set changed.
+    Fields {
+        id: u16,
+        mask: u8,
+        dx: i32,
+        dy: i32,
+        angle: u8,
+        hp: u8,
+        flags: u8,
+        dscore: i32,
+    },
+}
+
+impl EntityChange {
+    fn id(&self) -> u16 {
+        match self {
+            EntityChange::Full(id, _) => *id,
+            EntityChange::Fields { id, .. } => *id,
+        }
+    }
+}
+
+const B_X: u8 = 1;
+const B_Y: u8 = 2;
+const B_ANGLE: u8 = 4;
+const B_HP: u8 = 8;
+const B_FLAGS: u8 = 16;
+const B_SCORE: u8 = 32;
+const B_FULL: u8 = 128;
+
+/// A snapshot as sent: what changed since `baseline` (a tick the client holds), or everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotDelta {
+    pub baseline: Option<u32>,
+    /// Ascending by entity id.
+    pub changes: Vec<EntityChange>,
+    /// Entities of the baseline no longer in view, ascending.
+    pub removed: Vec<u16>,
+}
+
+/// Entities sorted by id: the snapshot a client holds.
+pub type Entities = [(u16, EntityState)];
+
+impl SnapshotDelta {
+    /// The delta that turns `baseline` (sorted by id) into `current` (sorted by id).
+    pub fn between(
+        baseline_tick: Option<u32>,
+        baseline: &Entities,
+        current: &Entities,
+    ) -> SnapshotDelta {
+        let mut changes = Vec::new();
+        let mut removed = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < baseline.len() || j < current.len() {
+            let b = baseline.get(i);
+            let c = current.get(j);
+            match (b, c) {
+                (Some(&(bid, _)), Some(&(cid, cs))) if cid < bid => {
+                    changes.push(EntityChange::Full(cid, cs));
+                    j += 1;
+                }
+                (Some(&(bid, bs)), Some(&(cid, cs))) if cid == bid => {
+                    if bs != cs {
+                        let mut mask = 0;
+                        mask |= if cs.x != bs.x { B_X } else { 0 };
+                        mask |= if cs.y != bs.y { B_Y } else { 0 };
+                        mask |= if cs.angle != bs.angle { B_ANGLE } else { 0 };
+                        mask |= if cs.hp != bs.hp { B_HP } else { 0 };
+                        mask |= if cs.flags != bs.flags { B_FLAGS } else { 0 };
+                        mask |= if cs.score != bs.score { B_SCORE } else { 0 };
+                        changes.push(EntityChange::Fields {
+                            id: cid,
+                            mask,
+                            dx: i32::from(cs.x) - i32::from(bs.x),
+                            dy: i32::from(cs.y) - i32::from(bs.y),
+                            // Unchanged fields are not sent: keep them zero so a decoded
+                            // delta equals the one encoded.
+                            angle: if mask & B_ANGLE != 0 { cs.angle } else { 0 },
+                            hp: if mask & B_HP != 0 { cs.hp } else { 0 },
+                            flags: if mask & B_FLAGS != 0 { cs.flags } else { 0 },
+                            dscore: i32::from(cs.score) - i32::from(bs.score),
+                        });
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(&(bid, _)), _) => {
+                    removed.push(bid);
+                    i += 1;
+                }
+                (None, Some(&(cid, cs))) => {
+                    changes.push(EntityChange::Full(cid, cs));
+                    j += 1;
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        SnapshotDelta {
+            baseline: baseline_tick,
+            changes,
+            removed,
+        }
+    }
+
+    /// Rebuilds the snapshot from the baseline it was made against (empty when it has none).
+    pub fn apply(&self, baseline: &Entities) -> Result<Vec<(u16, EntityState)>, NetError> {
+        let mut out: Vec<(u16, EntityState)> = Vec::with_capacity(baseline.len() + 8);
+        let (mut ci, mut ri) = (0, 0);
+        for &(id, state) in baseline {
+            while let Some(c) = self.changes.get(ci).filter(|c| c.id() < id) {
+                let EntityChange::Full(cid, cs) = *c else {
+                    return Err(NetError::Invalid(
+                        "field change for an entity not in baseline",
+                    ));
+                };
+                out.push((cid, cs));
+                ci += 1;
+            }
+            if self.removed.get(ri) == Some(&id) {
+                ri += 1;
+                if self.changes.get(ci).is_some_and(|c| c.id() == id) {
+                    return Err(NetError::Invalid("entity both changed and removed"));
+                }
+                continue;
+            }
+            match self.changes.get(ci).filter(|c| c.id() == id) {
+                None => out.push((id, state)),
+                Some(EntityChange::Full(_, cs)) => {
+                    out.push((id, *cs));
+                    ci += 1;
+                }
+                Some(&EntityChange::Fields {
+                    mask,
+                    dx,
+                    dy,
+                    angle,
+                    hp,
+                    flags,
+                    dscore,
+                    ..
+                }) => {
+                    let field = |v: u16, d: i32| {
+                        u16::try_from(i32::from(v) + d)
+                            .map_err(|_| NetError::Invalid("delta out of range"))
+                    };
+                    let mut s = state;
+                    if mask & B_X != 0 {
+                        s.x = field(s.x, dx)?;
+                    }
+                    if mask & B_Y != 0 {
+                        s.y = field(s.y, dy)?;
+                    }
+                    if mask & B_ANGLE != 0 {
+                        s.angle = angle;
+                    }
+                    if mask & B_HP != 0 {
+                        s.hp = hp;
+                    }
+                    if mask & B_FLAGS != 0 {
+                        s.flags = flags;
+                    }
+                    if mask & B_SCORE != 0 {
+                        s.score = field(s.score, dscore)?;
+                    }
+                    out.push((id, s));
+                    ci += 1;
+                }
+            }
+        }
+        if ri != self.removed.len() {
+            return Err(NetError::Invalid("removed entity not in baseline"));
+        }
+        for c in &self.changes[ci..] {
+            let EntityChange::Full(cid, cs) = *c else {
+                return Err(NetError::Invalid(
+                    "field change for an entity not in baseline",
+                ));
+            };
+            out.push((cid, cs));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        match self.baseline {
+            Some(t) => {
+                w.u8(1);
+                w.u32(t);
+            }
+            None => w.u8(0),
+        }
+        w.varint(self.changes.len() as u64);
+        let mut prev = 0u16;
+        for (n, c) in self.changes.iter().enumerate() {
+            let id = c.id();
+            w.varint(u64::from(if n == 0 { id } else { id - prev }));
+            prev = id;
+            match *c {
+                EntityChange::Full(_, s) => {
+                    w.u8(B_FULL);
+                    w.u16(s.x);
+                    w.u16(s.y);
+                    w.u8(s.angle);
+                    w.u8(s.hp);
+                    w.u8(s.flags);
+                    w.varint(u64::from(s.score));
+                }
+                EntityChange::Fields {
+                    mask,
+                    dx,
+                    dy,
+                    angle,
+                    hp,
+                    flags,
+                    dscore,
+                    ..
+                } => {
+                    w.u8(mask);
+                    if mask & B_X != 0 {
+                        w.zigzag(i64::from(dx));
+                    }
+                    if mask & B_Y != 0 {
+                        w.zigzag(i64::from(dy));
+                    }
+                    if mask & B_ANGLE != 0 {
+                        w.u8(angle);
+                    }
+                    if mask & B_HP != 0 {
+                        w.u8(hp);
+                    }
+                    if mask & B_FLAGS != 0 {
+                        w.u8(flags);
+                    }
+                    if mask & B_SCORE != 0 {
+                        w.zigzag(i64::from(dscore));
+                    }
+                }
+            }
+        }
+        w.varint(self.removed.len() as u64);
+        let mut prev = 0u16;
+        for (n, &id) in self.removed.iter().enumerate() {
+            w.varint(u64::from(if n == 0 { id } else { id - prev }));
+            prev = id;
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader) -> Result<SnapshotDelta, NetError> {
+        let baseline = match r.u8()? {
+            0 => None,
+            1 => Some(r.u32()?),
+            _ => return Err(NetError::Invalid("baseline flag")),
+        };
+        let ids = |r: &mut Reader, n: usize, prev: &mut u16| -> Result<u16, NetError> {
+            let d = r.varint()?;
+            let id = if n == 0 {
+                d
+            } else {
+                if d == 0 {
+                    return Err(NetError::Invalid("entity ids not ascending"));
+                }
+                u64::from(*prev) + d
+            };
+            let id = u16::try_from(id).map_err(|_| NetError::Invalid("entity id"))?;
+            *prev = id;
+            Ok(id)
+        };
+        let small = |v: i64| i32::try_from(v).map_err(|_| NetError::Invalid("delta out of range"));
+        let n = r.count(MAX_ENTITIES)?;
+        let mut changes = Vec::with_capacity(n);
+        let mut prev = 0;
+        for k in 0..n {
+            let id = ids(r, k, &mut prev)?;
+            let mask = r.u8()?;
+            if mask == B_FULL {
+                changes.push(EntityChange::Full(
+                    id,
+                    EntityState {
+                        x: r.u16()?,
+                        y: r.u16()?,
+                        angle: r.u8()?,
+                        hp: r.u8()?,
+                        flags: r.u8()?,
+                        score: u16::try_from(r.varint()?)
+                            .map_err(|_| NetError::Invalid("score"))?,
+                    },
+                ));
+                continue;
+            }
+            if mask == 0 || mask & !(B_X | B_Y | B_ANGLE | B_HP | B_FLAGS | B_SCORE) != 0 {
+                return Err(NetError::Invalid("field mask"));
+            }
+            let mut c = (0, 0, 0, 0, 0, 0);
+            if mask & B_X != 0 {
+                c.0 = small(r.zigzag()?)?;
+            }
+            if mask & B_Y != 0 {
+                c.1 = small(r.zigzag()?)?;
+            }
+            if mask & B_ANGLE != 0 {
+                c.2 = r.u8()?;
+            }
+            if mask & B_HP != 0 {
+                c.3 = r.u8()?;
+            }
+            if mask & B_FLAGS != 0 {
+                c.4 = r.u8()?;
+            }
+            if mask & B_SCORE != 0 {
+                c.5 = small(r.zigzag()?)?;
+            }
+            changes.push(EntityChange::Fields {
+                id,
+                mask,
+                dx: c.0,
+                dy: c.1,
+                angle: c.2,
+                hp: c.3,
+                flags: c.4,
+                dscore: c.5,
+            });
+        }
+        let n = r.count(MAX_ENTITIES)?;
+        let mut removed = Vec::with_capacity(n);
+        let mut prev = 0;
+        for k in 0..n {
+            removed.push(ids(r, k, &mut prev)?);
+        }
+        Ok(SnapshotDelta {
+            baseline,
+            changes,
+            removed,
+        })
+    }
+}

@@ -1,0 +1,271 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn entity() -> impl Strategy<Value = EntityState> {
+    (
+        0u16..=10000,
+        0u16..=10000,
+        any::<u8>(),
+        0u8..=100,
+        0u8..4,
+        any::<u16>(),
+    )
+        .prop_map(|(x, y, angle, hp, flags, score)| EntityState {
+            x,
+            y,
+            angle,
+            hp,
+            flags,
+            score,
+        })
+}
+
+fn entities() -> impl Strategy<Value = Vec<(u16, EntityState)>> {
+    proptest::collection::btree_map(0u16..300, entity(), 0..60)
+        .prop_map(|m| m.into_iter().collect())
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u16>(), "[a-z0-9-]{0,20}", "\\PC{0,20}", any::<bool>()).prop_map(
+            |(entity, player, name, bot)| Message::PlayerInfo {
+                entity,
+                player,
+                name,
+                bot
+            }
+        ),
+        any::<u16>().prop_map(|entity| Message::PlayerGone { entity }),
+        (any::<u16>(), any::<[u16; 4]>(), any::<bool>()).prop_map(|(entity, p, hit)| {
+            Message::Fire {
+                entity,
+                x0: p[0],
+                y0: p[1],
+                x1: p[2],
+                y1: p[3],
+                hit,
+            }
+        }),
+        (any::<u16>(), any::<u16>(), any::<u8>()).prop_map(|(shooter, victim, damage)| {
+            Message::Hit {
+                shooter,
+                victim,
+                damage,
+            }
+        }),
+        (any::<u16>(), any::<u16>()).prop_map(|(victim, killer)| Message::Death { victim, killer }),
+        any::<u16>().prop_map(|entity| Message::Pickup { entity }),
+        (any::<u16>(), "\\PC{0,40}").prop_map(|(entity, text)| Message::Chat { entity, text }),
+        Just(Message::MatchEnded),
+    ]
+}
+
+fn reliable() -> impl Strategy<Value = ReliableBlock> {
+    (
+        any::<u16>(),
+        proptest::collection::vec((any::<u16>(), message()), 0..6),
+    )
+        .prop_map(|(ack_next, messages)| ReliableBlock { ack_next, messages })
+}
+
+fn header() -> impl Strategy<Value = Header> {
+    (any::<u16>(), any::<u16>(), any::<u32>()).prop_map(|(seq, ack, ack_bits)| Header {
+        seq,
+        ack,
+        ack_bits,
+    })
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    (
+        any::<i8>(),
+        any::<i8>(),
+        any::<u16>(),
+        any::<bool>(),
+        any::<u32>(),
+        any::<u8>(),
+    )
+        .prop_map(|(move_x, move_y, aim, fire, view_tick, view_frac)| Input {
+            seq: 0,
+            move_x,
+            move_y,
+            aim,
+            fire,
+            view_tick,
+            view_frac,
+        })
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    prop_oneof![
+        "[A-Za-z0-9._-]{0,400}".prop_map(|token| Packet::ConnectRequest { token }),
+        (any::<u64>(), any::<u16>(), any::<u8>(), any::<u32>()).prop_map(
+            |(session, entity, tick_hz, tick)| Packet::ConnectAccepted {
+                session,
+                entity,
+                tick_hz,
+                tick
+            }
+        ),
+        Just(Packet::ConnectDenied {
+            reason: DenyReason::Replayed
+        }),
+        (
+            any::<u64>(),
+            header(),
+            any::<u32>(),
+            proptest::collection::vec(input(), 0..=MAX_INPUTS),
+            reliable()
+        )
+            .prop_map(|(session, header, first, mut inputs, reliable)| {
+                for (i, input) in inputs.iter_mut().enumerate() {
+                    input.seq = first.wrapping_add(i as u32);
+                }
+                Packet::Client(ClientPacket {
+                    session,
+                    header,
+                    inputs,
+                    reliable,
+                })
+            }),
+        (
+            any::<u64>(),
+            header(),
+            any::<(u32, u32)>(),
+            (-1e4f32..1e4, -1e4f32..1e4, -500f32..500.0, any::<bool>()),
+            entities(),
+            entities(),
+            reliable()
+        )
+            .prop_map(|(session, header, (tick, lpi), own, base, cur, reliable)| {
+                Packet::Server(ServerPacket {
+                    session,
+                    header,
+                    tick,
+                    last_processed_input: lpi,
+                    own: OwnState {
+                        x: own.0,
+                        y: own.1,
+                        vx: own.2,
+                        vy: -own.2,
+                        alive: own.3,
+                    },
+                    snapshot: SnapshotDelta::between(Some(tick.wrapping_sub(3)), &base, &cur),
+                    reliable,
+                })
+            }),
+        any::<u64>().prop_map(|session| Packet::Disconnect { session }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn delta_against_a_baseline_rebuilds_the_snapshot(base in entities(), cur in entities()) {
+        let delta = SnapshotDelta::between(Some(7), &base, &cur);
+        prop_assert_eq!(delta.apply(&base).unwrap(), cur.clone());
+        // And with no baseline, the full state.
+        let full = SnapshotDelta::between(None, &[], &cur);
+        prop_assert_eq!(full.apply(&[]).unwrap(), cur);
+    }
+
+    #[test]
+    fn packets_survive_the_wire(p in packet()) {
+        let bytes = p.encode();
+        prop_assert!(bytes.len() <= MAX_PACKET || matches!(p, Packet::Server(_)));
+        if bytes.len() <= MAX_PACKET {
+            prop_assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        }
+    }
+
+    /// The decoder's fuzz contract in CI-sized form: arbitrary bytes, and valid packets with
+    /// bytes flipped or cut, give a packet or an error, never a panic.
+    #[test]
+    fn hostile_bytes_never_panic(junk in proptest::collection::vec(any::<u8>(), 0..1300)) {
+        let _ = Packet::decode(&junk);
+        let mut prefixed = b"GS\x01".to_vec();
+        prefixed.extend_from_slice(&junk);
+        let _ = Packet::decode(&prefixed);
+    }
+
+    #[test]
+    fn mutated_packets_never_panic(p in packet(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+        let mut bytes = p.encode();
+        for (at, v) in flips {
+            let n = bytes.len();
+            bytes[at % n] ^= v;
+        }
+        if let Ok(Packet::Server(s)) = Packet::decode(&bytes) {
+            let _ = s.snapshot.apply(&[]);
+        }
+        let n = bytes.len();
+        let _ = Packet::decode(&bytes[..cut % (n + 1)]);
+    }
+}
+
+#[test]
+fn unchanged_entities_cost_nothing_and_moves_are_small() {
+    let base: Vec<(u16, EntityState)> = (0..20)
+        .map(|i| {
+            (
+                i,
+                EntityState {
+                    x: 1000 + i * 10,
+                    y: 2000,
+                    angle: 3,
+                    hp: 100,
+                    flags: 1,
+                    score: 2,
+                },
+            )
+        })
+        .collect();
+    let same = SnapshotDelta::between(Some(1), &base, &base);
+    assert!(same.changes.is_empty() && same.removed.is_empty());
+    let mut moved = base.clone();
+    moved[4].1.x += 37;
+    moved[4].1.y -= 12;
+    let d = SnapshotDelta::between(Some(1), &base, &moved);
+    let mut w = codec::Writer::with_capacity(64);
+    d.write(&mut w);
+    // flag + baseline + count + (id, mask, dx, dy) + removed count
+    assert_eq!(w.buf.len(), 1 + 4 + 1 + 4 + 1);
+}
+
+#[test]
+fn specific_rejections() {
+    assert_eq!(Packet::decode(b""), Err(NetError::Truncated));
+    assert_eq!(Packet::decode(b"XX\x01\x01"), Err(NetError::BadMagic));
+    assert_eq!(Packet::decode(b"GS\x09\x01"), Err(NetError::BadVersion(9)));
+    assert_eq!(
+        Packet::decode(b"GS\x01\x63"),
+        Err(NetError::UnknownType(0x63))
+    );
+    assert_eq!(
+        Packet::decode(&[0u8; MAX_PACKET + 1]),
+        Err(NetError::TooLarge)
+    );
+    // A connect request that is not padded is refused (no amplification).
+    let mut short = Packet::ConnectRequest { token: "t".into() }.encode();
+    short.truncate(100);
+    assert!(Packet::decode(&short).is_err());
+    // Trailing garbage after a valid packet.
+    let mut p = Packet::Disconnect { session: 5 }.encode();
+    p.push(0);
+    assert_eq!(Packet::decode(&p), Err(NetError::Trailing));
+    // A forged entity count cannot make the decoder allocate.
+    let mut forged = Packet::Server(ServerPacket {
+        session: 1,
+        header: Header::default(),
+        tick: 1,
+        last_processed_input: 0,
+        own: OwnState::default(),
+        snapshot: SnapshotDelta::default(),
+        reliable: ReliableBlock::default(),
+    })
+    .encode();
+    let at = forged.len() - 3 - 1 - 1; // before: removed count, reliable ack (2) + count (1)
+    forged[at] = 0xff;
+    forged.insert(at + 1, 0x7f);
+    assert!(Packet::decode(&forged).is_err());
+}
