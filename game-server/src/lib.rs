@@ -160,6 +160,8 @@ impl GameServer {
             slots.push(tokio::spawn(self.clone().run_slot(region)));
         }
         let housekeeping = tokio::spawn(self.clone().housekeeping());
+        // Matchmade rooms come and go: the server runs until shutdown, whatever its slots do.
+        self.shutdown.cancelled().await;
         for s in slots {
             let _ = s.await;
         }

@@ -1,0 +1,418 @@
+//! The client's protocol state machine, free of I/O and clocks (time is passed in), so it can
+//! be driven by a real socket, a lossy simulated link, or a test.
+//!
+//! - **Prediction**: each input is applied to the local body at once with the server's own
+//!   movement code, so the player's avatar answers without waiting a round trip.
+//! - **Reconciliation**: a snapshot carries the authoritative body after
+//!   `last_processed_input`; the client compares it with what it predicted for that input (the
+//!   difference is the *correction*, zero when nothing interfered), then replays the inputs
+//!   the server has not processed yet on top of it.
+//! - **Interpolation**: other entities are drawn `interp_delay` behind the newest snapshot,
+//!   between the two snapshots around that time, never blended across a respawn.
+
+use std::collections::VecDeque;
+
+use arena::physics::{self, Body};
+use protocol::net::acks::{ReceivedPackets, SentPackets};
+use protocol::net::reliable::{ReliableReceiver, ReliableSender};
+use protocol::net::{
+    ClientPacket, DenyReason, EntityState, Header, Input, Message, NetError, Packet, ReliableBlock,
+    ServerPacket, MAX_INPUTS,
+};
+
+/// Snapshots kept for baselines and interpolation.
+const SNAPSHOTS: usize = 64;
+/// Inputs kept for replay; older than this and the server has them or they are lost.
+const PENDING_INPUTS: usize = 128;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Intent {
+    pub move_x: i8,
+    pub move_y: i8,
+    pub aim: u16,
+    pub fire: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    Connected {
+        entity: u16,
+    },
+    Denied(DenyReason),
+    /// A reliable message, in order, once.
+    Message(Message),
+    /// A snapshot was applied (its server tick).
+    Snapshot(u32),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientStats {
+    pub rtt_ms: f64,
+    pub snapshots: u64,
+    /// Snapshots the server sent that never arrived (from sequence gaps).
+    pub snapshots_lost: u64,
+    pub corrections: u64,
+    pub max_correction: f32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub inputs_sent: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    Connected,
+    Denied(DenyReason),
+}
+
+pub struct ClientCore {
+    token: String,
+    pub phase: Phase,
+    pub session: u64,
+    pub entity: u16,
+    pub tick_hz: u32,
+    dt: f32,
+    interp_ticks: f32,
+    next_seq: u16,
+    received: ReceivedPackets,
+    sent: SentPackets<()>,
+    reliable_out: ReliableSender,
+    reliable_in: ReliableReceiver,
+    next_input: u32,
+    /// Inputs sent, with the body predicted after each, not yet acknowledged by a snapshot.
+    pending: VecDeque<(Input, Body)>,
+    predicted: Body,
+    alive: bool,
+    last_processed: u32,
+    /// Whether an authoritative body has been received (before it, there is nothing to
+    /// correct against).
+    synced: bool,
+    snapshots: VecDeque<(u32, Vec<(u16, EntityState)>)>,
+    /// Newest snapshot tick and when (client ms) it arrived: the server clock estimate.
+    clock: Option<(u32, u64)>,
+    newest_seq: Option<u16>,
+    pub stats: ClientStats,
+}
+
+impl ClientCore {
+    pub fn new(token: String, interp_delay_ms: u32) -> ClientCore {
+        ClientCore {
+            token,
+            phase: Phase::Connecting,
+            session: 0,
+            entity: 0,
+            tick_hz: 30,
+            dt: 1.0 / 30.0,
+            interp_ticks: interp_delay_ms as f32 * 30.0 / 1000.0,
+            next_seq: 0,
+            received: ReceivedPackets::default(),
+            sent: SentPackets::default(),
+            reliable_out: ReliableSender::default(),
+            reliable_in: ReliableReceiver::default(),
+            next_input: 1,
+            pending: VecDeque::new(),
+            predicted: Body::default(),
+            alive: true,
+            last_processed: 0,
+            synced: false,
+            snapshots: VecDeque::new(),
+            clock: None,
+            newest_seq: None,
+            stats: ClientStats::default(),
+        }
+    }
+
+    pub fn connect_packet(&mut self) -> Vec<u8> {
+        let b = Packet::ConnectRequest {
+            token: self.token.clone(),
+        }
+        .encode();
+        self.stats.bytes_out += b.len() as u64 + 28;
+        b
+    }
+
+    pub fn disconnect_packet(&self) -> Vec<u8> {
+        Packet::Disconnect {
+            session: self.session,
+        }
+        .encode()
+    }
+
+    /// A reliable chat line to everyone in the room.
+    pub fn chat(&mut self, text: &str) -> bool {
+        self.reliable_out
+            .send(Message::Chat {
+                entity: self.entity,
+                text: text.chars().take(protocol::net::MAX_CHAT).collect(),
+            })
+            .is_ok()
+    }
+
+    pub fn on_datagram(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<ClientEvent>, NetError> {
+        self.stats.bytes_in += bytes.len() as u64 + 28;
+        match Packet::decode(bytes)? {
+            Packet::ConnectAccepted {
+                session,
+                entity,
+                tick_hz,
+                tick,
+            } => {
+                if self.phase == Phase::Connected && session == self.session {
+                    return Ok(Vec::new());
+                }
+                self.phase = Phase::Connected;
+                self.session = session;
+                self.entity = entity;
+                self.tick_hz = u32::from(tick_hz.max(1));
+                self.dt = 1.0 / self.tick_hz as f32;
+                self.interp_ticks = self.interp_ticks / 30.0 * self.tick_hz as f32;
+                self.clock = Some((tick, now_ms));
+                Ok(vec![ClientEvent::Connected { entity }])
+            }
+            Packet::ConnectDenied { reason } => {
+                self.phase = Phase::Denied(reason);
+                Ok(vec![ClientEvent::Denied(reason)])
+            }
+            Packet::Server(p) if p.session == self.session && self.phase == Phase::Connected => {
+                self.on_server_packet(p, now_ms)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn on_server_packet(
+        &mut self,
+        mut p: ServerPacket,
+        now_ms: u64,
+    ) -> Result<Vec<ClientEvent>, NetError> {
+        // Rebuild the snapshot from its baseline first: a packet is acknowledged only once
+        // its snapshot is held, so the server never picks a baseline this client lacks.
+        let base: &[(u16, EntityState)] = match p.snapshot.baseline {
+            None => &[],
+            Some(t) => match self.snapshots.iter().find(|(tick, _)| *tick == t) {
+                Some((_, e)) => e,
+                None => return Err(NetError::UnknownBaseline(t)),
+            },
+        };
+        let entities = p.snapshot.apply(base)?;
+        if !self.received.record(p.header.seq) {
+            return Ok(Vec::new());
+        }
+        if let Some(prev) = self.newest_seq {
+            if protocol::net::acks::seq_newer(p.header.seq, prev) {
+                self.stats.snapshots_lost += u64::from(p.header.seq.wrapping_sub(prev)) - 1;
+            }
+        }
+        if self
+            .newest_seq
+            .is_none_or(|prev| protocol::net::acks::seq_newer(p.header.seq, prev))
+        {
+            self.newest_seq = Some(p.header.seq);
+        }
+        for (_, _, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
+            self.stats.rtt_ms = if self.stats.rtt_ms == 0.0 {
+                rtt as f64
+            } else {
+                self.stats.rtt_ms * 0.9 + rtt as f64 * 0.1
+            };
+        }
+        self.reliable_out.on_ack(p.reliable.ack_next);
+        let mut events = Vec::new();
+        for (id, m) in std::mem::take(&mut p.reliable.messages) {
+            for m in self.reliable_in.receive(id, m) {
+                events.push(ClientEvent::Message(m));
+            }
+        }
+        if self.snapshots.iter().all(|(t, _)| *t != p.tick) {
+            let at = self
+                .snapshots
+                .iter()
+                .position(|(t, _)| *t > p.tick)
+                .unwrap_or(self.snapshots.len());
+            self.snapshots.insert(at, (p.tick, entities));
+            if self.snapshots.len() > SNAPSHOTS {
+                self.snapshots.pop_front();
+            }
+        }
+        if self.clock.is_none_or(|(t, _)| p.tick > t) {
+            self.clock = Some((p.tick, now_ms));
+            self.reconcile(&p);
+        }
+        self.stats.snapshots += 1;
+        events.push(ClientEvent::Snapshot(p.tick));
+        Ok(events)
+    }
+
+    fn reconcile(&mut self, p: &ServerPacket) {
+        let server = Body {
+            x: p.own.x,
+            y: p.own.y,
+            vx: p.own.vx,
+            vy: p.own.vy,
+        };
+        let was_alive = self.alive;
+        self.alive = p.own.alive;
+        if p.last_processed_input < self.last_processed {
+            return;
+        }
+        self.last_processed = p.last_processed_input;
+        // What we predicted after the input the server last processed.
+        while self
+            .pending
+            .front()
+            .is_some_and(|(i, _)| i.seq < p.last_processed_input)
+        {
+            self.pending.pop_front();
+        }
+        if self
+            .pending
+            .front()
+            .is_some_and(|(i, _)| i.seq == p.last_processed_input)
+        {
+            self.pending.pop_front();
+        }
+        // Replay what the server has not seen yet on top of its answer.
+        let mut body = server;
+        for (input, after) in self.pending.iter_mut() {
+            if self.alive {
+                physics::apply_input(&mut body, input, self.dt);
+            }
+            *after = body;
+        }
+        // The correction is how far the player's own avatar snaps: zero when prediction
+        // matched the server. A death or respawn is the server's doing, not a misprediction.
+        let synced = std::mem::replace(&mut self.synced, true);
+        if synced && was_alive && p.own.alive {
+            let err =
+                ((self.predicted.x - body.x).powi(2) + (self.predicted.y - body.y).powi(2)).sqrt();
+            if err > 1e-4 {
+                self.stats.corrections += 1;
+                self.stats.max_correction = self.stats.max_correction.max(err);
+            }
+        }
+        self.predicted = body;
+    }
+
+    /// The server tick (with fraction) estimated for `now_ms`.
+    pub fn server_tick(&self, now_ms: u64) -> f32 {
+        match self.clock {
+            Some((t, at)) => {
+                t as f32 + now_ms.saturating_sub(at) as f32 * self.tick_hz as f32 / 1000.0
+            }
+            None => 0.0,
+        }
+    }
+
+    /// The server time this client renders other entities at.
+    pub fn render_tick(&self, now_ms: u64) -> f32 {
+        (self.server_tick(now_ms) - self.interp_ticks).max(0.0)
+    }
+
+    /// Samples one tick of input: predicts it locally and returns the packet to send.
+    pub fn input_packet(&mut self, intent: Intent, now_ms: u64) -> Vec<u8> {
+        let view = self.render_tick(now_ms);
+        let input = Input {
+            seq: self.next_input,
+            move_x: intent.move_x,
+            move_y: intent.move_y,
+            aim: intent.aim,
+            fire: intent.fire,
+            view_tick: view.floor() as u32,
+            view_frac: (view.fract() * 256.0) as u8,
+        };
+        self.next_input += 1;
+        if self.alive {
+            physics::apply_input(&mut self.predicted, &input, self.dt);
+        }
+        if self.pending.len() >= PENDING_INPUTS {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((input, self.predicted));
+        let inputs: Vec<Input> = self
+            .pending
+            .iter()
+            .rev()
+            .take(MAX_INPUTS)
+            .map(|(i, _)| *i)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.sent.record(seq, now_ms, ());
+        let (ack, ack_bits) = self.received.ack_fields();
+        let resend = (self.stats.rtt_ms * 1.25).clamp(30.0, 500.0) as u64;
+        let bytes = Packet::Client(ClientPacket {
+            session: self.session,
+            header: Header { seq, ack, ack_bits },
+            inputs,
+            reliable: ReliableBlock {
+                ack_next: self.reliable_in.ack_next(),
+                messages: self.reliable_out.outgoing(now_ms, resend, 300),
+            },
+        })
+        .encode();
+        self.stats.bytes_out += bytes.len() as u64 + 28;
+        self.stats.inputs_sent += 1;
+        bytes
+    }
+
+    /// Moves the predicted body by `dx` without an input: what a client whose simulation
+    /// disagrees with the server's looks like (for checking that corrections are measured).
+    pub fn perturb_prediction(&mut self, dx: f32) {
+        self.predicted.x = (self.predicted.x + dx).clamp(20.0, arena::ARENA - 20.0);
+    }
+
+    /// The locally predicted body of this player.
+    pub fn predicted(&self) -> Body {
+        self.predicted
+    }
+
+    pub fn pending_inputs(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The newest snapshot's entities.
+    pub fn latest(&self) -> Option<(u32, &[(u16, EntityState)])> {
+        self.snapshots.back().map(|(t, e)| (*t, e.as_slice()))
+    }
+
+    /// Other entities as drawn at `now_ms`: positions (arena units) interpolated between the
+    /// two snapshots around the render time; an entity that died, respawned or appeared in
+    /// between is shown at the later snapshot (snapped, never slid across the map).
+    pub fn interpolated(&self, now_ms: u64) -> Vec<(u16, f32, f32)> {
+        let t = self.render_tick(now_ms);
+        let after = self
+            .snapshots
+            .iter()
+            .position(|(tick, _)| *tick as f32 >= t);
+        let (a, b) = match after {
+            Some(0) | None => {
+                let Some((_, e)) = self.snapshots.back().or(self.snapshots.front()) else {
+                    return Vec::new();
+                };
+                return e
+                    .iter()
+                    .map(|(id, s)| (*id, f32::from(s.x) / 10.0, f32::from(s.y) / 10.0))
+                    .collect();
+            }
+            Some(i) => (&self.snapshots[i - 1], &self.snapshots[i]),
+        };
+        let span = (b.0 - a.0) as f32;
+        let f = ((t - a.0 as f32) / span).clamp(0.0, 1.0);
+        b.1.iter()
+            .map(|(id, sb)| {
+                let (xb, yb) = (f32::from(sb.x) / 10.0, f32::from(sb.y) / 10.0);
+                match a.1.binary_search_by_key(id, |e| e.0) {
+                    Ok(i) if a.1[i].1.alive() && sb.alive() => {
+                        let sa = a.1[i].1;
+                        let (xa, ya) = (f32::from(sa.x) / 10.0, f32::from(sa.y) / 10.0);
+                        (*id, xa + (xb - xa) * f, ya + (yb - ya) * f)
+                    }
+                    _ => (*id, xb, yb),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,290 @@
+//! The player protocol end to end: a real game server on a UDP port, real clients, and an
+//! in-process link conditioner for latency, jitter and loss.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::{MemoryCheckpoints, MemoryLog, MemoryLogLimits, MemoryRegistry};
+use game_client::{ClientError, ClientEvent, Intent, LinkConditioner, UdpClient};
+use game_server::{GameServer, GameServerConfig, GameServerStores};
+use httpkit::{Assignment, Shutdown};
+use protocol::net::{DenyReason, Message};
+use protocol::{Claims, ConnectClaims, TokenSigner};
+
+struct Harness {
+    server: Arc<GameServer>,
+    rest: TokenSigner,
+    shutdown: Shutdown,
+}
+
+impl Harness {
+    async fn start(bots: usize) -> Harness {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rest = TokenSigner::new(b"netcode-test-secret-0123456789");
+        let shutdown = Shutdown::new();
+        let config = GameServerConfig {
+            matches: 0,
+            bots_per_match: bots,
+            match_duration: Duration::from_secs(120),
+            checkpoints: false,
+            ..Default::default()
+        };
+        let stores = GameServerStores {
+            log: Arc::new(MemoryLog::new(MemoryLogLimits::default())),
+            registry: Arc::new(MemoryRegistry::default()),
+            checkpoints: Arc::new(MemoryCheckpoints::default()),
+        };
+        let server = GameServer::new(config, udp, stores, &rest, shutdown.clone()).unwrap();
+        tokio::spawn(server.clone().run());
+        Harness {
+            server,
+            rest,
+            shutdown,
+        }
+    }
+
+    async fn ticket(&self, player: &str, skill: u32) -> Assignment {
+        let claims = Claims {
+            sub: player.into(),
+            name: player.to_uppercase(),
+            exp: httpkit::now_secs() + 600,
+        };
+        self.server.matchmake(&claims, "eu", skill).await.unwrap()
+    }
+
+    async fn join(&self, player: &str, link: LinkConditioner, seed: u64) -> UdpClient {
+        let t = self.ticket(player, 1000).await;
+        UdpClient::connect(
+            t.server.parse().unwrap(),
+            t.connect_token,
+            link,
+            seed,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn circling(step: u32) -> Intent {
+    let a = step as f32 * 0.07;
+    Intent {
+        move_x: (a.cos() * 127.0) as i8,
+        move_y: (a.sin() * 127.0) as i8,
+        aim: 0,
+        fire: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_converges_with_zero_corrections_over_a_bad_link() {
+    let h = Harness::start(0).await;
+    // 100 ms round trip, up to 30 ms jitter each way, 5% loss each way.
+    let mut c = h
+        .join("p-pred", LinkConditioner::new(100, 30, 0.05), 7)
+        .await;
+    for step in 0..150 {
+        c.step(circling(step)).await.unwrap();
+    }
+    for _ in 0..30 {
+        c.step(Intent::default()).await.unwrap();
+    }
+    let s = c.core.stats.clone();
+    assert!(s.snapshots > 100, "{s:?}");
+    assert!(s.snapshots_lost > 0, "the link did lose packets: {s:?}");
+    assert_eq!(s.corrections, 0, "prediction diverged: {s:?}");
+    // At rest, the prediction is where the server has the player.
+    let me = c.core.entity;
+    let (_, entities) = c.core.latest().unwrap();
+    let server = entities.iter().find(|e| e.0 == me).unwrap().1;
+    let p = c.core.predicted();
+    assert!(
+        (p.x - f32::from(server.x) / 10.0).abs() < 0.06,
+        "{p:?} vs {server:?}"
+    );
+    assert!(
+        (p.y - f32::from(server.y) / 10.0).abs() < 0.06,
+        "{p:?} vs {server:?}"
+    );
+    assert!(s.rtt_ms > 60.0 && s.rtt_ms < 300.0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misprediction_is_measured_and_repaired() {
+    // Control for the test above: a client whose physics disagree with the server (it
+    // predicts from a body the server moved) must record corrections, or the zero above
+    // proves nothing.
+    let h = Harness::start(0).await;
+    let mut c = h.join("p-ctrl", LinkConditioner::new(60, 0, 0.0), 3).await;
+    for step in 0..30 {
+        c.step(circling(step)).await.unwrap();
+    }
+    c.core.perturb_prediction(25.0);
+    for step in 30..60 {
+        c.step(circling(step)).await.unwrap();
+    }
+    assert!(c.core.stats.corrections > 0, "{:?}", c.core.stats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_chat_arrives_once_in_order_under_20_percent_loss() {
+    let h = Harness::start(0).await;
+    let lossy = LinkConditioner::new(40, 20, 0.2);
+    let mut a = h.join("p-a", lossy, 1).await;
+    let mut b = h.join("p-b", lossy, 2).await;
+    let mut got = Vec::new();
+    for step in 0..300u32 {
+        if step < 40 {
+            assert!(a.chat(&format!("line {step}")));
+        }
+        a.step(Intent::default()).await.unwrap();
+        for e in b.step(Intent::default()).await.unwrap() {
+            if let ClientEvent::Message(Message::Chat { text, .. }) = e {
+                got.push(text);
+            }
+        }
+        if got.len() == 40 {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_out_of_view_are_never_sent() {
+    let h = Harness::start(14).await;
+    let mut c = h.join("p-aoi", LinkConditioner::perfect(), 5).await;
+    let cfg = arena::aoi::InterestConfig::default();
+    let mut fewest = usize::MAX;
+    let mut most = 0;
+    for _ in 0..120 {
+        c.step(Intent::default()).await.unwrap();
+        let me = c.core.entity;
+        let Some((_, entities)) = c.core.latest() else {
+            continue;
+        };
+        let Some(mine) = entities.iter().find(|e| e.0 == me).map(|e| e.1) else {
+            continue;
+        };
+        fewest = fewest.min(entities.len());
+        most = most.max(entities.len());
+        for (id, s) in entities {
+            let d = ((f32::from(s.x) - f32::from(mine.x)).powi(2)
+                + (f32::from(s.y) - f32::from(mine.y)).powi(2))
+            .sqrt()
+                / 10.0;
+            // Far entities may be a couple of refreshes stale: allow their travel.
+            assert!(
+                d <= cfg.radius + cfg.margin + 20.0,
+                "entity {id} sent at {d} units"
+            );
+        }
+    }
+    assert!(
+        fewest < 15,
+        "someone was out of view at some point ({fewest}..{most} of 15)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_with_bad_tokens_are_refused_with_a_reason() {
+    let h = Harness::start(2).await;
+    let t = h.ticket("p-tok", 1000).await;
+    let server: std::net::SocketAddr = t.server.parse().unwrap();
+    let connect = |token: String| async move {
+        UdpClient::connect(
+            server,
+            token,
+            LinkConditioner::perfect(),
+            9,
+            Duration::from_secs(2),
+        )
+        .await
+    };
+    let denied = |r: Result<UdpClient, ClientError>| match r {
+        Err(ClientError::Denied(reason)) => reason,
+        Err(e) => panic!("expected a denial, got {e}"),
+        Ok(_) => panic!("expected a denial, got a connection"),
+    };
+    let connect_signer = game_server::connect_signer(&h.rest);
+    let claims = |match_id: &str, exp: u64, nonce: u64| ConnectClaims {
+        sub: "p-x".into(),
+        name: "X".into(),
+        match_id: match_id.into(),
+        server: t.server.clone(),
+        exp,
+        nonce,
+    };
+    let later = httpkit::now_secs() + 60;
+    // Forged: signed with another secret.
+    let forged = game_server::connect_signer(&TokenSigner::new(b"another-secret-0123456789"))
+        .sign(&claims(&t.match_id, later, 1));
+    assert_eq!(denied(connect(forged).await), DenyReason::BadToken);
+    // A REST token is not a connect token.
+    let rest = h.rest.sign(&Claims {
+        sub: "p-x".into(),
+        name: "X".into(),
+        exp: later,
+    });
+    assert_eq!(denied(connect(rest).await), DenyReason::BadToken);
+    assert_eq!(
+        denied(connect(connect_signer.sign(&claims(&t.match_id, 1, 2))).await),
+        DenyReason::Expired
+    );
+    assert_eq!(
+        denied(connect(connect_signer.sign(&claims("eu-nosuch", later, 3))).await),
+        DenyReason::UnknownMatch
+    );
+    // The real ticket works once; the same token from another address is a replay.
+    let first = connect(t.connect_token.clone()).await.unwrap();
+    assert_eq!(
+        denied(connect(t.connect_token.clone()).await),
+        DenyReason::Replayed
+    );
+    drop(first);
+}
+
+fn track(events: Vec<ClientEvent>, roster: &mut std::collections::BTreeMap<u16, bool>) {
+    for e in events {
+        match e {
+            ClientEvent::Message(Message::PlayerInfo { entity, bot, .. }) => {
+                roster.insert(entity, bot);
+            }
+            ClientEvent::Message(Message::PlayerGone { entity }) => {
+                roster.remove(&entity);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_give_up_their_seats_to_real_players() {
+    let h = Harness::start(4).await;
+    let mut roster = std::collections::BTreeMap::new();
+    let mut a = h.join("p-seat-a", LinkConditioner::perfect(), 1).await;
+    for _ in 0..20 {
+        track(a.step(Intent::default()).await.unwrap(), &mut roster);
+    }
+    let bots = |r: &std::collections::BTreeMap<u16, bool>| r.values().filter(|b| **b).count();
+    assert_eq!((roster.len(), bots(&roster)), (4, 3), "{roster:?}");
+    let mut b = h.join("p-seat-b", LinkConditioner::perfect(), 2).await;
+    for _ in 0..20 {
+        b.step(Intent::default()).await.unwrap();
+        track(a.step(Intent::default()).await.unwrap(), &mut roster);
+    }
+    assert_eq!((roster.len(), bots(&roster)), (4, 2), "{roster:?}");
+    // When a player leaves, a bot takes the seat back.
+    b.disconnect().await;
+    for _ in 0..20 {
+        track(a.step(Intent::default()).await.unwrap(), &mut roster);
+    }
+    assert_eq!((roster.len(), bots(&roster)), (4, 3), "{roster:?}");
+}
