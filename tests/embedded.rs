@@ -25,3 +25,10 @@ async fn http_errors() {
     scenarios::http_errors(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matchmaking() {
+    let backend = Backend::embedded();
+    scenarios::matchmaking(&backend).await;
+    backend.cleanup().await;
+}

@@ -39,3 +39,17 @@ async fn rebuild_after_redis_loss() {
     scenarios::rebuild_after_redis_loss(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matchmaking() {
+    let backend = Backend::real().await;
+    scenarios::matchmaking(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_recovery() {
+    let backend = Backend::real().await;
+    scenarios::crash_recovery(&backend).await;
+    backend.cleanup().await;
+}

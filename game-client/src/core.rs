@@ -91,6 +91,10 @@ pub struct ClientCore {
     /// Newest snapshot tick and when (client ms) it arrived: the server clock estimate.
     clock: Option<(u32, u64)>,
     newest_seq: Option<u16>,
+    seq_span: u64,
+    /// Loss accounting of earlier sessions.
+    lost_before: u64,
+    snapshots_before: u64,
     pub stats: ClientStats,
 }
 
@@ -118,8 +122,27 @@ impl ClientCore {
             snapshots: VecDeque::new(),
             clock: None,
             newest_seq: None,
+            seq_span: 0,
+            lost_before: 0,
+            snapshots_before: 0,
             stats: ClientStats::default(),
         }
+    }
+
+    fn reset_connection(&mut self) {
+        self.next_seq = 0;
+        self.received = ReceivedPackets::default();
+        self.sent = SentPackets::default();
+        self.reliable_out = ReliableSender::default();
+        self.reliable_in = ReliableReceiver::default();
+        self.snapshots.clear();
+        self.clock = None;
+        self.newest_seq = None;
+        self.lost_before = self.stats.snapshots_lost;
+        self.snapshots_before = self.stats.snapshots;
+        self.seq_span = 0;
+        self.last_processed = 0;
+        self.synced = false;
     }
 
     pub fn connect_packet(&mut self) -> Vec<u8> {
@@ -160,6 +183,11 @@ impl ClientCore {
                 if self.phase == Phase::Connected && session == self.session {
                     return Ok(Vec::new());
                 }
+                if self.session != 0 && self.session != session {
+                    // A new session (a server restart or takeover): its sequences, reliable
+                    // ids and snapshots start afresh.
+                    self.reset_connection();
+                }
                 self.phase = Phase::Connected;
                 self.session = session;
                 self.entity = entity;
@@ -198,17 +226,24 @@ impl ClientCore {
         if !self.received.record(p.header.seq) {
             return Ok(Vec::new());
         }
-        if let Some(prev) = self.newest_seq {
-            if protocol::net::acks::seq_newer(p.header.seq, prev) {
-                self.stats.snapshots_lost += u64::from(p.header.seq.wrapping_sub(prev)) - 1;
+        // Loss is the sequence span seen minus the distinct packets received (a packet
+        // reordered by jitter is late, not lost).
+        match self.newest_seq {
+            None => {
+                self.newest_seq = Some(p.header.seq);
+                self.seq_span = 1;
             }
+            Some(prev) if protocol::net::acks::seq_newer(p.header.seq, prev) => {
+                self.seq_span += u64::from(p.header.seq.wrapping_sub(prev));
+                self.newest_seq = Some(p.header.seq);
+            }
+            Some(_) => {}
         }
-        if self
-            .newest_seq
-            .is_none_or(|prev| protocol::net::acks::seq_newer(p.header.seq, prev))
-        {
-            self.newest_seq = Some(p.header.seq);
-        }
+        self.stats.snapshots += 1;
+        self.stats.snapshots_lost = self.lost_before
+            + self
+                .seq_span
+                .saturating_sub(self.stats.snapshots - self.snapshots_before);
         for (_, _, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
             self.stats.rtt_ms = if self.stats.rtt_ms == 0.0 {
                 rtt as f64
@@ -238,7 +273,6 @@ impl ClientCore {
             self.clock = Some((p.tick, now_ms));
             self.reconcile(&p);
         }
-        self.stats.snapshots += 1;
         events.push(ClientEvent::Snapshot(p.tick));
         Ok(events)
     }

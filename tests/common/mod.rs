@@ -207,8 +207,13 @@ impl App {
             .unwrap_or(0);
         let log_path = backend.data_dir().join(format!("grandstand-{n}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        // A test that must come back on the same player port passes it as the env entry.
+        let udp = env
+            .iter()
+            .find(|(k, _)| *k == "GRANDSTAND_UDP_ADDR")
+            .map_or("127.0.0.1:0".to_string(), |(_, v)| v.clone());
         let child = Command::new(env!("CARGO_BIN_EXE_grandstand"))
-            .args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0", "--udp-addr", &udp])
             .args(&args)
             .envs(backend.env())
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
@@ -291,6 +296,27 @@ impl App {
         })
         .await
         .unwrap_or_else(|| panic!("fewer than {n} live matches\n{}", self.log()))
+    }
+
+    /// Kills the process with SIGKILL: a crash, nothing flushed, nothing said goodbye.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A guest token and the room the matchmaker assigns it.
+    pub async fn matchmake(&self, region: &str, skill: u32) -> (String, Value) {
+        let token = self.guest_token().await;
+        let r = self
+            .http
+            .post(self.url("/v1/matchmaking/join"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "region": region, "skill": skill }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", self.log());
+        (token, r.json().await.unwrap())
     }
 
     /// Stops the process with SIGTERM (graceful shutdown) and waits for it.
