@@ -48,6 +48,9 @@ pub enum ClientEvent {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientStats {
     pub rtt_ms: f64,
+    /// Round trips (input sent -> acknowledged) since the caller last drained them; at most
+    /// 4096 are kept.
+    pub rtt_samples: Vec<u32>,
     pub snapshots: u64,
     /// Snapshots the server sent that never arrived (from sequence gaps).
     pub snapshots_lost: u64,
@@ -245,6 +248,9 @@ impl ClientCore {
                 .seq_span
                 .saturating_sub(self.stats.snapshots - self.snapshots_before);
         for (_, _, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
+            if self.stats.rtt_samples.len() < 4096 {
+                self.stats.rtt_samples.push(rtt as u32);
+            }
             self.stats.rtt_ms = if self.stats.rtt_ms == 0.0 {
                 rtt as f64
             } else {

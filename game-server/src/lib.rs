@@ -52,6 +52,9 @@ pub struct GameServerConfig {
     pub seed: Option<u64>,
     pub rewind_cap_ms: u32,
     pub interest: InterestConfig,
+    /// Delta-compress snapshots against the player's last acknowledged one (off: every
+    /// snapshot is full, for measuring what delta compression saves).
+    pub delta: bool,
     /// Skill points per matchmaking bucket.
     pub skill_bucket: u32,
     pub connect_token_ttl: Duration,
@@ -77,6 +80,7 @@ impl Default for GameServerConfig {
             seed: None,
             rewind_cap_ms: 200,
             interest: InterestConfig::default(),
+            delta: true,
             skill_bucket: 500,
             connect_token_ttl: Duration::from_secs(600),
             advertise: None,
@@ -191,6 +195,7 @@ impl GameServer {
             snapshot_hz: self.config.snapshot_hz.clamp(1, self.config.tick_hz),
             duration: self.config.match_duration,
             interest: self.config.interest,
+            delta: self.config.delta,
             rewind_cap_ms: self.config.rewind_cap_ms,
             server: self.address.clone(),
         }

@@ -25,7 +25,10 @@ pub static TICK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "gs_tick_duration_seconds",
         "Time to run one tick",
-        vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05]
+        vec![
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+            0.05
+        ]
     )
     .unwrap()
 });

@@ -54,6 +54,7 @@ pub struct RoomConfig {
     pub snapshot_hz: u32,
     pub duration: Duration,
     pub interest: InterestConfig,
+    pub delta: bool,
     pub rewind_cap_ms: u32,
     /// This server's player address (what connect tokens name).
     pub server: String,
@@ -465,7 +466,11 @@ impl Room {
                 self.snapshot_no,
                 &self.config.interest,
             );
-            let baseline = c.baseline();
+            let baseline = if self.config.delta {
+                c.baseline()
+            } else {
+                None
+            };
             let base: &[(u16, EntityState)] = baseline.as_ref().map_or(&[], |(_, b)| b);
             // Entities not due for a refresh keep the state the client already has.
             let entities: Vec<(u16, EntityState)> = interest

@@ -142,6 +142,6 @@ impl Client {
 
     /// How long to wait before resending an unacknowledged reliable message.
     pub fn resend_after_ms(&self) -> u64 {
-        (self.rtt_ms * 1.25).clamp(30.0, 500.0) as u64
+        (self.rtt_ms * 0.5).clamp(20.0, 500.0) as u64
     }
 }

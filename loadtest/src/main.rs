@@ -4,6 +4,7 @@
 mod aggregator_bench;
 mod freshness;
 mod http_bench;
+mod players;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Scenario {
     Http(http_bench::Args),
     /// Kill event -> visible in the leaderboard API, against a running server.
     Freshness(freshness::Args),
+    /// UDP bot players against an in-process game server through a lossy link.
+    Players(players::Args),
 }
 
 #[tokio::main]
@@ -37,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Aggregator(args) => aggregator_bench::run(args).await?,
         Scenario::Http(args) => http_bench::run(args).await?,
         Scenario::Freshness(args) => freshness::run(args).await?,
+        Scenario::Players(args) => players::run(args).await?,
     };
     println!("{}", report::table(&results));
     if let Some(path) = cli.json {

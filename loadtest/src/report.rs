@@ -81,7 +81,11 @@ pub fn table(r: &Results) -> String {
             row.notes
         );
     }
-    if r.rows.len() == 2 && r.rows[1].throughput_per_s > 0.0 {
+    if r.rows.len() == 2
+        && r.rows[1].throughput_per_s > 0.0
+        && r.rows[0].unit == r.rows[1].unit
+        && r.scenario != "players"
+    {
         out += &format!(
             "\n{} / {}: {:.1}x throughput\n",
             r.rows[0].name,

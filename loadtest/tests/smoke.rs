@@ -43,3 +43,47 @@ fn aggregator_scenario_runs_against_real_redis() {
     }
     std::fs::remove_file(json).ok();
 }
+
+#[test]
+fn players_scenario_runs_over_a_lossy_link() {
+    let json =
+        std::env::temp_dir().join(format!("gs-loadtest-players-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "players",
+            "--players",
+            "6",
+            "--room-size",
+            "3",
+            "--duration",
+            "2",
+            "--compare",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8, "four variants, two latencies each");
+    for row in rows {
+        assert!(row["throughput_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // The round trip includes the 50 ms the link adds.
+    assert!(
+        rows[0]["latency"]["p50_us"].as_u64().unwrap() >= 50_000,
+        "{}",
+        rows[0]
+    );
+    // Delta compression and AOI cut bandwidth: the full-state, full-world variant costs more.
+    let bytes = |i: usize| rows[i]["throughput_per_s"].as_f64().unwrap();
+    assert!(bytes(6) > bytes(0), "{} vs {}", bytes(6), bytes(0));
+    std::fs::remove_file(json).ok();
+}

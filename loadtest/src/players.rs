@@ -1,0 +1,374 @@
+//! `players`: N UDP bot players (the real client library) against an in-process game server,
+//! through an in-process link conditioner (latency, jitter, loss). Measures, from HDR
+//! histograms: input -> acknowledged round trip, input -> seen by the other clients (a shot
+//! fired, delivered as a reliable `Fire` event to everyone who has the shooter in view),
+//! downstream bytes per player per second, prediction corrections, and the server's tick
+//! duration and busy time per player-tick (from its own metrics). With `--compare`, the same
+//! load runs again without area of interest and/or without delta compression.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arena::aoi::InterestConfig;
+use backends::{MemoryCheckpoints, MemoryLog, MemoryLogLimits, MemoryRegistry};
+use game_client::{ClientEvent, Intent, LinkConditioner, UdpClient};
+use game_server::{GameServer, GameServerConfig, GameServerStores};
+use hdrhistogram::Histogram;
+use httpkit::Shutdown;
+use protocol::net::Message;
+use protocol::{Claims, TokenSigner};
+
+use crate::report::{machine, Latency, Results, Row};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Bot players.
+    #[arg(long, default_value_t = 50)]
+    players: usize,
+    /// Players per room.
+    #[arg(long, default_value_t = 50)]
+    room_size: usize,
+    /// Seconds of play per variant.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 30)]
+    tick_hz: u32,
+    /// Round trip added by the link conditioner, ms.
+    #[arg(long, default_value_t = 50)]
+    rtt_ms: u64,
+    /// Extra one-way delay, up to this many ms.
+    #[arg(long, default_value_t = 10)]
+    jitter_ms: u64,
+    /// Loss each way, 0..1.
+    #[arg(long, default_value_t = 0.05)]
+    loss: f64,
+    /// Also run without AOI, without delta compression, and without both.
+    #[arg(long)]
+    compare: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    aoi: bool,
+    delta: bool,
+}
+
+/// The server's counters, read from its Prometheus registry (same process).
+#[derive(Default, Clone, Copy)]
+struct ServerCounters {
+    busy_s: f64,
+    player_ticks: f64,
+    ticks: f64,
+    bytes_out: f64,
+    snapshots_sent: f64,
+}
+
+fn counters() -> (ServerCounters, Vec<(f64, u64)>) {
+    let mut c = ServerCounters::default();
+    let mut buckets = Vec::new();
+    for mf in prometheus::gather() {
+        let m = mf.get_metric();
+        let Some(first) = m.first() else { continue };
+        match mf.name() {
+            "gs_tick_busy_seconds_total" => c.busy_s = first.get_counter().value(),
+            "gs_player_ticks_total" => c.player_ticks = first.get_counter().value(),
+            "gs_ticks_total" => c.ticks = first.get_counter().value(),
+            "gs_udp_bytes_out_total" => c.bytes_out = first.get_counter().value(),
+            "gs_snapshots_sent_total" => c.snapshots_sent = first.get_counter().value(),
+            "gs_tick_duration_seconds" => {
+                buckets = first
+                    .get_histogram()
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    (c, buckets)
+}
+
+/// A quantile from cumulative bucket counts (difference of two snapshots), interpolated
+/// within the bucket; in microseconds.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(b, n)| {
+            let prev = before.iter().find(|(pb, _)| pb == b).map_or(0, |x| x.1);
+            (*b, n - prev)
+        })
+        .collect();
+    let total = counts.last().map_or(0, |c| c.1);
+    if total == 0 {
+        return 0.0;
+    }
+    let want = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, n) in &counts {
+        if n as f64 >= want {
+            let span = (n - lower.1) as f64;
+            let f = if span > 0.0 {
+                (want - lower.1 as f64) / span
+            } else {
+                1.0
+            };
+            return (lower.0 + (bound - lower.0) * f) * 1e6;
+        }
+        lower = (bound, n);
+    }
+    lower.0 * 1e6
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Results> {
+    let mut variants = vec![Variant {
+        name: "AOI + delta",
+        aoi: true,
+        delta: true,
+    }];
+    if args.compare {
+        variants.push(Variant {
+            name: "delta only (no AOI)",
+            aoi: false,
+            delta: true,
+        });
+        variants.push(Variant {
+            name: "AOI only (no delta)",
+            aoi: true,
+            delta: false,
+        });
+        variants.push(Variant {
+            name: "neither (full world, full state)",
+            aoi: false,
+            delta: false,
+        });
+    }
+    let mut rows = Vec::new();
+    for v in variants {
+        rows.extend(run_variant(&args, v).await?);
+    }
+    Ok(Results {
+        scenario: "players".into(),
+        machine: machine(),
+        command: format!(
+            "loadtest players --players {} --room-size {} --duration {} --tick-hz {} --rtt-ms {} --jitter-ms {} --loss {}{}",
+            args.players,
+            args.room_size,
+            args.duration,
+            args.tick_hz,
+            args.rtt_ms,
+            args.jitter_ms,
+            args.loss,
+            if args.compare { " --compare" } else { "" }
+        ),
+        rows,
+    })
+}
+
+async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let rest = TokenSigner::new(b"loadtest-players-secret-000000");
+    let shutdown = Shutdown::new();
+    let interest = if v.aoi {
+        InterestConfig::default()
+    } else {
+        InterestConfig {
+            radius: 5000.0,
+            margin: 0.0,
+            near: 5000.0,
+            far_every: 1,
+        }
+    };
+    let config = GameServerConfig {
+        matches: 0,
+        bots_per_match: 0,
+        seats: args.room_size.max(1),
+        tick_hz: args.tick_hz,
+        snapshot_hz: args.tick_hz,
+        match_duration: Duration::from_secs(args.duration + 60),
+        checkpoints: false,
+        interest,
+        delta: v.delta,
+        ..Default::default()
+    };
+    let stores = GameServerStores {
+        log: Arc::new(MemoryLog::new(MemoryLogLimits::default())),
+        registry: Arc::new(MemoryRegistry::default()),
+        checkpoints: Arc::new(MemoryCheckpoints::default()),
+    };
+    let server = GameServer::new(config, udp, stores, &rest, shutdown.clone())?;
+    let running = tokio::spawn(server.clone().run());
+    let link = LinkConditioner::new(args.rtt_ms, args.jitter_ms, args.loss);
+
+    // Connect everyone first (rooms fill in order), then play.
+    let mut clients = Vec::new();
+    for i in 0..args.players {
+        let claims = Claims {
+            sub: format!("lt-{i}"),
+            name: format!("LT {i}"),
+            exp: httpkit::now_secs() + 3600,
+        };
+        let t = server
+            .matchmake(&claims, "eu", 1000)
+            .await
+            .map_err(|e| anyhow::anyhow!("matchmaking: {e:?}"))?;
+        let c = UdpClient::connect(
+            t.server.parse()?,
+            t.connect_token,
+            link,
+            i as u64 + 1,
+            Duration::from_secs(10),
+        )
+        .await?;
+        clients.push((t.match_id, c));
+    }
+    // Everyone plays for a warm-up second first (draining what queued while the others
+    // connected), then the measured window starts from a clean slate.
+    let fired: Arc<Mutex<HashMap<(String, u16), Instant>>> = Arc::default();
+    let rtt = Arc::new(Mutex::new(new_histogram()));
+    let seen = Arc::new(Mutex::new(new_histogram()));
+    let warm_end = Instant::now() + Duration::from_secs(2);
+    let end = warm_end + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for (n, (match_id, mut c)) in clients.into_iter().enumerate() {
+        let (fired, rtt, seen) = (fired.clone(), rtt.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut at_start = None;
+            let mut step = n as u64 * 7;
+            let mut waypoint = (500.0f32, 500.0f32);
+            while Instant::now() < end {
+                if at_start.is_none() && Instant::now() >= warm_end {
+                    c.core.stats.rtt_samples.clear();
+                    at_start = Some(c.core.stats.clone());
+                }
+                let measuring = at_start.is_some();
+                step += 1;
+                let me = c.core.predicted();
+                if (me.x - waypoint.0).abs() + (me.y - waypoint.1).abs() < 30.0 || step % 150 == 0 {
+                    let r = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
+                    waypoint = (60.0 + (r % 880) as f32, 60.0 + ((r >> 12) % 880) as f32);
+                }
+                let (dx, dy) = (waypoint.0 - me.x, waypoint.1 - me.y);
+                let len = (dx * dx + dy * dy).sqrt().max(1.0);
+                // Fire about once a second (the weapon cools down in 0.45 s, so each one is
+                // a real shot the others are told about).
+                let fire = step % 30 == 0;
+                if fire {
+                    fired
+                        .lock()
+                        .unwrap()
+                        .insert((match_id.clone(), c.core.entity), Instant::now());
+                }
+                let intent = Intent {
+                    move_x: (dx / len * 127.0) as i8,
+                    move_y: (dy / len * 127.0) as i8,
+                    aim: (step * 2000) as u16,
+                    fire,
+                };
+                let Ok(events) = c.step(intent).await else {
+                    break;
+                };
+                for e in events {
+                    if let ClientEvent::Message(Message::Fire { entity, .. }) = e {
+                        if entity == c.core.entity {
+                            continue;
+                        }
+                        let at = fired
+                            .lock()
+                            .unwrap()
+                            .get(&(match_id.clone(), entity))
+                            .copied();
+                        if let (Some(t), true) = (at, measuring) {
+                            let us = t.elapsed().as_micros() as u64;
+                            if us < 1_000_000 {
+                                let _ = seen.lock().unwrap().record(us.max(1));
+                            }
+                        }
+                    }
+                }
+                let mut h = rtt.lock().unwrap();
+                for r in c.core.stats.rtt_samples.drain(..) {
+                    if measuring {
+                        let _ = h.record(u64::from(r.max(1)) * 1000);
+                    }
+                }
+            }
+            let s = c.core.stats.clone();
+            let base = at_start.unwrap_or_default();
+            c.disconnect().await;
+            game_client::ClientStats {
+                snapshots: s.snapshots - base.snapshots,
+                snapshots_lost: s.snapshots_lost - base.snapshots_lost,
+                corrections: s.corrections - base.corrections,
+                bytes_in: s.bytes_in - base.bytes_in,
+                ..s
+            }
+        }));
+    }
+    let mut corrections = 0u64;
+    let mut snapshots = 0u64;
+    let mut lost = 0u64;
+    let mut down_bytes = 0u64;
+    tokio::time::sleep_until(warm_end.into()).await;
+    let (before, buckets_before) = counters();
+    let started = Instant::now();
+    for t in tasks {
+        let s = t.await?;
+        let bytes = s.bytes_in;
+        corrections += s.corrections;
+        snapshots += s.snapshots;
+        lost += s.snapshots_lost;
+        down_bytes += bytes;
+    }
+    let (after, buckets_after) = counters();
+    let secs = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = running.await;
+
+    let player_ticks = (after.player_ticks - before.player_ticks).max(1.0);
+    let busy_us_per_player_tick = (after.busy_s - before.busy_s) * 1e6 / player_ticks;
+    let per_player_bps = down_bytes as f64 / secs / args.players.max(1) as f64;
+    let server_bps_per_player =
+        (after.bytes_out - before.bytes_out) / secs / args.players.max(1) as f64;
+    let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
+    let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
+    let notes = format!(
+        "{} players in rooms of {}, {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server busy {:.2} us per player-tick; tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
+        args.players,
+        args.room_size,
+        args.tick_hz,
+        per_player_bps,
+        server_bps_per_player,
+        busy_us_per_player_tick,
+        tick_p50,
+        tick_p99,
+        corrections,
+        100.0 * lost as f64 / (snapshots + lost).max(1) as f64
+    );
+    let rtt = rtt.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
+    Ok(vec![
+        Row {
+            name: format!("{}: input -> ack", v.name),
+            throughput_per_s: per_player_bps,
+            unit: "B/s down per player".into(),
+            latency: Latency::of(&rtt),
+            latency_of: "input sent -> its packet acknowledged (round trip)".into(),
+            notes: notes.clone(),
+        },
+        Row {
+            name: format!("{}: input -> seen by others", v.name),
+            throughput_per_s: per_player_bps,
+            unit: "B/s down per player".into(),
+            latency: Latency::of(&seen),
+            latency_of: "fire input sent -> Fire event received by another player".into(),
+            notes,
+        },
+    ])
+}
