@@ -108,8 +108,9 @@ pub struct GameServer {
     /// This process's name on checkpoint leases.
     owner: String,
     rooms: TaskTracker,
-    /// Seats promised by the matchmaker but not yet taken, per match (forgotten after 10 s).
-    reserved: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Seats promised by the matchmaker, per match: (player, when). A promise counts until
+    /// the player is seated in a local room, or for 10 s.
+    reserved: Mutex<HashMap<String, Vec<(String, Instant)>>>,
     next_slot_seed: Mutex<u64>,
 }
 
@@ -350,8 +351,10 @@ impl GameServer {
     fn reserved(&self, match_id: &str) -> usize {
         let mut r = self.reserved.lock().unwrap();
         let now = Instant::now();
-        r.retain(|_, v| {
-            v.retain(|t| now.duration_since(*t) < Duration::from_secs(10));
+        r.retain(|m, v| {
+            v.retain(|(player, t)| {
+                now.duration_since(*t) < Duration::from_secs(10) && !self.routes.seated(m, player)
+            });
             !v.is_empty()
         });
         r.get(match_id).map_or(0, Vec::len)
@@ -381,7 +384,8 @@ impl GameServer {
             .into_iter()
             .filter(|r| r.bucket == Some(bucket))
             .map(|r| {
-                let taken = r.humans + self.reserved(&r.match_id);
+                let humans = self.routes.humans(&r.match_id).unwrap_or(r.humans);
+                let taken = humans + self.reserved(&r.match_id);
                 (r, taken)
             })
             .filter(|(r, taken)| *taken < r.seats)
@@ -416,7 +420,7 @@ impl GameServer {
             .unwrap()
             .entry(room.match_id.clone())
             .or_default()
-            .push(Instant::now());
+            .push((player.sub.clone(), Instant::now()));
         let expires_at = httpkit::now_secs() + self.config.connect_token_ttl.as_secs();
         let connect_token = self.connect_signer.sign(&ConnectClaims {
             sub: player.sub.clone(),

@@ -26,6 +26,8 @@ const MAX_NONCES: usize = 100_000;
 struct RoomEntry {
     tx: mpsc::Sender<RoomCommand>,
     info: RoomInfo,
+    /// Real players in the room now (so the matchmaker stops counting their reservation).
+    players: std::collections::HashSet<String>,
 }
 
 pub struct Routes {
@@ -55,10 +57,14 @@ impl Routes {
     }
 
     pub fn add_room(&self, info: RoomInfo, tx: mpsc::Sender<RoomCommand>) {
-        self.rooms
-            .lock()
-            .unwrap()
-            .insert(info.match_id.clone(), RoomEntry { tx, info });
+        self.rooms.lock().unwrap().insert(
+            info.match_id.clone(),
+            RoomEntry {
+                tx,
+                info,
+                players: Default::default(),
+            },
+        );
     }
 
     pub fn remove_room(&self, match_id: &str) {
@@ -78,10 +84,30 @@ impl Routes {
             .collect()
     }
 
-    pub fn set_humans(&self, match_id: &str, humans: usize) {
+    /// The real players now in a room.
+    pub fn set_players(&self, match_id: &str, players: impl IntoIterator<Item = String>) {
         if let Some(r) = self.rooms.lock().unwrap().get_mut(match_id) {
-            r.info.humans = humans;
+            r.players = players.into_iter().collect();
+            r.info.humans = r.players.len();
         }
+    }
+
+    /// Real players in a local room, now (the registry's count is up to a heartbeat old).
+    pub fn humans(&self, match_id: &str) -> Option<usize> {
+        self.rooms
+            .lock()
+            .unwrap()
+            .get(match_id)
+            .map(|r| r.players.len())
+    }
+
+    /// Whether `player` is in the local room `match_id`.
+    pub fn seated(&self, match_id: &str, player: &str) -> bool {
+        self.rooms
+            .lock()
+            .unwrap()
+            .get(match_id)
+            .is_some_and(|r| r.players.contains(player))
     }
 
     pub fn bind(&self, addr: SocketAddr, session: u64, match_id: &str) {

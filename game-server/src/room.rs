@@ -164,6 +164,15 @@ impl Room {
         self.world.players.iter().filter(|p| !p.bot).count()
     }
 
+    fn human_ids(&self) -> Vec<String> {
+        self.world
+            .players
+            .iter()
+            .filter(|p| !p.bot)
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
     fn bots(&self) -> usize {
         self.world.players.len() - self.humans()
     }
@@ -311,7 +320,7 @@ impl Room {
         metrics::CONNECTED_PLAYERS.inc();
         self.io
             .routes
-            .set_humans(&self.config.match_id, self.humans());
+            .set_players(&self.config.match_id, self.human_ids());
         tracing::info!(match_id = %self.config.match_id, player = %claims.sub, %addr, entity, "player joined");
         self.balance_bots();
     }
@@ -335,7 +344,7 @@ impl Room {
         }
         self.io
             .routes
-            .set_humans(&self.config.match_id, self.humans());
+            .set_players(&self.config.match_id, self.human_ids());
         self.balance_bots();
     }
 

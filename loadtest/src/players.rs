@@ -206,44 +206,51 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let running = tokio::spawn(server.clone().run());
     let link = LinkConditioner::new(args.rtt_ms, args.jitter_ms, args.loss);
 
-    // Connect everyone first (rooms fill in order), then play.
-    let mut clients = Vec::new();
-    for i in 0..args.players {
+    // Each player starts playing as soon as it is connected (a silent player would time
+    // out); rooms fill in order. Once everyone is in and has played a warm-up second, the
+    // measured window opens for all at once.
+    let fired: Arc<Mutex<HashMap<(String, u16), Instant>>> = Arc::default();
+    let rtt = Arc::new(Mutex::new(new_histogram()));
+    let seen = Arc::new(Mutex::new(new_histogram()));
+    let window: Arc<std::sync::OnceLock<(Instant, Instant)>> = Arc::default();
+    let mut rooms: HashMap<String, usize> = HashMap::new();
+    let mut tasks = Vec::new();
+    for n in 0..args.players {
         let claims = Claims {
-            sub: format!("lt-{i}"),
-            name: format!("LT {i}"),
+            sub: format!("lt-{n}"),
+            name: format!("LT {n}"),
             exp: httpkit::now_secs() + 3600,
         };
         let t = server
             .matchmake(&claims, "eu", 1000)
             .await
             .map_err(|e| anyhow::anyhow!("matchmaking: {e:?}"))?;
-        let c = UdpClient::connect(
+        let mut c = UdpClient::connect(
             t.server.parse()?,
             t.connect_token,
             link,
-            i as u64 + 1,
+            n as u64 + 1,
             Duration::from_secs(10),
         )
         .await?;
-        clients.push((t.match_id, c));
-    }
-    // Everyone plays for a warm-up second first (draining what queued while the others
-    // connected), then the measured window starts from a clean slate.
-    let fired: Arc<Mutex<HashMap<(String, u16), Instant>>> = Arc::default();
-    let rtt = Arc::new(Mutex::new(new_histogram()));
-    let seen = Arc::new(Mutex::new(new_histogram()));
-    let warm_end = Instant::now() + Duration::from_secs(2);
-    let end = warm_end + Duration::from_secs(args.duration);
-    let mut tasks = Vec::new();
-    for (n, (match_id, mut c)) in clients.into_iter().enumerate() {
+        let match_id = t.match_id;
+        *rooms.entry(match_id.clone()).or_default() += 1;
+        let window = window.clone();
         let (fired, rtt, seen) = (fired.clone(), rtt.clone(), seen.clone());
         tasks.push(tokio::spawn(async move {
             let mut at_start = None;
             let mut step = n as u64 * 7;
             let mut waypoint = (500.0f32, 500.0f32);
-            while Instant::now() < end {
-                if at_start.is_none() && Instant::now() >= warm_end {
+            loop {
+                let now = Instant::now();
+                let (start, end) = window.get().copied().unwrap_or((
+                    now + Duration::from_secs(3600),
+                    now + Duration::from_secs(7200),
+                ));
+                if now >= end {
+                    break;
+                }
+                if at_start.is_none() && now >= start {
                     c.core.stats.rtt_samples.clear();
                     at_start = Some(c.core.stats.clone());
                 }
@@ -315,6 +322,8 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let mut snapshots = 0u64;
     let mut lost = 0u64;
     let mut down_bytes = 0u64;
+    let warm_end = Instant::now() + Duration::from_secs(1);
+    let _ = window.set((warm_end, warm_end + Duration::from_secs(args.duration)));
     tokio::time::sleep_until(warm_end.into()).await;
     let (before, buckets_before) = counters();
     let started = Instant::now();
@@ -339,9 +348,14 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {}, {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server busy {:.2} us per player-tick; tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server busy {:.2} us per player-tick; tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
         args.players,
         args.room_size,
+        {
+            let mut sizes: Vec<usize> = rooms.values().copied().collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            sizes
+        },
         args.tick_hz,
         per_player_bps,
         server_bps_per_player,
