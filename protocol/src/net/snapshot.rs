@@ -292,7 +292,9 @@ impl SnapshotDelta {
                 if d == 0 {
                     return Err(NetError::Invalid("entity ids not ascending"));
                 }
-                u64::from(*prev) + d
+                u64::from(*prev)
+                    .checked_add(d)
+                    .ok_or(NetError::Invalid("entity id"))?
             };
             let id = u16::try_from(id).map_err(|_| NetError::Invalid("entity id"))?;
             *prev = id;

@@ -269,3 +269,15 @@ fn specific_rejections() {
     forged.insert(at + 1, 0x7f);
     assert!(Packet::decode(&forged).is_err());
 }
+
+/// Found by `cargo fuzz run packet`: an entity-id delta near u64::MAX overflowed the id sum
+/// (a panic in debug builds, a wrapped id in release).
+#[test]
+fn fuzz_regression_entity_id_delta_overflow() {
+    let hex = "475301052a2a2a2a2a6a2a2a4753019b00000000005a5a2a2a2a2a2a2a2a2a2a2a2a2a6a2a2a4753019b000000002a090909090909090909090909092709090909090909090909090909090947530106018000cb2a2a2a2a2a09f7ffffffffffffffff0909f3fffff3ff53";
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(Packet::decode(&bytes).is_err());
+}
