@@ -210,14 +210,7 @@ impl GameServer {
         epoch: u64,
     ) -> tokio::task::JoinHandle<()> {
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let info = RoomInfo {
-            match_id: config.match_id.clone(),
-            region: config.region.clone(),
-            bucket: config.bucket,
-            server: config.server.clone(),
-            seats: config.seats,
-            humans: 0,
-        };
+        let info = config.info();
         self.routes.add_room(info.clone(), cmd_tx);
         let keyframe_every = (self.config.keyframe_every.as_secs_f64()
             * f64::from(config.spectator_hz))
@@ -399,14 +392,7 @@ impl GameServer {
                 }
                 let match_id = format!("{region}-{:08x}", rand::random::<u32>());
                 let config = self.room_config(match_id, region.to_string(), Some(bucket));
-                let info = RoomInfo {
-                    match_id: config.match_id.clone(),
-                    region: config.region.clone(),
-                    bucket: config.bucket,
-                    server: config.server.clone(),
-                    seats: config.seats,
-                    humans: 0,
-                };
+                let info = config.info();
                 self.spawn_room(config, RoomStart::Fresh, protocol::now_ms());
                 let _ = self
                     .registry

@@ -60,6 +60,20 @@ pub struct RoomConfig {
     pub server: String,
 }
 
+impl RoomConfig {
+    /// The room as the registry announces it (no one seated yet).
+    pub fn info(&self) -> backends::RoomInfo {
+        backends::RoomInfo {
+            match_id: self.match_id.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket,
+            server: self.server.clone(),
+            seats: self.seats,
+            humans: 0,
+        }
+    }
+}
+
 pub enum RoomCommand {
     Join {
         addr: SocketAddr,

@@ -265,16 +265,7 @@ pub async fn scores_and_history(backend: &Backend) {
     assert!(!expected.is_empty(), "bots scored");
     let board = eventually(Duration::from_secs(10), || async {
         let (_, b) = app.get("/v1/leaderboards/global?limit=1000").await;
-        let got: HashMap<String, i64> = b["entries"]
-            .as_array()?
-            .iter()
-            .map(|e| {
-                (
-                    e["player"].as_str().unwrap().to_string(),
-                    e["score"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let got = board_scores(&b)?;
         (got == expected).then_some(b)
     })
     .await;
@@ -348,16 +339,7 @@ pub async fn scores_and_history(backend: &Backend) {
     // restored from the SQLite history; real: Redis kept them).
     let board = eventually(Duration::from_secs(10), || async {
         let (_, b) = app.get("/v1/leaderboards/global?limit=1000").await;
-        let got: HashMap<String, i64> = b["entries"]
-            .as_array()?
-            .iter()
-            .map(|e| {
-                (
-                    e["player"].as_str().unwrap().to_string(),
-                    e["score"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let got = board_scores(&b)?;
         expected
             .iter()
             .all(|(p, s)| got.get(p) == Some(s))
@@ -904,25 +886,16 @@ pub async fn crash_recovery(backend: &Backend) {
         let (_, b) = app
             .get(&format!("/v1/leaderboards/match:{showcase}?limit=100"))
             .await;
-        let entries: HashMap<String, u64> = b["entries"]
-            .as_array()?
-            .iter()
-            .map(|e| {
-                (
-                    e["player"].as_str().unwrap().to_string(),
-                    e["score"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        let want: HashMap<String, u64> = results["results"]
+        let entries: HashMap<String, i64> = board_scores(&b)?;
+        let want: HashMap<String, i64> = results["results"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["score"].as_u64().unwrap() > 0)
+            .filter(|r| r["score"].as_i64().unwrap() > 0)
             .map(|r| {
                 (
                     r["player"].as_str().unwrap().to_string(),
-                    r["score"].as_u64().unwrap(),
+                    r["score"].as_i64().unwrap(),
                 )
             })
             .collect();
@@ -935,4 +908,20 @@ pub async fn crash_recovery(backend: &Backend) {
         app.log()
     );
     app.stop().await;
+}
+
+/// A leaderboard response's scores by player.
+fn board_scores(board: &Value) -> Option<HashMap<String, i64>> {
+    Some(
+        board["entries"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                (
+                    e["player"].as_str().unwrap().to_string(),
+                    e["score"].as_i64().unwrap(),
+                )
+            })
+            .collect(),
+    )
 }
