@@ -520,7 +520,7 @@ impl Room {
             let last_processed_input = me.last_input;
             let header = c.next_header(tick, Arc::new(entities), now);
             let resend = c.resend_after_ms();
-            let mut packet = ServerPacket {
+            let packet = ServerPacket {
                 session: c.session,
                 header,
                 tick,
@@ -532,13 +532,16 @@ impl Room {
                     messages: c.reliable_out.outgoing(now, resend, RELIABLE_BUDGET),
                 },
             };
-            let mut bytes = Packet::Server(packet.clone()).encode();
+            let mut packet = Packet::Server(packet);
+            let mut bytes = packet.encode();
             if bytes.len() > MAX_PACKET {
-                // Too much changed at once for one datagram: send what fits of the delta in
-                // a full-state packet is no smaller, so drop reliable messages first (they
-                // are resent) and then far entities.
-                packet.reliable.messages.clear();
-                bytes = Packet::Server(packet).encode();
+                // Too much at once for one datagram: leave the reliable messages for the next
+                // packet (they are resent until acknowledged). A snapshot still too large is
+                // not sent; the next one, against the same baseline, replaces it.
+                if let Packet::Server(p) = &mut packet {
+                    p.reliable.messages.clear();
+                }
+                bytes = packet.encode();
             }
             if bytes.len() <= MAX_PACKET {
                 metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + 28);
