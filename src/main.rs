@@ -189,6 +189,31 @@ struct Cli {
     )]
     match_board_hours: u64,
 
+    /// Concurrent viewer streams per user on one gateway.
+    #[arg(
+        long,
+        env = "GRANDSTAND_MAX_STREAMS_PER_USER",
+        default_value_t = 8,
+        global = true
+    )]
+    max_streams_per_user: usize,
+    /// Concurrent viewer streams per IP address on one gateway.
+    #[arg(
+        long,
+        env = "GRANDSTAND_MAX_STREAMS_PER_ADDRESS",
+        default_value_t = 1000,
+        global = true
+    )]
+    max_streams_per_address: usize,
+    /// Stream handshakes per second per IP address (bursts of four times as many pass).
+    #[arg(
+        long,
+        env = "GRANDSTAND_HANDSHAKES_PER_SEC",
+        default_value_t = 50,
+        global = true
+    )]
+    handshakes_per_sec: u32,
+
     /// Real players per room.
     #[arg(long, env = "GRANDSTAND_SEATS", default_value_t = 16, global = true)]
     seats: usize,
@@ -479,6 +504,10 @@ async fn main() -> anyhow::Result<()> {
             viewer_queue: cli.viewer_queue,
             ring_capacity: cli.resume_window,
             stall_deadline: Duration::from_secs(cli.stall_secs.max(1)),
+            max_streams_per_user: cli.max_streams_per_user,
+            max_streams_per_address: cli.max_streams_per_address,
+            handshakes_per_sec: cli.handshakes_per_sec,
+            handshake_burst: cli.handshakes_per_sec.saturating_mul(4),
             ..Default::default()
         };
         let gw = fanout_gateway::Gateway::new(

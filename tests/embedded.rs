@@ -32,3 +32,10 @@ async fn matchmaking() {
     scenarios::matchmaking(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps() {
+    let backend = Backend::embedded();
+    scenarios::connection_caps(&backend).await;
+    backend.cleanup().await;
+}

@@ -4,6 +4,7 @@
 
 mod boards;
 mod hub;
+pub mod limits;
 mod metrics;
 pub mod queue;
 mod stream;
@@ -39,6 +40,13 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// The retry hint sent to clients (SSE `retry:` and WS close reasons), before jitter.
     pub retry_after_ms: u64,
+    /// Concurrent streams one user (token subject) may hold on this gateway.
+    pub max_streams_per_user: usize,
+    /// Concurrent streams from one IP address on this gateway.
+    pub max_streams_per_address: usize,
+    /// Stream handshakes one address may make in a burst, and per second after it.
+    pub handshake_burst: u32,
+    pub handshakes_per_sec: u32,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +59,10 @@ impl Default for GatewayConfig {
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(20),
             retry_after_ms: 1000,
+            max_streams_per_user: 8,
+            max_streams_per_address: 1000,
+            handshake_burst: 200,
+            handshakes_per_sec: 50,
         }
     }
 }
@@ -63,6 +75,8 @@ pub struct Gateway {
     registry: Registry,
     pub(crate) boards: Arc<boards::BoardFeeds>,
     pub(crate) shutdown: Shutdown,
+    pub(crate) caps: Arc<limits::ConnectionCaps>,
+    pub(crate) handshakes: Arc<httpkit::RateLimiter>,
 }
 
 impl Gateway {
@@ -72,7 +86,19 @@ impl Gateway {
         signer: TokenSigner,
         shutdown: Shutdown,
     ) -> Gateway {
+        let caps = limits::ConnectionCaps::new(
+            config.max_streams_per_user,
+            config.max_streams_per_address,
+        );
+        // At most 100,000 addresses tracked: beyond, the table starts over (see RateLimiter).
+        let handshakes = Arc::new(httpkit::RateLimiter::new(
+            config.handshake_burst,
+            Duration::from_secs_f64(1.0 / f64::from(config.handshakes_per_sec.max(1))),
+            100_000,
+        ));
         Gateway {
+            caps,
+            handshakes,
             config: Arc::new(config),
             log,
             signer,

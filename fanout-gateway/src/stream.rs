@@ -2,12 +2,13 @@
 //! Events when it accepts `text/event-stream`. Both go through the same checks (token, resume
 //! position, match) and the same hub attach; only the framing differs.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -17,6 +18,7 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite;
 
+use crate::limits::{CapExceeded, CapGuard};
 use crate::metrics;
 use crate::queue::{CloseReason, ViewerQueue};
 use crate::{AttachError, Gateway};
@@ -56,9 +58,43 @@ pub(crate) async fn handle(
         Ok(Query(q)) => q,
         Err(e) => return reject("bad_request", ApiError::invalid("query", e.body_text())),
     };
-    if let Err(e) = authenticate(&gw.signer, &parts.headers, query.token.as_deref()) {
-        return reject("unauthorized", e);
+    // Floods are shed before any work: a handshake rate per address, then the token, then
+    // the concurrent connection caps per user and per address.
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    if !gw.handshakes.allow(address) {
+        return reject(
+            "rate_limited",
+            ApiError::too_many("too many connection attempts from this address; retry later"),
+        );
     }
+    let claims = match authenticate(&gw.signer, &parts.headers, query.token.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return reject("unauthorized", e),
+    };
+    let place = match gw.caps.acquire(&claims.sub, address) {
+        Ok(g) => g,
+        Err(CapExceeded::User) => {
+            return reject(
+                "user_cap",
+                ApiError::too_many(format!(
+                    "at most {} concurrent streams per user",
+                    gw.config.max_streams_per_user
+                )),
+            )
+        }
+        Err(CapExceeded::Address) => {
+            return reject(
+                "address_cap",
+                ApiError::too_many(format!(
+                    "at most {} concurrent streams per address",
+                    gw.config.max_streams_per_address
+                )),
+            )
+        }
+    };
     let websocket = wants_websocket(&parts.headers);
     if !websocket && !wants_sse(&parts.headers) {
         return reject(
@@ -114,9 +150,9 @@ pub(crate) async fn handle(
             upgrade
                 .max_message_size(max)
                 .max_frame_size(max)
-                .on_upgrade(move |socket| websocket_viewer(gw, socket, queue))
+                .on_upgrade(move |socket| websocket_viewer(gw, socket, queue, place))
         }
-        None => sse_viewer(gw, queue),
+        None => sse_viewer(gw, queue, place),
     }
 }
 
@@ -143,16 +179,21 @@ fn close_for_read_error(e: axum::Error) -> Option<CloseReason> {
     }
 }
 
-/// Counts a connected viewer while alive; closes its queue on the way out so the hub drops it.
+/// Counts a connected viewer while alive (and holds its place under the connection caps);
+/// closes its queue on the way out so the hub drops it.
 struct Connected {
     queue: Arc<ViewerQueue>,
+    _place: CapGuard,
 }
 
 impl Connected {
-    fn new(queue: Arc<ViewerQueue>, transport: &str) -> Connected {
+    fn new(queue: Arc<ViewerQueue>, transport: &str, place: CapGuard) -> Connected {
         metrics::VIEWERS.inc();
         metrics::CONNECTS.with_label_values(&[transport]).inc();
-        Connected { queue }
+        Connected {
+            queue,
+            _place: place,
+        }
     }
 }
 
@@ -184,8 +225,13 @@ fn jittered(ms: u64) -> u64 {
     ms - spread + rand::rng().random_range(0..=2 * spread)
 }
 
-async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue>) {
-    let _connected = Connected::new(queue.clone(), "ws");
+async fn websocket_viewer(
+    gw: Gateway,
+    socket: WebSocket,
+    queue: Arc<ViewerQueue>,
+    place: CapGuard,
+) {
+    let _connected = Connected::new(queue.clone(), "ws", place);
     let config = gw.config.clone();
     let (mut sink, mut incoming) = socket.split();
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -254,8 +300,8 @@ async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue
     }
 }
 
-fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>) -> Response {
-    let connected = Connected::new(queue.clone(), "sse");
+fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, place: CapGuard) -> Response {
+    let connected = Connected::new(queue.clone(), "sse", place);
     let retry = Bytes::from(format!("retry: {}\n\n", jittered(gw.config.retry_after_ms)));
     struct Sse {
         queue: Arc<ViewerQueue>,

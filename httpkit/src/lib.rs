@@ -1,10 +1,12 @@
 //! The HTTP edge every role shares: JSON errors (`{"error":{"code","message"}}`, opaque 500s
 //! with the cause logged), bearer-token auth, `/healthz` and Prometheus `/metrics`.
 
+mod limiter;
 mod matchmaking;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use limiter::RateLimiter;
 pub use matchmaking::{matchmaking_router, Assignment, Matchmaking, MAX_SKILL};
 
 use axum::extract::rejection::JsonRejection;

@@ -2,7 +2,6 @@
 //! match state goes through a short-lived moka cache whose misses are single-flight, so a
 //! reconnect storm of N viewers costs one backend read per match per TTL.
 
-mod limiter;
 mod metrics;
 
 use std::collections::HashMap;
@@ -22,7 +21,7 @@ use moka::future::Cache;
 use protocol::{Claims, MatchStatus, SpectatorState, TokenSigner};
 use serde::Serialize;
 
-pub use limiter::RateLimiter;
+pub use httpkit::RateLimiter;
 
 /// Viewer counts per match, from the gateways this API knows about.
 pub type ViewerCounts = Arc<dyn Fn(&str) -> u64 + Send + Sync>;

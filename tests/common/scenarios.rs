@@ -925,3 +925,48 @@ fn board_scores(board: &Value) -> Option<HashMap<String, i64>> {
             .collect(),
     )
 }
+
+/// Stream caps: one user cannot hold more than its share of streams (429, others unaffected,
+/// a freed place is reusable).
+pub async fn connection_caps(backend: &Backend) {
+    let app = App::spawn(backend, &["--matches", "1", "--max-streams-per-user", "2"]).await;
+    let id = app.live_matches(1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = app.ws_url(&format!("/v1/matches/{id}/stream"));
+    let (ann, bob) = (app.guest_token().await, app.guest_token().await);
+    let first = ws_connect(&url, Some(&ann)).await.unwrap();
+    let _second = ws_connect(&url, Some(&ann)).await.unwrap();
+    let refused = ws_connect(&url, Some(&ann)).await.err();
+    assert_eq!(refused, Some(429), "third stream refused");
+    // Over SSE too, with a JSON error naming the cap.
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/matches/{id}/stream")))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per user"),
+        "{body}"
+    );
+    // Another user is not affected.
+    let mut other = ws_connect(&url, Some(&bob)).await.unwrap();
+    assert_eq!(ws_json(&mut other).await["type"], "snapshot");
+    // Closing one stream frees its place.
+    ws_close(first).await;
+    let again = eventually(Duration::from_secs(5), || async {
+        ws_connect(&url, Some(&ann)).await.ok()
+    })
+    .await;
+    assert!(again.is_some(), "a freed place is reusable");
+    app.stop().await;
+}
