@@ -214,6 +214,11 @@ struct Cli {
     )]
     handshakes_per_sec: u32,
 
+    /// The URL viewers reach this gateway at (announced to the other gateways); by default
+    /// http://<bound HTTP address>.
+    #[arg(long, env = "GRANDSTAND_PUBLIC_URL", global = true)]
+    public_url: Option<String>,
+
     /// Real players per room.
     #[arg(long, env = "GRANDSTAND_SEATS", default_value_t = 16, global = true)]
     seats: usize,
@@ -437,7 +442,8 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(cli.http_addr)
         .await
         .with_context(|| format!("binding HTTP on {}", cli.http_addr))?;
-    tracing::info!(http_addr = %http.local_addr()?, role = ?role, "HTTP listening");
+    let http_addr = http.local_addr()?;
+    tracing::info!(%http_addr, role = ?role, "HTTP listening");
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut router: Router = httpkit::ops_router();
@@ -515,6 +521,19 @@ async fn main() -> anyhow::Result<()> {
             backends.log.clone(),
             rest_signer.clone(),
             shutdown.clone(),
+        );
+        let gw = match &cli.redis_url {
+            Some(url) => gw.with_membership(Arc::new(
+                backends::RedisMembership::connect(url, &cli.redis_prefix)
+                    .await
+                    .context("connecting gateway membership to Redis")?,
+            )),
+            None => gw,
+        };
+        gw.announce(
+            cli.public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{http_addr}")),
         );
         router = router.merge(gw.router());
         gateway = Some(gw);

@@ -53,3 +53,10 @@ async fn crash_recovery() {
     scenarios::crash_recovery(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_failover() {
+    let backend = Backend::real().await;
+    scenarios::gateway_failover(&backend).await;
+    backend.cleanup().await;
+}

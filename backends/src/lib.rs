@@ -6,6 +6,7 @@
 pub mod history;
 pub mod leaderboard;
 pub mod matchlog;
+pub mod membership;
 pub mod rooms;
 
 pub use history::{
@@ -20,6 +21,7 @@ pub use matchlog::{
     load_feed, tick_subject, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog,
     MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickStream,
 };
+pub use membership::{GatewayInfo, Membership, MemoryMembership, RedisMembership};
 pub use protocol::LogKind;
 pub use rooms::{
     CheckpointStore, MemoryCheckpoints, MemoryRegistry, RedisCheckpoints, RedisRegistry, RoomInfo,

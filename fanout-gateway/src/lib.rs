@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::{Path, State};
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
-use backends::MatchLog;
+use backends::{GatewayInfo, MatchLog, Membership, MemoryMembership};
+use httpkit::ApiError;
 use httpkit::Shutdown;
 use protocol::{StreamPosition, TokenSigner};
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +47,8 @@ pub struct GatewayConfig {
     pub max_streams_per_user: usize,
     /// Concurrent streams from one IP address on this gateway.
     pub max_streams_per_address: usize,
+    /// Gateways that own each match (clients prefer the first; any gateway serves any match).
+    pub owners: usize,
     /// Stream handshakes one address may make in a burst, and per second after it.
     pub handshake_burst: u32,
     pub handshakes_per_sec: u32,
@@ -59,6 +64,7 @@ impl Default for GatewayConfig {
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(20),
             retry_after_ms: 1000,
+            owners: 2,
             max_streams_per_user: 8,
             max_streams_per_address: 1000,
             handshake_burst: 200,
@@ -77,6 +83,8 @@ pub struct Gateway {
     pub(crate) shutdown: Shutdown,
     pub(crate) caps: Arc<limits::ConnectionCaps>,
     pub(crate) handshakes: Arc<httpkit::RateLimiter>,
+    membership: Arc<dyn Membership>,
+    me: Arc<Mutex<Option<GatewayInfo>>>,
 }
 
 impl Gateway {
@@ -99,6 +107,8 @@ impl Gateway {
         Gateway {
             caps,
             handshakes,
+            membership: Arc::new(MemoryMembership::default()),
+            me: Arc::default(),
             config: Arc::new(config),
             log,
             signer,
@@ -108,9 +118,67 @@ impl Gateway {
         }
     }
 
+    /// Uses `membership` to find the other gateways (Redis in production).
+    pub fn with_membership(mut self, membership: Arc<dyn Membership>) -> Gateway {
+        self.membership = membership;
+        self
+    }
+
+    /// Joins the membership as reachable at `url` (heartbeat every second, lapsing 3 s after
+    /// the last one), and leaves it at shutdown.
+    pub fn announce(&self, url: String) {
+        let me = GatewayInfo {
+            id: format!("gw-{:08x}", rand::random::<u32>()),
+            url,
+        };
+        *self.me.lock().unwrap() = Some(me.clone());
+        let (membership, shutdown) = (self.membership.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        if let Err(e) = membership.heartbeat(&me, Duration::from_secs(3)).await {
+                            tracing::warn!(error = %e, "gateway membership heartbeat failed");
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        let _ = membership.leave(&me.id).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The gateways that own a match (rendezvous hashing over the live members), preferred
+    /// first; this gateway alone when membership is unknown.
+    pub async fn owners(&self, match_id: &str) -> Vec<String> {
+        let members = self.membership.members().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "gateway membership unavailable");
+            Vec::new()
+        });
+        let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+        let owners: Vec<String> = protocol::placement::owners(match_id, &ids, self.config.owners)
+            .into_iter()
+            .filter_map(|id| members.iter().find(|m| &m.id == id).map(|m| m.url.clone()))
+            .collect();
+        if owners.is_empty() {
+            return self
+                .me
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|m| m.url.clone())
+                .collect();
+        }
+        owners
+    }
+
     /// The gateway's routes (the stream endpoint); ops routes are added by the caller.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/v1/matches/{id}/gateway", get(where_to_connect))
             .route("/v1/matches/{id}/stream", get(stream::handle))
             .route("/v1/leaderboards/{board}/stream", get(boards::handle))
             .with_state(self.clone())
@@ -192,4 +260,25 @@ impl Gateway {
         tokio::spawn(hub.run());
         handle
     }
+}
+
+/// `GET /v1/matches/{id}/gateway`: where a viewer of this match should connect. Owners are a
+/// preference: every gateway serves every match, so a client that cannot reach the first tries
+/// the next (or any gateway) and resumes.
+async fn where_to_connect(
+    State(gw): State<Gateway>,
+    Path(match_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !protocol::valid_match_id(&match_id) {
+        return Err(ApiError::invalid("id", "not a match id"));
+    }
+    let gateways = gw.owners(&match_id).await;
+    if gateways.is_empty() {
+        return Err(ApiError::unavailable("no gateway is announced yet"));
+    }
+    Ok(Json(serde_json::json!({
+        "match": match_id,
+        "url": gateways[0],
+        "gateways": gateways,
+    })))
 }

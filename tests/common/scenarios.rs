@@ -970,3 +970,82 @@ pub async fn connection_caps(backend: &Backend) {
     assert!(again.is_some(), "a freed place is reusable");
     app.stop().await;
 }
+
+/// Two gateways share the matches by rendezvous hashing over their Redis membership; a viewer
+/// connects where `GET /v1/matches/{id}/gateway` says, that gateway is killed (SIGKILL), the
+/// viewer resumes on the other from its last version with no gap and no duplicate, and the
+/// dead gateway drops out of the membership.
+pub async fn gateway_failover(backend: &Backend) {
+    let secret = "gateway-failover-test-secret".to_string();
+    let env = [("GRANDSTAND_TOKEN_SECRET", secret.clone())];
+    let game = App::spawn_with(
+        backend,
+        &["--matches", "1", "--keyframe-secs", "2"],
+        &env,
+        Some("game-server"),
+    )
+    .await;
+    let a = App::spawn_with(backend, &[], &env, Some("gateway")).await;
+    let b = App::spawn_with(backend, &[], &env, Some("gateway")).await;
+    let match_id = eventually(Duration::from_secs(10), || async {
+        let log = game.log();
+        let i = log.find("match starting match_id=")?;
+        Some(
+            log[i + 24..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect::<String>(),
+        )
+    })
+    .await
+    .expect("a match started");
+    let path = format!("/v1/matches/{match_id}/gateway");
+    let placement = eventually(Duration::from_secs(10), || async {
+        let (_, from_a) = a.get(&path).await;
+        let (_, from_b) = b.get(&path).await;
+        (from_a["gateways"].as_array().is_some_and(|g| g.len() == 2) && from_a == from_b)
+            .then_some(from_a)
+    })
+    .await
+    .expect("both gateways agree on the match's owners");
+    let preferred = placement["url"].as_str().unwrap().to_string();
+    let (on, other) = if preferred == a.base { (a, b) } else { (b, a) };
+    assert_eq!(on.base, preferred);
+
+    let token = protocol::TokenSigner::new(secret.as_bytes()).sign(&protocol::Claims {
+        sub: "viewer-1".into(),
+        name: "Viewer".into(),
+        exp: httpkit_now() + 600,
+    });
+    let stream = format!("/v1/matches/{match_id}/stream");
+    let mut line = VersionLine::default();
+    let mut ws = ws_connect(&on.ws_url(&stream), Some(&token)).await.unwrap();
+    for _ in 0..15 {
+        line.observe(&ws_json(&mut ws).await).unwrap();
+    }
+    on.crash();
+    drop(ws);
+    // The viewer resumes on the surviving gateway.
+    let resume = format!("{stream}?since={}", line.since());
+    let mut ws = ws_connect(&other.ws_url(&resume), Some(&token))
+        .await
+        .unwrap();
+    for _ in 0..15 {
+        line.observe(&ws_json(&mut ws).await).unwrap();
+    }
+    assert_eq!(
+        line.snapshots, 1,
+        "resumed within the window: no second snapshot"
+    );
+    ws_close(ws).await;
+    // The dead gateway lapses from the membership.
+    let alone = eventually(Duration::from_secs(10), || async {
+        let (_, p) = other.get(&path).await;
+        (p["gateways"].as_array()?.len() == 1).then_some(p)
+    })
+    .await
+    .expect("the killed gateway left the membership");
+    assert_eq!(alone["url"], other.base.as_str());
+    other.stop().await;
+    game.stop().await;
+}

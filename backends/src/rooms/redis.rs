@@ -16,24 +16,85 @@ async fn connect(url: &str) -> Result<ConnectionManager, RoomStoreError> {
     client.get_connection_manager().await.map_err(unavailable)
 }
 
-/// Rooms per region in one hash, `{prefix}rooms:<region>`: match id -> entry with its expiry.
-/// Lapsed entries are skipped by readers and removed as they are seen.
+/// A Redis hash whose entries lapse: each field holds `{"value":..,"until_ms":..}`; readers
+/// skip lapsed entries and remove them as they see them. Shared by the room registry and the
+/// gateway membership.
 #[derive(Clone)]
-pub struct RedisRegistry {
+pub(crate) struct ExpiringHash {
     conn: ConnectionManager,
-    prefix: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Entry {
-    room: RoomInfo,
+struct Entry<T> {
+    value: T,
     until_ms: u64,
+}
+
+impl ExpiringHash {
+    pub(crate) async fn connect(url: &str) -> Result<ExpiringHash, RoomStoreError> {
+        Ok(ExpiringHash {
+            conn: connect(url).await?,
+        })
+    }
+
+    pub(crate) async fn put<T: serde::Serialize>(
+        &self,
+        entries: &[(String, String, T)],
+        ttl: Duration,
+    ) -> Result<(), RoomStoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let until_ms = protocol::now_ms() + ttl.as_millis() as u64;
+        let mut pipe = ::redis::pipe();
+        for (key, field, value) in entries {
+            let json = serde_json::to_string(&Entry { value, until_ms }).expect("entry serializes");
+            pipe.hset(key, field, json).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    pub(crate) async fn remove(&self, key: &str, field: &str) -> Result<(), RoomStoreError> {
+        let mut conn = self.conn.clone();
+        conn.hdel::<_, _, ()>(key, field).await.map_err(unavailable)
+    }
+
+    /// Live entries, ordered by field.
+    pub(crate) async fn live<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Vec<T>, RoomStoreError> {
+        let mut conn = self.conn.clone();
+        let mut all: Vec<(String, String)> = conn.hgetall(key).await.map_err(unavailable)?;
+        all.sort();
+        let now = protocol::now_ms();
+        let mut live = Vec::new();
+        let mut lapsed = Vec::new();
+        for (field, json) in all {
+            match serde_json::from_str::<Entry<T>>(&json) {
+                Ok(e) if e.until_ms > now => live.push(e.value),
+                _ => lapsed.push(field),
+            }
+        }
+        if !lapsed.is_empty() {
+            let _: Result<(), _> = conn.hdel(key, lapsed).await;
+        }
+        Ok(live)
+    }
+}
+
+/// Rooms per region in one expiring hash, `{prefix}rooms:<region>`.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    hash: ExpiringHash,
+    prefix: String,
 }
 
 impl RedisRegistry {
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisRegistry, RoomStoreError> {
         Ok(RedisRegistry {
-            conn: connect(url).await?,
+            hash: ExpiringHash::connect(url).await?,
             prefix: prefix.to_string(),
         })
     }
@@ -46,48 +107,19 @@ impl RedisRegistry {
 #[async_trait]
 impl RoomRegistry for RedisRegistry {
     async fn heartbeat(&self, rooms: &[RoomInfo], ttl: Duration) -> Result<(), RoomStoreError> {
-        if rooms.is_empty() {
-            return Ok(());
-        }
-        let until_ms = protocol::now_ms() + ttl.as_millis() as u64;
-        let mut pipe = ::redis::pipe();
-        for r in rooms {
-            let entry = serde_json::to_string(&Entry {
-                room: r.clone(),
-                until_ms,
-            })
-            .expect("room serializes");
-            pipe.hset(self.key(&r.region), &r.match_id, entry).ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        let entries: Vec<(String, String, &RoomInfo)> = rooms
+            .iter()
+            .map(|r| (self.key(&r.region), r.match_id.clone(), r))
+            .collect();
+        self.hash.put(&entries, ttl).await
     }
 
     async fn remove(&self, region: &str, match_id: &str) -> Result<(), RoomStoreError> {
-        let mut conn = self.conn.clone();
-        conn.hdel::<_, _, ()>(self.key(region), match_id)
-            .await
-            .map_err(unavailable)
+        self.hash.remove(&self.key(region), match_id).await
     }
 
     async fn rooms(&self, region: &str) -> Result<Vec<RoomInfo>, RoomStoreError> {
-        let mut conn = self.conn.clone();
-        let all: Vec<(String, String)> =
-            conn.hgetall(self.key(region)).await.map_err(unavailable)?;
-        let now = protocol::now_ms();
-        let mut live = Vec::new();
-        let mut lapsed = Vec::new();
-        for (id, json) in all {
-            match serde_json::from_str::<Entry>(&json) {
-                Ok(e) if e.until_ms > now => live.push(e.room),
-                _ => lapsed.push(id),
-            }
-        }
-        if !lapsed.is_empty() {
-            let _: Result<(), _> = conn.hdel(self.key(region), lapsed).await;
-        }
-        live.sort_by(|a, b| a.match_id.cmp(&b.match_id));
-        Ok(live)
+        self.hash.live(&self.key(region)).await
     }
 }
 
