@@ -319,6 +319,15 @@ impl App {
         (token, r.json().await.unwrap())
     }
 
+    /// The ids of at least `n` live matches.
+    pub async fn live_match_ids(&self, n: usize) -> Vec<String> {
+        self.live_matches(n)
+            .await
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Stops the process with SIGTERM (graceful shutdown) and waits for it.
     pub async fn stop(mut self) -> Vec<String> {
         let _ = Command::new("kill")

@@ -197,12 +197,7 @@ pub async fn scores_and_history(backend: &Backend) {
         "600",
     ];
     let app = App::spawn(backend, &args).await;
-    let ids: Vec<String> = app
-        .live_matches(2)
-        .await
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = app.live_match_ids(2).await;
     // The leaderboard reflects kills within seconds, while the matches are still live.
     eventually(Duration::from_secs(10), || async {
         let (_, b) = app.get("/v1/leaderboards/global?limit=5").await;
@@ -610,12 +605,7 @@ pub async fn rebuild_after_redis_loss(backend: &Backend) {
         "600",
     ];
     let app = App::spawn(backend, &args).await;
-    let ids: Vec<String> = app
-        .live_matches(2)
-        .await
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = app.live_match_ids(2).await;
     for id in &ids {
         eventually(Duration::from_secs(30), || results(&app, id))
             .await
