@@ -159,6 +159,35 @@ struct Cli {
     )]
     stall_secs: u64,
 
+    /// Seconds between WebSocket pings to a viewer (one that misses three pongs is closed).
+    #[arg(
+        long,
+        env = "GRANDSTAND_PING_MS",
+        default_value_t = 20_000,
+        global = true
+    )]
+    ping_ms: u64,
+    /// Open HTTP connections at most; beyond, new ones wait in the kernel's backlog.
+    #[arg(
+        long,
+        env = "GRANDSTAND_MAX_CONNECTIONS",
+        default_value_t = 250_000,
+        global = true
+    )]
+    max_connections: usize,
+    /// Seconds a client has to send a request head (slowloris protection).
+    #[arg(
+        long,
+        env = "GRANDSTAND_HEADER_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    header_timeout_secs: u64,
+    /// Kernel send buffer per connection in bytes (bounds what a slow viewer costs in kernel
+    /// memory); the kernel's autotuning when unset.
+    #[arg(long, env = "GRANDSTAND_SEND_BUFFER", global = true)]
+    send_buffer: Option<usize>,
+
     /// With `aggregator`: rebuild every leaderboard from history and the match log into fresh
     /// keys, swap them in atomically, and exit (after a Redis loss). Aggregators may keep running.
     #[arg(long, global = true)]
@@ -504,6 +533,14 @@ async fn main() -> anyhow::Result<()> {
         game = Some(server);
     }
 
+    let connection_limits = httpkit::ConnectionLimits {
+        max_connections: cli.max_connections,
+        header_read_timeout: Duration::from_secs(cli.header_timeout_secs.max(1)),
+        // A backstop behind the stream's own stall deadline, which closes with a reason.
+        write_stall: Duration::from_secs(cli.stall_secs.max(1) + 15),
+        send_buffer: cli.send_buffer,
+        ..Default::default()
+    };
     let mut gateway = None;
     if matches!(role, Role::All | Role::Gateway) {
         let config = fanout_gateway::GatewayConfig {
@@ -514,6 +551,8 @@ async fn main() -> anyhow::Result<()> {
             max_streams_per_address: cli.max_streams_per_address,
             handshakes_per_sec: cli.handshakes_per_sec,
             handshake_burst: cli.handshakes_per_sec.saturating_mul(4),
+            ping_interval: Duration::from_millis(cli.ping_ms.max(100)),
+            connections: connection_limits.clone(),
             ..Default::default()
         };
         let gw = fanout_gateway::Gateway::new(
@@ -595,10 +634,11 @@ async fn main() -> anyhow::Result<()> {
             snapshot_api::run(state, http, shutdown.clone()).await
         }
         _ => {
-            httpkit::serve(
+            httpkit::serve_with(
                 http,
                 router.fallback(httpkit::no_such_route),
                 shutdown.clone(),
+                connection_limits,
             )
             .await
         }

@@ -39,3 +39,17 @@ async fn connection_caps() {
     scenarios::connection_caps(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_viewer() {
+    let backend = Backend::embedded();
+    common::viewers::slow_viewer(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_half_open_viewers() {
+    let backend = Backend::embedded();
+    common::viewers::stalled_and_half_open(&backend).await;
+    backend.cleanup().await;
+}

@@ -52,6 +52,8 @@ pub struct GatewayConfig {
     /// Stream handshakes one address may make in a burst, and per second after it.
     pub handshake_burst: u32,
     pub handshakes_per_sec: u32,
+    /// Limits on every connection to this gateway (head deadline, write stall, count).
+    pub connections: httpkit::ConnectionLimits,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +71,7 @@ impl Default for GatewayConfig {
             max_streams_per_address: 1000,
             handshake_burst: 200,
             handshakes_per_sec: 50,
+            connections: httpkit::ConnectionLimits::default(),
         }
     }
 }
@@ -188,11 +191,12 @@ impl Gateway {
     /// `shutdown`.
     pub async fn run(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
+        let limits = self.config.connections.clone();
         let router = self
             .router()
             .merge(httpkit::ops_router())
             .fallback(httpkit::no_such_route);
-        httpkit::serve(listener, router, shutdown).await
+        httpkit::serve_with(listener, router, shutdown, limits).await
     }
 
     /// The signer checking viewers' tokens (shared with the API in `all`).

@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
+mod serve;
+pub use serve::{serve, serve_with, ConnectionLimits, WriteDeadline};
+
 /// An error as clients see it: a status, a stable machine-readable code and a message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -157,18 +160,4 @@ async fn metrics() -> Response {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
 }

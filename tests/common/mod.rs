@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod proxy;
 pub mod scenarios;
+pub mod viewers;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

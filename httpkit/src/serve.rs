@@ -1,0 +1,272 @@
+//! The HTTP accept loop every role uses, with limits on each connection that `axum::serve`
+//! does not set: a cap on open connections, a deadline for the request head (slowloris), a
+//! deadline on writes that make no progress (a peer that stopped reading, half-open sockets),
+//! TCP keepalive, and an optional send-buffer size so a slow viewer's kernel buffer is bounded.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::Shutdown;
+
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Open connections at most. At the limit the loop stops accepting (new clients wait in
+    /// the kernel's backlog, then time out) instead of running out of file descriptors.
+    pub max_connections: usize,
+    /// A request head must arrive within this (answered with 408 and closed otherwise).
+    pub header_read_timeout: Duration,
+    /// A connection whose pending write makes no progress for this long is dropped: the peer
+    /// stopped reading or vanished. Streams close slow viewers earlier, with a reason; this is
+    /// the backstop when not even the close can be written.
+    pub write_stall: Duration,
+    /// TCP keepalive probes after this much silence, so half-open peers are found.
+    pub keepalive: Option<Duration>,
+    /// `SO_SNDBUF` for accepted connections (`None`: the kernel's autotuning, up to megabytes
+    /// per connection).
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 250_000,
+            header_read_timeout: Duration::from_secs(10),
+            write_stall: Duration::from_secs(45),
+            keepalive: Some(Duration::from_secs(30)),
+            send_buffer: None,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> io::Result<()> {
+    serve_with(listener, router, shutdown, ConnectionLimits::default()).await
+}
+
+/// [`serve`] with explicit connection limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    limits: ConnectionLimits,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let limits = Arc::new(limits);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving
+                    // the connections we have and try again shortly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = tune(&stream, &limits) {
+            tracing::debug!(error = %e, "could not set socket options");
+        }
+        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_stall));
+        let (router, shutdown, limits) = (router.clone(), shutdown.clone(), limits.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(request.map(Body::new))
+                });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    connections.close();
+    // Streams close themselves at shutdown; do not wait forever on a peer that will not go.
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+    Ok(())
+}
+
+fn tune(stream: &TcpStream, limits: &ConnectionLimits) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(stream);
+    if let Some(idle) = limits.keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    if let Some(size) = limits.send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    Ok(())
+}
+
+/// An I/O stream whose writes fail with `TimedOut` once one has been pending, without any
+/// progress, for longer than the deadline.
+pub struct WriteDeadline<S> {
+    inner: S,
+    deadline: Duration,
+    // Allocated on the first write that has to wait, then reused.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, deadline: Duration) -> WriteDeadline<S> {
+        WriteDeadline {
+            inner,
+            deadline,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+        if !self.waiting {
+            self.waiting = true;
+            timer.as_mut().reset(Instant::now() + deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer stopped reading",
+        ))
+    }
+
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.on_pending(cx).map(Err),
+            done => {
+                self.waiting = false;
+                done
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.guard(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.guard(cx, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_write_the_peer_never_reads_times_out() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut guarded = WriteDeadline::new(a, Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let err = guarded.write_all(&[0u8; 64 * 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_progressing_reader_is_not_cut_off() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut guarded = WriteDeadline::new(a, Duration::from_millis(300));
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 512];
+            while got < 16 * 1024 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                got += tokio::io::AsyncReadExt::read(&mut b, &mut buf)
+                    .await
+                    .unwrap();
+            }
+        });
+        // 32 reads of 512 bytes at 20 ms each: 640 ms in all, longer than the deadline, but
+        // never 300 ms without progress.
+        guarded.write_all(&[0u8; 16 * 1024]).await.unwrap();
+        reader.await.unwrap();
+    }
+}
