@@ -147,7 +147,11 @@ pub(crate) async fn handle(
     match upgrade {
         Some(upgrade) => {
             let max = gw.config.max_inbound_frame;
+            // Viewers send only pings and small control text, so a small read buffer does
+            // (tungstenite's default is 128 KiB per connection); writes are flushed per batch.
             upgrade
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(8 * 1024)
                 .max_message_size(max)
                 .max_frame_size(max)
                 .on_upgrade(move |socket| websocket_viewer(gw, socket, queue, place))

@@ -6,6 +6,7 @@ mod freshness;
 mod http_bench;
 mod players;
 mod report;
+mod viewers;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,14 @@ enum Scenario {
     Freshness(freshness::Args),
     /// UDP bot players against an in-process game server through a lossy link.
     Players(players::Args),
+    /// WebSocket/SSE viewers through real gateway processes following NATS JetStream.
+    Viewers(viewers::Args),
+    /// One load-generator process of `viewers` (started by it).
+    #[command(hide = true)]
+    ViewersWorker {
+        #[arg(long)]
+        plan: String,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Http(args) => http_bench::run(args).await?,
         Scenario::Freshness(args) => freshness::run(args).await?,
         Scenario::Players(args) => players::run(args).await?,
+        Scenario::Viewers(args) => viewers::run(args).await?,
+        Scenario::ViewersWorker { plan } => return viewers::worker(plan).await,
     };
     println!("{}", report::table(&results));
     if let Some(path) = cli.json {

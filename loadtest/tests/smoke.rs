@@ -87,3 +87,38 @@ fn players_scenario_runs_over_a_lossy_link() {
     assert!(bytes(6) > bytes(0), "{} vs {}", bytes(6), bytes(0));
     std::fs::remove_file(json).ok();
 }
+
+/// Viewers through two real gateway processes following the real NATS JetStream: every viewer
+/// (half WebSocket, half SSE, from two load-generator processes) is held and sees an unbroken
+/// version line.
+#[test]
+fn viewers_scenario_fans_out_through_real_gateways() {
+    let json =
+        std::env::temp_dir().join(format!("gs-loadtest-viewers-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--json", json.to_str().unwrap(), "viewers"])
+        .args(["--viewers", "20", "--matches", "3", "--rate", "10"])
+        .args(["--duration", "2", "--gateways", "2", "--sse", "0.5"])
+        .args(["--per-worker", "10"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let row = &results["rows"][0];
+    let notes = row["notes"].as_str().unwrap();
+    assert!(notes.contains("held 20/20"), "{notes}");
+    assert!(notes.contains(" 0 gaps"), "{notes}");
+    // 20 viewers x 10 messages/s for 2 s, give or take the window's edges.
+    let delivered = row["latency"]["count"].as_u64().unwrap();
+    assert!(
+        (300..=500).contains(&delivered),
+        "{delivered} messages measured"
+    );
+    std::fs::remove_file(json).ok();
+}

@@ -53,6 +53,15 @@ pub struct NatsLog {
 }
 
 impl NatsLog {
+    /// Deletes the stream and everything in it (benchmarks and tests clean up with this).
+    pub async fn delete_stream(&self) -> Result<(), LogError> {
+        self.js
+            .delete_stream(&self.config.stream)
+            .await
+            .map(|_| ())
+            .map_err(LogError::unavailable)
+    }
+
     /// Connects and creates the stream, or updates its limits to the configured ones.
     pub async fn connect(config: NatsLogConfig) -> Result<NatsLog, LogError> {
         let client = async_nats::ConnectOptions::new()

@@ -1,0 +1,712 @@
+//! `viewers`: N WebSocket (and SSE) viewers over M matches against real gateway processes
+//! (`grandstand gateway`) that follow a real NATS JetStream match log.
+//!
+//! The harness publishes every match's records itself (a keyframe every 5 s, deltas at
+//! `--rate` per match, each delta carrying its publish time in microseconds), starts
+//! `--gateways` gateway processes, and spreads the viewers over worker processes, each on its
+//! own 127.0.0.x source address (one process may hold at most `ulimit -n` sockets, one source
+//! address about 28k ports). A match's viewers all go to one gateway, as the owner rule does.
+//!
+//! Measured in a window after everyone is connected: connections held, delivered messages per
+//! second, publish -> receive latency (HDR, every message), gaps in the version lines, and
+//! each gateway's CPU and resident memory from `/proc` (RSS per connection is the growth from
+//! before the viewers connected).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use backends::{MatchLog, NatsLog, NatsLogConfig};
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use protocol::{Claims, LogKind, LogRecord, TokenSigner};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::{machine, Latency, Results, Row};
+
+const SECRET: &str = "loadtest-secret-shared-with-the-gateways";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Viewers in all.
+    #[arg(long, default_value_t = 1000)]
+    viewers: usize,
+    /// Matches the viewers are spread over.
+    #[arg(long, default_value_t = 10)]
+    matches: usize,
+    /// Deltas per second per match.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Approximate size of each delta, bytes.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Seconds measured once everyone is connected.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Gateway processes (each holds at most `ulimit -n` connections).
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
+    /// Share of viewers on SSE instead of WebSocket, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    sse: f64,
+    /// Viewers per load-generator process.
+    #[arg(long, default_value_t = 15_000)]
+    per_worker: usize,
+    /// Handshakes in flight per worker while connecting.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The `grandstand` binary (by default, next to this one).
+    #[arg(long)]
+    grandstand: Option<PathBuf>,
+}
+
+/// What the parent tells a worker (as JSON in its arguments).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    /// (gateway base URL, match id) per viewer slot, cycled.
+    targets: Vec<(String, String)>,
+    viewers: usize,
+    first_viewer: usize,
+    source: String,
+    sse: f64,
+    connect_concurrency: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerReport {
+    connected: u64,
+    failed: u64,
+    /// Viewers still connected at the end of the window.
+    held: u64,
+    messages: u64,
+    gaps: u64,
+    snapshots: u64,
+    histogram: Vec<u8>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A number that follows `key` in a JSON text, without parsing the rest.
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits: &str = &text[at..];
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// One viewer's accounting, shared by all viewers of a worker through sharded histograms.
+struct Tally {
+    shards: Vec<Mutex<Histogram<u64>>>,
+    window: Mutex<(u64, u64)>,
+    messages: AtomicU64,
+    gaps: AtomicU64,
+    snapshots: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Tally {
+    fn observe(&self, viewer: usize, text: &str, last_version: &mut Option<u64>) {
+        let now = now_us();
+        let version = number_after(text, "\"version\":");
+        if text.starts_with("{\"type\":\"snapshot\"") {
+            self.snapshots.fetch_add(1, Ordering::Relaxed);
+        } else if let (Some(v), Some(last)) = (version, *last_version) {
+            if v != last + 1 {
+                self.gaps.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *last_version = version.or(*last_version);
+        let Some(sent) = number_after(text, "\"t_us\":") else {
+            return;
+        };
+        let (from, to) = *self.window.lock().unwrap();
+        if sent < from || sent >= to {
+            return;
+        }
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        let shard = &self.shards[viewer % self.shards.len()];
+        shard
+            .lock()
+            .unwrap()
+            .saturating_record(now.saturating_sub(sent).max(1));
+    }
+}
+
+async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let addr = gateway.trim_start_matches("http://").parse()?;
+    Ok(socket.connect(addr).await?)
+}
+
+async fn websocket_viewer(
+    tally: Arc<Tally>,
+    viewer: usize,
+    source: String,
+    gateway: String,
+    path: String,
+    token: String,
+    connected: tokio::sync::oneshot::Sender<bool>,
+) {
+    let opened = async {
+        let stream = open_socket(&source, &gateway).await?;
+        let mut req =
+            format!("{}{path}", gateway.replacen("http://", "ws://", 1)).into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        // Small buffers: viewers only receive, and a load generator holds many of them.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+        anyhow::Ok(ws)
+    };
+    let mut ws = match opened.await {
+        Ok(ws) => {
+            let _ = connected.send(true);
+            ws
+        }
+        Err(_) => {
+            let _ = connected.send(false);
+            return;
+        }
+    };
+    tally.held.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) => tally.observe(viewer, &t, &mut last),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    tally.held.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn sse_viewer(
+    tally: Arc<Tally>,
+    viewer: usize,
+    source: String,
+    gateway: String,
+    path: String,
+    token: String,
+    connected: tokio::sync::oneshot::Sender<bool>,
+) {
+    // HTTP/1.0: the body is delimited by the connection's end, so there are no chunk
+    // headers between events.
+    let opened = async {
+        let mut stream = open_socket(&source, &gateway).await?;
+        let head = format!(
+            "GET {path} HTTP/1.0\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("closed during the handshake");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                if !buf.starts_with(b"HTTP/1.1 200") && !buf.starts_with(b"HTTP/1.0 200") {
+                    bail!("refused: {}", String::from_utf8_lossy(&buf[..end]));
+                }
+                buf.drain(..end + 4);
+                return anyhow::Ok((stream, buf));
+            }
+        }
+    };
+    let (mut stream, mut buf) = match opened.await {
+        Ok(s) => {
+            let _ = connected.send(true);
+            s
+        }
+        Err(_) => {
+            let _ = connected.send(false);
+            return;
+        }
+    };
+    tally.held.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 2);
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                tally.observe(viewer, data, &mut last);
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    tally.held.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A worker process: connects its viewers, says so on stdout, waits for the measuring window
+/// on stdin, and prints its report.
+pub async fn worker(plan_json: String) -> anyhow::Result<()> {
+    let plan: WorkerPlan = serde_json::from_str(&plan_json)?;
+    let tally = Arc::new(Tally {
+        shards: (0..32).map(|_| Mutex::new(histogram())).collect(),
+        window: Mutex::new((u64::MAX, u64::MAX)),
+        messages: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        snapshots: AtomicU64::new(0),
+        held: AtomicU64::new(0),
+    });
+    let signer = TokenSigner::new(SECRET.as_bytes());
+    let limit = Arc::new(tokio::sync::Semaphore::new(plan.connect_concurrency.max(1)));
+    let mut waits = Vec::with_capacity(plan.viewers);
+    for i in 0..plan.viewers {
+        let viewer = plan.first_viewer + i;
+        let (gateway, match_id) = plan.targets[viewer % plan.targets.len()].clone();
+        let token = signer.sign(&Claims {
+            sub: format!("viewer-{viewer}"),
+            name: format!("Viewer {viewer}"),
+            exp: now_us() / 1_000_000 + 3600,
+        });
+        let path = format!("/v1/matches/{match_id}/stream");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let permit = limit.clone().acquire_owned().await?;
+        let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0 && plan.sse > 0.0;
+        let (tally, source) = (tally.clone(), plan.source.clone());
+        let (gated_tx, gated_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let done = rx.await.unwrap_or(false);
+            drop(permit);
+            let _ = gated_tx.send(done);
+        });
+        if sse {
+            tokio::spawn(sse_viewer(tally, viewer, source, gateway, path, token, tx));
+        } else {
+            tokio::spawn(websocket_viewer(
+                tally, viewer, source, gateway, path, token, tx,
+            ));
+        }
+        waits.push(gated_rx);
+    }
+    let mut report = WorkerReport::default();
+    for w in waits {
+        if w.await.unwrap_or(false) {
+            report.connected += 1;
+        } else {
+            report.failed += 1;
+        }
+    }
+    println!("connected {} {}", report.connected, report.failed);
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line).map(|_| line))
+        .await??
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse::<u64>())
+        .collect::<Result<Vec<_>, _>>()
+        .map(|w| {
+            *tally.window.lock().unwrap() = (w[0], w[1]);
+        })?;
+    let (_, to) = *tally.window.lock().unwrap();
+    // Messages published in the window may still be in flight when it ends.
+    let until = Duration::from_micros(to.saturating_sub(now_us())) + Duration::from_secs(2);
+    tokio::time::sleep(until).await;
+    let mut merged = histogram();
+    for s in &tally.shards {
+        merged.add(&*s.lock().unwrap())?;
+    }
+    V2Serializer::new().serialize(&merged, &mut report.histogram)?;
+    report.messages = tally.messages.load(Ordering::Relaxed);
+    report.gaps = tally.gaps.load(Ordering::Relaxed);
+    report.snapshots = tally.snapshots.load(Ordering::Relaxed);
+    report.held = tally.held.load(Ordering::Relaxed);
+    println!("report {}", serde_json::to_string(&report)?);
+    std::io::stdout().flush()?;
+    std::process::exit(0);
+}
+
+/// A process measured through `/proc`: CPU seconds (user + system) and resident bytes.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    (cpu, rss)
+}
+
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(bin: &PathBuf, args: &Args, stream: &str, root: &str) -> anyhow::Result<Gateway> {
+    let log = std::env::temp_dir().join(format!(
+        "gs-loadtest-gateway-{}-{}.log",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(bin)
+        .args(["gateway", "--http-addr", "127.0.0.1:0"])
+        .args(["--nats-stream", stream, "--nats-subject-root", root])
+        .args(["--max-streams-per-user", "4", "--max-streams-per-address"])
+        .arg((args.viewers + 1).to_string())
+        .args(["--handshakes-per-sec", "1000000"])
+        .args(["--max-connections", "1000000"])
+        .env("NATS_URL", &args.nats_url)
+        .env("GRANDSTAND_TOKEN_SECRET", SECRET)
+        .env("RUST_LOG", "warn,grandstand=info")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(i) = text.find("http_addr=") {
+            let addr: String = text[i + 10..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            return Ok(Gateway {
+                child,
+                url: format!("http://{addr}"),
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("gateway did not start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Publishes every match's records: a keyframe now and every 5 s, deltas at `rate`.
+async fn publish(
+    log: Arc<NatsLog>,
+    match_id: String,
+    rate: u32,
+    payload: usize,
+    stop: httpkit::Shutdown,
+) {
+    let state = serde_json::json!({
+        "region": "eu", "status": "live", "tick": 0,
+        "arena": {"width": 10000, "height": 10000, "obstacles": []},
+        "players": {},
+    });
+    let mut version = 1u64;
+    let keyframe = |version| LogRecord {
+        match_id: match_id.clone(),
+        epoch: 1,
+        version,
+        kind: LogKind::Keyframe,
+        body: Bytes::from(serde_json::to_vec(&state).expect("json")),
+    };
+    let _ = log.publish(keyframe(version)).await;
+    let pad = "x".repeat(payload.saturating_sub(60));
+    // Matches are not in step with each other: each starts at a random phase of the period.
+    let period = 1.0 / f64::from(rate.max(1));
+    tokio::time::sleep(Duration::from_secs_f64(period * rand::random::<f64>())).await;
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut last_keyframe = Instant::now();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        version += 1;
+        let body = format!(
+            "{{\"tick\":{version},\"t_us\":{},\"pad\":\"{pad}\"}}",
+            now_us()
+        );
+        let record = LogRecord {
+            match_id: match_id.clone(),
+            epoch: 1,
+            version,
+            kind: LogKind::Delta,
+            body: Bytes::from(body),
+        };
+        if let Err(e) = log.publish(record).await {
+            eprintln!("publish failed: {e}");
+        }
+        if last_keyframe.elapsed() >= Duration::from_secs(5) {
+            let _ = log.publish(keyframe(version)).await;
+            last_keyframe = Instant::now();
+        }
+    }
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_worker(plan: &WorkerPlan) -> anyhow::Result<Worker> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["viewers-worker", "--plan", &serde_json::to_string(plan)?])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Worker {
+        child,
+        stdin,
+        lines,
+    })
+}
+
+fn wait_line(worker: &Worker, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = worker
+            .lines
+            .recv_timeout(left)
+            .with_context(|| format!("a worker never said {prefix:?}"))?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return Ok(rest.trim().to_string());
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Results> {
+    let bin = match &args.grandstand {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("grandstand"),
+    };
+    let tag = format!("{}{}", std::process::id(), rand::random::<u16>());
+    let (stream, root) = (format!("GS_LOADTEST_{tag}"), format!("gsload{tag}"));
+    let mut config = NatsLogConfig::new(args.nats_url.clone());
+    config.stream = stream.clone();
+    config.subject_root = root.clone();
+    config.max_age = Duration::from_secs(600);
+    config.max_bytes = 1 << 30;
+    let log = Arc::new(
+        NatsLog::connect(config)
+            .await
+            .context("connecting to NATS")?,
+    );
+
+    let stop = httpkit::Shutdown::new();
+    let match_ids: Vec<String> = (0..args.matches)
+        .map(|i| format!("load-{tag}-{i}"))
+        .collect();
+    let mut publishers = Vec::new();
+    for id in &match_ids {
+        publishers.push(tokio::spawn(publish(
+            log.clone(),
+            id.clone(),
+            args.rate,
+            args.payload,
+            stop.clone(),
+        )));
+    }
+    let gateways: Vec<Gateway> = (0..args.gateways.max(1))
+        .map(|_| start_gateway(&bin, &args, &stream, &root))
+        .collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+
+    // A match's viewers all go to one gateway.
+    let targets: Vec<(String, String)> = match_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (gateways[i % gateways.len()].url.clone(), id.clone()))
+        .collect();
+    let workers_n = args.viewers.div_ceil(args.per_worker.max(1)).max(1);
+    let connecting = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..workers_n {
+        let first = w * args.viewers / workers_n;
+        let last = (w + 1) * args.viewers / workers_n;
+        let plan = WorkerPlan {
+            targets: targets.clone(),
+            viewers: last - first,
+            first_viewer: first,
+            source: format!("127.0.0.{}", 10 + w),
+            sse: args.sse,
+            connect_concurrency: args.connect_concurrency,
+        };
+        workers.push(start_worker(&plan)?);
+    }
+    let (mut connected, mut failed) = (0u64, 0u64);
+    for w in &workers {
+        let line = wait_line(w, "connected", Duration::from_secs(600))?;
+        let mut n = line
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().unwrap_or(0));
+        connected += n.next().unwrap_or(0);
+        failed += n.next().unwrap_or(0);
+    }
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    eprintln!(
+        "{connected} viewers connected ({failed} failed) in {connect_secs:.1} s; measuring {} s",
+        args.duration
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let from = now_us();
+    let to = from + args.duration * 1_000_000;
+    let start_usage: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+    for w in &mut workers {
+        writeln!(w.stdin, "measure {from} {to}")?;
+        w.stdin.flush()?;
+    }
+    tokio::time::sleep(Duration::from_micros(to - from)).await;
+    let end_usage: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+    let mut merged = histogram();
+    let mut total = WorkerReport::default();
+    for w in &workers {
+        let line = wait_line(w, "report", Duration::from_secs(120))?;
+        let r: WorkerReport = serde_json::from_str(&line)?;
+        let h: Histogram<u64> = Deserializer::new().deserialize(&mut r.histogram.as_slice())?;
+        merged.add(&h)?;
+        total.messages += r.messages;
+        total.gaps += r.gaps;
+        total.snapshots += r.snapshots;
+        total.held += r.held;
+    }
+    stop.cancel();
+    for p in publishers {
+        let _ = p.await;
+    }
+    drop(workers);
+    drop(gateways);
+    let _ = log.delete_stream().await;
+
+    let secs = args.duration as f64;
+    let cpu: f64 = start_usage
+        .iter()
+        .zip(&end_usage)
+        .map(|(a, b)| b.0 - a.0)
+        .sum::<f64>()
+        / secs;
+    let rss_growth: u64 = before
+        .iter()
+        .zip(&end_usage)
+        .map(|(a, b)| b.1.saturating_sub(a.1))
+        .sum();
+    let rss_total: u64 = end_usage.iter().map(|u| u.1).sum();
+    let per_conn = rss_growth as f64 / connected.max(1) as f64;
+    let rate = total.messages as f64 / secs;
+    let transport = if args.sse >= 1.0 {
+        "SSE".to_string()
+    } else if args.sse > 0.0 {
+        format!("WS + {:.0}% SSE", args.sse * 100.0)
+    } else {
+        "WS".to_string()
+    };
+    let row = Row {
+        name: format!("{} {transport} viewers, {} gateway(s)", args.viewers, args.gateways),
+        throughput_per_s: rate,
+        unit: "msgs/s delivered".into(),
+        latency: Latency::of(&merged),
+        latency_of: "publish (harness clock) -> received by the viewer".into(),
+        notes: format!(
+            "held {}/{} (connect {:.1} s, {} failed); gateway CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {} gaps, {} snapshots",
+            total.held,
+            args.viewers,
+            connect_secs,
+            failed,
+            cpu,
+            rate / cpu.max(1e-9),
+            rss_total as f64 / 1048576.0,
+            per_conn / 1024.0,
+            total.gaps,
+            total.snapshots,
+        ),
+    };
+    Ok(Results {
+        scenario: "viewers: fan-out through real gateway processes following NATS JetStream".into(),
+        machine: machine(),
+        command: format!(
+            "loadtest viewers --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
+            args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
+        ),
+        rows: vec![row],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_after;
+
+    #[test]
+    fn reads_numbers_out_of_frames() {
+        let t = r#"{"type":"delta","match":"m","epoch":1,"version":42,"tick":42,"t_us":1700000000123456,"pad":"x"}"#;
+        assert_eq!(number_after(t, "\"version\":"), Some(42));
+        assert_eq!(number_after(t, "\"t_us\":"), Some(1_700_000_000_123_456));
+        assert_eq!(number_after(t, "\"missing\":"), None);
+    }
+}
