@@ -562,11 +562,17 @@ async fn main() -> anyhow::Result<()> {
             shutdown.clone(),
         );
         let gw = match &cli.redis_url {
-            Some(url) => gw.with_membership(Arc::new(
-                backends::RedisMembership::connect(url, &cli.redis_prefix)
-                    .await
-                    .context("connecting gateway membership to Redis")?,
-            )),
+            Some(url) => gw
+                .with_membership(Arc::new(
+                    backends::RedisMembership::connect(url, &cli.redis_prefix)
+                        .await
+                        .context("connecting gateway membership to Redis")?,
+                ))
+                .with_shared_caps(
+                    backends::RedisStreamLeases::connect(url, &cli.redis_prefix)
+                        .await
+                        .context("connecting shared stream caps to Redis")?,
+                ),
             None => gw,
         };
         gw.announce(

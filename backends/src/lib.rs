@@ -5,6 +5,7 @@
 
 pub mod history;
 pub mod leaderboard;
+pub mod leases;
 pub mod matchlog;
 pub mod membership;
 pub mod rooms;
@@ -17,6 +18,7 @@ pub use leaderboard::{
     ApplyOutcome, BoardChange, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,
     RedisLeaderboards, ScoredEvent,
 };
+pub use leases::{RedisStreamLeases, Refusal};
 pub use matchlog::{
     load_feed, tick_subject, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog,
     MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickStream,

@@ -314,3 +314,132 @@ async fn redis_leaderboards_follow_the_same_rules() {
         .await
         .unwrap();
 }
+
+/// Two gateways sharing stream places through the real Redis: caps hold across them, places
+/// given back are free again, a crashed gateway's unrenewed leases lapse, renewed ones stay,
+/// and the handshake rate is counted once for the fleet.
+#[tokio::test]
+async fn redis_stream_leases_cap_across_gateways() {
+    use backends::{RedisStreamLeases, Refusal};
+    let prefix = format!("gs-adapter-{}:", unique());
+    let a = RedisStreamLeases::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .expect("Redis on 127.0.0.1:6379");
+    let b = RedisStreamLeases::connect("redis://127.0.0.1:6379", &prefix)
+        .await
+        .unwrap();
+    let rate = (100, Duration::from_secs(1));
+    let long = Duration::from_secs(30);
+    let caps = |user| [(user, 2usize), ("addr:10.0.0.1", 3usize)];
+    assert_eq!(
+        a.take("10.0.0.1", rate, &caps("user:ann"), "a-1", long)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        b.take("10.0.0.1", rate, &caps("user:ann"), "b-1", long)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        a.take("10.0.0.1", rate, &caps("user:ann"), "a-2", long)
+            .await
+            .unwrap(),
+        Err(Refusal::Cap(0)),
+        "the user's third stream, on either gateway"
+    );
+    assert_eq!(
+        b.take("10.0.0.1", rate, &caps("user:bob"), "b-2", long)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        b.take("10.0.0.1", rate, &caps("user:cat"), "b-3", long)
+            .await
+            .unwrap(),
+        Err(Refusal::Cap(1)),
+        "the address's fourth stream"
+    );
+    // A refused take left nothing behind: giving one back makes exactly one place.
+    b.give_back(&["user:ann", "addr:10.0.0.1"], "b-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.take("10.0.0.1", rate, &caps("user:ann"), "a-3", long)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        a.take("10.0.0.1", rate, &caps("user:ann"), "a-4", long)
+            .await
+            .unwrap(),
+        Err(Refusal::Cap(0))
+    );
+
+    // Lapsing: gateway b "crashes" holding dan's lease; a keeps renewing eve's.
+    let short = Duration::from_millis(400);
+    let one = |user| [(user, 1usize)];
+    assert_eq!(
+        b.take("10.0.0.2", rate, &one("user:dan"), "b-9", short)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        a.take("10.0.0.2", rate, &one("user:eve"), "a-9", short)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.renew(&[(vec!["user:eve".into()], "a-9".into())], short)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        a.take("10.0.0.2", rate, &one("user:dan"), "a-10", short)
+            .await
+            .unwrap(),
+        Ok(()),
+        "the crashed gateway's lease lapsed"
+    );
+    assert_eq!(
+        a.take("10.0.0.2", rate, &one("user:eve"), "a-11", short)
+            .await
+            .unwrap(),
+        Err(Refusal::Cap(0)),
+        "a renewed lease holds its place"
+    );
+
+    // The handshake rate is shared: 3 per window across both gateways.
+    let tight = (3, Duration::from_secs(60));
+    let mut outcomes = Vec::new();
+    for (i, g) in [&a, &b, &a, &b].iter().enumerate() {
+        outcomes.push(
+            g.take("10.0.0.3", tight, &[], &format!("r-{i}"), long)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(outcomes, vec![Ok(()), Ok(()), Ok(()), Err(Refusal::Rate)]);
+
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}

@@ -88,6 +88,7 @@ pub struct Gateway {
     pub(crate) handshakes: Arc<httpkit::RateLimiter>,
     membership: Arc<dyn Membership>,
     me: Arc<Mutex<Option<GatewayInfo>>>,
+    pub(crate) shared: Option<Arc<limits::SharedPlaces>>,
 }
 
 impl Gateway {
@@ -112,6 +113,7 @@ impl Gateway {
             handshakes,
             membership: Arc::new(MemoryMembership::default()),
             me: Arc::default(),
+            shared: None,
             config: Arc::new(config),
             log,
             signer,
@@ -124,6 +126,17 @@ impl Gateway {
     /// Uses `membership` to find the other gateways (Redis in production).
     pub fn with_membership(mut self, membership: Arc<dyn Membership>) -> Gateway {
         self.membership = membership;
+        self
+    }
+
+    /// Counts stream caps and the handshake rate across every gateway sharing `leases`
+    /// (Redis in production), on top of this gateway's own counts.
+    pub fn with_shared_caps(mut self, leases: backends::RedisStreamLeases) -> Gateway {
+        self.shared = Some(limits::SharedPlaces::start(
+            leases,
+            Duration::from_secs(30),
+            self.shutdown.clone(),
+        ));
         self
     }
 

@@ -1,6 +1,7 @@
 //! Abuse limits at the viewer handshake: concurrent connections per user and per address, and
-//! a handshake rate per address. Counted per gateway process (a user spreading connections
-//! over several gateways gets the cap on each).
+//! a handshake rate per address. Counted per gateway process first (cheap, sheds floods
+//! before any network call), then, when the gateways share Redis, across the fleet
+//! ([`SharedPlaces`]), so spreading connections over gateways does not multiply the caps.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -81,6 +82,122 @@ impl ConnectionCaps {
 impl Drop for CapGuard {
     fn drop(&mut self) {
         self.caps.release(&self.user, self.address);
+    }
+}
+
+/// Fleet-wide places: a lease per stream in Redis, renewed while the stream lives.
+pub struct SharedPlaces {
+    leases: backends::RedisStreamLeases,
+    live: Mutex<HashMap<String, Vec<String>>>,
+    lapse: std::time::Duration,
+}
+
+/// Why the fleet refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedRefusal {
+    Rate,
+    Cap(CapExceeded),
+}
+
+/// Holds one stream's fleet-wide places until dropped.
+pub struct SharedPlace {
+    places: Arc<SharedPlaces>,
+    lease: String,
+}
+
+impl SharedPlaces {
+    /// Starts renewing live leases every third of `lapse` until `shutdown`.
+    pub fn start(
+        leases: backends::RedisStreamLeases,
+        lapse: std::time::Duration,
+        shutdown: httpkit::Shutdown,
+    ) -> Arc<SharedPlaces> {
+        let places = Arc::new(SharedPlaces {
+            leases,
+            live: Mutex::default(),
+            lapse,
+        });
+        let renewing = places.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(lapse / 3);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let live: Vec<(Vec<String>, String)> = renewing
+                    .live
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(lease, things)| (things.clone(), lease.clone()))
+                    .collect();
+                for chunk in live.chunks(5_000) {
+                    if let Err(e) = renewing.leases.renew(chunk, lapse).await {
+                        tracing::warn!(error = %e, "renewing stream leases failed");
+                    }
+                }
+            }
+        });
+        places
+    }
+
+    /// Takes the stream's places across the fleet. When Redis cannot answer, the stream is let
+    /// in on the local caps alone (an outage of the shared store must not turn viewers away).
+    pub async fn take(
+        self: &Arc<Self>,
+        user: &str,
+        address: IpAddr,
+        caps: (usize, usize),
+        rate: u32,
+    ) -> Result<Option<SharedPlace>, SharedRefusal> {
+        let lease = format!("{:016x}", rand::random::<u64>());
+        let things = vec![format!("user:{user}"), format!("addr:{address}")];
+        let capped = [(things[0].as_str(), caps.0), (things[1].as_str(), caps.1)];
+        let window = std::time::Duration::from_secs(1);
+        match self
+            .leases
+            .take(
+                &address.to_string(),
+                (rate, window),
+                &capped,
+                &lease,
+                self.lapse,
+            )
+            .await
+        {
+            Ok(Ok(())) => {
+                self.live.lock().unwrap().insert(lease.clone(), things);
+                Ok(Some(SharedPlace {
+                    places: self.clone(),
+                    lease,
+                }))
+            }
+            Ok(Err(backends::Refusal::Rate)) => Err(SharedRefusal::Rate),
+            Ok(Err(backends::Refusal::Cap(0))) => Err(SharedRefusal::Cap(CapExceeded::User)),
+            Ok(Err(backends::Refusal::Cap(_))) => Err(SharedRefusal::Cap(CapExceeded::Address)),
+            Err(e) => {
+                tracing::warn!(error = %e, "shared stream caps unavailable; local caps only");
+                crate::metrics::SHARED_CAPS_UNAVAILABLE.inc();
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Drop for SharedPlace {
+    fn drop(&mut self) {
+        let things = self.places.live.lock().unwrap().remove(&self.lease);
+        let (places, lease) = (self.places.clone(), std::mem::take(&mut self.lease));
+        if let (Some(things), Ok(runtime)) = (things, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let things: Vec<&str> = things.iter().map(String::as_str).collect();
+                if let Err(e) = places.leases.give_back(&things, &lease).await {
+                    // The lease lapses by itself within one lapse period.
+                    tracing::debug!(error = %e, "giving back a stream lease failed");
+                }
+            });
+        }
     }
 }
 

@@ -64,3 +64,11 @@ pub static PUBLISH_TO_SEND: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+pub static SHARED_CAPS_UNAVAILABLE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_shared_caps_unavailable_total",
+        "Handshakes let in on local caps alone because the shared store did not answer"
+    )
+    .unwrap()
+});

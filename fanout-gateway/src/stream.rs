@@ -18,7 +18,7 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite;
 
-use crate::limits::{CapExceeded, CapGuard};
+use crate::limits::{CapExceeded, CapGuard, SharedPlace, SharedRefusal};
 use crate::metrics;
 use crate::queue::{CloseReason, ViewerQueue};
 use crate::{AttachError, Gateway};
@@ -43,6 +43,38 @@ pub(crate) fn wants_sse(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
+fn too_many_handshakes() -> Response {
+    reject(
+        "rate_limited",
+        ApiError::too_many("too many connection attempts from this address; retry later"),
+    )
+}
+
+fn refuse_cap(gw: &Gateway, cap: CapExceeded) -> Response {
+    match cap {
+        CapExceeded::User => reject(
+            "user_cap",
+            ApiError::too_many(format!(
+                "at most {} concurrent streams per user",
+                gw.config.max_streams_per_user
+            )),
+        ),
+        CapExceeded::Address => reject(
+            "address_cap",
+            ApiError::too_many(format!(
+                "at most {} concurrent streams per address",
+                gw.config.max_streams_per_address
+            )),
+        ),
+    }
+}
+
+/// A stream's places under the caps: this gateway's, and the fleet's when shared.
+pub(crate) struct Place {
+    _local: CapGuard,
+    _shared: Option<SharedPlace>,
+}
+
 fn reject(reason: &'static str, e: ApiError) -> Response {
     metrics::REJECTED.with_label_values(&[reason]).inc();
     e.into_response()
@@ -65,35 +97,36 @@ pub(crate) async fn handle(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     if !gw.handshakes.allow(address) {
-        return reject(
-            "rate_limited",
-            ApiError::too_many("too many connection attempts from this address; retry later"),
-        );
+        return too_many_handshakes();
     }
     let claims = match authenticate(&gw.signer, &parts.headers, query.token.as_deref()) {
         Ok(c) => c,
         Err(e) => return reject("unauthorized", e),
     };
-    let place = match gw.caps.acquire(&claims.sub, address) {
+    let local = match gw.caps.acquire(&claims.sub, address) {
         Ok(g) => g,
-        Err(CapExceeded::User) => {
-            return reject(
-                "user_cap",
-                ApiError::too_many(format!(
-                    "at most {} concurrent streams per user",
-                    gw.config.max_streams_per_user
-                )),
-            )
+        Err(cap) => return refuse_cap(&gw, cap),
+    };
+    let shared = match &gw.shared {
+        None => None,
+        Some(shared) => {
+            let caps = (
+                gw.config.max_streams_per_user,
+                gw.config.max_streams_per_address,
+            );
+            match shared
+                .take(&claims.sub, address, caps, gw.config.handshakes_per_sec)
+                .await
+            {
+                Ok(place) => place,
+                Err(SharedRefusal::Rate) => return too_many_handshakes(),
+                Err(SharedRefusal::Cap(cap)) => return refuse_cap(&gw, cap),
+            }
         }
-        Err(CapExceeded::Address) => {
-            return reject(
-                "address_cap",
-                ApiError::too_many(format!(
-                    "at most {} concurrent streams per address",
-                    gw.config.max_streams_per_address
-                )),
-            )
-        }
+    };
+    let place = Place {
+        _local: local,
+        _shared: shared,
     };
     let websocket = wants_websocket(&parts.headers);
     if !websocket && !wants_sse(&parts.headers) {
@@ -187,11 +220,11 @@ fn close_for_read_error(e: axum::Error) -> Option<CloseReason> {
 /// closes its queue on the way out so the hub drops it.
 struct Connected {
     queue: Arc<ViewerQueue>,
-    _place: CapGuard,
+    _place: Place,
 }
 
 impl Connected {
-    fn new(queue: Arc<ViewerQueue>, transport: &str, place: CapGuard) -> Connected {
+    fn new(queue: Arc<ViewerQueue>, transport: &str, place: Place) -> Connected {
         metrics::VIEWERS.inc();
         metrics::CONNECTS.with_label_values(&[transport]).inc();
         Connected {
@@ -229,12 +262,7 @@ fn jittered(ms: u64) -> u64 {
     ms - spread + rand::rng().random_range(0..=2 * spread)
 }
 
-async fn websocket_viewer(
-    gw: Gateway,
-    socket: WebSocket,
-    queue: Arc<ViewerQueue>,
-    place: CapGuard,
-) {
+async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue>, place: Place) {
     let _connected = Connected::new(queue.clone(), "ws", place);
     let config = gw.config.clone();
     let (mut sink, mut incoming) = socket.split();
@@ -304,7 +332,7 @@ async fn websocket_viewer(
     }
 }
 
-fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, place: CapGuard) -> Response {
+fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, place: Place) -> Response {
     let connected = Connected::new(queue.clone(), "sse", place);
     let retry = Bytes::from(format!("retry: {}\n\n", jittered(gw.config.retry_after_ms)));
     struct Sse {

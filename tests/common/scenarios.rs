@@ -975,8 +975,9 @@ pub async fn gateway_failover(backend: &Backend) {
         Some("game-server"),
     )
     .await;
-    let a = App::spawn_with(backend, &[], &env, Some("gateway")).await;
-    let b = App::spawn_with(backend, &[], &env, Some("gateway")).await;
+    let caps = ["--max-streams-per-user", "2"];
+    let a = App::spawn_with(backend, &caps, &env, Some("gateway")).await;
+    let b = App::spawn_with(backend, &caps, &env, Some("gateway")).await;
     let match_id = eventually(Duration::from_secs(10), || async {
         let log = game.log();
         let i = log.find("match starting match_id=")?;
@@ -1013,6 +1014,36 @@ pub async fn gateway_failover(backend: &Backend) {
     for _ in 0..15 {
         line.observe(&ws_json(&mut ws).await).unwrap();
     }
+    // The per-user cap holds across the two gateways (Redis leases): two streams, one on
+    // each, and a third is refused by either; closing one frees a place.
+    let ann = protocol::TokenSigner::new(secret.as_bytes()).sign(&protocol::Claims {
+        sub: "ann".into(),
+        name: "Ann".into(),
+        exp: httpkit_now() + 600,
+    });
+    let ann_on = ws_connect(&on.ws_url(&stream), Some(&ann)).await.unwrap();
+    let ann_other = ws_connect(&other.ws_url(&stream), Some(&ann))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws_connect(&other.ws_url(&stream), Some(&ann)).await.err(),
+        Some(429)
+    );
+    assert_eq!(
+        ws_connect(&on.ws_url(&stream), Some(&ann)).await.err(),
+        Some(429)
+    );
+    ws_close(ann_other).await;
+    let again = eventually(Duration::from_secs(5), || async {
+        ws_connect(&other.ws_url(&stream), Some(&ann)).await.ok()
+    })
+    .await;
+    assert!(
+        again.is_some(),
+        "a place freed on one gateway is free fleet-wide"
+    );
+    drop(ann_on);
+
     on.crash();
     drop(ws);
     // The viewer resumes on the surviving gateway.
