@@ -164,6 +164,15 @@ async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStream> {
     Ok(socket.connect(addr).await?)
 }
 
+/// Tells the worker whether a viewer got in.
+fn report_open<T>(
+    opened: anyhow::Result<T>,
+    connected: tokio::sync::oneshot::Sender<bool>,
+) -> Option<T> {
+    let _ = connected.send(opened.is_ok());
+    opened.ok()
+}
+
 async fn websocket_viewer(
     tally: Arc<Tally>,
     viewer: usize,
@@ -187,15 +196,8 @@ async fn websocket_viewer(
             tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
         anyhow::Ok(ws)
     };
-    let mut ws = match opened.await {
-        Ok(ws) => {
-            let _ = connected.send(true);
-            ws
-        }
-        Err(_) => {
-            let _ = connected.send(false);
-            return;
-        }
+    let Some(mut ws) = report_open(opened.await, connected) else {
+        return;
     };
     tally.held.fetch_add(1, Ordering::Relaxed);
     let mut last = None;
@@ -243,15 +245,8 @@ async fn sse_viewer(
             }
         }
     };
-    let (mut stream, mut buf) = match opened.await {
-        Ok(s) => {
-            let _ = connected.send(true);
-            s
-        }
-        Err(_) => {
-            let _ = connected.send(false);
-            return;
-        }
+    let Some((mut stream, mut buf)) = report_open(opened.await, connected) else {
+        return;
     };
     tally.held.fetch_add(1, Ordering::Relaxed);
     let mut last = None;

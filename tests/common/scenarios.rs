@@ -424,15 +424,7 @@ pub async fn http_errors(backend: &Backend) {
     );
     let (status, health) = app.get("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("gs_ticks_total"), "metrics exposed");
     // Every documented path is routed (parameters filled with something that exists or not),
     // and answers with a status the document lists.

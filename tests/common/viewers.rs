@@ -16,15 +16,7 @@ use super::{App, Backend, VersionLine};
 
 /// A counter or gauge from the app's `/metrics`, summed over its labels.
 pub async fn metric(app: &App, name: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
