@@ -173,7 +173,8 @@ fn report_open<T>(
     opened.ok()
 }
 
-async fn websocket_viewer(
+/// One viewer to open: who it is, where from, where to, and who to tell once it is in.
+struct Slot {
     tally: Arc<Tally>,
     viewer: usize,
     source: String,
@@ -181,7 +182,18 @@ async fn websocket_viewer(
     path: String,
     token: String,
     connected: tokio::sync::oneshot::Sender<bool>,
-) {
+}
+
+async fn websocket_viewer(slot: Slot) {
+    let Slot {
+        tally,
+        viewer,
+        source,
+        gateway,
+        path,
+        token,
+        connected,
+    } = slot;
     let opened = async {
         let stream = open_socket(&source, &gateway).await?;
         let mut req =
@@ -211,15 +223,16 @@ async fn websocket_viewer(
     tally.held.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn sse_viewer(
-    tally: Arc<Tally>,
-    viewer: usize,
-    source: String,
-    gateway: String,
-    path: String,
-    token: String,
-    connected: tokio::sync::oneshot::Sender<bool>,
-) {
+async fn sse_viewer(slot: Slot) {
+    let Slot {
+        tally,
+        viewer,
+        source,
+        gateway,
+        path,
+        token,
+        connected,
+    } = slot;
     // HTTP/1.0: the body is delimited by the connection's end, so there are no chunk
     // headers between events.
     let opened = async {
@@ -301,12 +314,19 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
             drop(permit);
             let _ = gated_tx.send(done);
         });
+        let slot = Slot {
+            tally,
+            viewer,
+            source,
+            gateway,
+            path,
+            token,
+            connected: tx,
+        };
         if sse {
-            tokio::spawn(sse_viewer(tally, viewer, source, gateway, path, token, tx));
+            tokio::spawn(sse_viewer(slot));
         } else {
-            tokio::spawn(websocket_viewer(
-                tally, viewer, source, gateway, path, token, tx,
-            ));
+            tokio::spawn(websocket_viewer(slot));
         }
         waits.push(gated_rx);
     }

@@ -26,6 +26,13 @@ pub async fn metric(app: &App, name: &str) -> f64 {
         .sum()
 }
 
+/// A guest token and the stream path of the app's one live match.
+async fn viewer_of_one_match(app: &App) -> (String, String) {
+    let token = app.guest_token().await;
+    let id = app.live_match_ids(1).await.remove(0);
+    (token, format!("/v1/matches/{id}/stream"))
+}
+
 fn host_port(app: &App) -> String {
     app.base.trim_start_matches("http://").to_string()
 }
@@ -68,9 +75,7 @@ pub async fn slow_viewer(backend: &Backend) {
         ],
     )
     .await;
-    let token = app.guest_token().await;
-    let id = app.live_match_ids(1).await.remove(0);
-    let path = format!("/v1/matches/{id}/stream");
+    let (token, path) = viewer_of_one_match(&app).await;
 
     let mut slow = slow_ws(&app, &path, &token).await;
     let mut slow_line = VersionLine::default();
@@ -160,9 +165,7 @@ pub async fn stalled_and_half_open(backend: &Backend) {
         ],
     )
     .await;
-    let token = app.guest_token().await;
-    let id = app.live_match_ids(1).await.remove(0);
-    let path = format!("/v1/matches/{id}/stream");
+    let (token, path) = viewer_of_one_match(&app).await;
     let mut bystander = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
     let mut line = VersionLine::default();
     line.observe(&ws_json(&mut bystander).await).unwrap();
