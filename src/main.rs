@@ -150,6 +150,23 @@ struct Cli {
         global = true
     )]
     resume_window: usize,
+    /// Hold every match of this game server back this long for viewers (competitive play,
+    /// against ghosting); 0 broadcasts live. At most 10 minutes.
+    #[arg(long, env = "GRANDSTAND_BROADCAST_DELAY_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600_000), global = true)]
+    broadcast_delay_ms: u64,
+    /// Records a match hub holds for its broadcast delay; at the limit the hub stops reading
+    /// the log until the oldest is due (the log keeps the rest).
+    #[arg(
+        long,
+        env = "GRANDSTAND_DELAY_LINE",
+        default_value_t = 16_384,
+        global = true
+    )]
+    delay_line: usize,
+    /// Put each record's log publish time (`published_us`) in viewer messages: a debugging aid
+    /// for measuring publish -> screen latency, off in production.
+    #[arg(long, env = "GRANDSTAND_STAMP_PUBLISH_TIME", global = true)]
+    stamp_publish_time: bool,
     /// Seconds a viewer may leave frames unread before it is closed.
     #[arg(
         long,
@@ -501,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
             advertise: cli.advertise_udp.clone(),
             // Takeover needs checkpoints another process can read: Redis.
             checkpoints: cli.redis_url.is_some(),
+            broadcast_delay: Duration::from_millis(cli.broadcast_delay_ms),
             ..Default::default()
         };
         let stores = game_server::GameServerStores {
@@ -546,6 +564,8 @@ async fn main() -> anyhow::Result<()> {
         let config = fanout_gateway::GatewayConfig {
             viewer_queue: cli.viewer_queue,
             ring_capacity: cli.resume_window,
+            delay_line: cli.delay_line.max(16),
+            publish_stamps: cli.stamp_publish_time,
             stall_deadline: Duration::from_secs(cli.stall_secs.max(1)),
             max_streams_per_user: cli.max_streams_per_user,
             max_streams_per_address: cli.max_streams_per_address,

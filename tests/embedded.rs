@@ -53,3 +53,10 @@ async fn stalled_and_half_open_viewers() {
     common::viewers::stalled_and_half_open(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_delay() {
+    let backend = Backend::embedded();
+    common::viewers::broadcast_delay(&backend).await;
+    backend.cleanup().await;
+}

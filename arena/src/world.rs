@@ -518,6 +518,8 @@ impl World {
                     .collect(),
             },
             players,
+            broadcast_delay_ms: 0,
+            tick_hz: 0,
         }
     }
 }

@@ -2,6 +2,11 @@
 //! latest keyframe, keeps the spectator state and a ring of recent frames (in a
 //! [`MatchFeed`]), and hands every frame, encoded once, to each viewer's queue. It starts with
 //! the first viewer and stops after the last one leaves and a short linger.
+//!
+//! A match with a broadcast delay (its keyframes say how long) goes through a bounded
+//! [`DelayLine`] first: each record is applied and sent when its log publish time plus the
+//! delay has passed, so no viewer of this gateway sees the match earlier than that; the first
+//! viewer of a fresh hub waits out the delay once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,9 +16,10 @@ use std::time::{Duration, Instant};
 use backends::{LogError, LogItem, LogStream, MatchLog};
 use futures::StreamExt;
 use httpkit::Shutdown;
-use protocol::{now_ms, Applied, MatchFeed, StreamPosition};
+use protocol::{now_us, Applied, LogKind, MatchFeed, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delay::DelayLine;
 use crate::metrics;
 use crate::queue::{CloseReason, Pushed, ViewerQueue};
 use crate::GatewayConfig;
@@ -91,6 +97,23 @@ impl Hub {
         }
     }
 
+    /// Subscribes again from the latest keyframe, retrying until the log answers or the
+    /// gateway shuts down.
+    async fn resubscribe(&self) -> LogStream {
+        loop {
+            match self.subscribe().await {
+                Ok(s) => return s,
+                Err(e) => {
+                    tracing::warn!(match_id = %self.match_id, error = %e, "resubscribe failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.shutdown.cancelled() => return futures::stream::empty().boxed(),
+                    }
+                }
+            }
+        }
+    }
+
     async fn follow_and_serve(&mut self) {
         let mut stream = match self.subscribe().await {
             Ok(s) => s,
@@ -100,25 +123,37 @@ impl Hub {
                 return self.refuse_all(AttachError::Unavailable);
             }
         };
-        let mut feed = MatchFeed::new(self.match_id.clone(), self.config.ring_capacity);
-        let mut viewers: Vec<Arc<ViewerQueue>> = Vec::new();
-        let mut waiting: Vec<Attach> = Vec::new();
-        let mut caught_up = false;
+        let mut served = Served {
+            feed: MatchFeed::new(self.match_id.clone(), self.config.ring_capacity)
+                .with_publish_stamps(self.config.publish_stamps),
+            viewers: Vec::new(),
+            waiting: Vec::new(),
+            caught_up: false,
+        };
+        // The match's broadcast delay, as its latest keyframe states it.
+        let mut delay_us = 0u64;
+        let mut line: DelayLine<LogItem> = DelayLine::new(self.config.delay_line);
         let mut empty_since = Some(Instant::now());
         let mut sweep = tokio::time::interval(Duration::from_millis(500));
         loop {
+            let next_due = line.next_due().map(|due| {
+                tokio::time::Instant::now() + Duration::from_micros(due.saturating_sub(now_us()))
+            });
             tokio::select! {
-                item = stream.next() => {
+                // A full delay line stops reading: the log holds what is not due yet.
+                item = stream.next(), if !line.is_full() => {
                     let resubscribe = match item {
                         Some(Ok(item)) => {
-                            let gap = deliver(&self.match_id, &mut feed, &mut viewers, &item);
-                            if !gap && item.caught_up && !caught_up {
-                                caught_up = true;
-                                for a in waiting.drain(..) {
-                                    attach(&mut feed, &mut viewers, a, &self.config);
-                                }
+                            if item.record.kind == LogKind::Keyframe {
+                                delay_us = broadcast_delay_ms(&item.record.body).saturating_mul(1000);
                             }
-                            gap
+                            if delay_us == 0 && line.is_empty() {
+                                served.take(&self.match_id, item, &self.config)
+                            } else {
+                                let published = item.published_us.unwrap_or_else(now_us);
+                                line.push(published.saturating_add(delay_us), item);
+                                false
+                            }
                         }
                         Some(Err(LogError::UnknownMatch)) => true,
                         Some(Err(e)) => {
@@ -128,38 +163,38 @@ impl Hub {
                         None => true,
                     };
                     if resubscribe {
-                        stream = loop {
-                            match self.subscribe().await {
-                                Ok(s) => break s,
-                                Err(e) => {
-                                    tracing::warn!(match_id = %self.match_id, error = %e, "resubscribe failed");
-                                    tokio::select! {
-                                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                        _ = self.shutdown.cancelled() => break futures::stream::empty().boxed(),
-                                    }
-                                }
-                            }
-                        };
+                        line.clear();
+                        stream = self.resubscribe().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {
+                    let now = now_us();
+                    while let Some(item) = line.pop_due(now) {
+                        if served.take(&self.match_id, item, &self.config) {
+                            line.clear();
+                            stream = self.resubscribe().await;
+                            break;
+                        }
                     }
                 }
                 a = self.attach_rx.recv() => {
                     let Some(a) = a else { return };
-                    if caught_up {
-                        attach(&mut feed, &mut viewers, a, &self.config);
+                    if served.caught_up {
+                        attach(&mut served.feed, &mut served.viewers, a, &self.config);
                     } else {
-                        waiting.push(a);
+                        served.waiting.push(a);
                     }
                 }
                 _ = sweep.tick() => {
                     let stall = self.config.stall_deadline;
-                    viewers.retain(|v| {
+                    served.viewers.retain(|v| {
                         if v.stalled_for(stall) {
                             metrics::STALLED_CLOSED.inc();
                             v.close(CloseReason { code: 1008, reason: "viewer stopped reading".into(), retry_after_ms: 1000 });
                         }
                         !v.is_closed()
                     });
-                    if viewers.is_empty() && waiting.is_empty() {
+                    if served.viewers.is_empty() && served.waiting.is_empty() {
                         let since = *empty_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= self.config.hub_linger && self.try_leave() {
                             return;
@@ -169,16 +204,50 @@ impl Hub {
                     }
                 }
                 _ = self.shutdown.cancelled() => {
-                    for v in &viewers {
+                    for v in &served.viewers {
                         v.close(going_away("server shutting down", self.config.retry_after_ms));
                     }
                     self.refuse_all(AttachError::Unavailable);
                     return;
                 }
             }
-            self.viewer_count.store(viewers.len(), Ordering::Relaxed);
+            self.viewer_count
+                .store(served.viewers.len(), Ordering::Relaxed);
         }
     }
+}
+
+/// What a hub serves: the feed at the (possibly delayed) release point, its viewers, and the
+/// viewers waiting for it to catch up.
+struct Served {
+    feed: MatchFeed,
+    viewers: Vec<Arc<ViewerQueue>>,
+    waiting: Vec<Attach>,
+    caught_up: bool,
+}
+
+impl Served {
+    /// Applies one released log item. Returns true on a gap (resubscribe).
+    fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> bool {
+        let gap = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
+        if !gap && item.caught_up && !self.caught_up {
+            self.caught_up = true;
+            for a in self.waiting.drain(..) {
+                attach(&mut self.feed, &mut self.viewers, a, config);
+            }
+        }
+        gap
+    }
+}
+
+/// The broadcast delay a keyframe states (0 when absent or unreadable).
+fn broadcast_delay_ms(keyframe: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Delay {
+        #[serde(default)]
+        broadcast_delay_ms: u64,
+    }
+    serde_json::from_slice::<Delay>(keyframe).map_or(0, |d| d.broadcast_delay_ms)
 }
 
 /// Applies one log item and fans out what it produced. Returns true on a gap (the caller
@@ -189,10 +258,10 @@ fn deliver(
     viewers: &mut Vec<Arc<ViewerQueue>>,
     item: &LogItem,
 ) -> bool {
-    match feed.apply_published(&item.record, item.published_ms) {
+    match feed.apply_published(&item.record, item.published_us) {
         Applied::Appended(frame) => {
-            if let Some(p) = item.published_ms {
-                metrics::LOG_TO_HUB.observe(now_ms().saturating_sub(p) as f64 / 1000.0);
+            if let Some(p) = item.published_us {
+                metrics::LOG_TO_HUB.observe(now_us().saturating_sub(p) as f64 / 1e6);
             }
             viewers.retain(|v| match v.push(frame.clone(), || feed.snapshot_frame()) {
                 Pushed::Queued => true,

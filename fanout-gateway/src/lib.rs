@@ -3,6 +3,7 @@
 //! section 4). One hub per match encodes each message once; every viewer has a bounded queue.
 
 mod boards;
+mod delay;
 mod hub;
 pub mod limits;
 mod metrics;
@@ -32,6 +33,11 @@ use queue::ViewerQueue;
 pub struct GatewayConfig {
     /// Recent frames kept per match for resuming viewers (about 25 s at 10 Hz).
     pub ring_capacity: usize,
+    /// Records a hub holds back for a match's broadcast delay; when full it stops reading the
+    /// log until the oldest is due (the log keeps the rest, so nothing is dropped).
+    pub delay_line: usize,
+    /// Viewer messages carry the log's publish time (`published_us`): a debugging aid.
+    pub publish_stamps: bool,
     /// Frames queued per viewer before its backlog is replaced by a snapshot.
     pub viewer_queue: usize,
     /// A viewer whose frames wait unread this long is closed.
@@ -60,6 +66,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             ring_capacity: 256,
+            delay_line: 16_384,
+            publish_stamps: false,
             viewer_queue: 64,
             stall_deadline: Duration::from_secs(30),
             hub_linger: Duration::from_secs(10),

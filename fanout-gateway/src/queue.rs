@@ -134,7 +134,7 @@ mod tests {
             position: StreamPosition { epoch: 1, version },
             json: bytes::Bytes::new(),
             sse: bytes::Bytes::new(),
-            published_ms: None,
+            published_us: None,
         })
     }
 

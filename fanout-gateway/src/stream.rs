@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use httpkit::{authenticate, ApiError};
-use protocol::{now_ms, parse_position, StreamPosition};
+use protocol::{parse_position, StreamPosition};
 use rand::Rng;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite;
@@ -249,10 +249,10 @@ impl Drop for Connected {
 fn record_sent(frames: &[Arc<protocol::Frame>], bytes: usize) {
     metrics::MESSAGES_OUT.inc_by(frames.len() as u64);
     metrics::BYTES_OUT.inc_by(bytes as u64);
-    let now = now_ms();
+    let now = protocol::now_us();
     for f in frames {
-        if let Some(p) = f.published_ms {
-            metrics::PUBLISH_TO_SEND.observe(now.saturating_sub(p) as f64 / 1000.0);
+        if let Some(p) = f.published_us {
+            metrics::PUBLISH_TO_SEND.observe(now.saturating_sub(p) as f64 / 1e6);
         }
     }
 }

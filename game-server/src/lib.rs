@@ -62,6 +62,8 @@ pub struct GameServerConfig {
     pub advertise: Option<String>,
     /// Take over crashed rooms from checkpoints (needs a shared checkpoint store).
     pub checkpoints: bool,
+    /// How far behind the live game viewers watch this server's matches (0: live).
+    pub broadcast_delay: Duration,
 }
 
 impl Default for GameServerConfig {
@@ -85,6 +87,7 @@ impl Default for GameServerConfig {
             connect_token_ttl: Duration::from_secs(600),
             advertise: None,
             checkpoints: true,
+            broadcast_delay: Duration::ZERO,
         }
     }
 }
@@ -199,6 +202,7 @@ impl GameServer {
             delta: self.config.delta,
             rewind_cap_ms: self.config.rewind_cap_ms,
             server: self.address.clone(),
+            broadcast_delay: self.config.broadcast_delay,
         }
     }
 

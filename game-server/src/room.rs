@@ -58,6 +58,8 @@ pub struct RoomConfig {
     pub rewind_cap_ms: u32,
     /// This server's player address (what connect tokens name).
     pub server: String,
+    /// Carried in every keyframe, so gateways and the cold-load API hold the match back.
+    pub broadcast_delay: Duration,
 }
 
 impl RoomConfig {
@@ -661,7 +663,10 @@ pub async fn run_room(
         }
     }
     let mut view = room.world.spectator_state(&room.config.region);
-    room.outbox.push(RoomOutput::Start(Box::new(view.clone())));
+    let mut start = view.clone();
+    start.broadcast_delay_ms = room.config.broadcast_delay.as_millis() as u64;
+    start.tick_hz = u64::from(room.config.tick_hz);
+    room.outbox.push(RoomOutput::Start(Box::new(start)));
     if fresh {
         room.outbox.event(MatchEvent::MatchStarted {});
         let joined: Vec<MatchEvent> = room

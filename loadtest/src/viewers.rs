@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{machine, Latency, Results, Row};
+use protocol::now_us;
 
 const SECRET: &str = "loadtest-secret-shared-with-the-gateways";
 
@@ -101,13 +102,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// A number that follows `key` in a JSON text, without parsing the rest.
 fn number_after(text: &str, key: &str) -> Option<u64> {
     let at = text.find(key)? + key.len();
@@ -141,7 +135,7 @@ impl Tally {
             }
         }
         *last_version = version.or(*last_version);
-        let Some(sent) = number_after(text, "\"t_us\":") else {
+        let Some(sent) = number_after(text, "\"published_us\":") else {
             return;
         };
         let (from, to) = *self.window.lock().unwrap();
@@ -417,6 +411,9 @@ fn start_gateway(bin: &PathBuf, args: &Args, stream: &str, root: &str) -> anyhow
         .args(["--max-streams-per-user", "4", "--max-streams-per-address"])
         .arg((args.viewers + 1).to_string())
         .args(["--handshakes-per-sec", "1000000"])
+        // Latency is measured from the log's publish time, which the gateway only puts in
+        // viewer messages when asked.
+        .arg("--stamp-publish-time")
         .args(["--max-connections", "1000000"])
         .env("NATS_URL", &args.nats_url)
         .env("GRANDSTAND_TOKEN_SECRET", SECRET)
@@ -468,7 +465,9 @@ async fn publish(
         body: Bytes::from(serde_json::to_vec(&state).expect("json")),
     };
     let _ = log.publish(keyframe(version)).await;
-    let pad = "x".repeat(payload.saturating_sub(60));
+    // A real delta (gateways send only the viewer contract): one player moving, whose name
+    // pads the message to `payload` bytes.
+    let pad = "x".repeat(payload.saturating_sub(190));
     // Matches are not in step with each other: each starts at a random phase of the period.
     let period = 1.0 / f64::from(rate.max(1));
     tokio::time::sleep(Duration::from_secs_f64(period * rand::random::<f64>())).await;
@@ -481,8 +480,9 @@ async fn publish(
         }
         version += 1;
         let body = format!(
-            "{{\"tick\":{version},\"t_us\":{},\"pad\":\"{pad}\"}}",
-            now_us()
+            "{{\"tick\":{version},\"players\":{{\"p1\":{{\"name\":\"{pad}\",\"x\":{},\"y\":{},\"angle\":0,\"hp\":100,\"alive\":true,\"score\":0,\"kills\":0,\"deaths\":0,\"bot\":true}}}}}}",
+            version % 10_000,
+            (version * 7) % 10_000
         );
         let record = LogRecord {
             match_id: match_id.clone(),
@@ -719,9 +719,12 @@ mod tests {
 
     #[test]
     fn reads_numbers_out_of_frames() {
-        let t = r#"{"type":"delta","match":"m","epoch":1,"version":42,"tick":42,"t_us":1700000000123456,"pad":"x"}"#;
+        let t = r#"{"type":"delta","match":"m","epoch":1,"version":42,"published_us":1700000000123456,"tick":42}"#;
         assert_eq!(number_after(t, "\"version\":"), Some(42));
-        assert_eq!(number_after(t, "\"t_us\":"), Some(1_700_000_000_123_456));
+        assert_eq!(
+            number_after(t, "\"published_us\":"),
+            Some(1_700_000_000_123_456)
+        );
         assert_eq!(number_after(t, "\"missing\":"), None);
     }
 }

@@ -3,12 +3,18 @@
 //!
 //! This is the pure core of a gateway hub. It never blocks and does no I/O; the hub feeds it
 //! log records and hands the frames it returns to viewers.
+//!
+//! Viewers get the documented viewer contract and nothing more: every body is decoded into its
+//! typed form and re-encoded (once per message, not per viewer), so whatever a room puts in the
+//! log for other consumers (an event's `seq` and `region`, fields a future room version adds for
+//! the aggregator, debugging data) never reaches a browser.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::event::{EventRecord, MatchEvent};
 use crate::log::{LogKind, LogRecord};
 use crate::state::{Delta, SpectatorState};
 use crate::viewer::{decide_resume, Resume, StreamPosition};
@@ -38,9 +44,9 @@ pub struct Frame {
     pub position: StreamPosition,
     pub json: Bytes,
     pub sse: Bytes,
-    /// When the record was published, if known (ms since the Unix epoch); for lag metrics only,
-    /// never sent to viewers.
-    pub published_ms: Option<u64>,
+    /// When the log accepted the record, if known (µs since the Unix epoch); for lag metrics,
+    /// sent to viewers only by a feed built [`MatchFeed::with_publish_stamps`].
+    pub published_us: Option<u64>,
 }
 
 impl Frame {
@@ -54,21 +60,30 @@ impl Frame {
             position,
             json,
             sse: sse.freeze(),
-            published_ms: None,
+            published_us: None,
         }
     }
 }
 
-/// Builds `{"type":T,"match":M,"epoch":E,"version":V,<fields of body>}` from an already encoded
-/// JSON object `body`, without decoding it again.
-fn envelope(kind: FrameKind, match_id: &str, position: StreamPosition, body: &[u8]) -> Bytes {
-    let head = format!(
+/// Builds `{"type":T,"match":M,"epoch":E,"version":V[,"published_us":P],<fields of body>}` from
+/// an already encoded JSON object `body`, without decoding it again.
+fn envelope(
+    kind: FrameKind,
+    match_id: &str,
+    position: StreamPosition,
+    published_us: Option<u64>,
+    body: &[u8],
+) -> Bytes {
+    let mut head = format!(
         "{{\"type\":\"{}\",\"match\":{},\"epoch\":{},\"version\":{}",
         kind.as_str(),
         serde_json::to_string(match_id).expect("string serializes"),
         position.epoch,
         position.version
     );
+    if let Some(p) = published_us {
+        head.push_str(&format!(",\"published_us\":{p}"));
+    }
     let mut out = BytesMut::with_capacity(head.len() + body.len() + 2);
     out.put_slice(head.as_bytes());
     let inner = body
@@ -108,6 +123,16 @@ pub struct MatchFeed {
     ring: VecDeque<Arc<Frame>>,
     ring_capacity: usize,
     snapshot: Option<Arc<Frame>>,
+    publish_stamps: bool,
+}
+
+/// An event as viewers see it: the fact and when it happened. The consumers' bookkeeping
+/// (`seq`, `region`) stays in the log.
+#[derive(serde::Serialize)]
+struct ViewerEvent<'a> {
+    at_ms: u64,
+    #[serde(flatten)]
+    event: &'a MatchEvent,
 }
 
 impl MatchFeed {
@@ -120,7 +145,15 @@ impl MatchFeed {
             ring: VecDeque::with_capacity(ring_capacity.min(1024)),
             ring_capacity: ring_capacity.max(1),
             snapshot: None,
+            publish_stamps: false,
         }
+    }
+
+    /// A feed whose delta and event frames carry `published_us`, when the log accepted them:
+    /// a debugging aid for measuring publish -> screen latency in clients, off by default.
+    pub fn with_publish_stamps(mut self, on: bool) -> MatchFeed {
+        self.publish_stamps = on;
+        self
     }
 
     pub fn match_id(&self) -> &str {
@@ -145,7 +178,7 @@ impl MatchFeed {
     }
 
     /// Like [`MatchFeed::apply`], stamping the frame with when the log accepted the record.
-    pub fn apply_published(&mut self, record: &LogRecord, published_ms: Option<u64>) -> Applied {
+    pub fn apply_published(&mut self, record: &LogRecord, published_us: Option<u64>) -> Applied {
         let got = StreamPosition {
             epoch: record.epoch,
             version: record.version,
@@ -169,24 +202,40 @@ impl MatchFeed {
                 if got != expected {
                     return Applied::Gap { expected, got };
                 }
-                let kind = if record.kind == LogKind::Delta {
-                    match serde_json::from_slice::<Delta>(&record.body) {
-                        Ok(delta) => self.state.apply(&delta),
+                let (kind, body) = if record.kind == LogKind::Delta {
+                    let body = match serde_json::from_slice::<Delta>(&record.body) {
+                        Ok(delta) => {
+                            self.state.apply(&delta);
+                            serde_json::to_vec(&delta).expect("delta serializes")
+                        }
                         // A malformed delta from our own room is a bug: skip its effect but
                         // keep the version line, so viewers are not stalled by it.
                         Err(e) => {
-                            tracing::error!(match_id = %self.match_id, at = %got, error = %e, "malformed delta")
+                            tracing::error!(match_id = %self.match_id, at = %got, error = %e, "malformed delta");
+                            b"{}".to_vec()
                         }
-                    }
-                    FrameKind::Delta
+                    };
+                    (FrameKind::Delta, body)
                 } else {
-                    FrameKind::Event
+                    let body = match serde_json::from_slice::<EventRecord>(&record.body) {
+                        Ok(e) => serde_json::to_vec(&ViewerEvent {
+                            at_ms: e.at_ms,
+                            event: &e.event,
+                        })
+                        .expect("event serializes"),
+                        Err(e) => {
+                            tracing::error!(match_id = %self.match_id, at = %got, error = %e, "malformed event");
+                            b"{}".to_vec()
+                        }
+                    };
+                    (FrameKind::Event, body)
                 };
                 self.position = Some(got);
                 self.snapshot = None;
+                let stamp = published_us.filter(|_| self.publish_stamps);
                 let mut frame =
-                    Frame::new(kind, got, envelope(kind, &self.match_id, got, &record.body));
-                frame.published_ms = published_ms;
+                    Frame::new(kind, got, envelope(kind, &self.match_id, got, stamp, &body));
+                frame.published_us = published_us;
                 let frame = Arc::new(frame);
                 if self.ring.len() == self.ring_capacity {
                     self.ring.pop_front();
@@ -225,7 +274,7 @@ impl MatchFeed {
         let frame = Arc::new(Frame::new(
             FrameKind::Snapshot,
             position,
-            envelope(FrameKind::Snapshot, &self.match_id, position, &body),
+            envelope(FrameKind::Snapshot, &self.match_id, position, None, &body),
         ));
         self.snapshot = Some(frame.clone());
         Some(frame)
@@ -398,8 +447,79 @@ mod tests {
     }
 
     #[test]
+    fn viewers_get_the_contract_not_what_else_the_log_carries() {
+        let mut feed = MatchFeed::new("m1", 4);
+        feed.apply(&keyframe(1, 0, &SpectatorState::default()));
+        let mut record = delta(1, 1, &moved(1, 5));
+        let mut body: serde_json::Value = serde_json::from_slice(&record.body).unwrap();
+        body["internal_rtt_ms"] = 12.into();
+        body["players"]["p1"]["ip"] = "10.0.0.7".into();
+        record.body = serde_json::to_vec(&body).unwrap().into();
+        let Applied::Appended(f) = feed.apply_published(&record, Some(1_700_000_000_000_123))
+        else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(v["players"]["p1"]["x"], 5);
+        assert!(v.get("internal_rtt_ms").is_none(), "{v}");
+        assert!(v["players"]["p1"].get("ip").is_none(), "{v}");
+        // The publish time is kept for metrics but not sent unless stamps are on.
+        assert!(v.get("published_us").is_none());
+        assert_eq!(f.published_us, Some(1_700_000_000_000_123));
+
+        let event = EventRecord {
+            seq: 7,
+            region: "eu".into(),
+            at_ms: 1_700_000_000_000,
+            event: MatchEvent::Kill {
+                killer: "p1".into(),
+                victim: "p2".into(),
+            },
+        };
+        let record = LogRecord {
+            match_id: "m1".into(),
+            epoch: 1,
+            version: 2,
+            kind: LogKind::Event,
+            body: serde_json::to_vec(&event).unwrap().into(),
+        };
+        let Applied::Appended(f) = feed.apply(&record) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["kind"], "kill");
+        assert_eq!(v["killer"], "p1");
+        assert_eq!(v["at_ms"], 1_700_000_000_000u64);
+        assert!(v.get("seq").is_none() && v.get("region").is_none(), "{v}");
+
+        // A malformed body keeps the version line with an empty message.
+        let mut bad = delta(1, 3, &moved(3, 1));
+        bad.body = bytes::Bytes::from_static(b"{\"tick\":\"not a number\"}");
+        let Applied::Appended(f) = feed.apply(&bad) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(v["version"], 3);
+        assert!(v.get("tick").is_none());
+    }
+
+    #[test]
+    fn publish_stamps_are_opt_in() {
+        let mut feed = MatchFeed::new("m1", 4).with_publish_stamps(true);
+        feed.apply(&keyframe(1, 0, &SpectatorState::default()));
+        let Applied::Appended(f) = feed.apply_published(&delta(1, 1, &moved(1, 5)), Some(42))
+        else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(v["published_us"], 42);
+        assert_eq!(v["version"], 1);
+    }
+
+    #[test]
     fn empty_bodies_still_make_valid_json() {
-        let e = envelope(FrameKind::Event, "m\"1", pos(1, 2), b"{}");
+        let e = envelope(FrameKind::Event, "m\"1", pos(1, 2), None, b"{}");
         let v: serde_json::Value = serde_json::from_slice(&e).unwrap();
         assert_eq!(v["match"], "m\"1");
     }

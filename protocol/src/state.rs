@@ -42,6 +42,18 @@ pub struct SpectatorState {
     pub tick: u64,
     pub arena: Arena,
     pub players: BTreeMap<PlayerId, PlayerView>,
+    /// How long after the live game viewers see it (competitive matches, against ghosting);
+    /// gateways hold the stream back this long and the cold-load API does not serve it live.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub broadcast_delay_ms: u64,
+    /// Simulation ticks per second, so clients can place each `tick` on a timeline (for
+    /// interpolation and for telling how far behind the game their stream is).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tick_hz: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +205,8 @@ mod tests {
                 tick,
                 arena: Arena::default(),
                 players,
+                broadcast_delay_ms: 0,
+                tick_hz: 0,
             })
     }
 

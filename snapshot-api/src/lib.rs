@@ -225,7 +225,8 @@ pub fn router(state: ApiState) -> Router {
         .unwrap_or_else(|| Arc::new(NoMatchmaker));
     let matchmaking = httpkit::matchmaking_router(mm, state.inner.signer.clone());
     Router::new()
-        .route("/", get(placeholder_page))
+        .route("/", get(dashboard_index))
+        .route("/assets/{*file}", get(dashboard_asset))
         .route("/openapi.json", get(openapi))
         .route("/v1/auth/guest", post(guest))
         .route("/v1/matches", get(list_matches))
@@ -258,8 +259,53 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn placeholder_page() -> Html<&'static str> {
-    Html(include_str!("../../web-dashboard/placeholder.html"))
+mod dashboard {
+    include!(concat!(env!("OUT_DIR"), "/dashboard.rs"));
+}
+
+fn dashboard_file(path: &str) -> Option<&'static [u8]> {
+    dashboard::DASHBOARD
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, body)| *body)
+}
+
+/// The dashboard page. Never cached for long: it names the current hashed assets.
+async fn dashboard_index() -> Response {
+    let Some(body) = dashboard_file("/index.html") else {
+        // A build without the dashboard assets (they are committed, so only a hand-made tree).
+        return Html(include_str!("../../web-dashboard/placeholder.html")).into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Hashed assets: their names change with their content, so browsers may keep them forever.
+async fn dashboard_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+    let body = dashboard_file(&format!("/assets/{file}"))
+        .ok_or_else(|| ApiError::not_found("no such asset"))?;
+    let content_type = match file.rsplit('.').next() {
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("woff2") => "font/woff2",
+        _ => "application/octet-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Serialize)]
@@ -320,8 +366,15 @@ struct MatchListing {
     viewers: u64,
     epoch: u64,
     version: u64,
-    /// The top scores, as of the latest keyframe (a few seconds old at most).
+    /// The top scores, as of the latest keyframe (a few seconds old at most); empty for a
+    /// match broadcast with a delay.
     top: Vec<ScoreLine>,
+    #[serde(skip_serializing_if = "is_zero")]
+    broadcast_delay_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn log_error(e: LogError) -> ApiError {
@@ -344,9 +397,12 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
         let Ok(state) = serde_json::from_slice::<SpectatorState>(&kf.body) else {
             continue;
         };
+        // A delayed match's live scores would give its players away: list it without them.
+        let delayed = state.broadcast_delay_ms > 0;
         let mut top: Vec<ScoreLine> = state
             .players
             .iter()
+            .filter(|_| !delayed)
             .map(|(p, v)| ScoreLine {
                 player: p.clone(),
                 name: v.name.clone(),
@@ -364,6 +420,7 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
             epoch: kf.epoch,
             version: kf.version,
             top,
+            broadcast_delay_ms: state.broadcast_delay_ms,
         });
     }
     // Live matches first, the most recent first within each status.
@@ -414,6 +471,19 @@ async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapsho
     let position = feed
         .position()
         .ok_or_else(|| ApiError::not_found("no such match"))?;
+    // The cold load reads the live log; a match broadcast with a delay must come from a
+    // gateway, which holds it back. Saying so beats serving the live state.
+    let delay = feed.state().broadcast_delay_ms;
+    if delay > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delayed_broadcast",
+            format!(
+                "this match is broadcast {} s behind the game; open its stream without `since` (the first message is a delayed snapshot)",
+                delay as f64 / 1000.0
+            ),
+        ));
+    }
     let body = serde_json::to_vec(&serde_json::json!({
         "match": match_id,
         "epoch": position.epoch,

@@ -350,6 +350,17 @@ pub async fn scores_and_history(backend: &Backend) {
         Some(*score),
         "stats count each kill once"
     );
+    // Recent matches: the finished matches this player was in, with their kills.
+    let recent = stats["recent"].as_array().expect("recent matches");
+    assert!(!recent.is_empty(), "{stats}");
+    assert!(
+        recent
+            .iter()
+            .all(|m| ids.iter().any(|id| m["id"] == id.as_str())),
+        "{stats}"
+    );
+    let kills: i64 = recent.iter().filter_map(|m| m["kills"].as_i64()).sum();
+    assert_eq!(kills, *score, "{stats}");
     drop(app);
 }
 
@@ -468,6 +479,30 @@ pub async fn http_errors(backend: &Backend) {
         .await
         .unwrap();
     assert!(page.contains("Grandstand"));
+    // The dashboard is embedded in the binary: its page names hashed assets that are served
+    // from memory with a long cache lifetime.
+    let script = page
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page loads a script");
+    assert!(script.starts_with("/assets/"), "{script}");
+    let r = app.http.get(app.url(script)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert!(r.bytes().await.unwrap().len() > 10_000);
+    let (status, body) = app.get("/assets/nope.js").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     drop(app);
 }
 

@@ -315,3 +315,90 @@ fn close_frame(bytes: &[u8]) -> Option<(u16, String)> {
     }
     None
 }
+
+/// A match broadcast with a delay: the first viewer waits it out, every message it gets left
+/// the log at least the delay earlier (the debug publish stamp says when), a second viewer
+/// joins at once on the same delayed line, events arrive without the log's bookkeeping fields,
+/// and neither the cold-load API nor the match list gives the live game away.
+pub async fn broadcast_delay(backend: &Backend) {
+    let delay = Duration::from_millis(1500);
+    let app = App::spawn(
+        backend,
+        &[
+            "--matches",
+            "1",
+            "--bots",
+            "6",
+            "--broadcast-delay-ms",
+            "1500",
+            "--stamp-publish-time",
+        ],
+    )
+    .await;
+    let listed = app.live_matches(1).await.remove(0);
+    let id = listed["id"].as_str().unwrap().to_string();
+    assert_eq!(listed["broadcast_delay_ms"], 1500, "{listed}");
+    assert_eq!(listed["top"], serde_json::json!([]), "{listed}");
+    let (status, body) = app.get(&format!("/v1/matches/{id}/snapshot")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "delayed_broadcast");
+
+    let token = app.guest_token().await;
+    let path = format!("/v1/matches/{id}/stream");
+    let opened = Instant::now();
+    let mut ws = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
+    let first = ws_json(&mut ws).await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    assert_eq!(first["state"]["broadcast_delay_ms"], 1500);
+    assert!(
+        opened.elapsed() >= delay - Duration::from_millis(100),
+        "the first viewer of a fresh hub waits the delay, got {:?}",
+        opened.elapsed()
+    );
+    let mut line = VersionLine::default();
+    line.observe(&first).unwrap();
+
+    let behind = |m: &Value| {
+        let published = m["published_us"].as_u64().expect("stamped");
+        Duration::from_micros(protocol::now_us().saturating_sub(published))
+    };
+    let mut least = Duration::MAX;
+    let mut event = None;
+    let started = Instant::now();
+    while event.is_none() || line.messages < 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no event within 30 s"
+        );
+        let m = ws_json(&mut ws).await;
+        line.observe(&m).unwrap();
+        least = least.min(behind(&m));
+        if m["type"] == "event" {
+            event = Some(m);
+        }
+    }
+    assert!(
+        least >= delay,
+        "a message reached the viewer {least:?} after its publication"
+    );
+    assert!(least < delay + Duration::from_secs(1), "{least:?}");
+    let event = event.unwrap();
+    assert!(
+        event["kind"].is_string() && event["at_ms"].is_u64(),
+        "{event}"
+    );
+    assert!(
+        event.get("seq").is_none() && event.get("region").is_none(),
+        "the log's bookkeeping reached a viewer: {event}"
+    );
+
+    // The hub is warm: the next viewer gets the delayed snapshot right away.
+    let opened = Instant::now();
+    let mut second = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
+    let snap = ws_json(&mut second).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert!(opened.elapsed() < delay, "{:?}", opened.elapsed());
+    let next = ws_json(&mut second).await;
+    assert!(behind(&next) >= delay, "{next}");
+    app.stop().await;
+}

@@ -69,6 +69,19 @@ pub struct PlayerStats {
     pub kills: u64,
     pub deaths: u64,
     pub matches: u64,
+    /// The player's most recent finished matches, newest first (at most 10).
+    pub recent: Vec<RecentMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecentMatch {
+    pub id: String,
+    pub region: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub score: u64,
+    pub kills: u64,
+    pub deaths: u64,
 }
 
 #[async_trait]
@@ -331,12 +344,33 @@ impl History for SqlHistory {
         .bind(player)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| PlayerStats {
+        let Some(r) = row else { return Ok(None) };
+        let recent = sqlx::query(&self.sql(
+            "SELECT r.match_id, m.region, m.started_ms, m.ended_ms, r.score, r.kills, r.deaths \
+             FROM results r JOIN matches m ON m.match_id = r.match_id \
+             WHERE r.player_id = $1 ORDER BY m.started_ms DESC, r.match_id LIMIT 10",
+        ))
+        .bind(player)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|m: AnyRow| RecentMatch {
+            id: m.get(0),
+            region: m.get(1),
+            started_ms: u(m.get(2)),
+            ended_ms: m.get::<Option<i64>, _>(3).map(u),
+            score: u(m.get(4)),
+            kills: u(m.get(5)),
+            deaths: u(m.get(6)),
+        })
+        .collect();
+        Ok(Some(PlayerStats {
             player: r.get(0),
             name: r.get(1),
             kills: u(r.get(2)),
             deaths: u(r.get(3)),
             matches: u(r.get(4)),
+            recent,
         }))
     }
 

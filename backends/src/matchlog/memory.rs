@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use protocol::{now_ms, LogKind, LogRecord};
+use protocol::{LogKind, LogRecord};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
@@ -90,7 +90,7 @@ impl MemoryLog {
 #[async_trait]
 impl MatchLog for MemoryLog {
     async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
-        let published = now_ms();
+        let published = protocol::now_us();
         let mut inner = self.shared.inner.lock().unwrap();
         let inner = &mut *inner;
         if !inner.matches.contains_key(&record.match_id) {
@@ -158,7 +158,7 @@ impl MatchLog for MemoryLog {
                 Ok(LogItem {
                     record: record.clone(),
                     caught_up: i + 1 == n,
-                    published_ms: Some(*published),
+                    published_us: Some(*published),
                 })
             })
             .collect();
@@ -166,7 +166,7 @@ impl MatchLog for MemoryLog {
             Ok((record, published)) => Ok(LogItem {
                 record,
                 caught_up: true,
-                published_ms: Some(published),
+                published_us: Some(published),
             }),
             Err(BroadcastStreamRecvError::Lagged(_)) => Err(LogError::Lagged),
         });
@@ -219,7 +219,7 @@ impl MatchLog for MemoryLog {
                 Ok(LogItem {
                     record: record.clone(),
                     caught_up: i + 1 == n,
-                    published_ms: None,
+                    published_us: None,
                 })
             })
             .collect();

@@ -35,8 +35,8 @@ impl LogError {
 pub struct LogItem {
     pub record: LogRecord,
     pub caught_up: bool,
-    /// When the log accepted the record (ms since the Unix epoch), where the backend knows.
-    pub published_ms: Option<u64>,
+    /// When the log accepted the record (µs since the Unix epoch), where the backend knows.
+    pub published_us: Option<u64>,
 }
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogItem, LogError>> + Send>>;

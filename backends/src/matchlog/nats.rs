@@ -199,7 +199,7 @@ impl MatchLog for NatsLog {
                 };
                 let info = m.info().ok()?;
                 let caught_up = info.pending == 0;
-                let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
+                let published_us = (info.published.unix_timestamp_nanos() / 1_000) as u64;
                 let record = record_of(
                     &root,
                     m.subject.as_str(),
@@ -212,7 +212,7 @@ impl MatchLog for NatsLog {
                 Some(Ok(LogItem {
                     record,
                     caught_up,
-                    published_ms: Some(published_ms),
+                    published_us: Some(published_us),
                 }))
             }
         });
@@ -340,7 +340,7 @@ impl MatchLog for NatsLog {
                 Ok(LogItem {
                     record,
                     caught_up,
-                    published_ms: None,
+                    published_us: None,
                 })
             })
             // Stop after the item that caught up: this is a bounded replay, not a follow.

@@ -1,0 +1,218 @@
+// The dashboard in a real headless Chromium against a running Grandstand (BASE), through a TCP
+// proxy this script controls, so it can cut the viewer's connection like a network would.
+// Writes screenshots and measurements to ARTIFACTS; exits non-zero on the first failed check.
+
+import { execSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const BASE = process.env.BASE ?? "http://127.0.0.1:8080";
+const ARTIFACTS = process.env.ARTIFACTS ?? "test-artifacts";
+const MEASURE_MS = Number(process.env.MEASURE_MS ?? 10_000);
+mkdirSync(ARTIFACTS, { recursive: true });
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+function percentile(xs, p) {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+const summary = (xs) => ({
+  n: xs.length,
+  p50: percentile(xs, 50),
+  p95: percentile(xs, 95),
+  p99: percentile(xs, 99),
+  max: xs.length ? Math.max(...xs) : null,
+});
+
+/** A proxy that can drop every connection and refuse new ones, then let them through again. */
+function startProxy(target) {
+  const url = new URL(target);
+  const sockets = new Set();
+  let blocked = false;
+  const server = net.createServer((client) => {
+    if (blocked) return client.destroy();
+    const upstream = net.connect(Number(url.port), url.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        block() {
+          blocked = true;
+          for (const s of sockets) s.destroy();
+        },
+        unblock() {
+          blocked = false;
+        },
+        close: () => server.close(),
+      }),
+    ),
+  );
+}
+
+/** Versions must be consecutive within an epoch; a snapshot may replace any run of them. */
+function versionLineHolds(lines) {
+  let last = null;
+  for (const line of lines) {
+    const [pos, type] = line.split(" ");
+    const [epoch, version] = pos.split(":").map(Number);
+    if (last && type !== "snapshot") {
+      if (epoch !== last.epoch || version !== last.version + 1) return `${last.epoch}:${last.version} -> ${line}`;
+    }
+    last = { epoch, version };
+  }
+  return null;
+}
+
+const executablePath = process.env.CHROMIUM ?? execSync("command -v chromium || command -v chromium-browser").toString().trim();
+const proxy = await startProxy(BASE);
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const results = { base: BASE };
+let outage = false;
+const consoleErrors = [];
+const outageErrors = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("console", (m) => {
+    if (m.type() === "error") (outage ? outageErrors : consoleErrors).push(m.text());
+  });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.on("response", (r) => {
+    if (r.status() >= 400 && !outage) consoleErrors.push(`${r.status()} ${r.url()}`);
+  });
+
+  // The match list.
+  await page.goto(`${proxy.url}/`);
+  await page.waitForSelector('[data-testid=matches] tr[data-status=live] a', { timeout: 20_000 });
+  const live = await page.locator('[data-testid=matches] tr[data-status=live]').count();
+  check(live >= 1, `the match list shows live matches (${live})`);
+  await page.screenshot({ path: `${ARTIFACTS}/01-matches.png` });
+
+  // A live match: the arena moves.
+  await page.locator('[data-testid=matches] tr[data-status=live] a').first().click();
+  await page.waitForSelector('[data-testid=connection][data-state=live]', { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=scoreboard] tbody tr').length > 0);
+  const arena = page.locator('[data-testid=arena]');
+  await page.waitForTimeout(500);
+  const a = await arena.screenshot({ path: `${ARTIFACTS}/02-arena-a.png` });
+  await page.waitForTimeout(700);
+  const b = await arena.screenshot({ path: `${ARTIFACTS}/03-arena-b.png` });
+  check(!a.equals(b), "players move: two screenshots of the arena differ");
+  await page.screenshot({ path: `${ARTIFACTS}/04-match.png` });
+
+  // Measure while streaming.
+  await page.evaluate(() => {
+    window.__grandstand.frameTimes.length = 0;
+    window.__grandstand.tickToPixel.length = 0;
+  });
+  await page.waitForTimeout(MEASURE_MS);
+  const streaming = await page.evaluate(() => ({
+    frameTimes: [...window.__grandstand.frameTimes],
+    tickToPixel: [...window.__grandstand.tickToPixel],
+  }));
+  results.frameTimesWhileStreaming = summary(streaming.frameTimes);
+  results.tickToPixel = summary(streaming.tickToPixel);
+  check(streaming.tickToPixel.length > 0, `tick-to-pixel measured (${streaming.tickToPixel.length} messages)`);
+
+  // Cut the connection: the page says so, then recovers without a gap.
+  outage = true;
+  proxy.block();
+  await page.waitForSelector('[data-testid=connection][data-state=reconnecting], [data-testid=connection][data-state=paused]', { timeout: 10_000 });
+  await page.screenshot({ path: `${ARTIFACTS}/05-reconnecting.png` });
+  check(true, "the reconnecting indicator shows while the gateway is unreachable");
+  await page.waitForTimeout(3000);
+  const cutAt = Date.now();
+  proxy.unblock();
+  await page.waitForSelector('[data-testid=connection][data-state=live]', { timeout: 30_000 });
+  results.recoveryMs = Date.now() - cutAt;
+  outage = false;
+  await page.waitForTimeout(1000);
+  const after = await page.evaluate(() => ({ gaps: window.__grandstand.gaps, versions: [...window.__grandstand.versions] }));
+  check(after.gaps === 0, "no version gap seen by the stream client");
+  const broken = versionLineHolds(after.versions);
+  check(broken === null, `the version line is unbroken across the outage${broken ? ` (${broken})` : ""}`);
+  await page.screenshot({ path: `${ARTIFACTS}/06-recovered.png` });
+
+  // The same match over SSE.
+  const matchUrl = page.url();
+  await page.goto(`${matchUrl}?transport=sse`);
+  await page.waitForSelector('[data-testid=connection][data-state=live]', { timeout: 20_000 });
+  check(true, "the match streams over SSE too");
+
+  // Leaderboards, with someone's own row pinned.
+  const board = await (await fetch(`${BASE}/v1/leaderboards/global?limit=20`)).json();
+  check(board.entries.length > 0, "the global board has entries");
+  const me = board.entries[Math.min(board.entries.length - 1, 3)];
+  await page.goto(`${proxy.url}/#/leaderboards?board=global&me=${encodeURIComponent(me.player)}`);
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=top] .board-row').length > 0, null, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('[data-testid=pinned] .board-row.me') !== null, null, { timeout: 20_000 });
+  const pinned = await page.locator('[data-testid=pinned]').innerText();
+  check(pinned.includes("(you)") && pinned.includes(me.name), `the viewer's own row is pinned: ${pinned.replace(/\s+/g, " ")}`);
+  await page.screenshot({ path: `${ARTIFACTS}/07-leaderboards.png` });
+
+  // Scrolling 10,000 rows.
+  await page.goto(`${proxy.url}/#/bench/board?rows=10000`);
+  await page.waitForSelector('[data-testid=big-board] .board-row');
+  const scroll = await page.evaluate(async () => {
+    const el = document.querySelector('[data-testid=big-board]');
+    const frames = [];
+    let last = performance.now();
+    const rowsInDom = [];
+    await new Promise((done) => {
+      const start = performance.now();
+      const step = (now) => {
+        frames.push(now - last);
+        last = now;
+        const f = Math.min(1, (now - start) / 4000);
+        el.scrollTop = f * (el.scrollHeight - el.clientHeight);
+        rowsInDom.push(el.querySelectorAll('.board-row').length);
+        if (f < 1) requestAnimationFrame(step);
+        else done();
+      };
+      requestAnimationFrame(step);
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    return { frames: frames.slice(1), maxRows: Math.max(...rowsInDom), bottom: el.innerText.includes("#10000") };
+  });
+  results.scrollFrameTimes10k = summary(scroll.frames);
+  check(scroll.maxRows < 100, `virtualized: at most ${scroll.maxRows} of 10,000 rows in the DOM`);
+  check(scroll.bottom, "the 10,000th row is reachable");
+  await page.screenshot({ path: `${ARTIFACTS}/08-big-board.png` });
+
+  results.consoleErrors = consoleErrors;
+  results.consoleErrorsDuringOutage = outageErrors.length;
+  check(consoleErrors.length === 0, `no console errors (${consoleErrors.join(" | ")})`);
+} finally {
+  writeFileSync(`${ARTIFACTS}/browser-results.json`, JSON.stringify(results, null, 2));
+  console.log(JSON.stringify(results));
+  await browser.close();
+  proxy.close();
+}

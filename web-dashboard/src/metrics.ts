@@ -1,0 +1,38 @@
+// Measurements the browser tests read (window.__grandstand): bounded rings, never growing.
+
+const CAP = 5000;
+
+function ring(): number[] {
+  return [];
+}
+
+function push(r: number[], v: number) {
+  r.push(v);
+  if (r.length > CAP) r.splice(0, r.length - CAP);
+}
+
+export const pageMetrics = {
+  /** Log publish time -> the first animation frame drawn with that message (ms); only when
+   * the gateway stamps publish times (--stamp-publish-time). */
+  tickToPixel: ring(),
+  /** Time between consecutive animation frames while a match is on screen (ms). */
+  frameTimes: ring(),
+  /** Every applied message's "epoch:version type", for checking the version line. */
+  versions: [] as string[],
+  gaps: 0,
+  record(name: "tickToPixel" | "frameTimes", v: number) {
+    push(this[name], v);
+  },
+  version(line: string) {
+    this.versions.push(line);
+    if (this.versions.length > 20_000) this.versions.splice(0, 10_000);
+  },
+};
+
+declare global {
+  interface Window {
+    __grandstand?: typeof pageMetrics;
+  }
+}
+
+if (typeof window !== "undefined") window.__grandstand = pageMetrics;

@@ -1,0 +1,119 @@
+import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { useVirtualizer } from "@tanstack/react-virtual";
+import { useEffect, useRef, useState } from "react";
+import { getJson, viewer, type Board, type BoardEntry } from "../api";
+import { Age } from "./Age";
+
+export const BOARDS = ["global", "daily", "weekly"];
+
+/** Any number of rows, of which only the visible ones (plus a few) are in the DOM. */
+export function BoardTable({ entries, me, testId }: { entries: BoardEntry[]; me?: string; testId: string }) {
+  const parent = useRef<HTMLDivElement>(null);
+  const v = useVirtualizer({ count: entries.length, getScrollElement: () => parent.current, estimateSize: () => 28, overscan: 10 });
+  return (
+    <div className="board" ref={parent} data-testid={testId}>
+      <div style={{ height: v.getTotalSize(), position: "relative" }}>
+        {v.getVirtualItems().map((item) => {
+          const e = entries[item.index];
+          return (
+            <div
+              key={e.player}
+              className={`board-row${e.player === me ? " me" : ""}`}
+              style={{ position: "absolute", top: 0, left: 0, right: 0, height: item.size, transform: `translateY(${item.start}px)` }}
+            >
+              <span className="rank">#{e.rank}</span>
+              <a href={`#/player/${encodeURIComponent(e.player)}`}>{e.name}</a>
+              <span className="score">{e.score}</span>
+            </div>
+          );
+        })}
+      </div>
+    </div>
+  );
+}
+
+export function Leaderboards({ board, me: meParam }: { board: string; me?: string }) {
+  const client = useQueryClient();
+  const [me, setMe] = useState<string | undefined>(meParam);
+  useEffect(() => {
+    if (meParam) setMe(meParam);
+    else void viewer().then((g) => setMe(g.player));
+  }, [meParam]);
+  const top = useQuery({
+    queryKey: ["board", board],
+    queryFn: () => getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}?limit=100`),
+    refetchInterval: 10_000,
+  });
+  const around = useQuery({
+    queryKey: ["board", board, "around", me],
+    enabled: !!me,
+    retry: false,
+    queryFn: () => getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}/around/${encodeURIComponent(me!)}?radius=10`),
+    refetchInterval: 10_000,
+  });
+  // Live: the board's stream ticks at most once a second; each tick refreshes both views.
+  const [live, setLive] = useState(false);
+  useEffect(() => {
+    const es = new EventSource(`/v1/leaderboards/${encodeURIComponent(board)}/stream`);
+    const refresh = () => {
+      setLive(true);
+      void client.invalidateQueries({ queryKey: ["board", board] });
+    };
+    es.addEventListener("leaderboard", refresh);
+    es.onmessage = refresh;
+    es.onerror = () => setLive(false);
+    return () => es.close();
+  }, [board, client]);
+  const mine = around.data?.entries.find((e) => e.player === me);
+  return (
+    <section>
+      <h2>
+        Leaderboards <span className={`badge ${live ? "ok" : "muted"}`}>{live ? "● live" : "polling"}</span>{" "}
+        <Age updatedAt={top.dataUpdatedAt} failing={top.isError} staleAfterMs={15_000} />
+        {top.data?.stale && <span className="badge warn" data-testid="stale">{top.data.stale}</span>}
+      </h2>
+      <nav className="tabs">
+        {[...BOARDS, ...(board.startsWith("match:") ? [board] : [])].map((b) => (
+          <a key={b} href={`#/leaderboards?board=${encodeURIComponent(b)}${meParam ? `&me=${encodeURIComponent(meParam)}` : ""}`} className={b === board ? "active" : ""}>
+            {b}
+          </a>
+        ))}
+      </nav>
+      <div className="pinned" data-testid="pinned">
+        {mine ? (
+          <div className="board-row me">
+            <span className="rank">#{mine.rank}</span>
+            <span>{mine.name} (you)</span>
+            <span className="score">{mine.score}</span>
+          </div>
+        ) : (
+          <div className="board-row muted">{me ? `${me} (you): not ranked on this board yet` : "…"}</div>
+        )}
+      </div>
+      {top.isError && !top.data && <p className="bad">leaderboard unavailable: {top.error.message}</p>}
+      <div className="boards">
+        <div>
+          <h3>Top 100</h3>
+          <BoardTable entries={top.data?.entries ?? []} me={me} testId="top" />
+        </div>
+        <div>
+          <h3>Around you</h3>
+          <BoardTable entries={around.data?.entries ?? []} me={me} testId="around" />
+        </div>
+      </div>
+    </section>
+  );
+}
+
+/** The same table with 10,000 synthetic rows: what the scroll measurements run on. */
+export function BigBoard({ rows }: { rows: number }) {
+  const entries = useRef<BoardEntry[]>(
+    Array.from({ length: rows }, (_, i) => ({ rank: i + 1, player: `p${i}`, name: `Player ${i}`, score: rows - i })),
+  );
+  return (
+    <section>
+      <h2>{rows.toLocaleString()} rows (synthetic, for scroll measurements)</h2>
+      <BoardTable entries={entries.current} testId="big-board" />
+    </section>
+  );
+}

@@ -1,0 +1,165 @@
+import { describe, expect, it } from "vitest";
+import { MatchStream, type StreamStatus, type WebSocketLike } from "./matchStream";
+import type { SpectatorState, StreamMessage } from "./types";
+
+class FakeSocket implements WebSocketLike {
+  onopen: ((ev: unknown) => void) | null = null;
+  onmessage: ((ev: { data: unknown }) => void) | null = null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+  onerror: ((ev: unknown) => void) | null = null;
+  closed = false;
+  constructor(readonly url: string) {}
+  open() {
+    this.onopen?.({});
+  }
+  send(msg: StreamMessage) {
+    this.onmessage?.({ data: JSON.stringify(msg) });
+  }
+  drop(reason = "") {
+    this.onclose?.({ code: 1006, reason });
+  }
+  close() {
+    this.closed = true;
+  }
+}
+
+const state = (tick: number): SpectatorState => ({
+  region: "eu",
+  status: "live",
+  tick,
+  arena: { width: 10000, height: 10000, obstacles: [] },
+  players: {},
+  tick_hz: 30,
+});
+
+/** A stream over fake sockets and a fake clock whose timers run when the test says. */
+function harness(snapshot: { status: number; body?: unknown }) {
+  const sockets: FakeSocket[] = [];
+  const timers: { at: number; f: () => void }[] = [];
+  const statuses: StreamStatus[] = [];
+  let now = 1000;
+  const stream = new MatchStream({
+    baseUrl: "http://gw",
+    matchId: "m1",
+    token: async () => "tok",
+    transport: "ws",
+    onStatus: (s) => statuses.push(s),
+    env: {
+      fetch: async () =>
+        new Response(JSON.stringify(snapshot.body ?? {}), { status: snapshot.status }),
+      webSocket: (url) => {
+        const s = new FakeSocket(url);
+        sockets.push(s);
+        return s;
+      },
+      now: () => now,
+      random: () => 0.5,
+      setTimeout: (f, ms) => {
+        const t = { at: now + ms, f };
+        timers.push(t);
+        return t;
+      },
+      clearTimeout: (t) => {
+        const i = timers.indexOf(t as (typeof timers)[number]);
+        if (i >= 0) timers.splice(i, 1);
+      },
+    },
+  });
+  const advance = async (ms: number) => {
+    now += ms;
+    for (;;) {
+      timers.sort((a, b) => a.at - b.at);
+      const t = timers[0];
+      if (!t || t.at > now) break;
+      timers.shift();
+      t.f();
+      await new Promise((r) => setTimeout(r, 0));
+    }
+  };
+  const settle = () => new Promise((r) => setTimeout(r, 0));
+  return { stream, sockets, statuses, advance, settle, last: () => statuses[statuses.length - 1] };
+}
+
+const delta = (epoch: number, version: number): StreamMessage => ({
+  type: "delta",
+  match: "m1",
+  epoch,
+  version,
+  tick: version * 3,
+});
+
+describe("MatchStream", () => {
+  it("cold-loads, streams from that version and resumes from the last one after a drop", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 4, version: 10, state: state(30) } });
+    await h.stream.start();
+    await h.settle();
+    expect(h.sockets[0].url).toBe("ws://gw/v1/matches/m1/stream?token=tok&since=4:10");
+    h.sockets[0].open();
+    h.sockets[0].send(delta(4, 11));
+    expect(h.last().connection).toBe("live");
+    expect(h.stream.current?.version).toBe(11);
+
+    h.sockets[0].drop("server shutting down; retry-after=1500ms");
+    expect(h.last().connection).toBe("reconnecting");
+    // The server's hint (1.5 s) beats the first backoff step (1 s).
+    expect(h.last().retryAt).toBe(h.last().lastMessageAt! + 1500);
+    await h.advance(1499);
+    expect(h.sockets).toHaveLength(1);
+    await h.advance(1);
+    expect(h.sockets[1].url).toContain("since=4:11");
+    h.sockets[1].open();
+    h.sockets[1].send(delta(4, 12));
+    expect(h.last().connection).toBe("live");
+    expect(h.last().attempt).toBe(0);
+  });
+
+  it("backs off 1 s, 2 s, 4 s while the gateway is away and says paused after 5 s", async () => {
+    const h = harness({ status: 503 });
+    await h.stream.start();
+    await h.settle();
+    expect(h.sockets[0].url).not.toContain("since=");
+    const gaps: number[] = [];
+    let at = 0;
+    for (let i = 0; i < 4; i++) {
+      h.sockets[i].drop();
+      const s = h.last();
+      gaps.push(s.retryAt! - (1000 + at));
+      await h.advance(s.retryAt! - (1000 + at));
+      at = s.retryAt! - 1000;
+      await h.settle();
+    }
+    expect(gaps).toEqual([1000, 2000, 4000, 8000]);
+    expect(h.statuses.some((s) => s.connection === "reconnecting")).toBe(true);
+    expect(h.last().connection).toBe("paused");
+  });
+
+  it("resumes at once from the last good version on a gap", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 1, version: 5, state: state(15) } });
+    await h.stream.start();
+    await h.settle();
+    h.sockets[0].open();
+    h.sockets[0].send(delta(1, 6));
+    h.sockets[0].send(delta(1, 8));
+    expect(h.sockets[0].closed).toBe(true);
+    expect(h.last().gaps).toBe(1);
+    await h.advance(0);
+    await h.settle();
+    expect(h.sockets[1].url).toContain("since=1:6");
+  });
+
+  it("starts a new epoch only from a snapshot", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 1, version: 5, state: state(15) } });
+    await h.stream.start();
+    await h.settle();
+    h.sockets[0].open();
+    h.sockets[0].send(delta(2, 1));
+    expect(h.last().gaps).toBe(1);
+    await h.advance(0);
+    await h.settle();
+    h.sockets[1].open();
+    h.sockets[1].send({ type: "snapshot", match: "m1", epoch: 2, version: 3, state: state(9) });
+    h.sockets[1].send(delta(2, 4));
+    expect([h.stream.current?.epoch, h.stream.current?.version]).toEqual([2, 4]);
+    expect(h.last().snapshots).toBe(2);
+  });
+});
