@@ -123,6 +123,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         cleanup(&args.redis_url, &prefix).await?;
     }
     Ok(Results {
+        summary: Vec::new(),
+        systems: Vec::new(),
         scenario: "aggregator: exactly-once leaderboard applies into Redis".into(),
         machine: machine(),
         command: format!(

@@ -111,6 +111,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
     }
     let h = hist.lock().unwrap().clone();
     Ok(Results {
+        summary: Vec::new(),
+        systems: Vec::new(),
         scenario: "leaderboard freshness: kill -> visible in the leaderboard API".into(),
         machine: machine(),
         command: format!(

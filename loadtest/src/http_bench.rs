@@ -160,6 +160,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         });
     }
     Ok(Results {
+        summary: Vec::new(),
+        systems: Vec::new(),
         scenario: "HTTP cold-load and leaderboard reads, cached vs the backend read".into(),
         machine: machine(),
         command: format!(

@@ -2,9 +2,11 @@
 //! p50/p95/p99/p999/max; comparisons run side by side in one invocation.
 
 mod aggregator_bench;
+mod docs_report;
 mod freshness;
 mod http_bench;
 mod players;
+mod raw_peer;
 mod report;
 mod viewers;
 
@@ -34,6 +36,16 @@ enum Scenario {
     Players(players::Args),
     /// WebSocket/SSE viewers through real gateway processes following NATS JetStream.
     Viewers(viewers::Args),
+    /// Regenerates docs/benchmarks.md (tables and SVG plots) from a template and JSON results.
+    Report(docs_report::Args),
+    /// The minimal fan-out peer of `viewers --systems raw` (started by it).
+    #[command(hide = true)]
+    PeerRaw {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        subject_root: String,
+    },
     /// One load-generator process of `viewers` (started by it).
     #[command(hide = true)]
     ViewersWorker {
@@ -52,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Players(args) => players::run(args).await?,
         Scenario::Viewers(args) => viewers::run(args).await?,
         Scenario::ViewersWorker { plan } => return viewers::worker(plan).await,
+        Scenario::Report(args) => return docs_report::run(args),
+        Scenario::PeerRaw {
+            nats_url,
+            subject_root,
+        } => return raw_peer::run(nats_url, subject_root).await,
     };
     println!("{}", report::table(&results));
     if let Some(path) = cli.json {

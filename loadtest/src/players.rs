@@ -154,6 +154,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         rows.extend(run_variant(&args, v).await?);
     }
     Ok(Results {
+        summary: Vec::new(),
+        systems: Vec::new(),
         scenario: "players".into(),
         machine: machine(),
         command: format!(

@@ -1,8 +1,8 @@
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Percentiles of a latency histogram recorded in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
     pub count: u64,
     pub p50_us: u64,
@@ -26,7 +26,7 @@ impl Latency {
 }
 
 /// One system or variant measured in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
     pub throughput_per_s: f64,
@@ -36,12 +36,18 @@ pub struct Row {
     pub notes: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub scenario: String,
     pub machine: String,
     pub command: String,
     pub rows: Vec<Row>,
+    /// Lines printed under the table (ratios between the rows).
+    #[serde(default)]
+    pub summary: Vec<String>,
+    /// Machine-readable figures per system, for reports and plots.
+    #[serde(default)]
+    pub systems: Vec<serde_json::Value>,
 }
 
 pub fn machine() -> String {
@@ -92,6 +98,9 @@ pub fn table(r: &Results) -> String {
             r.rows[1].name,
             r.rows[0].throughput_per_s / r.rows[1].throughput_per_s
         );
+    }
+    for line in &r.summary {
+        out += &format!("{line}\n");
     }
     out
 }

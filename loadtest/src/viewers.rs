@@ -1,11 +1,15 @@
-//! `viewers`: N WebSocket (and SSE) viewers over M matches against real gateway processes
-//! (`grandstand gateway`) that follow a real NATS JetStream match log.
+//! `viewers`: N WebSocket (and SSE) viewers over M matches against real fan-out servers that
+//! follow a real NATS JetStream match log: Grandstand's gateways (`grandstand gateway`), or
+//! the peers people would deploy instead (`--systems`): a Node.js server on `ws`, Socket.IO,
+//! nats-server's own WebSocket listener, and a minimal Rust writer (the physical limit).
 //!
 //! The harness publishes every match's records itself (a keyframe every 5 s, deltas at
-//! `--rate` per match, each delta carrying its publish time in microseconds), starts
-//! `--gateways` gateway processes, and spreads the viewers over worker processes, each on its
-//! own 127.0.0.x source address (one process may hold at most `ulimit -n` sockets, one source
-//! address about 28k ports). A match's viewers all go to one gateway, as the owner rule does.
+//! `--rate` per match; each delta is a real spectator delta whose player name starts with its
+//! publish time in microseconds, so every system carries the same bytes and the same clock),
+//! starts `--gateways` server processes, and spreads the viewers over worker processes, each on
+//! its own 127.0.0.x source address (one process may hold at most `ulimit -n` sockets, one
+//! source address about 28k ports). A match's viewers all go to one server process, as
+//! Grandstand's owner rule does.
 //!
 //! Measured in a window after everyone is connected: connections held, delivered messages per
 //! second, publish -> receive latency (HDR, every message), gaps in the version lines, and
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use backends::{MatchLog, NatsLog, NatsLogConfig};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use protocol::{Claims, LogKind, LogRecord, TokenSigner};
@@ -67,16 +71,54 @@ pub struct Args {
     /// Handshakes in flight per worker while connecting.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Systems measured one after the other in this run, comma separated: grandstand,
+    /// node-ws, socketio, nats-ws, raw.
+    #[arg(long, default_value = "grandstand", value_delimiter = ',')]
+    systems: Vec<System>,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Where the Node.js peers live (`npm ci` runs there when needed).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peers"))]
+    peers_dir: PathBuf,
     /// The `grandstand` binary (by default, next to this one).
     #[arg(long)]
     grandstand: Option<PathBuf>,
 }
 
+/// A fan-out server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// `grandstand gateway` processes.
+    Grandstand,
+    /// Node.js, the `ws` package, a loop over each match's sockets.
+    NodeWs,
+    /// Node.js, Socket.IO rooms.
+    Socketio,
+    /// nats-server's own WebSocket listener; viewers subscribe to the match subject.
+    NatsWs,
+    /// A minimal Rust writer of pre-framed bytes (`loadtest peer-raw`).
+    Raw,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Grandstand => "grandstand",
+            System::NodeWs => "node-ws",
+            System::Socketio => "socketio",
+            System::NatsWs => "nats-ws",
+            System::Raw => "raw",
+        }
+    }
+}
+
 /// What the parent tells a worker (as JSON in its arguments).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerPlan {
+    system: System,
+    /// The subject root, for viewers that subscribe to NATS themselves.
+    subject_root: String,
     /// (gateway base URL, match id) per viewer slot, cycled.
     targets: Vec<(String, String)>,
     viewers: usize,
@@ -124,9 +166,21 @@ struct Tally {
 }
 
 impl Tally {
+    /// Accounts one message: `text` is a delta as the system sent it (JSON, or for Socket.IO
+    /// its event packet, where the delta is an escaped string).
     fn observe(&self, viewer: usize, text: &str, last_version: &mut Option<u64>) {
         let now = now_us();
-        let version = number_after(text, "\"version\":");
+        let unescaped;
+        let text = if text.contains("\\\"") {
+            unescaped = text.replace("\\\"", "\"");
+            unescaped.as_str()
+        } else {
+            text
+        };
+        // Grandstand numbers its messages; the peers forward the delta, whose tick is the
+        // version in this harness.
+        let version =
+            number_after(text, "\"version\":").or_else(|| number_after(text, "\"tick\":"));
         if text.starts_with("{\"type\":\"snapshot\"") {
             self.snapshots.fetch_add(1, Ordering::Relaxed);
         } else if let (Some(v), Some(last)) = (version, *last_version) {
@@ -135,7 +189,7 @@ impl Tally {
             }
         }
         *last_version = version.or(*last_version);
-        let Some(sent) = number_after(text, "\"published_us\":") else {
+        let Some(sent) = number_after(text, "\"name\":\"t") else {
             return;
         };
         let (from, to) = *self.window.lock().unwrap();
@@ -171,9 +225,11 @@ fn report_open<T>(
 struct Slot {
     tally: Arc<Tally>,
     viewer: usize,
+    system: System,
     source: String,
     gateway: String,
-    path: String,
+    match_id: String,
+    subject_root: String,
     token: String,
     connected: tokio::sync::oneshot::Sender<bool>,
 }
@@ -182,24 +238,44 @@ async fn websocket_viewer(slot: Slot) {
     let Slot {
         tally,
         viewer,
+        system,
         source,
         gateway,
-        path,
+        match_id,
+        subject_root,
         token,
         connected,
     } = slot;
+    let base = gateway.replacen("http://", "ws://", 1);
+    let url = match system {
+        System::Grandstand => format!("{base}/v1/matches/{match_id}/stream"),
+        System::NodeWs | System::Raw => format!("{base}/?match={match_id}"),
+        System::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket"),
+        System::NatsWs => format!("{base}/"),
+    };
     let opened = async {
         let stream = open_socket(&source, &gateway).await?;
-        let mut req =
-            format!("{}{path}", gateway.replacen("http://", "ws://", 1)).into_client_request()?;
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
+        let mut req = url.into_client_request()?;
+        if system == System::Grandstand {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+        }
         // Small buffers: viewers only receive, and a load generator holds many of them.
         let config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
             .write_buffer_size(0);
-        let (ws, _) =
+        let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+        match system {
+            System::Socketio => socketio_join(&mut ws, &match_id).await?,
+            System::NatsWs => {
+                let hello = format!(
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\nSUB {subject_root}.{match_id}.delta 1\r\nPING\r\n"
+                );
+                ws.send(Message::binary(hello.into_bytes())).await?;
+            }
+            _ => {}
+        }
         anyhow::Ok(ws)
     };
     let Some(mut ws) = report_open(opened.await, connected) else {
@@ -207,8 +283,28 @@ async fn websocket_viewer(slot: Slot) {
     };
     tally.held.fetch_add(1, Ordering::Relaxed);
     let mut last = None;
+    let mut nats = NatsReader::default();
     while let Some(msg) = ws.next().await {
         match msg {
+            Ok(Message::Text(t)) if system == System::Socketio => {
+                if t.as_str() == "2" {
+                    let _ = ws.send(Message::text("3")).await;
+                } else if t.starts_with("42") {
+                    tally.observe(viewer, &t, &mut last);
+                }
+            }
+            Ok(m @ (Message::Binary(_) | Message::Text(_))) if system == System::NatsWs => {
+                let mut ping = false;
+                nats.feed(&m.into_data(), |item| match item {
+                    NatsItem::Ping => ping = true,
+                    NatsItem::Payload(p) => {
+                        tally.observe(viewer, &String::from_utf8_lossy(p), &mut last)
+                    }
+                });
+                if ping {
+                    let _ = ws.send(Message::binary(b"PONG\r\n".to_vec())).await;
+                }
+            }
             Ok(Message::Text(t)) => tally.observe(viewer, &t, &mut last),
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => {}
@@ -217,16 +313,96 @@ async fn websocket_viewer(slot: Slot) {
     tally.held.fetch_sub(1, Ordering::Relaxed);
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Engine.IO open, Socket.IO namespace connect, then a `join` event for the match's room.
+async fn socketio_join(ws: &mut Ws, match_id: &str) -> anyhow::Result<()> {
+    loop {
+        let Some(msg) = ws.next().await else {
+            bail!("closed during the Socket.IO handshake");
+        };
+        let Message::Text(t) = msg? else { continue };
+        if t.starts_with('0') {
+            ws.send(Message::text("40")).await?;
+        } else if t.starts_with("40") {
+            ws.send(Message::text(format!("42[\"join\",\"{match_id}\"]")))
+                .await?;
+            return Ok(());
+        } else if t.as_str() == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+}
+
+enum NatsItem<'a> {
+    Ping,
+    Payload(&'a [u8]),
+}
+
+/// The NATS client protocol as it arrives over WebSocket: lines and sized payloads, which may
+/// be split across frames.
+#[derive(Default)]
+struct NatsReader {
+    buf: Vec<u8>,
+}
+
+impl NatsReader {
+    fn feed(&mut self, data: &[u8], mut on: impl FnMut(NatsItem<'_>)) {
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        loop {
+            let rest = &self.buf[at..];
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let line = &rest[..eol];
+            let fields: Vec<&[u8]> = line
+                .split(|b| *b == b' ')
+                .filter(|f| !f.is_empty())
+                .collect();
+            let sized = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<usize>().ok();
+            match fields.first().copied() {
+                Some(b"MSG") | Some(b"HMSG") => {
+                    let headers = fields[0] == b"HMSG";
+                    let total = fields.last().and_then(|f| sized(f)).unwrap_or(0);
+                    let header_len = if headers {
+                        fields
+                            .get(fields.len() - 2)
+                            .and_then(|f| sized(f))
+                            .unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    let start = eol + 2;
+                    if rest.len() < start + total + 2 {
+                        break;
+                    }
+                    on(NatsItem::Payload(&rest[start + header_len..start + total]));
+                    at += start + total + 2;
+                }
+                Some(b"PING") => {
+                    on(NatsItem::Ping);
+                    at += eol + 2;
+                }
+                _ => at += eol + 2,
+            }
+        }
+        self.buf.drain(..at);
+    }
+}
+
 async fn sse_viewer(slot: Slot) {
     let Slot {
         tally,
         viewer,
         source,
         gateway,
-        path,
+        match_id,
         token,
         connected,
+        ..
     } = slot;
+    let path = format!("/v1/matches/{match_id}/stream");
     // HTTP/1.0: the body is delimited by the connection's end, so there are no chunk
     // headers between events.
     let opened = async {
@@ -297,10 +473,11 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
             name: format!("Viewer {viewer}"),
             exp: now_us() / 1_000_000 + 3600,
         });
-        let path = format!("/v1/matches/{match_id}/stream");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let permit = limit.clone().acquire_owned().await?;
-        let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0 && plan.sse > 0.0;
+        let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0
+            && plan.sse > 0.0
+            && plan.system == System::Grandstand;
         let (tally, source) = (tally.clone(), plan.source.clone());
         let (gated_tx, gated_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -311,9 +488,11 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         let slot = Slot {
             tally,
             viewer,
+            system: plan.system,
             source,
             gateway,
-            path,
+            match_id,
+            subject_root: plan.subject_root.clone(),
             token,
             connected: tx,
         };
@@ -386,61 +565,180 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
-struct Gateway {
+/// One fan-out server process under test.
+struct Server {
     child: Child,
     url: String,
 }
 
-impl Drop for Gateway {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_gateway(bin: &PathBuf, args: &Args, stream: &str, root: &str) -> anyhow::Result<Gateway> {
-    let log = std::env::temp_dir().join(format!(
-        "gs-loadtest-gateway-{}-{}.log",
+fn log_file(what: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let path = std::env::temp_dir().join(format!(
+        "gs-loadtest-{what}-{}-{}.log",
         std::process::id(),
         rand::random::<u32>()
     ));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(bin)
-        .args(["gateway", "--http-addr", "127.0.0.1:0"])
-        .args(["--nats-stream", stream, "--nats-subject-root", root])
-        .args(["--max-streams-per-user", "4", "--max-streams-per-address"])
-        .arg((args.viewers + 1).to_string())
-        .args(["--handshakes-per-sec", "1000000"])
-        // Latency is measured from the log's publish time, which the gateway only puts in
-        // viewer messages when asked.
-        .arg("--stamp-publish-time")
-        .args(["--max-connections", "1000000"])
-        .env("NATS_URL", &args.nats_url)
-        .env("GRANDSTAND_TOKEN_SECRET", SECRET)
-        .env("RUST_LOG", "warn,grandstand=info")
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let file = std::fs::File::create(&path)?;
+    Ok((path, file))
+}
+
+/// Waits until the process's log says where it listens: `http_addr=<addr>` (grandstand) or
+/// `listening <port>` (the peers).
+fn wait_listening(child: Child, log: &PathBuf) -> anyhow::Result<Server> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(i) = text.find("http_addr=") {
             let addr: String = text[i + 10..]
                 .chars()
                 .take_while(|c| !c.is_whitespace())
                 .collect();
-            return Ok(Gateway {
+            return Ok(Server {
                 child,
                 url: format!("http://{addr}"),
             });
         }
+        if let Some(port) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listening "))
+            .and_then(|p| p.trim().parse::<u16>().ok())
+        {
+            return Ok(Server {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            });
+        }
         if Instant::now() > deadline {
-            bail!("gateway did not start:\n{text}");
+            bail!("server did not start:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn start_server(
+    system: System,
+    bin: &PathBuf,
+    args: &Args,
+    nats_url: &str,
+    stream: &str,
+    root: &str,
+) -> anyhow::Result<Server> {
+    let (log, file) = log_file(system.name())?;
+    let mut cmd = match system {
+        System::Grandstand => {
+            let mut c = Command::new(bin);
+            c.args(["gateway", "--http-addr", "127.0.0.1:0"])
+                .args(["--nats-stream", stream, "--nats-subject-root", root])
+                .args(["--max-streams-per-user", "4", "--max-streams-per-address"])
+                .arg((args.viewers + 1).to_string())
+                .args(["--handshakes-per-sec", "1000000"])
+                .args(["--max-connections", "1000000"])
+                .env("GRANDSTAND_TOKEN_SECRET", SECRET)
+                .env("RUST_LOG", "warn,grandstand=info");
+            c
+        }
+        System::NodeWs | System::Socketio => {
+            ensure_node_peers(&args.peers_dir)?;
+            let script = if system == System::NodeWs {
+                "node-ws.mjs"
+            } else {
+                "socketio.mjs"
+            };
+            let mut c = Command::new("node");
+            c.arg(args.peers_dir.join(script))
+                .current_dir(&args.peers_dir)
+                .env("SUBJECT_ROOT", root)
+                .env("PORT", "0");
+            c
+        }
+        System::Raw => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["peer-raw", "--nats-url", nats_url, "--subject-root", root]);
+            c
+        }
+        System::NatsWs => bail!("nats-ws is started with its own nats-server"),
+    };
+    let child = cmd
+        .env("NATS_URL", nats_url)
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", system.name()))?;
+    wait_listening(child, &log)
+}
+
+fn ensure_node_peers(dir: &PathBuf) -> anyhow::Result<()> {
+    if dir.join("node_modules/ws").exists() && dir.join("node_modules/socket.io").exists() {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .context("running npm ci for the Node.js peers")?;
+    anyhow::ensure!(status.success(), "npm ci failed in {}", dir.display());
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A nats-server of its own for the nats-ws system: JetStream (the publisher writes the same
+/// stream into it) and a WebSocket listener the viewers subscribe through. Returns the server
+/// (its `url` is the WebSocket listener) and its client URL.
+fn start_nats_ws() -> anyhow::Result<(Server, String, PathBuf)> {
+    let (client, ws) = (free_port()?, free_port()?);
+    let dir = std::env::temp_dir().join(format!("gs-loadtest-nats-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{client}\njetstream {{ store_dir: \"{}\" }}\nwebsocket {{ listen: \"127.0.0.1:{ws}\", no_tls: true }}\nmax_connections: 1000000\n",
+            dir.join("js").display()
+        ),
+    )?;
+    let (log, file) = log_file("nats-ws")?;
+    let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    let child = Command::new(bin)
+        .args(["-c", conf.to_str().context("path")?])
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting nats-server")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", ws)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nats-server did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{ws}"),
+        },
+        format!("nats://127.0.0.1:{client}"),
+        dir,
+    ))
 }
 
 /// Publishes every match's records: a keyframe now and every 5 s, deltas at `rate`.
@@ -466,8 +764,8 @@ async fn publish(
     };
     let _ = log.publish(keyframe(version)).await;
     // A real delta (gateways send only the viewer contract): one player moving, whose name
-    // pads the message to `payload` bytes.
-    let pad = "x".repeat(payload.saturating_sub(190));
+    // starts with the publish time (µs) and pads the message to `payload` bytes.
+    let pad = "x".repeat(payload.saturating_sub(206));
     // Matches are not in step with each other: each starts at a random phase of the period.
     let period = 1.0 / f64::from(rate.max(1));
     tokio::time::sleep(Duration::from_secs_f64(period * rand::random::<f64>())).await;
@@ -480,7 +778,8 @@ async fn publish(
         }
         version += 1;
         let body = format!(
-            "{{\"tick\":{version},\"players\":{{\"p1\":{{\"name\":\"{pad}\",\"x\":{},\"y\":{},\"angle\":0,\"hp\":100,\"alive\":true,\"score\":0,\"kills\":0,\"deaths\":0,\"bot\":true}}}}}}",
+            "{{\"tick\":{version},\"players\":{{\"p1\":{{\"name\":\"t{}{pad}\",\"x\":{},\"y\":{},\"angle\":0,\"hp\":100,\"alive\":true,\"score\":0,\"kills\":0,\"deaths\":0,\"bot\":true}}}}}}",
+            now_us(),
             version % 10_000,
             (version * 7) % 10_000
         );
@@ -552,7 +851,98 @@ fn wait_line(worker: &Worker, prefix: &str, limit: Duration) -> anyhow::Result<S
     }
 }
 
+/// What one system did in its window.
+#[derive(Debug, Clone, Serialize)]
+struct Measured {
+    system: &'static str,
+    viewers: usize,
+    held: u64,
+    failed: u64,
+    connect_secs: f64,
+    delivered_per_s: f64,
+    server_cpu_cores: f64,
+    msgs_per_cpu_second: f64,
+    rss_total_bytes: u64,
+    rss_per_connection_bytes: f64,
+    gaps: u64,
+    snapshots: u64,
+    latency: Latency,
+    /// The latency distribution as (microseconds, fraction at or below), for CDF plots.
+    cdf: Vec<(u64, f64)>,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<Results> {
+    let mut rows = Vec::new();
+    let mut measured = Vec::new();
+    for &system in &args.systems {
+        eprintln!("== {}", system.name());
+        let m = measure(system, &args).await?;
+        let transport = if system != System::Grandstand || args.sse <= 0.0 {
+            "WS".to_string()
+        } else if args.sse >= 1.0 {
+            "SSE".to_string()
+        } else {
+            format!("WS + {:.0}% SSE", args.sse * 100.0)
+        };
+        rows.push(Row {
+            name: format!(
+                "{}: {} {transport} viewers, {} process(es)",
+                system.name(),
+                args.viewers,
+                args.gateways
+            ),
+            throughput_per_s: m.delivered_per_s,
+            unit: "msgs/s delivered".into(),
+            latency: m.latency.clone(),
+            latency_of: "publish (harness clock) -> received by the viewer".into(),
+            notes: format!(
+                "held {}/{} (connect {:.1} s, {} failed); server CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {} gaps, {} snapshots",
+                m.held,
+                args.viewers,
+                m.connect_secs,
+                m.failed,
+                m.server_cpu_cores,
+                m.msgs_per_cpu_second,
+                m.rss_total_bytes as f64 / 1048576.0,
+                m.rss_per_connection_bytes / 1024.0,
+                m.gaps,
+                m.snapshots,
+            ),
+        });
+        measured.push(m);
+    }
+    let mut summary = Vec::new();
+    if let Some(gs) = measured.iter().find(|m| m.system == "grandstand") {
+        for peer in measured.iter().filter(|m| m.system != "grandstand") {
+            summary.push(format!(
+                "grandstand / {}: {:.2}x msgs per CPU-second, {:.2}x p99 latency (lower is better), {:.2}x memory per connection (lower is better), held {} vs {}",
+                peer.system,
+                gs.msgs_per_cpu_second / peer.msgs_per_cpu_second.max(1e-9),
+                gs.latency.p99_us as f64 / peer.latency.p99_us.max(1) as f64,
+                gs.rss_per_connection_bytes / peer.rss_per_connection_bytes.max(1.0),
+                gs.held,
+                peer.held,
+            ));
+        }
+    }
+    let systems: Vec<&str> = args.systems.iter().map(|s| s.name()).collect();
+    Ok(Results {
+        summary,
+        systems: measured
+            .iter()
+            .map(|m| serde_json::to_value(m).expect("json"))
+            .collect(),
+        scenario: "viewers: fan-out through real server processes following NATS JetStream".into(),
+        machine: machine(),
+        command: format!(
+            "loadtest viewers --systems {} --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
+            systems.join(","), args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
+        ),
+        rows,
+    })
+}
+
+async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     let bin = match &args.grandstand {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -562,7 +952,23 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
     };
     let tag = format!("{}{}", std::process::id(), rand::random::<u16>());
     let (stream, root) = (format!("GS_LOADTEST_{tag}"), format!("gsload{tag}"));
-    let mut config = NatsLogConfig::new(args.nats_url.clone());
+    // nats-ws brings its own nats-server, which is also the fan-out server under test;
+    // everyone else follows the shared one.
+    let mut servers: Vec<Server> = Vec::new();
+    let mut nats_dir = None;
+    let nats_url = if system == System::NatsWs {
+        anyhow::ensure!(
+            args.gateways <= 1,
+            "nats-ws runs one nats-server (a cluster is not set up by this harness)"
+        );
+        let (server, url, dir) = start_nats_ws()?;
+        servers.push(server);
+        nats_dir = Some(dir);
+        url
+    } else {
+        args.nats_url.clone()
+    };
+    let mut config = NatsLogConfig::new(nats_url.clone());
     config.stream = stream.clone();
     config.subject_root = root.clone();
     config.max_age = Duration::from_secs(600);
@@ -577,6 +983,11 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
     let match_ids: Vec<String> = (0..args.matches)
         .map(|i| format!("load-{tag}-{i}"))
         .collect();
+    if servers.is_empty() {
+        for _ in 0..args.gateways.max(1) {
+            servers.push(start_server(system, &bin, args, &nats_url, &stream, &root)?);
+        }
+    }
     let mut publishers = Vec::new();
     for id in &match_ids {
         publishers.push(tokio::spawn(publish(
@@ -587,17 +998,14 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             stop.clone(),
         )));
     }
-    let gateways: Vec<Gateway> = (0..args.gateways.max(1))
-        .map(|_| start_gateway(&bin, &args, &stream, &root))
-        .collect::<anyhow::Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+    let before: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
 
-    // A match's viewers all go to one gateway.
+    // A match's viewers all go to one server process.
     let targets: Vec<(String, String)> = match_ids
         .iter()
         .enumerate()
-        .map(|(i, id)| (gateways[i % gateways.len()].url.clone(), id.clone()))
+        .map(|(i, id)| (servers[i % servers.len()].url.clone(), id.clone()))
         .collect();
     let workers_n = args.viewers.div_ceil(args.per_worker.max(1)).max(1);
     let connecting = Instant::now();
@@ -606,6 +1014,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         let first = w * args.viewers / workers_n;
         let last = (w + 1) * args.viewers / workers_n;
         let plan = WorkerPlan {
+            system,
+            subject_root: root.clone(),
             targets: targets.clone(),
             viewers: last - first,
             first_viewer: first,
@@ -633,13 +1043,13 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
 
     let from = now_us();
     let to = from + args.duration * 1_000_000;
-    let start_usage: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+    let start_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
     for w in &mut workers {
         writeln!(w.stdin, "measure {from} {to}")?;
         w.stdin.flush()?;
     }
     tokio::time::sleep(Duration::from_micros(to - from)).await;
-    let end_usage: Vec<(f64, u64)> = gateways.iter().map(|g| proc_usage(g.child.id())).collect();
+    let end_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
     let mut merged = histogram();
     let mut total = WorkerReport::default();
     for w in &workers {
@@ -657,8 +1067,11 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         let _ = p.await;
     }
     drop(workers);
-    drop(gateways);
     let _ = log.delete_stream().await;
+    drop(servers);
+    if let Some(dir) = nats_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     let secs = args.duration as f64;
     let cpu: f64 = start_usage
@@ -672,44 +1085,28 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         .zip(&end_usage)
         .map(|(a, b)| b.1.saturating_sub(a.1))
         .sum();
-    let rss_total: u64 = end_usage.iter().map(|u| u.1).sum();
-    let per_conn = rss_growth as f64 / connected.max(1) as f64;
     let rate = total.messages as f64 / secs;
-    let transport = if args.sse >= 1.0 {
-        "SSE".to_string()
-    } else if args.sse > 0.0 {
-        format!("WS + {:.0}% SSE", args.sse * 100.0)
-    } else {
-        "WS".to_string()
-    };
-    let row = Row {
-        name: format!("{} {transport} viewers, {} gateway(s)", args.viewers, args.gateways),
-        throughput_per_s: rate,
-        unit: "msgs/s delivered".into(),
+    let cdf = [
+        0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
+    ]
+    .iter()
+    .map(|&q| (merged.value_at_quantile(q), q))
+    .collect();
+    Ok(Measured {
+        system: system.name(),
+        viewers: args.viewers,
+        held: total.held,
+        failed,
+        connect_secs,
+        delivered_per_s: rate,
+        server_cpu_cores: cpu,
+        msgs_per_cpu_second: rate / cpu.max(1e-9),
+        rss_total_bytes: end_usage.iter().map(|u| u.1).sum(),
+        rss_per_connection_bytes: rss_growth as f64 / connected.max(1) as f64,
+        gaps: total.gaps,
+        snapshots: total.snapshots,
         latency: Latency::of(&merged),
-        latency_of: "publish (harness clock) -> received by the viewer".into(),
-        notes: format!(
-            "held {}/{} (connect {:.1} s, {} failed); gateway CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {} gaps, {} snapshots",
-            total.held,
-            args.viewers,
-            connect_secs,
-            failed,
-            cpu,
-            rate / cpu.max(1e-9),
-            rss_total as f64 / 1048576.0,
-            per_conn / 1024.0,
-            total.gaps,
-            total.snapshots,
-        ),
-    };
-    Ok(Results {
-        scenario: "viewers: fan-out through real gateway processes following NATS JetStream".into(),
-        machine: machine(),
-        command: format!(
-            "loadtest viewers --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
-            args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
-        ),
-        rows: vec![row],
+        cdf,
     })
 }
 

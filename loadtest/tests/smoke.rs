@@ -122,3 +122,70 @@ fn viewers_scenario_fans_out_through_real_gateways() {
     );
     std::fs::remove_file(json).ok();
 }
+
+/// The peers of the side-by-side comparison (Node `ws`, Socket.IO, nats-server's WebSocket
+/// listener, the minimal Rust writer) each take the same viewers and deliver the same
+/// messages; `loadtest report` turns the run into tables, ratios and SVG plots.
+#[test]
+fn peers_and_report() {
+    let dir = std::env::temp_dir().join(format!("gs-loadtest-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("peers.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--json", json.to_str().unwrap(), "viewers"])
+        .args(["--systems", "grandstand,node-ws,socketio,nats-ws,raw"])
+        .args(["--viewers", "12", "--matches", "2", "--rate", "10"])
+        .args(["--duration", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let systems = results["systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 5);
+    for s in systems {
+        let name = s["system"].as_str().unwrap();
+        assert_eq!(s["held"], 12, "{name}: {s}");
+        assert_eq!(s["gaps"], 0, "{name}: {s}");
+        // 12 viewers x 10 messages/s for 2 s, give or take the window's edges.
+        let n = s["latency"]["count"].as_u64().unwrap();
+        assert!((180..=300).contains(&n), "{name}: {n} messages measured");
+    }
+    assert_eq!(results["summary"].as_array().unwrap().len(), 4);
+
+    let template = dir.join("template.md");
+    std::fs::write(
+        &template,
+        "# Run\n{{table peers.json}}\n{{ratios peers.json}}\n{{cdf peers.json}}\n{{scaling peers.json}}\n",
+    )
+    .unwrap();
+    let doc = dir.join("out.md");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("report")
+        .args(["--template", template.to_str().unwrap()])
+        .args(["--results", dir.to_str().unwrap()])
+        .args(["--out", doc.to_str().unwrap()])
+        .args(["--plots", dir.join("plots").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&doc).unwrap();
+    for system in ["grandstand", "node-ws", "socketio", "nats-ws", "raw"] {
+        assert!(text.contains(&format!("| {system} |")), "{text}");
+    }
+    assert!(text.contains("plots/peers-cdf.svg"), "{text}");
+    for plot in ["peers-cdf.svg", "viewers-per-cpu.svg", "viewers-memory.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("grandstand"), "{plot}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
