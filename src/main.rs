@@ -485,8 +485,7 @@ async fn main() -> anyhow::Result<()> {
             .context("restoring leaderboards from history")?;
         tracing::info!(epochs, events, "leaderboards restored from history");
     }
-    let http = tokio::net::TcpListener::bind(cli.http_addr)
-        .await
+    let http = httpkit::listen(cli.http_addr)
         .with_context(|| format!("binding HTTP on {}", cli.http_addr))?;
     let http_addr = http.local_addr()?;
     tracing::info!(%http_addr, role = ?role, "HTTP listening");

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
 mod serve;
-pub use serve::{serve, serve_with, ConnectionLimits, WriteDeadline};
+pub use serve::{listen, serve, serve_with, ConnectionLimits, WriteDeadline, LISTEN_BACKLOG};
 
 /// An error as clients see it: a status, a stable machine-readable code and a message.
 #[derive(Debug, Clone)]

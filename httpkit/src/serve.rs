@@ -55,6 +55,24 @@ impl Default for ConnectionLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
+/// Pending connections the kernel may queue for one listener (it caps this at
+/// `net.core.somaxconn`, 4096 here). Tokio's default is 1024: a reconnect storm of 10k
+/// viewers arriving in the same millisecond overflowed it and most waited out SYN retries
+/// (1 s, 3 s, 7 s); a deeper queue lets the accept loop take them as fast as it can.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, like tokio's `bind`).
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> io::Result<()> {
     serve_with(listener, router, shutdown, ConnectionLimits::default()).await
 }

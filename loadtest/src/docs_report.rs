@@ -236,6 +236,30 @@ fn systems_table(r: &Results) -> String {
             s.gaps
         );
     }
+    for v in &r.systems {
+        let Some(st) = v.get("storm") else { continue };
+        let ms = |l: &serde_json::Value, q: &str| l[q].as_f64().unwrap_or(0.0) / 1000.0;
+        out += &format!(
+            "\n**{} storm** ({}): {} viewers resumed, {} failed to reconnect (not retried); their first message was a replay of retained deltas for {} and a snapshot for {}; drop -> reconnected p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            st["kind"].as_str().unwrap_or("?"),
+            v["system"].as_str().unwrap_or("?"),
+            st["resumed"],
+            st["failed"],
+            st["replays"],
+            st["snapshots"],
+            ms(&st["resume"], "p50_us"),
+            ms(&st["resume"], "p99_us"),
+            ms(&st["resume"], "max_us"),
+        );
+        if let Some(c) = st.get("cold_load") {
+            out += &format!(
+                "; snapshot GET p50 {:.0} ms, p99 {:.0} ms",
+                ms(c, "p50_us"),
+                ms(c, "p99_us")
+            );
+        }
+        out += ".\n";
+    }
     out
 }
 

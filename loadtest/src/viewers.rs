@@ -71,6 +71,13 @@ pub struct Args {
     /// Handshakes in flight per worker while connecting.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// A storm in the middle of the window (Grandstand only): every viewer drops at once and
+    /// resumes from its last version (`reconnect`), or first fetches the cached snapshot and
+    /// connects from it (`cold-load`), like a page reload of the whole audience.
+    #[arg(long, value_enum, default_value_t = Storm::None)]
+    storm: Storm,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Systems measured one after the other in this run, comma separated: grandstand,
     /// node-ws, socketio, nats-ws, raw.
     #[arg(long, default_value = "grandstand", value_delimiter = ',')]
@@ -83,6 +90,24 @@ pub struct Args {
     /// The `grandstand` binary (by default, next to this one).
     #[arg(long)]
     grandstand: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storm {
+    None,
+    Reconnect,
+    ColdLoad,
+}
+
+impl Storm {
+    fn name(self) -> &'static str {
+        match self {
+            Storm::None => "none",
+            Storm::Reconnect => "reconnect",
+            Storm::ColdLoad => "cold-load",
+        }
+    }
 }
 
 /// A fan-out server under test.
@@ -117,6 +142,9 @@ impl System {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerPlan {
     system: System,
+    storm: Storm,
+    /// The snapshot API, for cold-load storms.
+    api: Option<String>,
     /// The subject root, for viewers that subscribe to NATS themselves.
     subject_root: String,
     /// (gateway base URL, match id) per viewer slot, cycled.
@@ -138,6 +166,14 @@ struct WorkerReport {
     gaps: u64,
     snapshots: u64,
     histogram: Vec<u8>,
+    /// Storm: drop -> the new connection's handshake done (resumed), per viewer.
+    resume_histogram: Vec<u8>,
+    /// Cold-load storm: the snapshot GET, per viewer.
+    cold_load_histogram: Vec<u8>,
+    resumed: u64,
+    resume_replays: u64,
+    resume_snapshots: u64,
+    resume_failed: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -163,6 +199,14 @@ struct Tally {
     gaps: AtomicU64,
     snapshots: AtomicU64,
     held: AtomicU64,
+    storm: tokio::sync::watch::Receiver<bool>,
+    storm_at: AtomicU64,
+    resume: Mutex<Histogram<u64>>,
+    cold_load: Mutex<Histogram<u64>>,
+    resumed: AtomicU64,
+    resume_replays: AtomicU64,
+    resume_snapshots: AtomicU64,
+    resume_failed: AtomicU64,
 }
 
 impl Tally {
@@ -205,8 +249,33 @@ impl Tally {
     }
 }
 
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    // The port is picked at connect time, per destination: binding to port 0 makes the kernel
+    // search for a port free for every destination, which turns slow and serial once thousands
+    // of closed connections sit in TIME_WAIT (a reconnect storm measured the load generator,
+    // not the gateway, without this).
+    bind_address_no_port(&socket)?;
     socket.bind(format!("{source}:0").parse()?)?;
     let addr = gateway.trim_start_matches("http://").parse()?;
     Ok(socket.connect(addr).await?)
@@ -232,6 +301,9 @@ struct Slot {
     subject_root: String,
     token: String,
     connected: tokio::sync::oneshot::Sender<bool>,
+    storm: Storm,
+    /// The snapshot API and a client bound to the worker's source address (cold-load storms).
+    api: Option<(String, reqwest::Client)>,
 }
 
 async fn websocket_viewer(slot: Slot) {
@@ -245,6 +317,7 @@ async fn websocket_viewer(slot: Slot) {
         subject_root,
         token,
         connected,
+        ..
     } = slot;
     let base = gateway.replacen("http://", "ws://", 1);
     let url = match system {
@@ -314,6 +387,120 @@ async fn websocket_viewer(slot: Slot) {
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn grandstand_ws(
+    source: &str,
+    gateway: &str,
+    match_id: &str,
+    token: &str,
+    since: Option<(u64, u64)>,
+) -> anyhow::Result<Ws> {
+    let stream = open_socket(source, gateway).await?;
+    let mut url = format!(
+        "{}/v1/matches/{match_id}/stream",
+        gateway.replacen("http://", "ws://", 1)
+    );
+    if let Some((epoch, version)) = since {
+        url += &format!("?since={epoch}:{version}");
+    }
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
+    Ok(ws)
+}
+
+/// A Grandstand viewer that also takes part in storms: when told, it drops its connection and
+/// comes back from its last version (or from a freshly fetched snapshot), timing how long until
+/// the new connection is up; its version line must go on without a gap.
+async fn storming_viewer(slot: Slot) {
+    let Slot {
+        tally,
+        viewer,
+        source,
+        gateway,
+        match_id,
+        token,
+        connected,
+        storm,
+        api,
+        ..
+    } = slot;
+    let opened = grandstand_ws(&source, &gateway, &match_id, &token, None).await;
+    let Some(mut ws) = report_open(opened, connected) else {
+        return;
+    };
+    tally.held.fetch_add(1, Ordering::Relaxed);
+    let mut signal = tally.storm.clone();
+    let mut stormed = false;
+    let mut resuming = false;
+    let mut last = None;
+    let mut epoch = None;
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if resuming {
+                        resuming = false;
+                        if t.starts_with("{\"type\":\"snapshot\"") {
+                            tally.resume_snapshots.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            tally.resume_replays.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    epoch = number_after(&t, "\"epoch\":").or(epoch);
+                    tally.observe(viewer, &t, &mut last);
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            _ = signal.changed(), if !stormed => {
+                stormed = true;
+                let _ = ws.close(None).await;
+                drop(ws);
+                resuming = true;
+                let mut since = epoch.zip(last);
+                if let (Storm::ColdLoad, Some((base, client))) = (storm, &api) {
+                    let started = now_us();
+                    let snap = async {
+                        let r = client.get(format!("{base}/v1/matches/{match_id}/snapshot")).send().await?;
+                        anyhow::ensure!(r.status().is_success(), "snapshot {}", r.status());
+                        let v: serde_json::Value = r.json().await?;
+                        anyhow::Ok((v["epoch"].as_u64().unwrap_or(0), v["version"].as_u64().unwrap_or(0)))
+                    };
+                    match snap.await {
+                        Ok(pos) => {
+                            tally.cold_load.lock().unwrap().saturating_record(now_us().saturating_sub(started).max(1));
+                            // The page applied the snapshot: its version line continues from it.
+                            since = Some(pos);
+                            last = Some(pos.1);
+                        }
+                        Err(_) => {
+                            tally.resume_failed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                match grandstand_ws(&source, &gateway, &match_id, &token, since).await {
+                    Ok(w) => {
+                        ws = w;
+                        let at = tally.storm_at.load(Ordering::Relaxed);
+                        tally.resume.lock().unwrap().saturating_record(now_us().saturating_sub(at).max(1));
+                        tally.resumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        tally.resume_failed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    tally.held.fetch_sub(1, Ordering::Relaxed);
+}
 
 /// Engine.IO open, Socket.IO namespace connect, then a `join` event for the match's room.
 async fn socketio_join(ws: &mut Ws, match_id: &str) -> anyhow::Result<()> {
@@ -454,6 +641,7 @@ async fn sse_viewer(slot: Slot) {
 /// on stdin, and prints its report.
 pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     let plan: WorkerPlan = serde_json::from_str(&plan_json)?;
+    let (storm_tx, storm_rx) = tokio::sync::watch::channel(false);
     let tally = Arc::new(Tally {
         shards: (0..32).map(|_| Mutex::new(histogram())).collect(),
         window: Mutex::new((u64::MAX, u64::MAX)),
@@ -461,7 +649,27 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         gaps: AtomicU64::new(0),
         snapshots: AtomicU64::new(0),
         held: AtomicU64::new(0),
+        storm: storm_rx,
+        storm_at: AtomicU64::new(0),
+        resume: Mutex::new(histogram()),
+        cold_load: Mutex::new(histogram()),
+        resumed: AtomicU64::new(0),
+        resume_replays: AtomicU64::new(0),
+        resume_snapshots: AtomicU64::new(0),
+        resume_failed: AtomicU64::new(0),
     });
+    let api = match &plan.api {
+        Some(base) => Some((
+            base.clone(),
+            reqwest::Client::builder()
+                .local_address(plan.source.parse::<std::net::IpAddr>()?)
+                // One connection per request: a storm must not leave thousands of idle
+                // sockets next to the viewers' (the process's open-file limit).
+                .pool_max_idle_per_host(0)
+                .build()?,
+        )),
+        None => None,
+    };
     let signer = TokenSigner::new(SECRET.as_bytes());
     let limit = Arc::new(tokio::sync::Semaphore::new(plan.connect_concurrency.max(1)));
     let mut waits = Vec::with_capacity(plan.viewers);
@@ -495,9 +703,13 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
             subject_root: plan.subject_root.clone(),
             token,
             connected: tx,
+            storm: plan.storm,
+            api: api.clone(),
         };
         if sse {
             tokio::spawn(sse_viewer(slot));
+        } else if plan.system == System::Grandstand && plan.storm != Storm::None {
+            tokio::spawn(storming_viewer(slot));
         } else {
             tokio::spawn(websocket_viewer(slot));
         }
@@ -522,6 +734,15 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map(|w| {
             *tally.window.lock().unwrap() = (w[0], w[1]);
+            if let Some(&at) = w.get(2) {
+                // Every worker storms at the same wall-clock instant.
+                let tally = tally.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(at.saturating_sub(now_us()))).await;
+                    tally.storm_at.store(now_us(), Ordering::Relaxed);
+                    let _ = storm_tx.send(true);
+                });
+            }
         })?;
     let (_, to) = *tally.window.lock().unwrap();
     // Messages published in the window may still be in flight when it ends.
@@ -536,6 +757,15 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     report.gaps = tally.gaps.load(Ordering::Relaxed);
     report.snapshots = tally.snapshots.load(Ordering::Relaxed);
     report.held = tally.held.load(Ordering::Relaxed);
+    V2Serializer::new().serialize(&*tally.resume.lock().unwrap(), &mut report.resume_histogram)?;
+    V2Serializer::new().serialize(
+        &*tally.cold_load.lock().unwrap(),
+        &mut report.cold_load_histogram,
+    )?;
+    report.resumed = tally.resumed.load(Ordering::Relaxed);
+    report.resume_replays = tally.resume_replays.load(Ordering::Relaxed);
+    report.resume_snapshots = tally.resume_snapshots.load(Ordering::Relaxed);
+    report.resume_failed = tally.resume_failed.load(Ordering::Relaxed);
     println!("report {}", serde_json::to_string(&report)?);
     std::io::stdout().flush()?;
     std::process::exit(0);
@@ -869,6 +1099,23 @@ struct Measured {
     latency: Latency,
     /// The latency distribution as (microseconds, fraction at or below), for CDF plots.
     cdf: Vec<(u64, f64)>,
+    /// Storms: every viewer's drop -> its new connection up (after the snapshot GET for
+    /// cold loads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storm: Option<StormMeasured>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct StormMeasured {
+    kind: Storm,
+    resumed: u64,
+    failed: u64,
+    /// The first message after resuming: retained deltas (replay) or a snapshot.
+    replays: u64,
+    snapshots: u64,
+    resume: Latency,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_load: Option<Latency>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Results> {
@@ -909,6 +1156,25 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 m.snapshots,
             ),
         });
+        if let (Some(st), Some(row)) = (&m.storm, rows.last_mut()) {
+            row.notes += &format!(
+                "; {} storm: {}/{} resumed ({} failed), first message a replay for {} and a snapshot for {}, drop -> reconnected p50 {:.1} ms p99 {:.1} ms max {:.1} ms{}",
+                st.kind.name(),
+                st.resumed,
+                m.held,
+                st.failed,
+                st.replays,
+                st.snapshots,
+                st.resume.p50_us as f64 / 1000.0,
+                st.resume.p99_us as f64 / 1000.0,
+                st.resume.max_us as f64 / 1000.0,
+                st.cold_load.as_ref().map_or(String::new(), |c| format!(
+                    "; snapshot GET p50 {:.1} ms p99 {:.1} ms",
+                    c.p50_us as f64 / 1000.0,
+                    c.p99_us as f64 / 1000.0
+                )),
+            );
+        }
         measured.push(m);
     }
     let mut summary = Vec::new();
@@ -935,8 +1201,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         scenario: "viewers: fan-out through real server processes following NATS JetStream".into(),
         machine: machine(),
         command: format!(
-            "loadtest viewers --systems {} --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
-            systems.join(","), args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
+            "loadtest viewers --systems {} --storm {} --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
+            systems.join(","), args.storm.name(), args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
         ),
         rows,
     })
@@ -988,6 +1254,15 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
             servers.push(start_server(system, &bin, args, &nats_url, &stream, &root)?);
         }
     }
+    anyhow::ensure!(
+        args.storm == Storm::None || system == System::Grandstand,
+        "storms are measured on grandstand only (the peers have no resume)"
+    );
+    let api = if args.storm == Storm::ColdLoad {
+        Some(start_snapshot_api(&bin, args, &nats_url, &stream, &root)?)
+    } else {
+        None
+    };
     let mut publishers = Vec::new();
     for id in &match_ids {
         publishers.push(tokio::spawn(publish(
@@ -1015,6 +1290,8 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         let last = (w + 1) * args.viewers / workers_n;
         let plan = WorkerPlan {
             system,
+            storm: args.storm,
+            api: api.as_ref().map(|a| a.url.clone()),
             subject_root: root.clone(),
             targets: targets.clone(),
             viewers: last - first,
@@ -1044,19 +1321,35 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     let from = now_us();
     let to = from + args.duration * 1_000_000;
     let start_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
+    let storm_at = (args.storm != Storm::None)
+        .then(|| format!(" {}", from + args.duration * 500_000))
+        .unwrap_or_default();
     for w in &mut workers {
-        writeln!(w.stdin, "measure {from} {to}")?;
+        writeln!(w.stdin, "measure {from} {to}{storm_at}")?;
         w.stdin.flush()?;
     }
     tokio::time::sleep(Duration::from_micros(to - from)).await;
     let end_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
     let mut merged = histogram();
+    let (mut resume, mut cold_load) = (histogram(), histogram());
     let mut total = WorkerReport::default();
     for w in &workers {
         let line = wait_line(w, "report", Duration::from_secs(120))?;
         let r: WorkerReport = serde_json::from_str(&line)?;
         let h: Histogram<u64> = Deserializer::new().deserialize(&mut r.histogram.as_slice())?;
         merged.add(&h)?;
+        if args.storm != Storm::None {
+            let h: Histogram<u64> =
+                Deserializer::new().deserialize(&mut r.resume_histogram.as_slice())?;
+            resume.add(&h)?;
+            let h: Histogram<u64> =
+                Deserializer::new().deserialize(&mut r.cold_load_histogram.as_slice())?;
+            cold_load.add(&h)?;
+        }
+        total.resumed += r.resumed;
+        total.resume_replays += r.resume_replays;
+        total.resume_snapshots += r.resume_snapshots;
+        total.resume_failed += r.resume_failed;
         total.messages += r.messages;
         total.gaps += r.gaps;
         total.snapshots += r.snapshots;
@@ -1107,7 +1400,44 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         snapshots: total.snapshots,
         latency: Latency::of(&merged),
         cdf,
+        storm: (args.storm != Storm::None).then(|| StormMeasured {
+            kind: args.storm,
+            resumed: total.resumed,
+            failed: total.resume_failed,
+            replays: total.resume_replays,
+            snapshots: total.resume_snapshots,
+            resume: Latency::of(&resume),
+            cold_load: (args.storm == Storm::ColdLoad).then(|| Latency::of(&cold_load)),
+        }),
     })
+}
+
+/// `grandstand snapshot-api` on the same stream, for cold-load storms.
+fn start_snapshot_api(
+    bin: &PathBuf,
+    args: &Args,
+    nats_url: &str,
+    stream: &str,
+    root: &str,
+) -> anyhow::Result<Server> {
+    let (log, file) = log_file("snapshot-api")?;
+    let data = std::env::temp_dir().join(format!("gs-loadtest-api-{}", rand::random::<u32>()));
+    let child = Command::new(bin)
+        .args(["snapshot-api", "--http-addr", "127.0.0.1:0"])
+        .args(["--nats-stream", stream, "--nats-subject-root", root])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("NATS_URL", nats_url)
+        .env("REDIS_URL", &args.redis_url)
+        .env("REDIS_PREFIX", format!("gs-loadtest-{root}:"))
+        .env("GRANDSTAND_TOKEN_SECRET", SECRET)
+        .env("RUST_LOG", "warn,grandstand=info")
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting the snapshot API")?;
+    wait_listening(child, &log)
 }
 
 #[cfg(test)]

@@ -189,3 +189,37 @@ fn peers_and_report() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Storms: every viewer drops at once and comes back, from its last version or from a fresh
+/// snapshot of the snapshot API, without a gap in its version line.
+#[test]
+fn storms_resume_every_viewer() {
+    for storm in ["reconnect", "cold-load"] {
+        let json = std::env::temp_dir().join(format!(
+            "gs-loadtest-storm-{storm}-{}.json",
+            std::process::id()
+        ));
+        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["--json", json.to_str().unwrap(), "viewers"])
+            .args(["--viewers", "20", "--matches", "2", "--rate", "10"])
+            .args(["--duration", "3", "--storm", storm])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let s = &results["systems"][0];
+        assert_eq!(s["gaps"], 0, "{storm}: {s}");
+        assert_eq!(s["storm"]["resumed"], 20, "{storm}: {s}");
+        assert_eq!(s["storm"]["failed"], 0, "{storm}: {s}");
+        if storm == "cold-load" {
+            assert_eq!(s["storm"]["cold_load"]["count"], 20, "{s}");
+        }
+        std::fs::remove_file(json).ok();
+    }
+}
