@@ -35,8 +35,9 @@ if want http; then
   trap 'kill $server 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do curl -sf localhost:18090/healthz >/dev/null && break; sleep 0.2; done
   sleep 6
-  lt --json "$out/http.json" http --base http://127.0.0.1:18090 --concurrency 32 --duration-secs 8
-  lt --json "$out/freshness.json" freshness --base http://127.0.0.1:18090 --kills 100
+  lt --json "$out/http.json" http --base http://127.0.0.1:18090 --concurrency 32 --duration-secs 8 --server-pid $server
+  lt --json "$out/leaderboard.json" leaderboard --base http://127.0.0.1:18090 --concurrency 32 --duration-secs 8 --server-pid $server
+  lt --json "$out/freshness.json" freshness --base http://127.0.0.1:18090 --kills 100 --server-pid $server
   kill $server; wait $server 2>/dev/null || true
   trap - EXIT
   unset NATS_URL NATS_STREAM NATS_SUBJECT_ROOT REDIS_URL REDIS_PREFIX DATABASE_URL GRANDSTAND_TOKEN_SECRET
@@ -59,6 +60,8 @@ if want viewers; then
   # processes of each system; nats-server's WebSocket listener is one process and sits out.
   lt --json "$out/viewers-50k.json" viewers --systems grandstand,node-ws,socketio,raw \
     --viewers 50000 --matches 48 --rate 1 --duration 15 --gateways 3
+  lt --json "$out/storm-reconnect-10k.json" viewers --viewers 10000 --matches 20 --rate 2 --duration 10 --storm reconnect
+  lt --json "$out/storm-cold-load-10k.json" viewers --viewers 10000 --matches 20 --rate 2 --duration 10 --storm cold-load
 fi
 
 if want report || [ -z "$only" ]; then

@@ -19,9 +19,14 @@ pub struct Args {
     /// Kills to measure.
     #[arg(long, default_value_t = 100)]
     kills: usize,
+    /// The server's process id, to record its CPU and memory next to the client figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Results> {
+    let usage = crate::report::ServerUsage::start(args.server_pid);
+    let bar = crate::report::count_bar(args.kills as u64, "kills");
     let http = reqwest::Client::new();
     let guest: serde_json::Value = http
         .post(format!("{}/v1/auth/guest", args.base))
@@ -108,10 +113,12 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         if !p.await.unwrap_or(false) {
             timeouts += 1;
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let h = hist.lock().unwrap().clone();
     Ok(Results {
-        summary: Vec::new(),
+        summary: usage.map(|u| u.line()).into_iter().collect(),
         systems: Vec::new(),
         scenario: "leaderboard freshness: kill -> visible in the leaderboard API".into(),
         machine: machine(),

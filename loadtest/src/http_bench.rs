@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use backends::{Leaderboards, MatchLog, NatsLog, NatsLogConfig, RedisLeaderboards};
 use hdrhistogram::Histogram;
 
-use crate::report::{machine, Latency, Results, Row};
+use crate::report::{machine, window_bar, Latency, Results, Row, ServerUsage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +32,12 @@ pub struct Args {
     redis_url: Option<String>,
     #[arg(long, env = "REDIS_PREFIX", default_value = "gs:")]
     redis_prefix: String,
+    /// The server's process id, to record its CPU and memory next to the client figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Leaderboard reads only (the `leaderboard` scenario).
+    #[arg(skip)]
+    pub leaderboards_only: bool,
 }
 
 /// Runs `op` from `concurrency` tasks for `duration`; returns requests/s and latencies.
@@ -45,6 +51,7 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let op = Arc::new(op);
+    let bar = window_bar(duration.as_secs(), "measuring");
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -72,6 +79,7 @@ where
         total.add(&h)?;
         errors += e;
     }
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     Ok((total.len() as f64 / secs, total, errors))
 }
@@ -91,17 +99,41 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         .ok_or_else(|| anyhow::anyhow!("no match to load"))?
         .to_string();
     let duration = Duration::from_secs(args.duration_secs);
+    let usage = ServerUsage::start(args.server_pid);
+    // A player in the middle of the global board, for neighbourhood reads.
+    let board: serde_json::Value = http
+        .get(format!("{}/v1/leaderboards/global?limit=1000", args.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let entries = board["entries"].as_array().cloned().unwrap_or_default();
+    let player = entries
+        .get(entries.len() / 2)
+        .and_then(|e| e["player"].as_str())
+        .unwrap_or("nobody")
+        .to_string();
     let mut rows = Vec::new();
-    for (name, path) in [
-        (
-            "GET snapshot (cached)",
-            format!("/v1/matches/{id}/snapshot"),
-        ),
+    let mut reads = vec![
         (
             "GET leaderboard top 100 (cached)",
             "/v1/leaderboards/global?limit=100".to_string(),
         ),
-    ] {
+        (
+            "GET leaderboard around a player, radius 10 (cached)",
+            format!("/v1/leaderboards/global/around/{player}?radius=10"),
+        ),
+    ];
+    if !args.leaderboards_only {
+        reads.insert(
+            0,
+            (
+                "GET snapshot (cached)",
+                format!("/v1/matches/{id}/snapshot"),
+            ),
+        );
+    }
+    for (name, path) in reads {
         let (http, url) = (http.clone(), format!("{}{path}", args.base));
         let (rate, h, errors) = hammer(args.concurrency, duration, move || {
             let (http, url) = (http.clone(), url.clone());
@@ -122,7 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             notes: format!("{} errors, concurrency {}", errors, args.concurrency),
         });
     }
-    if let Some(url) = &args.nats_url {
+    if let (Some(url), false) = (&args.nats_url, args.leaderboards_only) {
         let mut config = NatsLogConfig::new(url.clone());
         config.stream = args.nats_stream.clone();
         config.subject_root = args.nats_subject_root.clone();
@@ -158,15 +190,41 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             latency_of: "one read".into(),
             notes: format!("{errors} errors, concurrency {}", args.concurrency),
         });
+        let lb: Arc<dyn Leaderboards> =
+            Arc::new(RedisLeaderboards::connect(url, &args.redis_prefix).await?);
+        let (rate, h, errors) = hammer(args.concurrency, duration, move || {
+            let (lb, player) = (lb.clone(), player.clone());
+            async move { lb.around("global", &player, 10).await.is_ok() }
+        })
+        .await?;
+        rows.push(Row {
+            name: "uncached: around a player from Redis".into(),
+            throughput_per_s: rate,
+            unit: "reads/s".into(),
+            latency: Latency::of(&h),
+            latency_of: "one read".into(),
+            notes: format!("{errors} errors, concurrency {}", args.concurrency),
+        });
     }
     Ok(Results {
-        summary: Vec::new(),
+        summary: usage.map(|u| u.line()).into_iter().collect(),
         systems: Vec::new(),
-        scenario: "HTTP cold-load and leaderboard reads, cached vs the backend read".into(),
+        scenario: if args.leaderboards_only {
+            "leaderboard reads (top-N and a player's neighbourhood), cached vs Redis".into()
+        } else {
+            "HTTP cold-load and leaderboard reads, cached vs the backend read".into()
+        },
         machine: machine(),
         command: format!(
-            "loadtest http --base {} --concurrency {} --duration-secs {}",
-            args.base, args.concurrency, args.duration_secs
+            "loadtest {} --base {} --concurrency {} --duration-secs {}",
+            if args.leaderboards_only {
+                "leaderboard"
+            } else {
+                "http"
+            },
+            args.base,
+            args.concurrency,
+            args.duration_secs
         ),
         rows,
     })

@@ -30,6 +30,9 @@ enum Scenario {
     /// Cached snapshot and leaderboard GETs against a running server, with the uncached
     /// backend reads side by side.
     Http(http_bench::Args),
+    /// Leaderboard reads (top 100, a player's neighbourhood) against a running server, with
+    /// the uncached Redis reads side by side.
+    Leaderboard(http_bench::Args),
     /// Kill event -> visible in the leaderboard API, against a running server.
     Freshness(freshness::Args),
     /// UDP bot players against an in-process game server through a lossy link.
@@ -60,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
     let results = match cli.scenario {
         Scenario::Aggregator(args) => aggregator_bench::run(args).await?,
         Scenario::Http(args) => http_bench::run(args).await?,
+        Scenario::Leaderboard(mut args) => {
+            args.leaderboards_only = true;
+            http_bench::run(args).await?
+        }
         Scenario::Freshness(args) => freshness::run(args).await?,
         Scenario::Players(args) => players::run(args).await?,
         Scenario::Viewers(args) => viewers::run(args).await?,

@@ -104,3 +104,89 @@ pub fn table(r: &Results) -> String {
     }
     out
 }
+
+/// A process measured through `/proc`: CPU seconds (user + system) and resident bytes.
+pub fn proc_usage(pid: u32) -> (f64, u64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    (cpu, rss)
+}
+
+/// The CPU and memory of a server process over a run, from `/proc` (`--server-pid`).
+pub struct ServerUsage {
+    pid: u32,
+    cpu: f64,
+    started: std::time::Instant,
+}
+
+impl ServerUsage {
+    pub fn start(pid: Option<u32>) -> Option<ServerUsage> {
+        let pid = pid?;
+        Some(ServerUsage {
+            pid,
+            cpu: proc_usage(pid).0,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// "server (pid N): X cores, RSS Y MiB" over the run so far.
+    pub fn line(&self) -> String {
+        let (cpu, rss) = proc_usage(self.pid);
+        format!(
+            "server (pid {}): {:.2} cores busy on average, RSS {:.0} MiB at the end",
+            self.pid,
+            (cpu - self.cpu) / self.started.elapsed().as_secs_f64().max(1e-9),
+            rss as f64 / 1048576.0
+        )
+    }
+}
+
+/// A bar over a measuring window on stderr (drawn only on a terminal).
+pub fn window_bar(secs: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(secs);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} s")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    let ticking = bar.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.tick().await;
+        while !ticking.is_finished() && ticking.position() < ticking.length().unwrap_or(0) {
+            every.tick().await;
+            ticking.inc(1);
+        }
+    });
+    bar
+}
+
+/// A bar counting things (viewers connected, kills measured) on stderr.
+pub fn count_bar(total: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}

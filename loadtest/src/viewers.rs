@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::report::{machine, Latency, Results, Row};
+use crate::report::{machine, proc_usage, Latency, Results, Row};
 use protocol::now_us;
 
 const SECRET: &str = "loadtest-secret-shared-with-the-gateways";
@@ -771,30 +771,6 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
-/// A process measured through `/proc`: CPU seconds (user + system) and resident bytes.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / ticks)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
-    (cpu, rss)
-}
-
 /// One fan-out server process under test.
 struct Server {
     child: Child,
@@ -1328,7 +1304,9 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         writeln!(w.stdin, "measure {from} {to}{storm_at}")?;
         w.stdin.flush()?;
     }
+    let bar = crate::report::window_bar(args.duration, system.name());
     tokio::time::sleep(Duration::from_micros(to - from)).await;
+    bar.finish_and_clear();
     let end_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
     let mut merged = histogram();
     let (mut resume, mut cold_load) = (histogram(), histogram());

@@ -223,3 +223,82 @@ fn storms_resume_every_viewer() {
         std::fs::remove_file(json).ok();
     }
 }
+
+/// The scenarios that load a running server (cached reads, leaderboard reads, freshness)
+/// against the real binary on its embedded backends, with the server's CPU and memory read
+/// from /proc next to the client figures.
+#[test]
+fn server_scenarios_against_a_running_grandstand() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest"))
+        .parent()
+        .unwrap()
+        .join("grandstand");
+    let data = std::env::temp_dir().join(format!("gs-loadtest-server-{}", std::process::id()));
+    let log = data.join("server.log");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut server = Command::new(&bin)
+        .args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
+        .args(["--matches", "1", "--bots", "8", "--data-dir"])
+        .arg(&data)
+        .env_remove("NATS_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let base = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(i) = text.find("http_addr=") {
+            let addr: String = text[i + 10..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            break format!("http://{addr}");
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // Bots need a moment to score.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = server.id().to_string();
+    for (scenario, extra) in [
+        ("http", vec!["--duration-secs", "1", "--concurrency", "4"]),
+        (
+            "leaderboard",
+            vec!["--duration-secs", "1", "--concurrency", "4"],
+        ),
+        ("freshness", vec!["--kills", "2"]),
+    ] {
+        let json = data.join(format!("{scenario}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["--json", json.to_str().unwrap(), scenario])
+            .args(["--base", &base, "--server-pid", &pid])
+            .args(&extra)
+            .env_remove("NATS_URL")
+            .env_remove("REDIS_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{scenario}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let rows = r["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{scenario}: {r}");
+        for row in rows {
+            assert!(
+                row["latency"]["count"].as_u64().unwrap() > 0,
+                "{scenario}: {row}"
+            );
+        }
+        let summary = r["summary"][0].as_str().unwrap_or_default();
+        assert!(summary.contains(&format!("pid {pid}")), "{scenario}: {r}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    std::fs::remove_dir_all(data).ok();
+}
