@@ -19,7 +19,7 @@ want() { [ $# -eq 0 ] || [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
 only="${1:-}"
 
 if want aggregator; then
-  lt --json "$out/aggregator.json" aggregator --events 200000 --batch 5000
+  lt --json "$out/aggregator.json" aggregator --events 200000 --batch 5000 --server-pid "$(pidof redis-server | cut -d' ' -f1)"
 fi
 
 if want http; then
@@ -60,8 +60,8 @@ if want viewers; then
   # processes of each system; nats-server's WebSocket listener is one process and sits out.
   lt --json "$out/viewers-50k.json" viewers --systems grandstand,node-ws,socketio,raw \
     --viewers 50000 --matches 48 --rate 1 --duration 15 --gateways 3
-  lt --json "$out/storm-reconnect-10k.json" viewers --viewers 10000 --matches 20 --rate 2 --duration 10 --storm reconnect
-  lt --json "$out/storm-cold-load-10k.json" viewers --viewers 10000 --matches 20 --rate 2 --duration 10 --storm cold-load
+  lt --json "$out/storm-reconnect-10k.json" reconnect-storm --viewers 10000 --matches 20 --rate 2 --duration 10
+  lt --json "$out/storm-cold-load-10k.json" cold-load-storm --viewers 10000 --matches 20 --rate 2 --duration 10
 fi
 
 if want report || [ -z "$only" ]; then

@@ -26,6 +26,9 @@ pub struct Args {
     /// Events per pipelined batch (the aggregator's batch size).
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Redis's process id, to record its CPU and memory per variant.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// Kill events as rooms emit them, in per-match seq order, scored on all five boards.
@@ -82,6 +85,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         let lb = RedisLeaderboards::connect(&args.redis_url, &prefix).await?;
         let evs = events(args.events, args.matches, &run_id);
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let usage = crate::report::ServerUsage::start(args.server_pid);
+        let bar = crate::report::count_bar(evs.len() as u64, name);
         let started = Instant::now();
         let mut applied = 0usize;
         for chunk in evs.chunks(batch) {
@@ -92,8 +97,13 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 .iter()
                 .filter(|o| **o == backends::ApplyOutcome::Applied)
                 .count();
+            bar.inc(chunk.len() as u64);
         }
+        bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
+        let redis = usage
+            .map(|u| format!("; Redis {}", u.line()))
+            .unwrap_or_default();
         anyhow::ensure!(
             applied == evs.len(),
             "{name}: applied {applied} of {}",
@@ -115,7 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             latency: Latency::of(&hist),
             latency_of: format!("one round trip ({batch} events)"),
             notes: format!(
-                "{} events, 5 boards each, {} players on global",
+                "{} events, 5 boards each, {} players on global{redis}",
                 evs.len(),
                 top
             ),

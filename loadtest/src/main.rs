@@ -39,6 +39,12 @@ enum Scenario {
     Players(players::Args),
     /// WebSocket/SSE viewers through real gateway processes following NATS JetStream.
     Viewers(viewers::Args),
+    /// `viewers --storm reconnect`: every viewer drops at once mid-window and resumes from its
+    /// last version.
+    ReconnectStorm(viewers::Args),
+    /// `viewers --storm cold-load`: every viewer drops at once, fetches the cached snapshot
+    /// and connects from it (a reload of every page).
+    ColdLoadStorm(viewers::Args),
     /// Regenerates docs/benchmarks.md (tables and SVG plots) from a template and JSON results.
     Report(docs_report::Args),
     /// The minimal fan-out peer of `viewers --systems raw` (started by it).
@@ -70,6 +76,12 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Freshness(args) => freshness::run(args).await?,
         Scenario::Players(args) => players::run(args).await?,
         Scenario::Viewers(args) => viewers::run(args).await?,
+        Scenario::ReconnectStorm(args) => {
+            viewers::run(args.with_storm(viewers::Storm::Reconnect)).await?
+        }
+        Scenario::ColdLoadStorm(args) => {
+            viewers::run(args.with_storm(viewers::Storm::ColdLoad)).await?
+        }
         Scenario::ViewersWorker { plan } => return viewers::worker(plan).await,
         Scenario::Report(args) => return docs_report::run(args),
         Scenario::PeerRaw {

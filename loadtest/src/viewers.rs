@@ -110,6 +110,13 @@ impl Storm {
     }
 }
 
+impl Args {
+    pub fn with_storm(mut self, storm: Storm) -> Args {
+        self.storm = storm;
+        self
+    }
+}
+
 /// A fan-out server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -2,6 +2,35 @@
 //! out of CI (see docs/benchmarks.md for the commands).
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Runs `loadtest --json FILE ARGS...` (on the default local services); returns its stdout and
+/// the JSON results, failing with both outputs when it does not succeed.
+fn loadtest(args: &[&str]) -> (String, serde_json::Value) {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let json = std::env::temp_dir().join(format!(
+        "gs-loadtest-smoke-{}-{}.json",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--json")
+        .arg(&json)
+        .args(args)
+        .env_remove("NATS_URL")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "loadtest {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(json).ok();
+    (stdout, results)
+}
 
 #[test]
 fn aggregator_scenario_runs_against_real_redis() {
@@ -93,23 +122,23 @@ fn players_scenario_runs_over_a_lossy_link() {
 /// version line.
 #[test]
 fn viewers_scenario_fans_out_through_real_gateways() {
-    let json =
-        std::env::temp_dir().join(format!("gs-loadtest-viewers-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--json", json.to_str().unwrap(), "viewers"])
-        .args(["--viewers", "20", "--matches", "3", "--rate", "10"])
-        .args(["--duration", "2", "--gateways", "2", "--sse", "0.5"])
-        .args(["--per-worker", "10"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, results) = loadtest(&[
+        "viewers",
+        "--viewers",
+        "20",
+        "--matches",
+        "3",
+        "--rate",
+        "10",
+        "--duration",
+        "2",
+        "--gateways",
+        "2",
+        "--sse",
+        "0.5",
+        "--per-worker",
+        "10",
+    ]);
     let row = &results["rows"][0];
     let notes = row["notes"].as_str().unwrap();
     assert!(notes.contains("held 20/20"), "{notes}");
@@ -120,7 +149,6 @@ fn viewers_scenario_fans_out_through_real_gateways() {
         (300..=500).contains(&delivered),
         "{delivered} messages measured"
     );
-    std::fs::remove_file(json).ok();
 }
 
 /// The peers of the side-by-side comparison (Node `ws`, Socket.IO, nats-server's WebSocket
@@ -194,25 +222,20 @@ fn peers_and_report() {
 /// snapshot of the snapshot API, without a gap in its version line.
 #[test]
 fn storms_resume_every_viewer() {
+    // The scenario names `reconnect-storm` and `cold-load-storm` are `viewers --storm ...`.
     for storm in ["reconnect", "cold-load"] {
-        let json = std::env::temp_dir().join(format!(
-            "gs-loadtest-storm-{storm}-{}.json",
-            std::process::id()
-        ));
-        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args(["--json", json.to_str().unwrap(), "viewers"])
-            .args(["--viewers", "20", "--matches", "2", "--rate", "10"])
-            .args(["--duration", "3", "--storm", storm])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let results: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let scenario = format!("{storm}-storm");
+        let (_, results) = loadtest(&[
+            &scenario,
+            "--viewers",
+            "20",
+            "--matches",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "3",
+        ]);
         let s = &results["systems"][0];
         assert_eq!(s["gaps"], 0, "{storm}: {s}");
         assert_eq!(s["storm"]["resumed"], 20, "{storm}: {s}");
@@ -220,7 +243,6 @@ fn storms_resume_every_viewer() {
         if storm == "cold-load" {
             assert_eq!(s["storm"]["cold_load"]["count"], 20, "{s}");
         }
-        std::fs::remove_file(json).ok();
     }
 }
 
@@ -271,22 +293,9 @@ fn server_scenarios_against_a_running_grandstand() {
         ),
         ("freshness", vec!["--kills", "2"]),
     ] {
-        let json = data.join(format!("{scenario}.json"));
-        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args(["--json", json.to_str().unwrap(), scenario])
-            .args(["--base", &base, "--server-pid", &pid])
-            .args(&extra)
-            .env_remove("NATS_URL")
-            .env_remove("REDIS_URL")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{scenario}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let mut args = vec![scenario, "--base", &base, "--server-pid", &pid];
+        args.extend(extra);
+        let (_, r) = loadtest(&args);
         let rows = r["rows"].as_array().unwrap();
         assert!(!rows.is_empty(), "{scenario}: {r}");
         for row in rows {
