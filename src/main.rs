@@ -53,6 +53,10 @@ struct Cli {
     /// JetStream stream holding every match's log.
     #[arg(long, env = "NATS_STREAM", default_value = "MATCHES", global = true)]
     nats_stream: String,
+    /// Copies of the stream kept by a NATS cluster (1 on a single server; 3 on a 3-node
+    /// cluster, so losing one node loses nothing).
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
+    nats_replicas: u8,
     /// First token of match log subjects (`<root>.<match>.delta|event|keyframe`).
     #[arg(
         long,
@@ -334,6 +338,7 @@ async fn match_log(cli: &Cli, role: Role) -> anyhow::Result<Arc<dyn MatchLog>> {
             config.subject_root = cli.nats_subject_root.clone();
             config.max_age = Duration::from_secs(cli.nats_max_age_secs);
             config.max_bytes = cli.nats_max_bytes;
+            config.replicas = usize::from(cli.nats_replicas);
             let log = NatsLog::connect(config).await.context("connecting to NATS JetStream")?;
             tracing::info!(%url, stream = %cli.nats_stream, "match log: NATS JetStream");
             Ok(Arc::new(log))

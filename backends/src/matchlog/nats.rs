@@ -21,6 +21,7 @@ const VERSION_HEADER: &str = "Match-Version";
 
 #[derive(Debug, Clone)]
 pub struct NatsLogConfig {
+    /// One server, or a cluster's servers separated by commas.
     pub url: String,
     /// Stream name, `MATCHES` in production; tests use a unique one.
     pub stream: String,
@@ -64,10 +65,13 @@ impl NatsLog {
 
     /// Connects and creates the stream, or updates its limits to the configured ones.
     pub async fn connect(config: NatsLogConfig) -> Result<NatsLog, LogError> {
+        // A cluster is given as a comma-separated list; any reachable node will do, and the
+        // client learns the rest from it.
+        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
         let client = async_nats::ConnectOptions::new()
             .name("grandstand")
             .retry_on_initial_connect()
-            .connect(&config.url)
+            .connect(servers)
             .await
             .map_err(LogError::unavailable)?;
         let js = jetstream::new(client.clone());

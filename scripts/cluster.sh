@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# A local multi-node deployment on loopback, for fault drills: a 3-node NATS JetStream cluster
+# (the match log replicated 3 times), its own Redis, a PostgreSQL database on the local server,
+# 2 game servers, 3 gateways, 2 aggregators (competing consumers) and 1 snapshot API, each role
+# its own process on its own 127.0.0.x address.
+#
+#   scripts/cluster.sh up       # build (release) and start everything; prints the addresses
+#   scripts/cluster.sh status   # which processes are alive, /healthz of each role
+#   scripts/cluster.sh down     # stop everything and remove the cluster's data
+#
+# State lives in $CLUSTER_DIR (default /tmp/grandstand-cluster): logs/, pids/, nats data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${CLUSTER_DIR:-/tmp/grandstand-cluster}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/grandstand-target}"
+bin="$CARGO_TARGET_DIR/release/grandstand"
+nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+nats_urls="nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224"
+redis_port=16379
+database=grandstand_cluster
+
+# name  address     http  extra arguments
+roles=(
+  "game-1     127.0.0.21 19101 game-server --udp-addr 127.0.0.21:17777"
+  "game-2     127.0.0.22 19101 game-server --udp-addr 127.0.0.22:17777"
+  "gateway-1  127.0.0.23 18080 gateway --public-url http://127.0.0.23:18080"
+  "gateway-2  127.0.0.24 18080 gateway --public-url http://127.0.0.24:18080"
+  "gateway-3  127.0.0.25 18080 gateway --public-url http://127.0.0.25:18080"
+  "aggregator-1 127.0.0.26 19102 aggregator"
+  "aggregator-2 127.0.0.27 19102 aggregator"
+  "api        127.0.0.28 18081 snapshot-api"
+)
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 100); do port_open "$1" "$2" && return 0; sleep 0.2; done
+  echo "nothing listens on $1:$2" >&2
+  return 1
+}
+
+start() { # name, then the command
+  local name=$1
+  shift
+  "$@" >"$dir/logs/$name.log" 2>&1 &
+  echo $! >"$dir/pids/$name.pid"
+}
+
+# Through `env` (which execs the program), so the recorded pid is the role's own.
+role_env=(
+  env NATS_URL="$nats_urls" NATS_REPLICAS=3
+  REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_PREFIX="gs:"
+  DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
+  GRANDSTAND_TOKEN_SECRET="cluster-secret-cluster-secret-cluster"
+  RUST_LOG="info,sqlx=warn,async_nats=warn"
+)
+
+# Starts one role by name (also used to restart a killed one).
+start_role() {
+  local want=$1 line name addr http role rest
+  for line in "${roles[@]}"; do
+    read -r name addr http role rest <<<"$line"
+    [ "$name" = "$want" ] || continue
+    # shellcheck disable=SC2086
+    start "$name" "${role_env[@]}" "$bin" "$role" --http-addr "$addr:$http" $rest
+    wait_port "$addr" "$http"
+    return 0
+  done
+  echo "no role $want" >&2
+  return 1
+}
+
+start_nats() { # node 1..3
+  local n=$1 routes
+  routes="nats://127.0.0.1:16222,nats://127.0.0.1:16223,nats://127.0.0.1:16224"
+  mkdir -p "$dir/nats-$n"
+  start "nats-$n" "$nats" -a 127.0.0.1 -p $((14221 + n)) -n "gs-$n" -js -sd "$dir/nats-$n" \
+    --cluster_name grandstand --cluster "nats://127.0.0.1:$((16221 + n))" --routes "$routes"
+  wait_port 127.0.0.1 $((14221 + n))
+}
+
+up() {
+  if [ -d "$dir/pids" ] && ls "$dir"/pids/*.pid >/dev/null 2>&1; then
+    echo "a cluster is already up in $dir (scripts/cluster.sh down first)" >&2
+    exit 1
+  fi
+  scripts/services.sh >/dev/null
+  cargo build --release -q -p grandstand
+  mkdir -p "$dir/logs" "$dir/pids"
+  for n in 1 2 3; do start_nats "$n"; done
+  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no
+  wait_port 127.0.0.1 "$redis_port"
+  psql -h 127.0.0.1 -U postgres -qtAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $database"
+  # The first role creates the replicated stream once the JetStream cluster has a leader.
+  local line name
+  for line in "${roles[@]}"; do
+    read -r name _ <<<"$line"
+    start_role "$name"
+  done
+  echo "cluster up in $dir"
+  for line in "${roles[@]}"; do
+    read -r name addr http _ <<<"$line"
+    printf '  %-13s http://%s:%s\n' "$name" "$addr" "$http"
+  done
+  echo "  nats          $nats_urls (stream MATCHES, 3 replicas)"
+  echo "  redis         redis://127.0.0.1:$redis_port   postgres  $database"
+}
+
+status() {
+  local f name pid line addr http
+  for f in "$dir"/pids/*.pid; do
+    [ -e "$f" ] || { echo "no cluster in $dir"; return 0; }
+    name=$(basename "$f" .pid)
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then echo "up    $name (pid $pid)"; else echo "DOWN  $name"; fi
+  done
+  for line in "${roles[@]}"; do
+    read -r name addr http _ <<<"$line"
+    printf '%-13s /healthz: %s\n' "$name" "$(curl -s -m 2 "http://$addr:$http/healthz" || echo unreachable)"
+  done
+}
+
+down() {
+  local f
+  for f in "$dir"/pids/*.pid; do
+    [ -e "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+  done
+  sleep 1
+  for f in "$dir"/pids/*.pid; do
+    [ -e "$f" ] || continue
+    kill -9 "$(cat "$f")" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $database" 2>/dev/null || true
+  echo "cluster down"
+}
+
+case "${1:-}" in
+  up) up ;;
+  status) status ;;
+  down) down ;;
+  start-role) start_role "$2" ;;
+  start-nats) start_nats "$2" ;;
+  *) echo "usage: $0 up|status|down|start-role NAME|start-nats N" >&2; exit 2 ;;
+esac
