@@ -34,33 +34,19 @@ fn loadtest(args: &[&str]) -> (String, serde_json::Value) {
 
 #[test]
 fn aggregator_scenario_runs_against_real_redis() {
-    let json = std::env::temp_dir().join(format!("gs-loadtest-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "--json",
-            json.to_str().unwrap(),
-            "aggregator",
-            "--events",
-            "3000",
-            "--matches",
-            "20",
-            "--batch",
-            "500",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, results) = loadtest(&[
+        "aggregator",
+        "--events",
+        "3000",
+        "--matches",
+        "20",
+        "--batch",
+        "500",
+    ]);
     assert!(
         stdout.contains("batched pipeline") && stdout.contains("x throughput"),
         "{stdout}"
     );
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = results["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
@@ -70,36 +56,20 @@ fn aggregator_scenario_runs_against_real_redis() {
                 >= row["latency"]["p50_us"].as_u64().unwrap()
         );
     }
-    std::fs::remove_file(json).ok();
 }
 
 #[test]
 fn players_scenario_runs_over_a_lossy_link() {
-    let json =
-        std::env::temp_dir().join(format!("gs-loadtest-players-{}.json", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
-            "--json",
-            json.to_str().unwrap(),
-            "players",
-            "--players",
-            "6",
-            "--room-size",
-            "3",
-            "--duration",
-            "2",
-            "--compare",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, results) = loadtest(&[
+        "players",
+        "--players",
+        "6",
+        "--room-size",
+        "3",
+        "--duration",
+        "2",
+        "--compare",
+    ]);
     let rows = results["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 8, "four variants, two latencies each");
     for row in rows {
@@ -114,7 +84,6 @@ fn players_scenario_runs_over_a_lossy_link() {
     // Delta compression and AOI cut bandwidth: the full-state, full-world variant costs more.
     let bytes = |i: usize| rows[i]["throughput_per_s"].as_f64().unwrap();
     assert!(bytes(6) > bytes(0), "{} vs {}", bytes(6), bytes(0));
-    std::fs::remove_file(json).ok();
 }
 
 /// Viewers through two real gateway processes following the real NATS JetStream: every viewer
@@ -158,22 +127,21 @@ fn viewers_scenario_fans_out_through_real_gateways() {
 fn peers_and_report() {
     let dir = std::env::temp_dir().join(format!("gs-loadtest-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("peers.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--json", json.to_str().unwrap(), "viewers"])
-        .args(["--systems", "grandstand,node-ws,socketio,nats-ws,raw"])
-        .args(["--viewers", "12", "--matches", "2", "--rate", "10"])
-        .args(["--duration", "2"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (_, results) = loadtest(&[
+        "viewers",
+        "--systems",
+        "grandstand,node-ws,socketio,nats-ws,raw",
+        "--viewers",
+        "12",
+        "--matches",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "2",
+    ]);
+    // The report reads results from a folder of its own.
+    std::fs::write(dir.join("peers.json"), results.to_string()).unwrap();
     let systems = results["systems"].as_array().unwrap();
     assert_eq!(systems.len(), 5);
     for s in systems {
