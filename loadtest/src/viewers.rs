@@ -214,6 +214,8 @@ struct Tally {
     resume_replays: AtomicU64,
     resume_snapshots: AtomicU64,
     resume_failed: AtomicU64,
+    /// Viewers that dropped in the storm (each then resumes or fails).
+    stormed: AtomicU64,
 }
 
 impl Tally {
@@ -466,6 +468,7 @@ async fn storming_viewer(slot: Slot) {
             },
             _ = signal.changed(), if !stormed => {
                 stormed = true;
+                tally.stormed.fetch_add(1, Ordering::Relaxed);
                 let _ = ws.close(None).await;
                 drop(ws);
                 resuming = true;
@@ -664,6 +667,7 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         resume_replays: AtomicU64::new(0),
         resume_snapshots: AtomicU64::new(0),
         resume_failed: AtomicU64::new(0),
+        stormed: AtomicU64::new(0),
     });
     let api = match &plan.api {
         Some(base) => Some((
@@ -755,6 +759,19 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     // Messages published in the window may still be in flight when it ends.
     let until = Duration::from_micros(to.saturating_sub(now_us())) + Duration::from_secs(2);
     tokio::time::sleep(until).await;
+    // A storm is over when every viewer it dropped has come back or given up; on a loaded
+    // machine that can outlast the window, and a report before it would miscount.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while plan.storm != Storm::None && Instant::now() < settle {
+        let done =
+            tally.resumed.load(Ordering::Relaxed) + tally.resume_failed.load(Ordering::Relaxed);
+        if tally.stormed.load(Ordering::Relaxed) > 0
+            && done >= tally.stormed.load(Ordering::Relaxed)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut merged = histogram();
     for s in &tally.shards {
         merged.add(&*s.lock().unwrap())?;
