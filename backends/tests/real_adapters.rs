@@ -117,6 +117,43 @@ async fn nats_follow_reads_one_match_from_its_latest_keyframe() {
     drop_stream(&config).await;
 }
 
+/// The bounded replay of every event ends at the last one even when nothing more is published
+/// (a rebuild on a quiet log must not wait for the next match).
+#[tokio::test]
+async fn nats_all_events_ends_on_a_quiet_log() {
+    let (log, config) = nats_log().await;
+    for (m, v, k) in [
+        ("m1", 1, LogKind::Event),
+        ("m1", 2, LogKind::Delta),
+        ("m2", 1, LogKind::Event),
+        ("m1", 3, LogKind::Event),
+        ("m1", 4, LogKind::Delta),
+    ] {
+        log.publish(rec(m, v, k)).await.unwrap();
+    }
+    let read = async {
+        let mut s = log.all_events().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) = s.next().await {
+            let item = item.unwrap();
+            got.push((item.record.match_id.clone(), item.record.version));
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the replay ended without waiting for another event");
+    assert_eq!(
+        got,
+        vec![
+            ("m1".to_string(), 1),
+            ("m2".to_string(), 1),
+            ("m1".to_string(), 3)
+        ]
+    );
+    drop_stream(&config).await;
+}
+
 #[tokio::test]
 async fn nats_event_consumers_are_durable_and_redeliver_what_was_not_acked() {
     let (log, config) = nats_log().await;

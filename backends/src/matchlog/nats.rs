@@ -347,15 +347,17 @@ impl MatchLog for NatsLog {
                     published_us: None,
                 })
             })
-            // Stop after the item that caught up: this is a bounded replay, not a follow.
-            .scan(false, |done, item: Result<LogItem, LogError>| {
-                if *done {
-                    return futures::future::ready(None);
-                }
-                *done = item.as_ref().map(|i| i.caught_up).unwrap_or(true);
-                futures::future::ready(Some(item))
-            });
-        Ok(Box::pin(stream))
+            .boxed();
+        // Stop right after the item that caught up: this is a bounded replay, not a follow.
+        // (Ending on the next poll instead, as `scan` would, waits for one more event to be
+        // published: forever on a quiet log, e.g. a rebuild while no match is running.)
+        let bounded = futures::stream::unfold(Some(stream), |inner| async move {
+            let mut inner = inner?;
+            let item: Result<LogItem, LogError> = inner.next().await?;
+            let done = item.as_ref().map(|i| i.caught_up).unwrap_or(true);
+            Some((item, (!done).then_some(inner)))
+        });
+        Ok(Box::pin(bounded))
     }
 
     async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
