@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
 # A local multi-node deployment on loopback, for fault drills: a 3-node NATS JetStream cluster
-# (the match log replicated 3 times), its own Redis, a PostgreSQL database on the local server,
-# 2 game servers, 3 gateways, 2 aggregators (competing consumers) and 1 snapshot API, each role
-# its own process on its own 127.0.0.x address.
+# (the match log replicated 3 times), its own Redis, its own PostgreSQL server, 2 game servers,
+# 3 gateways, 2 aggregators (competing consumers) and 1 snapshot API, each role its own process
+# on its own 127.0.0.x address. `loadtest chaos` drives it (and injects the faults).
 #
 #   scripts/cluster.sh up       # build (release) and start everything; prints the addresses
 #   scripts/cluster.sh status   # which processes are alive, /healthz of each role
 #   scripts/cluster.sh down     # stop everything and remove the cluster's data
+#   scripts/cluster.sh start-role NAME | start-nats N | start-redis | start-postgres
+#                               # (re)start one piece after a fault
+#   scripts/cluster.sh stop-postgres   # an immediate (crash-like) stop of its PostgreSQL
+#   scripts/cluster.sh rebuild  # rebuild the leaderboards from history and the log (after a
+#                               # Redis loss)
 #
-# State lives in $CLUSTER_DIR (default /tmp/grandstand-cluster): logs/, pids/, nats data.
+# State lives in $CLUSTER_DIR (default /tmp/grandstand-cluster): logs/, pids/, nats and
+# PostgreSQL data. GRANDSTAND_BIN runs that binary instead of building the release one; every
+# GRANDSTAND_* variable in the caller's environment reaches the roles (e.g.
+# GRANDSTAND_MATCH_SECS). The ports are fixed: one cluster per machine at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${CLUSTER_DIR:-/tmp/grandstand-cluster}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/grandstand-target}"
-bin="$CARGO_TARGET_DIR/release/grandstand"
+bin="${GRANDSTAND_BIN:-$CARGO_TARGET_DIR/release/grandstand}"
 nats=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 nats_urls="nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224"
 redis_port=16379
-database=grandstand_cluster
+# Its own PostgreSQL server (not the machine's), so a drill can stop it without touching
+# anything else on the machine.
+pg_port=15432
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+database=grandstand
+# initdb and postgres refuse to run as root.
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # name  address     http  extra arguments
 roles=(
@@ -29,7 +43,7 @@ roles=(
   "gateway-3  127.0.0.25 18080 gateway --public-url http://127.0.0.25:18080"
   "aggregator-1 127.0.0.26 19102 aggregator"
   "aggregator-2 127.0.0.27 19102 aggregator"
-  "api        127.0.0.28 18081 snapshot-api"
+  "api        127.0.0.28 18081 snapshot-api --matchmaker-url http://127.0.0.21:19101"
 )
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -51,7 +65,7 @@ start() { # name, then the command
 role_env=(
   env NATS_URL="$nats_urls" NATS_REPLICAS=3
   REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_PREFIX="gs:"
-  DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
+  DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database"
   GRANDSTAND_TOKEN_SECRET="cluster-secret-cluster-secret-cluster"
   RUST_LOG="info,sqlx=warn,async_nats=warn"
 )
@@ -80,19 +94,42 @@ start_nats() { # node 1..3
   wait_port 127.0.0.1 $((14221 + n))
 }
 
+start_redis() { # empty, like a Redis that lost its memory
+  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no
+  wait_port 127.0.0.1 "$redis_port"
+}
+
+start_postgres() {
+  if [ ! -d "$dir/pg" ]; then
+    mkdir -p "$dir/pg"
+    chown postgres "$dir/pg" 2>/dev/null || true
+    as_postgres "$pg_bin/initdb" -D "$dir/pg/data" -A trust -U postgres -E UTF8 >/dev/null
+  fi
+  as_postgres "$pg_bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -o \
+    "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1" start >/dev/null
+  psql -h 127.0.0.1 -p "$pg_port" -U postgres -qtAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
+    psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE DATABASE $database"
+}
+
+stop_postgres() {
+  as_postgres "$pg_bin/pg_ctl" -D "$dir/pg/data" -m immediate -w stop >/dev/null
+}
+
+rebuild() {
+  # shellcheck disable=SC2086
+  "${role_env[@]}" "$bin" aggregator --rebuild
+}
+
 up() {
   if [ -d "$dir/pids" ] && ls "$dir"/pids/*.pid >/dev/null 2>&1; then
     echo "a cluster is already up in $dir (scripts/cluster.sh down first)" >&2
     exit 1
   fi
-  scripts/services.sh >/dev/null
-  cargo build --release -q -p grandstand
+  [ -n "${GRANDSTAND_BIN:-}" ] || cargo build --release -q -p grandstand
   mkdir -p "$dir/logs" "$dir/pids"
   for n in 1 2 3; do start_nats "$n"; done
-  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no
-  wait_port 127.0.0.1 "$redis_port"
-  psql -h 127.0.0.1 -U postgres -qtAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
-    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $database"
+  start_redis
+  start_postgres
   # The first role creates the replicated stream once the JetStream cluster has a leader.
   local line name
   for line in "${roles[@]}"; do
@@ -105,7 +142,8 @@ up() {
     printf '  %-13s http://%s:%s\n' "$name" "$addr" "$http"
   done
   echo "  nats          $nats_urls (stream MATCHES, 3 replicas)"
-  echo "  redis         redis://127.0.0.1:$redis_port   postgres  $database"
+  echo "  redis         redis://127.0.0.1:$redis_port"
+  echo "  postgres      postgres://postgres@127.0.0.1:$pg_port/$database"
 }
 
 status() {
@@ -133,8 +171,8 @@ down() {
     [ -e "$f" ] || continue
     kill -9 "$(cat "$f")" 2>/dev/null || true
   done
+  [ -d "$dir/pg/data" ] && { stop_postgres 2>/dev/null || true; }
   rm -rf "$dir"
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $database" 2>/dev/null || true
   echo "cluster down"
 }
 
@@ -144,5 +182,9 @@ case "${1:-}" in
   down) down ;;
   start-role) start_role "$2" ;;
   start-nats) start_nats "$2" ;;
-  *) echo "usage: $0 up|status|down|start-role NAME|start-nats N" >&2; exit 2 ;;
+  start-redis) start_redis ;;
+  start-postgres) start_postgres ;;
+  stop-postgres) stop_postgres ;;
+  rebuild) rebuild ;;
+  *) echo "usage: $0 up|status|down|start-role NAME|start-nats N|start-redis|start-postgres|stop-postgres|rebuild" >&2; exit 2 ;;
 esac

@@ -8,4 +8,4 @@ pub mod rewind;
 pub mod world;
 
 pub use physics::{Body, ARENA};
-pub use world::{Player, ShotOutcome, SimEvent, World, WorldConfig};
+pub use world::{Player, ShotOutcome, SimEvent, Tally, World, WorldConfig};

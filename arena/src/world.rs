@@ -136,12 +136,27 @@ impl Default for WorldConfig {
     }
 }
 
+/// A player's part in a match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub id: String,
+    pub name: String,
+    pub score: u32,
+    pub kills: u32,
+    pub deaths: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct World {
     pub tick: u64,
     pub dt: f32,
     pub config: WorldConfig,
     pub players: Vec<Player>,
+    /// What players who left took part in: a match's results list everyone who played it, and
+    /// a player who comes back carries on from their tally (their kills are in the log either
+    /// way; results that forgot them disagreed with the leaderboards).
+    #[serde(default)]
+    pub departed: Vec<Tally>,
     /// Seconds until each pickup of `PICKUPS` is back (0 = available).
     pub pickups: Vec<f32>,
     rng: Rng,
@@ -165,6 +180,7 @@ impl World {
             history: History::new(tick_hz as usize + 1),
             config,
             players: Vec::new(),
+            departed: Vec::new(),
             pickups: vec![0.0; PICKUPS.len()],
             rng: Rng::new(seed),
             next_entity: 1,
@@ -191,6 +207,12 @@ impl World {
     }
 
     fn add(&mut self, id: String, name: String, bot: bool) -> u16 {
+        let earlier = self
+            .departed
+            .iter()
+            .position(|t| t.id == id)
+            .map(|i| self.departed.remove(i))
+            .unwrap_or_default();
         let (x, y) = self.spawn_point();
         let waypoint = self.spawn_point();
         let entity = self.next_entity;
@@ -211,9 +233,9 @@ impl World {
             life: 0,
             respawn_in: 0.0,
             cooldown: 0.0,
-            score: 0,
-            kills: 0,
-            deaths: 0,
+            score: earlier.score,
+            kills: earlier.kills,
+            deaths: earlier.deaths,
             waypoint,
             last_input: 0,
         });
@@ -228,9 +250,36 @@ impl World {
         self.add(id, name, false)
     }
 
+    /// Takes a player out of the arena; their tally stays for the results.
     pub fn remove(&mut self, entity: u16) -> Option<Player> {
         let i = self.players.iter().position(|p| p.entity == entity)?;
-        Some(self.players.remove(i))
+        let p = self.players.remove(i);
+        if p.score > 0 || p.kills > 0 || p.deaths > 0 {
+            self.departed.push(Tally {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                score: p.score,
+                kills: p.kills,
+                deaths: p.deaths,
+            });
+        }
+        Some(p)
+    }
+
+    /// Everyone who took part in the match and what they did: the players here now and those
+    /// who left with something to their name.
+    pub fn tallies(&self) -> Vec<Tally> {
+        self.players
+            .iter()
+            .map(|p| Tally {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                score: p.score,
+                kills: p.kills,
+                deaths: p.deaths,
+            })
+            .chain(self.departed.iter().cloned())
+            .collect()
     }
 
     pub fn player(&self, entity: u16) -> Option<&Player> {

@@ -751,14 +751,14 @@ async fn end_match(room: &mut Room) {
     room.send_snapshots();
     let mut results: Vec<PlayerResult> = room
         .world
-        .players
-        .iter()
-        .map(|p| PlayerResult {
-            player: p.id.clone(),
-            name: p.name.clone(),
-            score: p.score,
-            kills: p.kills,
-            deaths: p.deaths,
+        .tallies()
+        .into_iter()
+        .map(|t| PlayerResult {
+            player: t.id,
+            name: t.name,
+            score: t.score,
+            kills: t.kills,
+            deaths: t.deaths,
         })
         .collect();
     results.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.player.cmp(&b.player)));

@@ -1,7 +1,9 @@
 //! Load generator and benchmarks. Every latency goes into an HDR histogram and is printed as
 //! p50/p95/p99/p999/max; comparisons run side by side in one invocation.
 
+mod abuse;
 mod aggregator_bench;
+mod chaos;
 mod docs_report;
 mod freshness;
 mod http_bench;
@@ -45,6 +47,13 @@ enum Scenario {
     /// `viewers --storm cold-load`: every viewer drops at once, fetches the cached snapshot
     /// and connects from it (a reload of every page).
     ColdLoadStorm(viewers::Args),
+    /// Faults injected into the multi-node cluster of scripts/cluster.sh under real viewers and
+    /// players; recovery times and the invariants (version lines, leaderboards and history
+    /// against the match log) as tables.
+    Chaos(chaos::Args),
+    /// Hostile clients (forged, expired and replayed tokens, floods, slowloris, oversized
+    /// frames, malformed UDP) against a running server while honest clients' latency is measured.
+    Abuse(abuse::Args),
     /// Regenerates docs/benchmarks.md (tables and SVG plots) from a template and JSON results.
     Report(docs_report::Args),
     /// The minimal fan-out peer of `viewers --systems raw` (started by it).
@@ -84,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::ViewersWorker { plan } => return viewers::worker(plan).await,
         Scenario::Report(args) => return docs_report::run(args),
+        Scenario::Chaos(args) => return chaos::run(args, cli.json).await,
+        Scenario::Abuse(args) => return abuse::run(args, cli.json).await,
         Scenario::PeerRaw {
             nats_url,
             subject_root,

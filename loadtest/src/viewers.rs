@@ -278,7 +278,7 @@ fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
     }
 }
 
-async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStream> {
+pub(crate) async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     // The port is picked at connect time, per destination: binding to port 0 makes the kernel
     // search for a port free for every destination, which turns slow and serial once thousands
@@ -796,9 +796,9 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
 }
 
 /// One fan-out server process under test.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -808,7 +808,7 @@ impl Drop for Server {
     }
 }
 
-fn log_file(what: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+pub(crate) fn log_file(what: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
     let path = std::env::temp_dir().join(format!(
         "gs-loadtest-{what}-{}-{}.log",
         std::process::id(),
@@ -820,7 +820,7 @@ fn log_file(what: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
 
 /// Waits until the process's log says where it listens: `http_addr=<addr>` (grandstand) or
 /// `listening <port>` (the peers).
-fn wait_listening(child: Child, log: &PathBuf) -> anyhow::Result<Server> {
+pub(crate) fn wait_listening(child: Child, log: &PathBuf) -> anyhow::Result<Server> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -917,7 +917,7 @@ fn ensure_node_peers(dir: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -1,36 +1,10 @@
 //! Smoke-sized runs of every loadtest scenario, so the harness never rots. The full runs stay
 //! out of CI (see docs/benchmarks.md for the commands).
 
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
-/// Runs `loadtest --json FILE ARGS...` (on the default local services); returns its stdout and
-/// the JSON results, failing with both outputs when it does not succeed.
-fn loadtest(args: &[&str]) -> (String, serde_json::Value) {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let json = std::env::temp_dir().join(format!(
-        "gs-loadtest-smoke-{}-{}.json",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .arg("--json")
-        .arg(&json)
-        .args(args)
-        .env_remove("NATS_URL")
-        .env_remove("REDIS_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "loadtest {args:?}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    std::fs::remove_file(json).ok();
-    (stdout, results)
-}
+use common::loadtest;
+use std::process::Command;
 
 #[test]
 fn aggregator_scenario_runs_against_real_redis() {

@@ -245,3 +245,26 @@ fn a_respawned_target_is_not_hit_at_its_old_spot() {
     assert!(!pose_dead.alive);
     assert_eq!(r.w.player(r.target).unwrap().hp, hp);
 }
+
+#[test]
+fn results_keep_players_who_left_and_a_returning_player_carries_on() {
+    let (mut w, _) = run(11, 3000);
+    let total_kills = |w: &World| w.tallies().iter().map(|t| t.kills).sum::<u32>();
+    let total_deaths = |w: &World| w.tallies().iter().map(|t| t.deaths).sum::<u32>();
+    let kills = total_kills(&w);
+    assert!(kills > 0, "3000 ticks without a kill");
+    assert_eq!(kills, total_deaths(&w));
+    // The busiest player leaves: their tally stays in the results.
+    let top = w.players.iter().max_by_key(|p| p.kills).unwrap().clone();
+    w.remove(top.entity).unwrap();
+    assert_eq!(total_kills(&w), kills);
+    let kept = w.tallies().into_iter().find(|t| t.id == top.id).unwrap();
+    assert_eq!((kept.kills, kept.deaths), (top.kills, top.deaths));
+    // They come back and carry on from it, listed once.
+    let back = w.add_bot(top.id.clone(), top.name.clone());
+    assert_eq!(w.player(back).unwrap().kills, top.kills);
+    assert_eq!(w.tallies().iter().filter(|t| t.id == top.id).count(), 1);
+    // The tally survives a checkpoint.
+    let copy: World = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+    assert_eq!(copy.tallies(), w.tallies());
+}

@@ -46,6 +46,9 @@ impl NatsLogConfig {
     }
 }
 
+/// How long one pull request of a follower waits (see `follow`).
+const FOLLOW_PULL_EXPIRY: Duration = Duration::from_secs(2);
+
 pub struct NatsLog {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -186,6 +189,11 @@ impl MatchLog for NatsLog {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: keyframe.sequence,
                 },
+                // Pull requests of 2 s make the client's idle heartbeat 1 s, so a consumer lost
+                // with a NATS node is noticed and recreated within seconds; the 30 s default
+                // (15 s heartbeat) left viewers of a live match on silence for 17 s after a node
+                // was killed.
+                max_expires: FOLLOW_PULL_EXPIRY,
                 ..Default::default()
             })
             .await

@@ -1,0 +1,1031 @@
+//! `loadtest chaos`: real viewers and players on the multi-node cluster of
+//! `scripts/cluster.sh`, faults injected one at a time (each kind once, then `--random` more),
+//! recovery timed from the users' side, and at the end every invariant checked against the
+//! match log the game servers wrote:
+//!
+//! - every viewer's version line per epoch: no gap a snapshot did not cover, no duplicate;
+//! - the global and per-match leaderboards (Redis) and the results and player totals in
+//!   PostgreSQL equal what the log's events add up to, each event counted once;
+//! - every match that was running before a fault runs on after it (possibly in a new epoch)
+//!   or ended with results, and every match ends with results equal to its kills in the log.
+//!
+//! The cluster's ports and secret are the ones `scripts/cluster.sh` sets.
+
+mod audit;
+mod fleet;
+mod line;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use backends::{
+    History, Leaderboards, MatchLog, NatsLog, NatsLogConfig, RedisLeaderboards, SqlHistory,
+};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+
+use fleet::Fleet;
+use line::Break;
+
+/// Where the cluster's pieces listen (as `scripts/cluster.sh` starts them).
+pub struct Topology {
+    pub api: String,
+    pub gateways: Vec<String>,
+    pub matchmakers: Vec<String>,
+    pub secret: String,
+    nats: String,
+    redis: String,
+    database: String,
+}
+
+impl Topology {
+    fn local_cluster() -> Topology {
+        Topology {
+            api: "http://127.0.0.28:18081".into(),
+            gateways: (23..=25)
+                .map(|n| format!("http://127.0.0.{n}:18080"))
+                .collect(),
+            matchmakers: vec![
+                "http://127.0.0.21:19101".into(),
+                "http://127.0.0.22:19101".into(),
+            ],
+            secret: "cluster-secret-cluster-secret-cluster".into(),
+            nats: "nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224".into(),
+            redis: "redis://127.0.0.1:16379".into(),
+            database: "postgres://postgres@127.0.0.1:15432/grandstand".into(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The cluster script (started with `up`, torn down with `down` unless --keep).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster.sh"))]
+    cluster_script: PathBuf,
+    #[arg(long, default_value = "/tmp/grandstand-chaos")]
+    cluster_dir: PathBuf,
+    /// The grandstand binary the cluster runs (default: the one next to this loadtest binary).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    #[arg(long, default_value_t = 60)]
+    viewers: usize,
+    #[arg(long, default_value_t = 6)]
+    players: usize,
+    /// Faults to inject one at a time, in order (comma separated), or `all` for one of each:
+    /// kill-game, kill-gateway, kill-aggregator, kill-api, kill-nats, redis-empty,
+    /// postgres-down, freeze-gateway.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    faults: Vec<String>,
+    /// Further faults after those, each of a random kind on a random target.
+    #[arg(long, default_value_t = 0)]
+    random: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long PostgreSQL stays stopped.
+    #[arg(long, default_value_t = 30)]
+    postgres_down_secs: u64,
+    /// How long a gateway stays frozen (SIGSTOP).
+    #[arg(long, default_value_t = 10)]
+    freeze_secs: u64,
+    /// How long a killed process stays dead before it is started again.
+    #[arg(long, default_value_t = 2)]
+    restart_after_secs: u64,
+    /// Quiet time with everything healthy before and between faults.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// A fault not recovered from within this is a failed invariant.
+    #[arg(long, default_value_t = 90)]
+    recovery_limit_secs: u64,
+    /// Match length on the game servers (matches end and new ones start during the run).
+    #[arg(long, default_value_t = 45)]
+    match_secs: u64,
+    /// Leave the cluster up at the end (for a look at its logs).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillGame(u8),
+    KillGateway(u8),
+    KillAggregator(u8),
+    KillApi,
+    KillNats(u8),
+    RedisEmpty,
+    PostgresDown,
+    FreezeGateway(u8),
+}
+
+const KINDS: [&str; 8] = [
+    "kill-game",
+    "kill-gateway",
+    "kill-aggregator",
+    "kill-api",
+    "kill-nats",
+    "redis-empty",
+    "postgres-down",
+    "freeze-gateway",
+];
+
+impl Fault {
+    fn parse(kind: &str, target: u8) -> anyhow::Result<Fault> {
+        Ok(match kind {
+            "kill-game" => Fault::KillGame(1 + target % 2),
+            "kill-gateway" => Fault::KillGateway(1 + target % 3),
+            "kill-aggregator" => Fault::KillAggregator(1 + target % 2),
+            "kill-api" => Fault::KillApi,
+            "kill-nats" => Fault::KillNats(1 + target % 3),
+            "redis-empty" => Fault::RedisEmpty,
+            "postgres-down" => Fault::PostgresDown,
+            "freeze-gateway" => Fault::FreezeGateway(1 + target % 3),
+            other => bail!("unknown fault {other:?}; one of {}", KINDS.join(", ")),
+        })
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Fault::KillGame(_) => "kill-game",
+            Fault::KillGateway(_) => "kill-gateway",
+            Fault::KillAggregator(_) => "kill-aggregator",
+            Fault::KillApi => "kill-api",
+            Fault::KillNats(_) => "kill-nats",
+            Fault::RedisEmpty => "redis-empty",
+            Fault::PostgresDown => "postgres-down",
+            Fault::FreezeGateway(_) => "freeze-gateway",
+        }
+    }
+
+    fn target(self) -> String {
+        match self {
+            Fault::KillGame(n) => format!("game-{n}"),
+            Fault::KillGateway(n) | Fault::FreezeGateway(n) => format!("gateway-{n}"),
+            Fault::KillAggregator(n) => format!("aggregator-{n}"),
+            Fault::KillApi => "api".into(),
+            Fault::KillNats(n) => format!("nats-{n}"),
+            Fault::RedisEmpty => "redis".into(),
+            Fault::PostgresDown => "postgres".into(),
+        }
+    }
+}
+
+/// Drives `scripts/cluster.sh` and signals its processes.
+struct Cluster {
+    script: PathBuf,
+    dir: PathBuf,
+    bin: PathBuf,
+    match_secs: u64,
+    up: bool,
+}
+
+impl Cluster {
+    fn command(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .args(args)
+            .env("CLUSTER_DIR", &self.dir)
+            .env("GRANDSTAND_BIN", &self.bin)
+            .env("GRANDSTAND_MATCH_SECS", self.match_secs.to_string())
+            .env("GRANDSTAND_KEYFRAME_SECS", "1")
+            .env("GRANDSTAND_INTERMISSION_SECS", "2")
+            .env("GRANDSTAND_SPECTATOR_HZ", "10")
+            .output()
+            .with_context(|| format!("running {}", self.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "cluster.sh {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn pid(&self, name: &str) -> anyhow::Result<i32> {
+        let path = self.dir.join("pids").join(format!("{name}.pid"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        Ok(text.trim().parse()?)
+    }
+
+    fn signal(&self, name: &str, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.pid(name)?;
+        // SAFETY: kill(2) with a pid this cluster started and a valid signal number.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!(
+                "signal {signal} to {name} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for a process this cluster started (and signalled) to be gone.
+    async fn wait_gone(&self, name: &str, limit: Duration) -> bool {
+        let Ok(pid) = self.pid(name) else { return true };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return true;
+            }
+            // Reap it if it is our child's child that exited (it is not ours: just poll).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let me = Cluster {
+            script: self.script.clone(),
+            dir: self.dir.clone(),
+            bin: self.bin.clone(),
+            match_secs: self.match_secs,
+            up: false,
+        };
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            me.command(&args)
+        })
+        .await?
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.command(&["down"]);
+        }
+    }
+}
+
+/// What a poll of the platform found, from the users' side.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Health {
+    viewers: bool,
+    players: bool,
+    api: bool,
+    boards: bool,
+    history: bool,
+}
+
+impl Health {
+    fn all(self) -> bool {
+        self.viewers && self.players && self.api && self.boards && self.history
+    }
+
+    fn missing(self) -> String {
+        let mut m = Vec::new();
+        for (ok, what) in [
+            (self.viewers, "viewers"),
+            (self.players, "players"),
+            (self.api, "api"),
+            (self.boards, "leaderboards"),
+            (self.history, "history"),
+        ] {
+            if !ok {
+                m.push(what);
+            }
+        }
+        m.join(",")
+    }
+}
+
+/// A user is healthy when it heard from the platform this recently.
+const FRESH: Duration = Duration::from_millis(1500);
+
+struct Probe {
+    topology: Arc<Topology>,
+    http: reqwest::Client,
+    log: NatsLog,
+    boards: RedisLeaderboards,
+    history: SqlHistory,
+}
+
+impl Probe {
+    async fn connect(topology: Arc<Topology>) -> anyhow::Result<Probe> {
+        let mut config = NatsLogConfig::new(topology.nats.clone());
+        config.replicas = 3;
+        Ok(Probe {
+            http: reqwest::Client::new(),
+            log: NatsLog::connect(config).await.context("NATS")?,
+            boards: RedisLeaderboards::connect(&topology.redis, "gs:")
+                .await
+                .context("Redis")?,
+            history: SqlHistory::connect(&topology.database)
+                .await
+                .context("PostgreSQL")?,
+            topology,
+        })
+    }
+
+    /// Every event in the log (a bounded replay).
+    async fn log_events(&self) -> anyhow::Result<Vec<protocol::LogRecord>> {
+        let read = async {
+            let mut stream = self.log.all_events().await?;
+            let mut out = Vec::new();
+            while let Some(item) = stream.next().await {
+                out.push(item?.record);
+            }
+            Ok::<_, backends::LogError>(out)
+        };
+        Ok(tokio::time::timeout(Duration::from_secs(10), read).await??)
+    }
+
+    async fn board(&self, board: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+        let page = tokio::time::timeout(Duration::from_secs(3), self.boards.top(board, 0, 100_000))
+            .await??;
+        Ok(page
+            .map(|p| p.entries.into_iter().map(|e| (e.player, e.score)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn listing(&self) -> Option<Vec<Value>> {
+        let res = self
+            .http
+            .get(format!("{}/v1/matches", self.topology.api))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        let body: Value = res.json().await.ok()?;
+        body["matches"].as_array().cloned()
+    }
+
+    /// Whether the leaderboards hold at least every kill the log held a moment ago, and the
+    /// history every match the log saw end.
+    async fn stores_caught_up(&self) -> (bool, bool) {
+        let Ok(events) = self.log_events().await else {
+            return (false, false);
+        };
+        let reference = audit::reference(&events);
+        let boards = match self.board("global").await {
+            Ok(b) => b.values().sum::<i64>() >= reference.kill_count() as i64,
+            Err(_) => false,
+        };
+        let mut history = true;
+        for (id, _) in reference.ended() {
+            match tokio::time::timeout(Duration::from_secs(2), self.history.match_summary(id)).await
+            {
+                Ok(Ok(Some(s))) if s.ended_ms.is_some() => {}
+                _ => {
+                    history = false;
+                    break;
+                }
+            }
+        }
+        (boards, history)
+    }
+
+    async fn health(&self, fleet: &Fleet) -> Health {
+        let (boards, history) = self.stores_caught_up().await;
+        Health {
+            viewers: fleet.viewers.iter().all(|v| v.silence() < FRESH),
+            players: fleet.players.iter().all(|p| p.silence() < FRESH),
+            api: self.listing().await.is_some(),
+            boards,
+            history,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub fault: String,
+    pub target: String,
+    /// How long the fault itself lasted (a process's downtime, a freeze, an outage).
+    pub held_ms: u64,
+    /// From injecting the fault until every user was served again and the stores caught up.
+    pub recovered_ms: Option<u64>,
+    /// The part of that after the fault was lifted (the process restarted, unfrozen...).
+    pub after_lift_ms: Option<u64>,
+    /// What was still failing when the limit ran out, if it did.
+    pub unrecovered: String,
+    /// The longest any viewer went without a message during the fault and its recovery.
+    pub worst_viewer_silence_ms: u64,
+    /// Matches running before the fault that neither ran on nor ended with results after it.
+    pub matches_lost: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariant {
+    pub name: String,
+    pub held: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub viewers: usize,
+    pub players: usize,
+    pub seconds: u64,
+    pub faults: Vec<FaultRecord>,
+    pub recovery_by_kind: Vec<(String, u64, u64, u64)>,
+    pub invariants: Vec<Invariant>,
+}
+
+fn grandstand_bin(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(b) = &args.bin {
+        return Ok(b.clone());
+    }
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name("grandstand"))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub async fn run(args: Args, json: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    for f in &args.faults {
+        if f == "all" {
+            for (i, k) in KINDS.iter().enumerate() {
+                faults.push(Fault::parse(k, i as u8)?);
+            }
+        } else {
+            faults.push(Fault::parse(f, 0)?);
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    for _ in 0..args.random {
+        let k = KINDS[rng.random_range(0..KINDS.len())];
+        faults.push(Fault::parse(k, rng.random())?);
+    }
+
+    let mut cluster = Cluster {
+        script: args.cluster_script.clone(),
+        dir: args.cluster_dir.clone(),
+        bin: grandstand_bin(&args)?,
+        match_secs: args.match_secs,
+        up: false,
+    };
+    // A cluster left over by an interrupted run holds the ports.
+    let _ = cluster.run(&["down"]).await;
+    println!(
+        "chaos: starting the cluster ({})",
+        args.cluster_dir.display()
+    );
+    // Torn down on the way out, also on an error (unless --keep, for a look at its logs).
+    cluster.up = !args.keep;
+    cluster.run(&["up"]).await?;
+
+    let topology = Arc::new(Topology::local_cluster());
+    let probe = Probe::connect(topology.clone()).await?;
+    let mut fleet = Fleet::start(&topology, args.viewers, args.players);
+    println!(
+        "chaos: {} viewers, {} players; {} faults",
+        args.viewers,
+        args.players,
+        faults.len()
+    );
+
+    let limit = Duration::from_secs(args.recovery_limit_secs);
+    let settle = Duration::from_secs(args.settle_secs);
+    if !wait_healthy(&probe, &fleet, Duration::from_secs(60), settle).await {
+        let h = probe.health(&fleet).await;
+        bail!(
+            "the cluster never became healthy before any fault (missing: {})",
+            h.missing()
+        );
+    }
+
+    println!("chaos: healthy after {:.0?}; injecting", started.elapsed());
+    let mut records = Vec::new();
+    for fault in faults {
+        let record = inject(&cluster, &probe, &fleet, fault, &args, limit).await?;
+        println!(
+            "  {:<16} {:<13} held {:>6} ms  recovered {:>8}  after lift {:>8}  worst viewer silence {:>6} ms{}",
+            fault.kind(),
+            record.target,
+            record.held_ms,
+            record.recovered_ms.map_or("NEVER".into(), |m| format!("{m} ms")),
+            record.after_lift_ms.map_or("-".into(), |m| format!("{m} ms")),
+            record.worst_viewer_silence_ms,
+            if record.matches_lost.is_empty() {
+                String::new()
+            } else {
+                format!("  LOST {:?}", record.matches_lost)
+            }
+        );
+        records.push(record);
+        wait_healthy(&probe, &fleet, limit, settle).await;
+    }
+
+    println!(
+        "chaos: faults done after {:.0?}; shutting the game servers down",
+        started.elapsed()
+    );
+    // The end: users leave, the game servers shut down cleanly (every room ends its match with
+    // results), and the aggregators drain what is left.
+    fleet.stop().await;
+    for g in ["game-1", "game-2"] {
+        cluster.signal(g, libc::SIGTERM)?;
+    }
+    for g in ["game-1", "game-2"] {
+        if !cluster.wait_gone(g, Duration::from_secs(30)).await {
+            bail!("{g} did not shut down within 30 s");
+        }
+    }
+    let events = drain(&probe, limit).await?;
+    let invariants = audit_run(&probe, &fleet, &records, &events).await;
+
+    let mut by_kind: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
+    for r in &records {
+        if let Some(m) = r.recovered_ms {
+            by_kind
+                .entry(r.fault.as_str())
+                .or_insert_with(|| Histogram::new(3).expect("histogram"))
+                .record(m.max(1))?;
+        }
+    }
+    let recovery_by_kind = by_kind
+        .iter()
+        .map(|(k, h)| (k.to_string(), h.len(), h.value_at_quantile(0.5), h.max()))
+        .collect();
+    let report = ChaosReport {
+        viewers: args.viewers,
+        players: args.players,
+        seconds: started.elapsed().as_secs(),
+        faults: records,
+        recovery_by_kind,
+        invariants,
+    };
+    print_report(&report);
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        println!("results written to {}", path.display());
+    }
+    // Down here (its errors reported) rather than in Drop; --keep leaves it up.
+    cluster.up = false;
+    if !args.keep {
+        cluster.run(&["down"]).await?;
+    }
+    let failed: Vec<&str> = report
+        .invariants
+        .iter()
+        .filter(|i| !i.held)
+        .map(|i| i.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("invariants broken: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Waits until everything is healthy and stays so for `settle`; false at `limit`.
+async fn wait_healthy(probe: &Probe, fleet: &Fleet, limit: Duration, settle: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut healthy_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if probe.health(fleet).await.all() {
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= settle {
+                return true;
+            }
+        } else {
+            healthy_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// Live matches and their log position, from the listing.
+async fn live_matches(probe: &Probe) -> BTreeMap<String, (u64, u64)> {
+    probe
+        .listing()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m["status"] == "live")
+        .filter_map(|m| {
+            Some((
+                m["id"].as_str()?.to_string(),
+                (m["epoch"].as_u64()?, m["version"].as_u64()?),
+            ))
+        })
+        .collect()
+}
+
+async fn inject(
+    cluster: &Cluster,
+    probe: &Probe,
+    fleet: &Fleet,
+    fault: Fault,
+    args: &Args,
+    limit: Duration,
+) -> anyhow::Result<FaultRecord> {
+    let before = live_matches(probe).await;
+    let t0 = Instant::now();
+    let restart = Duration::from_secs(args.restart_after_secs);
+    let target = fault.target();
+    // Watches the viewers while the fault is on, so the silence it causes is measured even
+    // when the fault lasts longer than any one poll.
+    let worst = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let watching = {
+        let worst = worst.clone();
+        let viewers = fleet.viewers.clone();
+        tokio::spawn(async move {
+            loop {
+                let w = viewers
+                    .iter()
+                    .map(|v| v.silence())
+                    .max()
+                    .unwrap_or_default();
+                {
+                    let mut m = worst.lock().unwrap();
+                    *m = (*m).max(w);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    match fault {
+        Fault::KillGame(_) | Fault::KillGateway(_) | Fault::KillAggregator(_) | Fault::KillApi => {
+            cluster.signal(&target, libc::SIGKILL)?;
+            tokio::time::sleep(restart).await;
+            cluster.run(&["start-role", &target]).await?;
+        }
+        Fault::KillNats(n) => {
+            cluster.signal(&target, libc::SIGKILL)?;
+            tokio::time::sleep(restart.max(Duration::from_secs(5))).await;
+            cluster.run(&["start-nats", &n.to_string()]).await?;
+        }
+        Fault::RedisEmpty => {
+            cluster.signal("redis", libc::SIGKILL)?;
+            tokio::time::sleep(restart).await;
+            cluster.run(&["start-redis"]).await?;
+            // What an operator does after a Redis loss.
+            cluster.run(&["rebuild"]).await?;
+        }
+        Fault::PostgresDown => {
+            cluster.run(&["stop-postgres"]).await?;
+            tokio::time::sleep(Duration::from_secs(args.postgres_down_secs)).await;
+            cluster.run(&["start-postgres"]).await?;
+        }
+        Fault::FreezeGateway(_) => {
+            cluster.signal(&target, libc::SIGSTOP)?;
+            tokio::time::sleep(Duration::from_secs(args.freeze_secs)).await;
+            cluster.signal(&target, libc::SIGCONT)?;
+        }
+    }
+    let held = t0.elapsed();
+    let mut recovered = None;
+    let mut last = Health::default();
+    while t0.elapsed() < held + limit {
+        last = probe.health(fleet).await;
+        if last.all() {
+            recovered = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watching.abort();
+    let worst_viewer_silence = *worst.lock().unwrap();
+
+    // Every match live before the fault has moved on since (a later position or a new epoch)
+    // or ended with its end in the log.
+    let mut lost: Vec<String> = before.keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lost.is_empty() && Instant::now() < deadline {
+        let now = live_matches(probe).await;
+        let ended: Vec<String> = match probe.log_events().await {
+            Ok(events) => audit::reference(&events)
+                .ended()
+                .map(|(id, _)| id.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        lost.retain(|id| {
+            let moved = now.get(id).is_some_and(|p| *p > before[id]);
+            !(moved || ended.contains(id))
+        });
+        if !lost.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(FaultRecord {
+        fault: fault.kind().into(),
+        target,
+        held_ms: ms(held),
+        recovered_ms: recovered.map(ms),
+        after_lift_ms: recovered.map(|r| ms(r.saturating_sub(held))),
+        unrecovered: if recovered.is_some() {
+            String::new()
+        } else {
+            last.missing()
+        },
+        worst_viewer_silence_ms: ms(worst_viewer_silence),
+        matches_lost: lost,
+    })
+}
+
+/// After the game servers stopped: waits until the leaderboards and the history hold every
+/// event of the log (or `limit`), then returns the log.
+async fn drain(probe: &Probe, limit: Duration) -> anyhow::Result<Vec<protocol::LogRecord>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let events = probe.log_events().await?;
+        let reference = audit::reference(&events);
+        let (boards, history) = probe.stores_caught_up().await;
+        let exact = probe
+            .board("global")
+            .await
+            .map(|b| b.values().sum::<i64>() == reference.kill_count() as i64)
+            .unwrap_or(false);
+        if (boards && history && exact) || Instant::now() > deadline {
+            return Ok(events);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn invariant(name: &str, problems: &[String], ok_detail: String) -> Invariant {
+    Invariant {
+        name: name.into(),
+        held: problems.is_empty(),
+        detail: if problems.is_empty() {
+            ok_detail
+        } else {
+            let mut d = format!("{} problem(s): ", problems.len());
+            d.push_str(
+                &problems
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            d
+        },
+    }
+}
+
+async fn audit_run(
+    probe: &Probe,
+    fleet: &Fleet,
+    records: &[FaultRecord],
+    events: &[protocol::LogRecord],
+) -> Vec<Invariant> {
+    let reference = audit::reference(events);
+    let mut out = Vec::new();
+
+    // Viewers.
+    let mut breaks: Vec<String> = Vec::new();
+    let (mut messages, mut snapshots, mut resumes, mut reconnects, mut epochs, mut watched) =
+        (0, 0, 0, 0, 0, 0);
+    for (i, v) in fleet.viewers.iter().enumerate() {
+        let t = v.tally.lock().unwrap();
+        messages += t.messages;
+        snapshots += t.snapshots;
+        resumes += t.resumes;
+        reconnects += t.reconnects;
+        epochs += t.epochs_entered;
+        watched += t.matches;
+        breaks.extend(
+            t.breaks
+                .iter()
+                .map(|b: &Break| format!("viewer {i}: {b:?}")),
+        );
+    }
+    out.push(invariant(
+        "viewer version lines: no gap a snapshot did not cover, no duplicate",
+        &breaks,
+        format!(
+            "{} viewers, {messages} messages, {snapshots} snapshots, {reconnects} reconnects \
+             ({resumes} resumed from their position), {epochs} new epochs entered, {watched} \
+             matches followed",
+            fleet.viewers.len()
+        ),
+    ));
+    let silent_viewers = fleet
+        .viewers
+        .iter()
+        .filter(|v| v.tally.lock().unwrap().messages == 0)
+        .count();
+    out.push(invariant(
+        "every viewer and player was served",
+        &(if silent_viewers > 0 {
+            vec![format!("{silent_viewers} viewers got no message")]
+        } else {
+            Vec::new()
+        })
+        .into_iter()
+        .chain(fleet.players.iter().enumerate().filter_map(|(i, p)| {
+            (p.tally.lock().unwrap().ticks == 0).then(|| format!("player {i} never played"))
+        }))
+        .collect::<Vec<_>>(),
+        {
+            let (joins, ticks) = fleet.players.iter().fold((0, 0), |(j, t), p| {
+                let p = p.tally.lock().unwrap();
+                (j + p.joins, t + p.ticks)
+            });
+            format!(
+                "{} players joined {joins} times and played {ticks} ticks",
+                fleet.players.len()
+            )
+        },
+    ));
+
+    // The log itself.
+    out.push(invariant(
+        "the log: one event per (match, epoch, seq)",
+        &reference.conflicts,
+        format!(
+            "{} events in {} matches, {} kills ({} redelivered copies, each counted once)",
+            reference.events,
+            reference.matches.len(),
+            reference.kill_count(),
+            reference.redelivered
+        ),
+    ));
+
+    // Matches.
+    let mut match_problems = Vec::new();
+    let mut takeovers = 0;
+    for (id, m) in &reference.matches {
+        takeovers += m.epochs.len().saturating_sub(1);
+        match &m.ended {
+            None => match_problems.push(format!("{id} never ended")),
+            Some(results) => match_problems.extend(
+                audit::results_differences(m, results)
+                    .into_iter()
+                    .map(|d| format!("{id}: {d}")),
+            ),
+        }
+    }
+    for r in records {
+        for id in &r.matches_lost {
+            match_problems.push(format!("{id} stopped after {} of {}", r.fault, r.target));
+        }
+    }
+    out.push(invariant(
+        "every match ran on through the faults and ended with results equal to its kills in the log",
+        &match_problems,
+        format!(
+            "{} matches, {takeovers} taken over in a new epoch, every one ended with exact results",
+            reference.matches.len()
+        ),
+    ));
+
+    // Leaderboards.
+    let mut board_problems = Vec::new();
+    match probe.board("global").await {
+        Ok(global) => board_problems.extend(
+            audit::board_differences(&reference.points, &global)
+                .into_iter()
+                .map(|d| format!("global {d}")),
+        ),
+        Err(e) => board_problems.push(format!("global board unreadable: {e}")),
+    }
+    for (id, m) in &reference.matches {
+        let expected: BTreeMap<String, i64> = m
+            .kills
+            .iter()
+            .map(|(p, k)| (p.clone(), *k as i64))
+            .collect();
+        match probe.board(&format!("match:{id}")).await {
+            Ok(actual) => board_problems.extend(
+                audit::board_differences(&expected, &actual)
+                    .into_iter()
+                    .map(|d| format!("match:{id} {d}")),
+            ),
+            Err(e) => board_problems.push(format!("match:{id} unreadable: {e}")),
+        }
+    }
+    out.push(invariant(
+        "leaderboards (Redis) equal the log: global and every match board",
+        &board_problems,
+        format!(
+            "{} players, {} points on the global board, {} match boards exact",
+            reference.points.len(),
+            reference.points.values().sum::<i64>(),
+            reference.matches.len()
+        ),
+    ));
+
+    // History.
+    let mut history_problems = Vec::new();
+    for (id, m) in &reference.matches {
+        match probe.history.match_summary(id).await {
+            Ok(Some(s)) => {
+                if s.ended_ms.is_none() {
+                    history_problems.push(format!("{id}: not ended in PostgreSQL"));
+                }
+                if let Some(results) = &m.ended {
+                    let mut a = s.results.clone();
+                    let mut b = results.clone();
+                    a.sort_by(|x, y| x.player.cmp(&y.player));
+                    b.sort_by(|x, y| x.player.cmp(&y.player));
+                    if a != b {
+                        history_problems.push(format!("{id}: results differ from the log's"));
+                    }
+                }
+            }
+            Ok(None) => history_problems.push(format!("{id}: missing in PostgreSQL")),
+            Err(e) => history_problems.push(format!("{id}: {e}")),
+        }
+    }
+    let players: std::collections::BTreeSet<&String> = reference
+        .kills
+        .keys()
+        .chain(reference.deaths.keys())
+        .collect();
+    for p in &players {
+        let (k, d) = (
+            reference.kills.get(*p).copied().unwrap_or(0),
+            reference.deaths.get(*p).copied().unwrap_or(0),
+        );
+        match probe.history.player_stats(p).await {
+            Ok(Some(s)) if s.kills == k && s.deaths == d => {}
+            Ok(Some(s)) => history_problems.push(format!(
+                "{p}: {} kills {} deaths in PostgreSQL, the log says {k} and {d}",
+                s.kills, s.deaths
+            )),
+            Ok(None) => history_problems.push(format!("{p}: no stats in PostgreSQL")),
+            Err(e) => history_problems.push(format!("{p}: {e}")),
+        }
+    }
+    out.push(invariant(
+        "PostgreSQL results and player totals equal the log",
+        &history_problems,
+        format!(
+            "{} match results and {} players' kill/death totals exact",
+            reference.matches.len(),
+            players.len()
+        ),
+    ));
+
+    let unrecovered: Vec<String> = records
+        .iter()
+        .filter(|r| r.recovered_ms.is_none())
+        .map(|r| {
+            format!(
+                "{} of {}: still missing {}",
+                r.fault, r.target, r.unrecovered
+            )
+        })
+        .collect();
+    out.push(invariant(
+        "every fault recovered within the limit",
+        &unrecovered,
+        format!("{} faults, all recovered", records.len()),
+    ));
+    out
+}
+
+fn print_report(r: &ChaosReport) {
+    println!();
+    println!("| fault | target | held | recovered (from injection) | after lift | worst viewer silence | matches lost |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for f in &r.faults {
+        println!(
+            "| {} | {} | {:.1} s | {} | {} | {:.1} s | {} |",
+            f.fault,
+            f.target,
+            f.held_ms as f64 / 1000.0,
+            f.recovered_ms
+                .map_or(format!("NOT RECOVERED ({})", f.unrecovered), |m| format!(
+                    "{:.1} s",
+                    m as f64 / 1000.0
+                )),
+            f.after_lift_ms
+                .map_or("-".into(), |m| format!("{:.1} s", m as f64 / 1000.0)),
+            f.worst_viewer_silence_ms as f64 / 1000.0,
+            f.matches_lost.len()
+        );
+    }
+    println!();
+    println!("| fault kind | runs | recovery p50 | recovery max |");
+    println!("| --- | --- | --- | --- |");
+    for (k, n, p50, max) in &r.recovery_by_kind {
+        println!(
+            "| {k} | {n} | {:.1} s | {:.1} s |",
+            *p50 as f64 / 1000.0,
+            *max as f64 / 1000.0
+        );
+    }
+    println!();
+    println!("| invariant | held | detail |");
+    println!("| --- | --- | --- |");
+    for i in &r.invariants {
+        println!(
+            "| {} | {} | {} |",
+            i.name,
+            if i.held { "yes" } else { "**NO**" },
+            i.detail.replace('|', "/")
+        );
+    }
+}
