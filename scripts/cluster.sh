@@ -125,6 +125,13 @@ up() {
     echo "a cluster is already up in $dir (scripts/cluster.sh down first)" >&2
     exit 1
   fi
+  local port
+  for port in 14222 16379 "$pg_port"; do
+    if port_open 127.0.0.1 "$port"; then
+      echo "127.0.0.1:$port is taken: another cluster is up (CLUSTER_DIR=... $0 down)" >&2
+      exit 1
+    fi
+  done
   [ -n "${GRANDSTAND_BIN:-}" ] || cargo build --release -q -p grandstand
   mkdir -p "$dir/logs" "$dir/pids"
   for n in 1 2 3; do start_nats "$n"; done

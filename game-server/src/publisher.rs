@@ -111,7 +111,11 @@ impl Publisher {
             kind,
             body,
         };
+        // Capped at half a second: a JetStream cluster electing a new stream leader answers
+        // again within seconds, and a match that waits out a long backoff after that is
+        // silent for nothing (one publisher per match, so the retries cost little).
         let mut backoff = Duration::from_millis(50);
+        let failing_since = std::time::Instant::now();
         loop {
             match self.log.publish(record.clone()).await {
                 Ok(()) => {
@@ -121,12 +125,13 @@ impl Publisher {
                 Err(e) => {
                     metrics::PUBLISH_ERRORS.inc();
                     tracing::warn!(match_id = %self.match_id, error = %e, "publish failed; retrying");
-                    if shutdown.is_cancelled() && backoff >= Duration::from_secs(2) {
+                    if shutdown.is_cancelled() && failing_since.elapsed() >= Duration::from_secs(4)
+                    {
                         tracing::error!(match_id = %self.match_id, version = self.version, "giving up publishing at shutdown");
                         return;
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
             }
         }

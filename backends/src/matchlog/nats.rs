@@ -433,6 +433,11 @@ impl EventConsumer for NatsConsumer {
                 .consumer
                 .stream()
                 .max_messages_per_batch(max.clamp(1, 10_000))
+                // Short pulls with a 1 s heartbeat: after a NATS node dies (and the consumer's
+                // leader with it) a pull sent to it is noticed lost within seconds, not at the
+                // 30 s default expiry.
+                .expires(Duration::from_secs(2))
+                .heartbeat(Duration::from_secs(1))
                 .messages()
                 .await
                 .map_err(LogError::unavailable)?;

@@ -413,6 +413,8 @@ pub struct FaultRecord {
     pub unrecovered: String,
     /// The longest any viewer went without a message during the fault and its recovery.
     pub worst_viewer_silence_ms: u64,
+    /// What came back last (empty when nothing was ever missing after the fault was lifted).
+    pub slowest: String,
     /// Matches running before the fault that neither ran on nor ended with results after it.
     pub matches_lost: Vec<String>,
 }
@@ -684,12 +686,15 @@ async fn inject(
     let held = t0.elapsed();
     let mut recovered = None;
     let mut last = Health::default();
+    // What was still missing at the last poll before recovery: the slowest part.
+    let mut slowest = String::new();
     while t0.elapsed() < held + limit {
         last = probe.health(fleet).await;
         if last.all() {
             recovered = Some(t0.elapsed());
             break;
         }
+        slowest = last.missing();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     watching.abort();
@@ -728,6 +733,7 @@ async fn inject(
             last.missing()
         },
         worst_viewer_silence_ms: ms(worst_viewer_silence),
+        slowest,
         matches_lost: lost,
     })
 }
@@ -988,11 +994,11 @@ async fn audit_run(
 
 fn print_report(r: &ChaosReport) {
     println!();
-    println!("| fault | target | held | recovered (from injection) | after lift | worst viewer silence | matches lost |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| fault | target | held | recovered (from injection) | after lift | came back last | worst viewer silence | matches lost |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in &r.faults {
         println!(
-            "| {} | {} | {:.1} s | {} | {} | {:.1} s | {} |",
+            "| {} | {} | {:.1} s | {} | {} | {} | {:.1} s | {} |",
             f.fault,
             f.target,
             f.held_ms as f64 / 1000.0,
@@ -1003,6 +1009,11 @@ fn print_report(r: &ChaosReport) {
                 )),
             f.after_lift_ms
                 .map_or("-".into(), |m| format!("{:.1} s", m as f64 / 1000.0)),
+            if f.slowest.is_empty() {
+                "-"
+            } else {
+                &f.slowest
+            },
             f.worst_viewer_silence_ms as f64 / 1000.0,
             f.matches_lost.len()
         );
