@@ -80,7 +80,7 @@ pub struct Args {
     players: usize,
     /// Faults to inject one at a time, in order (comma separated), or `all` for one of each:
     /// kill-game, kill-gateway, kill-aggregator, kill-api, kill-nats, redis-empty,
-    /// postgres-down, freeze-gateway.
+    /// postgres-down, freeze-gateway; `kind:N` picks its N-th target (`kill-nats:3`).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     faults: Vec<String>,
     /// Further faults after those, each of a random kind on a random target.
@@ -457,7 +457,12 @@ pub async fn run(args: Args, json: Option<PathBuf>) -> anyhow::Result<()> {
                 faults.push(Fault::parse(k, i as u8)?);
             }
         } else {
-            faults.push(Fault::parse(f, 0)?);
+            // `kind` or `kind:N` for its N-th target (1-based), e.g. `kill-nats:3`.
+            let (kind, n) = match f.split_once(':') {
+                Some((k, n)) => (k, n.parse::<u8>().context("a target number")?.max(1) - 1),
+                None => (f.as_str(), 0),
+            };
+            faults.push(Fault::parse(kind, n)?);
         }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
