@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             move_x: (dx / len * 127.0) as i8,
             move_y: (dy / len * 127.0) as i8,
             aim,
-            fire: fire && step % 3 == 0,
+            fire: fire && step.is_multiple_of(3),
         };
         for e in c.step(intent).await? {
             if let ClientEvent::Message(Message::Death { killer, .. }) = e {

@@ -491,7 +491,7 @@ async fn honest_player(i: usize, t: Arc<Target>, honest: Arc<Honest>, stop: Arc<
                 move_x: ((step / 40) % 3) as i8 * 60 - 60,
                 move_y: ((step / 55) % 3) as i8 * 60 - 60,
                 aim: (step * 1500) as u16,
-                fire: step % 20 == 0,
+                fire: step.is_multiple_of(20),
             };
             if c.step(intent).await.is_err() || c.silence() > Duration::from_secs(3) {
                 break;
@@ -533,8 +533,14 @@ async fn honest_reader(t: Arc<Target>, honest: Arc<Honest>, stop: Arc<AtomicBool
 
 // ---- attacks ----
 
-/// The status of a WebSocket handshake on the stream (`Ok(())` when it was let in).
-async fn ws_handshake(t: &Target, source: &str, token: Option<&str>) -> Result<(), u16> {
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Opens a viewer WebSocket on the match's stream from `source` (`None`: no socket).
+async fn open_stream(
+    t: &Target,
+    source: &str,
+    token: Option<&str>,
+) -> Option<Result<Ws, tokio_tungstenite::tungstenite::Error>> {
     let mut req = format!("ws://{}{}", t.addr, t.stream_path())
         .into_client_request()
         .unwrap();
@@ -542,13 +548,21 @@ async fn ws_handshake(t: &Target, source: &str, token: Option<&str>) -> Result<(
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let Ok(socket) = open_socket(source, &t.http).await else {
-        return Err(0);
-    };
-    match tokio_tungstenite::client_async(req, socket).await {
-        Ok(_) => Ok(()),
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
-        Err(_) => Err(0),
+    let socket = open_socket(source, &t.http).await.ok()?;
+    Some(
+        tokio_tungstenite::client_async(req, socket)
+            .await
+            .map(|(ws, _)| ws),
+    )
+}
+
+/// The status of a WebSocket handshake on the stream (`Ok(())` when it was let in).
+async fn ws_handshake(t: &Target, source: &str, token: Option<&str>) -> Result<(), u16> {
+    match open_stream(t, source, token).await {
+        None => Err(0),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => Err(res.status().as_u16()),
+        Some(Err(_)) => Err(0),
     }
 }
 
@@ -731,17 +745,12 @@ async fn stream_flood(t: &Target, outcome: &Arc<Outcome>, until: Instant) -> &'s
         let mut held = Vec::new();
         let mut admitted = 0;
         for n in 0..40u32 {
-            let mut req = format!("ws://{}{}", t.addr, t.stream_path())
-                .into_client_request()
-                .unwrap();
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
             let source = format!("127.0.6.{}", 1 + n);
-            let Ok(socket) = open_socket(&source, &t.http).await else {
+            let Some(opened) = open_stream(t, &source, Some(&token)).await else {
                 continue;
             };
-            match tokio_tungstenite::client_async(req, socket).await {
-                Ok((ws, _)) => {
+            match opened {
+                Ok(ws) => {
                     admitted += 1;
                     // Up to the per-user cap (8) is the contract; more is a leak.
                     if admitted > 8 {
@@ -919,15 +928,10 @@ async fn oversized(t: &Target, outcome: &Arc<Outcome>, until: Instant) -> &'stat
     while Instant::now() < until {
         n += 1;
         // A 1 MiB WebSocket message from a viewer (inbound frames are capped at 4 KiB).
-        let mut req = format!("ws://{}{}", t.addr, t.stream_path())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let source = format!("127.0.8.{}", 1 + n % 200);
-        if let Ok(socket) = open_socket(&source, &t.http).await {
-            match tokio_tungstenite::client_async(req, socket).await {
-                Ok((mut ws, _)) => {
+        if let Some(opened) = open_stream(t, &source, Some(&token)).await {
+            match opened {
+                Ok(mut ws) => {
                     let _ = ws.send(Message::text("x".repeat(1 << 20))).await;
                     let mut code = None;
                     let deadline = Instant::now() + Duration::from_secs(3);

@@ -259,7 +259,9 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
                 let measuring = at_start.is_some();
                 step += 1;
                 let me = c.core.predicted();
-                if (me.x - waypoint.0).abs() + (me.y - waypoint.1).abs() < 30.0 || step % 150 == 0 {
+                if (me.x - waypoint.0).abs() + (me.y - waypoint.1).abs() < 30.0
+                    || step.is_multiple_of(150)
+                {
                     let r = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
                     waypoint = (60.0 + (r % 880) as f32, 60.0 + ((r >> 12) % 880) as f32);
                 }
@@ -267,7 +269,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
                 let len = (dx * dx + dy * dy).sqrt().max(1.0);
                 // Fire about once a second (the weapon cools down in 0.45 s, so each one is
                 // a real shot the others are told about).
-                let fire = step % 30 == 0;
+                let fire = step.is_multiple_of(30);
                 if fire {
                     fired
                         .lock()

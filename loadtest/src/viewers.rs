@@ -1321,9 +1321,11 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     let from = now_us();
     let to = from + args.duration * 1_000_000;
     let start_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
-    let storm_at = (args.storm != Storm::None)
-        .then(|| format!(" {}", from + args.duration * 500_000))
-        .unwrap_or_default();
+    let storm_at = if args.storm != Storm::None {
+        format!(" {}", from + args.duration * 500_000)
+    } else {
+        Default::default()
+    };
     for w in &mut workers {
         writeln!(w.stdin, "measure {from} {to}{storm_at}")?;
         w.stdin.flush()?;

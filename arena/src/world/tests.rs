@@ -16,7 +16,7 @@ fn scripted_input(seq: u32, view_tick: u32) -> Input {
         move_x: ((seq as f32 * 0.05).cos() * 127.0) as i8,
         move_y: ((seq as f32 * 0.05).sin() * 127.0) as i8,
         aim: (seq * 997) as u16,
-        fire: seq % 7 == 0,
+        fire: seq.is_multiple_of(7),
         view_tick,
         view_frac: (seq * 31) as u8,
     }

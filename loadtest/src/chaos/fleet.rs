@@ -449,7 +449,7 @@ async fn run_player(i: usize, player: Arc<Player>, topology: Arc<Topology>, stop
                 move_x: (r % 255) as i8,
                 move_y: ((r >> 8) % 255) as i8,
                 aim: (step * 2000) as u16,
-                fire: step % 15 == 0,
+                fire: step.is_multiple_of(15),
             };
             if c.step(intent).await.is_err() || c.silence() > SILENCE {
                 break;

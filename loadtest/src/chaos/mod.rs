@@ -834,9 +834,14 @@ async fn audit_run(
             Vec::new()
         })
         .into_iter()
-        .chain(fleet.players.iter().enumerate().filter_map(|(i, p)| {
-            (p.tally.lock().unwrap().ticks == 0).then(|| format!("player {i} never played"))
-        }))
+        .chain(
+            fleet
+                .players
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.tally.lock().unwrap().ticks == 0)
+                .map(|(i, _)| format!("player {i} never played")),
+        )
         .collect::<Vec<_>>(),
         {
             let (joins, ticks) = fleet.players.iter().fold((0, 0), |(j, t), p| {
