@@ -88,3 +88,110 @@ async fn join(
         s.mm.join(&bearer, &player, &region, skill as u32).await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    struct Placed;
+
+    #[async_trait]
+    impl Matchmaking for Placed {
+        async fn join(
+            &self,
+            _bearer: &str,
+            player: &Claims,
+            region: &str,
+            _skill: u32,
+        ) -> Result<Assignment, ApiError> {
+            Ok(Assignment {
+                server: "127.0.0.1:7777".into(),
+                match_id: format!("{region}-1"),
+                connect_token: player.sub.clone(),
+                expires_at: 1,
+            })
+        }
+    }
+
+    /// The body's answer: its status and JSON.
+    fn answer(body: Vec<u8>) -> (StatusCode, Value) {
+        let signer = TokenSigner::new(b"test-secret-0123456789abcdef");
+        let bearer = signer.sign(&Claims {
+            sub: "p1".into(),
+            name: "P1".into(),
+            exp: u64::MAX / 2,
+        });
+        let router = matchmaking_router(Arc::new(Placed), signer);
+        let req = Request::post("/v1/matchmaking/join")
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let res = router.oneshot(req).await.unwrap();
+                let status = res.status();
+                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice(&bytes).expect("a JSON answer"),
+                )
+            })
+    }
+
+    #[test]
+    fn a_good_body_is_placed_and_each_bad_field_is_named() {
+        let (s, v) = answer(br#"{"region":"eu","skill":1000}"#.to_vec());
+        assert_eq!((s, v["match"].as_str()), (StatusCode::OK, Some("eu-1")));
+        for (body, field) in [
+            (&br#"{"skill":1}"#[..], "region"),
+            (br#"{"region":"","skill":1}"#, "region"),
+            (br#"{"region":"eu","skill":-1}"#, "skill"),
+            (br#"{"region":"eu","skill":100001}"#, "skill"),
+            (br#"[1,2]"#, "body"),
+            (br#"{"region":"eu""#, "body"),
+        ] {
+            let (s, v) = answer(body.to_vec());
+            assert_eq!(
+                s,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(&format!("{field}:")),
+                "{v}"
+            );
+        }
+    }
+
+    proptest! {
+        /// The json_bodies fuzz target's contract in CI-sized form: whatever the body, a 200
+        /// or a JSON 400, never a 500 or a panic.
+        #[test]
+        fn any_body_gets_a_200_or_a_json_400(
+            junk in proptest::collection::vec(any::<u8>(), 0..200),
+            region in "\\PC{0,12}",
+            skill in any::<i64>(),
+        ) {
+            for body in [junk, format!(r#"{{"region":{region:?},"skill":{skill}}}"#).into_bytes()] {
+                let (s, v) = answer(body);
+                prop_assert!(s == StatusCode::OK || s == StatusCode::BAD_REQUEST, "{s}");
+                if s == StatusCode::BAD_REQUEST {
+                    prop_assert!(v.get("error").is_some(), "{v}");
+                }
+            }
+        }
+    }
+}
