@@ -129,6 +129,7 @@ impl Hub {
             viewers: Vec::new(),
             waiting: Vec::new(),
             caught_up: false,
+            parked: Vec::new(),
         };
         // The match's broadcast delay, as its latest keyframe states it.
         let mut delay_us = 0u64;
@@ -180,12 +181,13 @@ impl Hub {
                 a = self.attach_rx.recv() => {
                     let Some(a) = a else { return };
                     if served.caught_up {
-                        attach(&mut served.feed, &mut served.viewers, a, &self.config);
+                        served.attach_or_park(a, &self.config);
                     } else {
                         served.waiting.push(a);
                     }
                 }
                 _ = sweep.tick() => {
+                    served.release_parked(&self.config);
                     let stall = self.config.stall_deadline;
                     served.viewers.retain(|v| {
                         if v.stalled_for(stall) {
@@ -194,7 +196,7 @@ impl Hub {
                         }
                         !v.is_closed()
                     });
-                    if served.viewers.is_empty() && served.waiting.is_empty() {
+                    if served.viewers.is_empty() && served.waiting.is_empty() && served.parked.is_empty() {
                         let since = *empty_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= self.config.hub_linger && self.try_leave() {
                             return;
@@ -217,13 +219,30 @@ impl Hub {
     }
 }
 
-/// What a hub serves: the feed at the (possibly delayed) release point, its viewers, and the
-/// viewers waiting for it to catch up.
+/// How long a viewer who has seen more of the match than this hub waits for the hub to get
+/// there before it is served a snapshot anyway (a client claiming a position that never comes).
+const PARK_LIMIT: Duration = Duration::from_secs(2);
+
+/// What a hub serves: the feed at the (possibly delayed) release point, its viewers, the
+/// viewers waiting for it to catch up, and those parked until it reaches what they have seen.
 struct Served {
     feed: MatchFeed,
     viewers: Vec<Arc<ViewerQueue>>,
     waiting: Vec<Attach>,
     caught_up: bool,
+    parked: Vec<(Attach, Instant)>,
+}
+
+/// Whether a viewer that has seen `since` is ahead of a feed at `at`: it resumes from another
+/// gateway that read further (this hub is catching up after a freeze, a resubscribe or a slow
+/// read), and a snapshot at `at` would take it back in time.
+fn ahead_of(since: Option<StreamPosition>, at: Option<StreamPosition>) -> bool {
+    match (since, at) {
+        (Some(s), Some(at)) => {
+            s.epoch > at.epoch || (s.epoch == at.epoch && s.version > at.version)
+        }
+        _ => false,
+    }
 }
 
 impl Served {
@@ -232,11 +251,36 @@ impl Served {
         let gap = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
         if !gap && item.caught_up && !self.caught_up {
             self.caught_up = true;
-            for a in self.waiting.drain(..) {
-                attach(&mut self.feed, &mut self.viewers, a, config);
+            for a in std::mem::take(&mut self.waiting) {
+                self.attach_or_park(a, config);
             }
         }
+        self.release_parked(config);
         gap
+    }
+
+    fn attach_or_park(&mut self, a: Attach, config: &GatewayConfig) {
+        if ahead_of(a.since, self.feed.position()) {
+            metrics::PARKED_RESUMES.inc();
+            self.parked.push((a, Instant::now() + PARK_LIMIT));
+        } else {
+            attach(&mut self.feed, &mut self.viewers, a, config);
+        }
+    }
+
+    /// Attaches the parked viewers the feed has caught up with (or that waited long enough).
+    fn release_parked(&mut self, config: &GatewayConfig) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(a, until)| !ahead_of(a.since, self.feed.position()) || now >= *until);
+        self.parked = still;
+        for (a, _) in ready {
+            attach(&mut self.feed, &mut self.viewers, a, config);
+        }
     }
 }
 
@@ -299,5 +343,89 @@ fn attach(
     queue.push_initial(feed.resume_frames(a.since));
     if a.reply.send(Ok(queue.clone())).is_ok() {
         viewers.push(queue);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backends::{MemoryLog, MemoryLogLimits};
+    use protocol::{Delta, FrameKind, LogRecord, SpectatorState, TokenSigner};
+
+    use super::*;
+    use crate::queue::ViewerQueue;
+    use crate::{Gateway, GatewayConfig};
+
+    fn record(version: u64, kind: LogKind) -> LogRecord {
+        let body = match kind {
+            LogKind::Keyframe => serde_json::to_vec(&SpectatorState::default()),
+            _ => serde_json::to_vec(&Delta {
+                tick: version,
+                ..Delta::default()
+            }),
+        }
+        .unwrap();
+        LogRecord {
+            match_id: "m1".into(),
+            epoch: 5,
+            version,
+            kind,
+            body: body.into(),
+        }
+    }
+
+    fn at(version: u64) -> Option<StreamPosition> {
+        Some(StreamPosition { epoch: 5, version })
+    }
+
+    async fn publish(log: &MemoryLog, versions: std::ops::RangeInclusive<u64>) {
+        for v in versions {
+            log.publish(record(v, LogKind::Delta)).await.unwrap();
+        }
+    }
+
+    async fn first(q: &ViewerQueue) -> (FrameKind, u64) {
+        let batch = tokio::time::timeout(Duration::from_secs(5), q.next_batch())
+            .await
+            .expect("a frame in time")
+            .expect("open");
+        (batch[0].kind, batch[0].position.version)
+    }
+
+    /// A viewer resuming from a position this gateway's hub has not reached yet (it read it on
+    /// another gateway) waits for the hub instead of getting an older snapshot: the chaos run
+    /// caught viewers sent back from version 55 to 46 after a frozen gateway thawed.
+    #[tokio::test]
+    async fn a_viewer_ahead_of_the_hub_waits_for_it_instead_of_going_back() {
+        let log = Arc::new(MemoryLog::new(MemoryLogLimits::default()));
+        log.publish(record(10, LogKind::Keyframe)).await.unwrap();
+        publish(&log, 11..=20).await;
+        let gw = Gateway::new(
+            GatewayConfig::default(),
+            log.clone(),
+            TokenSigner::new(b"test-secret-0123456789abcdef"),
+            Shutdown::new(),
+        );
+        // Warm the hub: a viewer from scratch gets the snapshot at 20.
+        let fresh = gw.attach("m1", None).await.unwrap();
+        assert_eq!(first(&fresh).await, (FrameKind::Snapshot, 20));
+
+        let ahead = {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.attach("m1", at(25)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!ahead.is_finished(), "served before the hub reached 25");
+        publish(&log, 21..=26).await;
+        let q = ahead.await.unwrap().unwrap();
+        // Up to date at 25: the next thing it sees is 26, no snapshot from the past.
+        assert_eq!(first(&q).await, (FrameKind::Delta, 26));
+
+        // A position the match never reaches: a snapshot after the park limit, not a hang.
+        let started = Instant::now();
+        let liar = gw.attach("m1", at(1000)).await.unwrap();
+        assert_eq!(first(&liar).await, (FrameKind::Snapshot, 26));
+        assert!(started.elapsed() >= PARK_LIMIT - Duration::from_millis(600));
     }
 }

@@ -41,6 +41,13 @@ pub static SUBSTITUTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static PARKED_RESUMES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_parked_resumes_total",
+        "Resuming viewers held until the hub reached the position they had already seen"
+    )
+    .unwrap()
+});
 pub static STALLED_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gw_stalled_viewers_closed_total",

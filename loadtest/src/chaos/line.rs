@@ -28,7 +28,7 @@ pub enum Break {
     Duplicate { after: (u64, u64), got: (u64, u64) },
     /// A delta or event of another epoch with no snapshot in between.
     EpochWithoutSnapshot { after: (u64, u64), got: (u64, u64) },
-    /// A snapshot older than what the viewer already had, in the same epoch.
+    /// A snapshot older than what the viewer already had (an earlier version, or epoch).
     SnapshotWentBack { after: (u64, u64), got: (u64, u64) },
     /// The stream of a match started with something other than a snapshot.
     NoSnapshotFirst { got: (u64, u64) },
@@ -54,7 +54,9 @@ impl VersionLine {
         self.messages += 1;
         let got = (epoch, version);
         let verdict = match (kind, self.position) {
-            (MessageKind::Snapshot, Some(after)) if after.0 == epoch && version < after.1 => {
+            (MessageKind::Snapshot, Some(after))
+                if epoch < after.0 || (after.0 == epoch && version < after.1) =>
+            {
                 Err(Break::SnapshotWentBack { after, got })
             }
             (MessageKind::Snapshot, previous) => {
@@ -139,6 +141,13 @@ mod tests {
             Err(Break::SnapshotWentBack {
                 after: (2, 10),
                 got: (2, 3)
+            })
+        );
+        assert_eq!(
+            l.observe(Snapshot, 1, 30),
+            Err(Break::SnapshotWentBack {
+                after: (2, 10),
+                got: (1, 30)
             })
         );
     }
