@@ -221,6 +221,8 @@ impl Hub {
 
 /// How long a viewer who has seen more of the match than this hub waits for the hub to get
 /// there before it is served a snapshot anyway (a client claiming a position that never comes).
+/// This bounds the parked list in time; its length is bounded by the connection caps (per user,
+/// per address, handshake rate) that every viewer passed before attaching.
 const PARK_LIMIT: Duration = Duration::from_secs(2);
 
 /// What a hub serves: the feed at the (possibly delayed) release point, its viewers, the
