@@ -30,6 +30,12 @@ pub enum AttachError {
     UnknownMatch,
     #[error("match log unavailable")]
     Unavailable,
+    /// The viewer has seen more of the match than this hub reached within the park limit
+    /// (this gateway's follower is behind: recreating a lost consumer, or reading a lagging
+    /// log). Serving it the hub's older state would send it back in time, so it is refused
+    /// and told to retry, here or on another gateway.
+    #[error("this gateway has not reached the viewer's position yet")]
+    Behind,
 }
 
 pub(crate) struct Attach {
@@ -220,9 +226,10 @@ impl Hub {
 }
 
 /// How long a viewer who has seen more of the match than this hub waits for the hub to get
-/// there before it is served a snapshot anyway (a client claiming a position that never comes).
-/// This bounds the parked list in time; its length is bounded by the connection caps (per user,
-/// per address, handshake rate) that every viewer passed before attaching.
+/// there before it is refused with [`AttachError::Behind`] (a retry hint, never an older
+/// snapshot: that would send it back in time). This bounds the parked list in time; its length
+/// is bounded by the connection caps (per user, per address, handshake rate) that every viewer
+/// passed before attaching.
 const PARK_LIMIT: Duration = Duration::from_secs(2);
 
 /// What a hub serves: the feed at the (possibly delayed) release point, its viewers, the
@@ -270,18 +277,22 @@ impl Served {
         }
     }
 
-    /// Attaches the parked viewers the feed has caught up with (or that waited long enough).
+    /// Attaches the parked viewers the feed has caught up with, and refuses those that waited
+    /// out the park limit while the feed stayed behind them.
     fn release_parked(&mut self, config: &GatewayConfig) {
         if self.parked.is_empty() {
             return;
         }
         let now = Instant::now();
-        let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|(a, until)| !ahead_of(a.since, self.feed.position()) || now >= *until);
-        self.parked = still;
-        for (a, _) in ready {
-            attach(&mut self.feed, &mut self.viewers, a, config);
+        for (a, until) in std::mem::take(&mut self.parked) {
+            if !ahead_of(a.since, self.feed.position()) {
+                attach(&mut self.feed, &mut self.viewers, a, config);
+            } else if now >= until {
+                metrics::BEHIND_REFUSALS.inc();
+                let _ = a.reply.send(Err(AttachError::Behind));
+            } else {
+                self.parked.push((a, until));
+            }
         }
     }
 }
@@ -424,10 +435,141 @@ mod tests {
         // Up to date at 25: the next thing it sees is 26, no snapshot from the past.
         assert_eq!(first(&q).await, (FrameKind::Delta, 26));
 
-        // A position the match never reaches: a snapshot after the park limit, not a hang.
+        // A position the match never reaches: refused with a retry after the park limit (not
+        // a hang, and not the hub's older snapshot).
         let started = Instant::now();
-        let liar = gw.attach("m1", at(1000)).await.unwrap();
-        assert_eq!(first(&liar).await, (FrameKind::Snapshot, 26));
+        let liar = gw.attach("m1", at(1000)).await;
+        assert_eq!(liar.err(), Some(AttachError::Behind));
         assert!(started.elapsed() >= PARK_LIMIT - Duration::from_millis(600));
+    }
+
+    /// A match log whose followers are scripted: each follow yields the next script's records
+    /// (the last script repeats), then waits until `cut` is notified and fails as a lost
+    /// consumer does. What a hub meets when it recreates a lost consumer while the log elects
+    /// a leader or a lagging node answers (the chaos run's `kill-nats` faults).
+    struct LaggingLog {
+        inner: Arc<MemoryLog>,
+        scripts: Mutex<Vec<Vec<LogRecord>>>,
+        cut: Arc<tokio::sync::Notify>,
+    }
+
+    impl LaggingLog {
+        fn new(scripts: Vec<Vec<LogRecord>>) -> Arc<LaggingLog> {
+            Arc::new(LaggingLog {
+                inner: Arc::new(MemoryLog::new(MemoryLogLimits::default())),
+                scripts: Mutex::new(scripts),
+                cut: Arc::default(),
+            })
+        }
+    }
+
+    fn line_from(keyframe: u64, last: u64) -> Vec<LogRecord> {
+        std::iter::once(record(keyframe, LogKind::Keyframe))
+            .chain((keyframe + 1..=last).map(|v| record(v, LogKind::Delta)))
+            .collect()
+    }
+
+    #[async_trait::async_trait]
+    impl MatchLog for LaggingLog {
+        async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
+            self.inner.publish(record).await
+        }
+        async fn follow(&self, _match_id: &str) -> Result<LogStream, LogError> {
+            let records = {
+                let mut scripts = self.scripts.lock().unwrap();
+                if scripts.len() > 1 {
+                    scripts.remove(0)
+                } else {
+                    scripts[0].clone()
+                }
+            };
+            let n = records.len();
+            let items = records.into_iter().enumerate().map(move |(i, record)| {
+                Ok(LogItem {
+                    record,
+                    caught_up: i + 1 == n,
+                    published_us: None,
+                })
+            });
+            let cut = self.cut.clone();
+            let lost = futures::stream::once(async move {
+                cut.notified().await;
+                Err(LogError::Lagged)
+            });
+            Ok(futures::stream::iter(items).chain(lost).boxed())
+        }
+        async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
+            self.inner.latest_keyframe(match_id).await
+        }
+        async fn match_ids(&self) -> Result<Vec<String>, LogError> {
+            self.inner.match_ids().await
+        }
+        async fn event_consumer(
+            &self,
+            name: &str,
+        ) -> Result<Box<dyn backends::EventConsumer>, LogError> {
+            self.inner.event_consumer(name).await
+        }
+        async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {
+            self.inner.match_events(match_id).await
+        }
+        async fn all_events(&self) -> Result<LogStream, LogError> {
+            self.inner.all_events().await
+        }
+        async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError> {
+            self.inner.publish_tick(board, tick).await
+        }
+        async fn ticks(&self, board: &str) -> Result<backends::TickStream, LogError> {
+            self.inner.ticks(board).await
+        }
+    }
+
+    fn lagging_gateway(log: Arc<LaggingLog>) -> Gateway {
+        Gateway::new(
+            GatewayConfig::default(),
+            log,
+            TokenSigner::new(b"test-secret-0123456789abcdef"),
+            Shutdown::new(),
+        )
+    }
+
+    /// Every frame a queue holds within `wait`.
+    async fn drain(q: &ViewerQueue, wait: Duration) -> Vec<(FrameKind, u64)> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(batch)) = tokio::time::timeout_at(deadline, q.next_batch()).await {
+            out.extend(batch.iter().map(|f| (f.kind, f.position.version)));
+        }
+        out
+    }
+
+    /// The chaos run's `SnapshotWentBack { after: (E, 250), got: (E, 100) }`: a viewer that had
+    /// read to 30 resumes on a gateway whose follower starts from an older keyframe (10) and
+    /// stalls at 20. It must be refused with a retry, never handed the state at 20.
+    #[tokio::test]
+    async fn a_follower_recreated_from_an_older_position_never_sends_a_viewer_back() {
+        let gw = lagging_gateway(LaggingLog::new(vec![line_from(10, 20)]));
+        let resumed = gw.attach("m1", at(30)).await;
+        assert_eq!(resumed.err(), Some(AttachError::Behind));
+        // A viewer from scratch is served what the hub has: it has seen nothing newer.
+        let fresh = gw.attach("m1", None).await.unwrap();
+        assert_eq!(first(&fresh).await, (FrameKind::Snapshot, 20));
+    }
+
+    /// The same fault under a hub's own viewers: its follower is lost at 30 and recreated from
+    /// the keyframe at 10. The viewers, who saw 30, get nothing older; the hub reads forward
+    /// until it is past where it was, then carries on from 31 without a gap.
+    #[tokio::test]
+    async fn a_hub_that_resubscribes_behind_itself_reads_forward_without_going_back() {
+        let log = LaggingLog::new(vec![line_from(10, 30), line_from(10, 34)]);
+        let gw = lagging_gateway(log.clone());
+        let viewer = gw.attach("m1", None).await.unwrap();
+        assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 30));
+        log.cut.notify_one();
+        let seen = drain(&viewer, Duration::from_millis(800)).await;
+        assert_eq!(
+            seen,
+            (31..=34).map(|v| (FrameKind::Delta, v)).collect::<Vec<_>>()
+        );
     }
 }

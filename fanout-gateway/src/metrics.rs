@@ -48,6 +48,13 @@ pub static PARKED_RESUMES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static BEHIND_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_behind_refusals_total",
+        "Resuming viewers refused (retry) because the hub did not reach their position in time"
+    )
+    .unwrap()
+});
 pub static STALLED_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gw_stalled_viewers_closed_total",

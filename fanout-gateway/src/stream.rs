@@ -176,6 +176,21 @@ pub(crate) async fn handle(
                 ApiError::unavailable("match log unavailable; retry"),
             )
         }
+        Err(AttachError::Behind) => {
+            let mut res = reject(
+                "behind",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "behind",
+                    "this gateway has not reached the position you resume from yet; retry (here or on another gateway)",
+                ),
+            );
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static("1"),
+            );
+            return res;
+        }
     };
     match upgrade {
         Some(upgrade) => {
