@@ -10,6 +10,10 @@ pub mod matchlog;
 pub mod membership;
 pub mod rooms;
 
+/// The prefix of every Redis key Grandstand writes unless told otherwise (tests and
+/// benchmarks use their own, so runs never collide).
+pub const DEFAULT_REDIS_PREFIX: &str = "gs:";
+
 pub use history::{
     EpochHistory, History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, RebuildSource,
     SqlHistory,

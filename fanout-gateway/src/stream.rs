@@ -185,10 +185,8 @@ pub(crate) async fn handle(
                     "this gateway has not reached the position you resume from yet; retry (here or on another gateway)",
                 ),
             );
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static("1"),
-            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return res;
         }
     };

@@ -8,7 +8,7 @@
 
 pub mod checkpoint;
 mod metrics;
-pub mod net;
+pub mod port;
 pub mod publisher;
 pub mod room;
 pub mod session;
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::{catch_up, write_checkpoints, Checkpoint};
-use crate::net::Routes;
+use crate::port::PlayerPort;
 use crate::publisher::Publisher;
 use crate::room::{run_room, RoomConfig, RoomIo, RoomStart};
 
@@ -104,7 +104,7 @@ pub struct GameServer {
     log: Arc<dyn MatchLog>,
     registry: Arc<dyn RoomRegistry>,
     checkpoints: Arc<dyn CheckpointStore>,
-    routes: Arc<Routes>,
+    port: Arc<PlayerPort>,
     connect_signer: TokenSigner,
     shutdown: Shutdown,
     address: String,
@@ -137,7 +137,7 @@ impl GameServer {
             .clone()
             .unwrap_or_else(|| local.to_string());
         let connect = connect_signer(rest_signer);
-        let routes = Routes::new(Arc::new(udp), connect.clone());
+        let port = PlayerPort::new(Arc::new(udp), connect.clone());
         let seed = config.seed.unwrap_or_else(rand::random);
         Ok(Arc::new(GameServer {
             owner: format!("{address}/{:08x}", rand::random::<u32>()),
@@ -145,7 +145,7 @@ impl GameServer {
             log: stores.log,
             registry: stores.registry,
             checkpoints: stores.checkpoints,
-            routes,
+            port,
             connect_signer: connect,
             shutdown,
             address,
@@ -156,12 +156,12 @@ impl GameServer {
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
-        self.routes.socket.local_addr().expect("bound socket")
+        self.port.local_addr().expect("bound socket")
     }
 
     /// Runs until shutdown, then lets every room end its match (with results).
     pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
-        let udp = tokio::spawn(net::serve_udp(self.routes.clone(), self.shutdown.clone()));
+        let udp = tokio::spawn(port::serve_udp(self.port.clone(), self.shutdown.clone()));
         let mut slots = Vec::new();
         for slot in 0..self.config.matches {
             let region = self.config.regions[slot % self.config.regions.len().max(1)].clone();
@@ -215,7 +215,7 @@ impl GameServer {
     ) -> tokio::task::JoinHandle<()> {
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let info = config.info();
-        self.routes.add_room(info.clone(), cmd_tx);
+        self.port.add_room(info.clone(), cmd_tx);
         let keyframe_every = (self.config.keyframe_every.as_secs_f64()
             * f64::from(config.spectator_hz))
         .round()
@@ -246,13 +246,13 @@ impl GameServer {
             tracing::info!(%match_id, %region, epoch, "match starting");
             metrics::LIVE_MATCHES.inc();
             let io = RoomIo {
-                routes: me.routes.clone(),
+                port: me.port.clone(),
                 commands: cmd_rx,
                 checkpoints,
                 epoch,
             };
             run_room(config, start, tx, io, me.shutdown.clone()).await;
-            me.routes.remove_room(&match_id);
+            me.port.remove_room(&match_id);
             if info.bucket.is_some() {
                 let _ = me.registry.remove(&region, &match_id).await;
             }
@@ -285,7 +285,7 @@ impl GameServer {
                 return;
             }
             let open: Vec<RoomInfo> = self
-                .routes
+                .port
                 .rooms()
                 .into_iter()
                 .filter(|r| r.bucket.is_some())
@@ -350,7 +350,7 @@ impl GameServer {
         let now = Instant::now();
         r.retain(|m, v| {
             v.retain(|(player, t)| {
-                now.duration_since(*t) < Duration::from_secs(10) && !self.routes.seated(m, player)
+                now.duration_since(*t) < Duration::from_secs(10) && !self.port.seated(m, player)
             });
             !v.is_empty()
         });
@@ -381,7 +381,7 @@ impl GameServer {
             .into_iter()
             .filter(|r| r.bucket == Some(bucket))
             .map(|r| {
-                let humans = self.routes.humans(&r.match_id).unwrap_or(r.humans);
+                let humans = self.port.humans(&r.match_id).unwrap_or(r.humans);
                 let taken = humans + self.reserved(&r.match_id);
                 (r, taken)
             })

@@ -30,7 +30,7 @@ pub struct Args {
     /// ...and its Redis and key prefix.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
-    #[arg(long, env = "REDIS_PREFIX", default_value = "gs:")]
+    #[arg(long, env = "REDIS_PREFIX", default_value = backends::DEFAULT_REDIS_PREFIX)]
     redis_prefix: String,
     /// The server's process id, to record its CPU and memory next to the client figures.
     #[arg(long)]

@@ -8,6 +8,7 @@ mod docs_report;
 mod freshness;
 mod http_bench;
 mod players;
+mod process;
 mod raw_peer;
 mod report;
 mod viewers;
@@ -91,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ColdLoadStorm(args) => {
             viewers::run(args.with_storm(viewers::Storm::ColdLoad)).await?
         }
-        Scenario::ViewersWorker { plan } => return viewers::worker(plan).await,
+        Scenario::ViewersWorker { plan } => return viewers::worker::worker(plan).await,
         Scenario::Report(args) => return docs_report::run(args),
         Scenario::Chaos(args) => return chaos::run(args, cli.json).await,
         Scenario::Abuse(args) => return abuse::run(args, cli.json).await,

@@ -193,40 +193,23 @@ fn storms_resume_every_viewer() {
 /// from /proc next to the client figures.
 #[test]
 fn server_scenarios_against_a_running_grandstand() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest"))
-        .parent()
-        .unwrap()
-        .join("grandstand");
     let data = std::env::temp_dir().join(format!("gs-loadtest-server-{}", std::process::id()));
-    let log = data.join("server.log");
     std::fs::create_dir_all(&data).unwrap();
-    let mut server = Command::new(&bin)
+    let log = data.join("server.log");
+    let mut grandstand = Command::new(testkit::grandstand_bin());
+    grandstand
         .args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
         .args(["--matches", "1", "--bots", "8", "--data-dir"])
         .arg(&data)
         .env_remove("NATS_URL")
         .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let base = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(i) = text.find("http_addr=") {
-            let addr: String = text[i + 10..]
-                .chars()
-                .take_while(|c| !c.is_whitespace())
-                .collect();
-            break format!("http://{addr}");
-        }
-        assert!(std::time::Instant::now() < deadline, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+        .env_remove("DATABASE_URL");
+    let child = testkit::process::spawn_logged(&mut grandstand, &log).unwrap();
+    let server = testkit::process::wait_listening(child, log).unwrap();
+    let base = server.url.clone();
     // Bots need a moment to score.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let pid = server.id().to_string();
+    let pid = server.pid().to_string();
     for (scenario, extra) in [
         ("http", vec!["--duration-secs", "1", "--concurrency", "4"]),
         (
@@ -249,7 +232,6 @@ fn server_scenarios_against_a_running_grandstand() {
         let summary = r["summary"][0].as_str().unwrap_or_default();
         assert!(summary.contains(&format!("pid {pid}")), "{scenario}: {r}");
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     std::fs::remove_dir_all(data).ok();
 }

@@ -31,9 +31,9 @@ pub async fn stream_contract(backend: &Backend) {
     assert!(first["state"]["players"]
         .as_object()
         .is_some_and(|p| !p.is_empty()));
-    line.observe(&first).unwrap();
+    line.observe_message(&first).unwrap();
     for _ in 0..20 {
-        line.observe(&ws_json(&mut ws).await).unwrap();
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
     }
     ws_close(ws).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -46,9 +46,9 @@ pub async fn stream_contract(backend: &Backend) {
         m["type"], "snapshot",
         "a resume inside the window replays, not re-snapshots: {m}"
     );
-    line.observe(&m).unwrap();
+    line.observe_message(&m).unwrap();
     for _ in 0..10 {
-        line.observe(&ws_json(&mut ws).await).unwrap();
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
     }
     assert_eq!(line.snapshots, 1);
 
@@ -62,9 +62,9 @@ pub async fn stream_contract(backend: &Backend) {
         sse.retry_ms.is_some_and(|r| r > 0),
         "SSE sends a retry hint"
     );
-    sse_line.observe(&first).unwrap();
+    sse_line.observe_message(&first).unwrap();
     for _ in 0..15 {
-        sse_line.observe(&sse.json().await).unwrap();
+        sse_line.observe_message(&sse.json().await).unwrap();
     }
     let last = sse.last_event_id.clone().unwrap();
     drop(sse);
@@ -74,9 +74,9 @@ pub async fn stream_contract(backend: &Backend) {
         .unwrap();
     let m = sse.json().await;
     assert_ne!(m["type"], "snapshot", "SSE resume replays: {m}");
-    sse_line.observe(&m).unwrap();
+    sse_line.observe_message(&m).unwrap();
     for _ in 0..10 {
-        sse_line.observe(&sse.json().await).unwrap();
+        sse_line.observe_message(&sse.json().await).unwrap();
     }
 
     // Bad input, while the WebSocket viewer above keeps watching.
@@ -160,7 +160,7 @@ pub async fn stream_contract(backend: &Backend) {
     );
     // ...and the bystander kept streaming without a gap.
     for _ in 0..10 {
-        line.observe(&ws_json(&mut ws).await).unwrap();
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
     }
     assert_eq!(line.snapshots, 1, "the bystander never needed a snapshot");
     drop(app);
@@ -1039,7 +1039,7 @@ pub async fn gateway_failover(backend: &Backend) {
     let mut line = VersionLine::default();
     let mut ws = ws_connect(&on.ws_url(&stream), Some(&token)).await.unwrap();
     for _ in 0..15 {
-        line.observe(&ws_json(&mut ws).await).unwrap();
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
     }
     // The per-user cap holds across the two gateways (Redis leases): two streams, one on
     // each, and a third is refused by either; closing one frees a place.
@@ -1079,7 +1079,7 @@ pub async fn gateway_failover(backend: &Backend) {
         .await
         .unwrap();
     for _ in 0..15 {
-        line.observe(&ws_json(&mut ws).await).unwrap();
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
     }
     assert_eq!(
         line.snapshots, 1,

@@ -83,7 +83,7 @@ pub async fn slow_viewer(backend: &Backend) {
         Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(&t).unwrap(),
         other => panic!("no snapshot: {other:?}"),
     };
-    slow_line.observe(&first).unwrap();
+    slow_line.observe_message(&first).unwrap();
 
     // The bystander reads while the slow viewer does not read at all.
     let mut fast = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
@@ -93,7 +93,7 @@ pub async fn slow_viewer(backend: &Backend) {
     let started = Instant::now();
     let mut last = Instant::now();
     loop {
-        line.observe(&ws_json(&mut fast).await).unwrap();
+        line.observe_message(&ws_json(&mut fast).await).unwrap();
         worst_gap = worst_gap.max(last.elapsed());
         last = Instant::now();
         if line.messages % 30 == 0
@@ -129,7 +129,7 @@ pub async fn slow_viewer(backend: &Backend) {
             .unwrap();
         match msg {
             Some(Ok(Message::Text(t))) => slow_line
-                .observe(&serde_json::from_str(&t).unwrap())
+                .observe_message(&serde_json::from_str(&t).unwrap())
                 .unwrap(),
             Some(Ok(_)) => {}
             other => panic!("slow viewer's stream ended: {other:?}"),
@@ -137,7 +137,7 @@ pub async fn slow_viewer(backend: &Backend) {
     }
     // And the bystander is still on its unbroken line.
     for _ in 0..10 {
-        line.observe(&ws_json(&mut fast).await).unwrap();
+        line.observe_message(&ws_json(&mut fast).await).unwrap();
     }
     assert_eq!(line.snapshots, 1);
     app.stop().await;
@@ -168,7 +168,8 @@ pub async fn stalled_and_half_open(backend: &Backend) {
     let (token, path) = viewer_of_one_match(&app).await;
     let mut bystander = ws_connect(&app.ws_url(&path), Some(&token)).await.unwrap();
     let mut line = VersionLine::default();
-    line.observe(&ws_json(&mut bystander).await).unwrap();
+    line.observe_message(&ws_json(&mut bystander).await)
+        .unwrap();
 
     // Half-open WebSocket: it never reads, so it never answers a ping. It is closed as idle,
     // and the close (with its reason) is what it finds when it reads again.
@@ -218,7 +219,8 @@ pub async fn stalled_and_half_open(backend: &Backend) {
     let stalled_before = metric(&app, "gw_stalled_viewers_closed_total").await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(6) {
-        line.observe(&ws_json(&mut bystander).await).unwrap();
+        line.observe_message(&ws_json(&mut bystander).await)
+            .unwrap();
     }
     let cut_after = dribbler.await.unwrap();
     assert!(cut_after < Duration::from_secs(6), "{cut_after:?}");
@@ -263,7 +265,8 @@ pub async fn stalled_and_half_open(backend: &Backend) {
 
     // Through all of it the bystander's line had no gap and needed no snapshot.
     for _ in 0..10 {
-        line.observe(&ws_json(&mut bystander).await).unwrap();
+        line.observe_message(&ws_json(&mut bystander).await)
+            .unwrap();
     }
     assert_eq!(line.snapshots, 1);
     // A fresh SSE viewer is served normally afterwards.
@@ -356,7 +359,7 @@ pub async fn broadcast_delay(backend: &Backend) {
         opened.elapsed()
     );
     let mut line = VersionLine::default();
-    line.observe(&first).unwrap();
+    line.observe_message(&first).unwrap();
 
     let behind = |m: &Value| {
         let published = m["published_us"].as_u64().expect("stamped");
@@ -371,7 +374,7 @@ pub async fn broadcast_delay(backend: &Backend) {
             "no event within 30 s"
         );
         let m = ws_json(&mut ws).await;
-        line.observe(&m).unwrap();
+        line.observe_message(&m).unwrap();
         least = least.min(behind(&m));
         if m["type"] == "event" {
             event = Some(m);

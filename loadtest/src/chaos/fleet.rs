@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::line::{Break, MessageKind, VersionLine};
 use super::Topology;
+use testkit::{Break, MessageKind, VersionLine};
 
 /// A stream this long without a message is taken as failed (deltas come 10 times a second).
 const SILENCE: Duration = Duration::from_secs(2);
@@ -215,7 +215,7 @@ async fn ws_session(
         format!("Bearer {token}").parse().expect("header value"),
     );
     let connect = async {
-        let socket = crate::viewers::open_socket(source, gateway).await?;
+        let socket = crate::process::open_socket(source, gateway).await?;
         Ok::<_, anyhow::Error>(tokio_tungstenite::client_async(req, socket).await?)
     };
     let mut ws = match tokio::time::timeout(Duration::from_secs(3), connect).await {

@@ -12,8 +12,8 @@
 //! The cluster's ports and secret are the ones `scripts/cluster.sh` sets.
 
 mod audit;
+mod faults;
 mod fleet;
-mod line;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,8 +31,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
+use faults::{Fault, FaultKind, FaultSpec};
 use fleet::Fleet;
-use line::Break;
+use testkit::Break;
 
 /// Where the cluster's pieces listen (as `scripts/cluster.sh` starts them).
 pub struct Topology {
@@ -82,7 +83,7 @@ pub struct Args {
     /// kill-game, kill-gateway, kill-aggregator, kill-api, kill-nats, redis-empty,
     /// postgres-down, freeze-gateway; `kind:N` picks its N-th target (`kill-nats:3`).
     #[arg(long, value_delimiter = ',', default_value = "all")]
-    faults: Vec<String>,
+    faults: Vec<FaultSpec>,
     /// Further faults after those, each of a random kind on a random target.
     #[arg(long, default_value_t = 0)]
     random: usize,
@@ -109,70 +110,6 @@ pub struct Args {
     /// Leave the cluster up at the end (for a look at its logs).
     #[arg(long)]
     keep: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    KillGame(u8),
-    KillGateway(u8),
-    KillAggregator(u8),
-    KillApi,
-    KillNats(u8),
-    RedisEmpty,
-    PostgresDown,
-    FreezeGateway(u8),
-}
-
-const KINDS: [&str; 8] = [
-    "kill-game",
-    "kill-gateway",
-    "kill-aggregator",
-    "kill-api",
-    "kill-nats",
-    "redis-empty",
-    "postgres-down",
-    "freeze-gateway",
-];
-
-impl Fault {
-    fn parse(kind: &str, target: u8) -> anyhow::Result<Fault> {
-        Ok(match kind {
-            "kill-game" => Fault::KillGame(1 + target % 2),
-            "kill-gateway" => Fault::KillGateway(1 + target % 3),
-            "kill-aggregator" => Fault::KillAggregator(1 + target % 2),
-            "kill-api" => Fault::KillApi,
-            "kill-nats" => Fault::KillNats(1 + target % 3),
-            "redis-empty" => Fault::RedisEmpty,
-            "postgres-down" => Fault::PostgresDown,
-            "freeze-gateway" => Fault::FreezeGateway(1 + target % 3),
-            other => bail!("unknown fault {other:?}; one of {}", KINDS.join(", ")),
-        })
-    }
-
-    fn kind(self) -> &'static str {
-        match self {
-            Fault::KillGame(_) => "kill-game",
-            Fault::KillGateway(_) => "kill-gateway",
-            Fault::KillAggregator(_) => "kill-aggregator",
-            Fault::KillApi => "kill-api",
-            Fault::KillNats(_) => "kill-nats",
-            Fault::RedisEmpty => "redis-empty",
-            Fault::PostgresDown => "postgres-down",
-            Fault::FreezeGateway(_) => "freeze-gateway",
-        }
-    }
-
-    fn target(self) -> String {
-        match self {
-            Fault::KillGame(n) => format!("game-{n}"),
-            Fault::KillGateway(n) | Fault::FreezeGateway(n) => format!("gateway-{n}"),
-            Fault::KillAggregator(n) => format!("aggregator-{n}"),
-            Fault::KillApi => "api".into(),
-            Fault::KillNats(n) => format!("nats-{n}"),
-            Fault::RedisEmpty => "redis".into(),
-            Fault::PostgresDown => "postgres".into(),
-        }
-    }
 }
 
 /// Drives `scripts/cluster.sh` and signals its processes.
@@ -316,7 +253,7 @@ impl Probe {
         Ok(Probe {
             http: reqwest::Client::new(),
             log: NatsLog::connect(config).await.context("NATS")?,
-            boards: RedisLeaderboards::connect(&topology.redis, "gs:")
+            boards: RedisLeaderboards::connect(&topology.redis, backends::DEFAULT_REDIS_PREFIX)
                 .await
                 .context("Redis")?,
             history: SqlHistory::connect(&topology.database)
@@ -450,25 +387,11 @@ fn ms(d: Duration) -> u64 {
 
 pub async fn run(args: Args, json: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut faults = Vec::new();
-    for f in &args.faults {
-        if f == "all" {
-            for (i, k) in KINDS.iter().enumerate() {
-                faults.push(Fault::parse(k, i as u8)?);
-            }
-        } else {
-            // `kind` or `kind:N` for its N-th target (1-based), e.g. `kill-nats:3`.
-            let (kind, n) = match f.split_once(':') {
-                Some((k, n)) => (k, n.parse::<u8>().context("a target number")?.max(1) - 1),
-                None => (f.as_str(), 0),
-            };
-            faults.push(Fault::parse(kind, n)?);
-        }
-    }
+    let mut faults: Vec<Fault> = args.faults.iter().flat_map(FaultSpec::faults).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     for _ in 0..args.random {
-        let k = KINDS[rng.random_range(0..KINDS.len())];
-        faults.push(Fault::parse(k, rng.random())?);
+        let kind = FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())];
+        faults.push(Fault::of(kind, rng.random()));
     }
 
     let mut cluster = Cluster {
@@ -727,7 +650,7 @@ async fn inject(
         }
     }
     Ok(FaultRecord {
-        fault: fault.kind().into(),
+        fault: fault.kind().name().into(),
         target,
         held_ms: ms(held),
         recovered_ms: recovered.map(ms),

@@ -1,8 +1,11 @@
 //! The player port: one UDP socket shared by every room of the server. One task reads it,
 //! decodes each datagram (malformed ones are counted and dropped), checks handshakes (connect
 //! token signature, expiry, match, server, replay) and routes packets of established sessions
-//! to their room through the room's bounded command channel. Rooms send directly on the socket
-//! without waiting (a full socket buffer drops a snapshot; the next one supersedes it).
+//! to their room through the room's bounded command channel. Rooms send on the socket without
+//! waiting (a full socket buffer drops a snapshot; the next one supersedes it).
+//!
+//! The port knows rooms only as command channels: rooms depend on the port, never the other
+//! way round.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +19,22 @@ use tokio::sync::mpsc;
 use backends::RoomInfo;
 
 use crate::metrics;
-use crate::room::RoomCommand;
 use httpkit::Shutdown;
+
+/// What the player port hands a room.
+pub enum RoomCommand {
+    Join {
+        addr: SocketAddr,
+        claims: ConnectClaims,
+    },
+    Packet {
+        addr: SocketAddr,
+        packet: protocol::net::ClientPacket,
+    },
+    Disconnect {
+        addr: SocketAddr,
+    },
+}
 
 /// Connect-token nonces remembered (until their token expires) to refuse replays. At the
 /// limit, expired ones are pruned; if it is still full, new handshakes are refused as busy.
@@ -30,30 +47,43 @@ struct RoomEntry {
     players: std::collections::HashSet<String>,
 }
 
-pub struct Routes {
-    pub socket: Arc<UdpSocket>,
+/// The player port: the socket, the rooms behind it, and which session each address holds.
+pub struct PlayerPort {
+    socket: Arc<UdpSocket>,
     signer: TokenSigner,
     sessions: Mutex<HashMap<SocketAddr, (u64, String)>>,
     rooms: Mutex<HashMap<String, RoomEntry>>,
     nonces: Mutex<HashMap<u64, (SocketAddr, u64)>>,
 }
 
-pub fn send_packet(socket: &UdpSocket, addr: SocketAddr, p: &Packet) {
-    let bytes = p.encode();
-    metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + 28);
-    let _ = socket.try_send_to(&bytes, addr);
-}
+/// UDP and IPv4 header bytes a datagram costs on the wire beyond its payload.
+pub const UDP_IP_OVERHEAD: u64 = 28;
 
-impl Routes {
+impl PlayerPort {
     /// `signer` verifies connect tokens (the matchmaker's connect signer).
-    pub fn new(socket: Arc<UdpSocket>, signer: TokenSigner) -> Arc<Routes> {
-        Arc::new(Routes {
+    pub fn new(socket: Arc<UdpSocket>, signer: TokenSigner) -> Arc<PlayerPort> {
+        Arc::new(PlayerPort {
             socket,
             signer,
             sessions: Mutex::default(),
             rooms: Mutex::default(),
             nonces: Mutex::default(),
         })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends one datagram without waiting: a full socket buffer drops it (a snapshot is
+    /// superseded by the next one; reliable messages are resent until acknowledged).
+    pub fn send(&self, addr: SocketAddr, bytes: &[u8]) {
+        metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + UDP_IP_OVERHEAD);
+        let _ = self.socket.try_send_to(bytes, addr);
+    }
+
+    fn send_packet(&self, addr: SocketAddr, p: &Packet) {
+        self.send(addr, &p.encode());
     }
 
     pub fn add_room(&self, info: RoomInfo, tx: mpsc::Sender<RoomCommand>) {
@@ -184,11 +214,11 @@ fn reject(reason: &str) {
 }
 
 /// Reads the player port until shutdown.
-pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
+pub async fn serve_udp(port: Arc<PlayerPort>, shutdown: Shutdown) {
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, addr) = tokio::select! {
-            r = routes.socket.recv_from(&mut buf) => match r {
+            r = port.socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP "port unreachable" from a departed client surfaces here on Linux.
@@ -213,12 +243,11 @@ pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
         };
         match packet {
             Packet::ConnectRequest { token } => {
-                match routes.admit(addr, &token, httpkit::now_secs()) {
+                match port.admit(addr, &token, httpkit::now_secs()) {
                     Ok((tx, claims)) => {
                         if tx.try_send(RoomCommand::Join { addr, claims }).is_err() {
                             reject("room_busy");
-                            send_packet(
-                                &routes.socket,
+                            port.send_packet(
                                 addr,
                                 &Packet::ConnectDenied {
                                     reason: DenyReason::ServerBusy,
@@ -229,11 +258,11 @@ pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
                     Err(reason) => {
                         tracing::debug!(%addr, ?reason, "handshake refused");
                         reject("handshake");
-                        send_packet(&routes.socket, addr, &Packet::ConnectDenied { reason });
+                        port.send_packet(addr, &Packet::ConnectDenied { reason });
                     }
                 }
             }
-            Packet::Client(p) => match routes.session_room(addr, p.session) {
+            Packet::Client(p) => match port.session_room(addr, p.session) {
                 Some(tx) => {
                     if tx
                         .try_send(RoomCommand::Packet { addr, packet: p })
@@ -244,7 +273,7 @@ pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
                 }
                 None => reject("unknown_session"),
             },
-            Packet::Disconnect { session } => match routes.session_room(addr, session) {
+            Packet::Disconnect { session } => match port.session_room(addr, session) {
                 Some(tx) => {
                     let _ = tx.try_send(RoomCommand::Disconnect { addr });
                 }
@@ -252,5 +281,97 @@ pub async fn serve_udp(routes: Arc<Routes>, shutdown: Shutdown) {
             },
             _ => reject("unexpected"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::TokenSigner;
+
+    use super::*;
+
+    async fn port_with_room(server: &str) -> (Arc<PlayerPort>, TokenSigner) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let signer = TokenSigner::new(b"connect-test-secret-0123456789");
+        let port = PlayerPort::new(Arc::new(socket), signer.clone());
+        let (tx, _rx) = mpsc::channel(4);
+        port.add_room(
+            RoomInfo {
+                match_id: "eu-1".into(),
+                region: "eu".into(),
+                bucket: Some(2),
+                server: server.into(),
+                seats: 4,
+                humans: 0,
+            },
+            tx,
+        );
+        (port, signer)
+    }
+
+    fn token(signer: &TokenSigner, server: &str, exp: u64, nonce: u64) -> String {
+        signer.sign(&ConnectClaims {
+            sub: "alice".into(),
+            name: "Alice".into(),
+            match_id: "eu-1".into(),
+            server: server.into(),
+            exp,
+            nonce,
+        })
+    }
+
+    #[tokio::test]
+    async fn handshakes_are_refused_for_each_reason_the_contract_names() {
+        let (port, signer) = port_with_room("10.0.0.1:7777").await;
+        let a = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let b = SocketAddr::from(([127, 0, 0, 1], 4001));
+        let now = 1_000;
+        let deny = |r: Result<_, DenyReason>| r.err();
+        assert_eq!(
+            deny(port.admit(a, "not-a-token", now)),
+            Some(DenyReason::BadToken)
+        );
+        let forged = TokenSigner::new(b"someone-else-entirely-0123456789");
+        assert_eq!(
+            deny(port.admit(a, &token(&forged, "10.0.0.1:7777", now + 60, 1), now)),
+            Some(DenyReason::BadToken)
+        );
+        assert_eq!(
+            deny(port.admit(a, &token(&signer, "10.0.0.1:7777", now - 1, 2), now)),
+            Some(DenyReason::Expired)
+        );
+        assert_eq!(
+            deny(port.admit(a, &token(&signer, "10.0.0.2:7777", now + 60, 3), now)),
+            Some(DenyReason::WrongServer)
+        );
+        let good = token(&signer, "10.0.0.1:7777", now + 60, 4);
+        assert!(port.admit(a, &good, now).is_ok());
+        // The same token again from the same address (a lost accept) passes; from another
+        // address it is a replay.
+        assert!(port.admit(a, &good, now).is_ok());
+        assert_eq!(deny(port.admit(b, &good, now)), Some(DenyReason::Replayed));
+        port.remove_room("eu-1");
+        assert_eq!(
+            deny(port.admit(a, &token(&signer, "10.0.0.1:7777", now + 60, 5), now)),
+            Some(DenyReason::UnknownMatch)
+        );
+    }
+
+    #[tokio::test]
+    async fn packets_reach_a_room_only_from_the_address_holding_the_session() {
+        let (port, _) = port_with_room("10.0.0.1:7777").await;
+        let a = SocketAddr::from(([127, 0, 0, 1], 4000));
+        port.bind(a, 99, "eu-1");
+        assert!(port.session_room(a, 99).is_some());
+        assert!(port.session_room(a, 98).is_none(), "wrong session id");
+        assert!(port
+            .session_room(SocketAddr::from(([127, 0, 0, 1], 4001)), 99)
+            .is_none());
+        port.set_players("eu-1", ["alice".to_string()]);
+        assert_eq!(port.humans("eu-1"), Some(1));
+        assert!(port.seated("eu-1", "alice") && !port.seated("eu-1", "bob"));
+        assert_eq!(port.rooms()[0].humans, 1);
+        port.unbind(a);
+        assert!(port.session_room(a, 99).is_none());
     }
 }

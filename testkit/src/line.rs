@@ -1,6 +1,10 @@
-//! What one viewer's stream must look like, as a pure rule: per epoch, every delta or event
-//! follows the previous message's version by exactly one; only a snapshot may jump (forward, or
-//! to a new epoch). Breaks are counted, not fatal: the chaos run reports them all.
+//! What one viewer's stream must look like, as a pure rule (the viewer protocol's guarantee,
+//! docs/architecture.md): the first message is a snapshot; per epoch, every delta or event
+//! follows the previous message's version by exactly one; only a snapshot may jump, and only
+//! forward (a later version, or a later epoch). A snapshot from an older epoch goes back too.
+//!
+//! One checker for every client that judges a stream: the end-to-end tests fail on the first
+//! break, the chaos runner counts them all.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -32,7 +36,36 @@ pub enum Break {
     SnapshotWentBack { after: (u64, u64), got: (u64, u64) },
     /// The stream of a match started with something other than a snapshot.
     NoSnapshotFirst { got: (u64, u64) },
+    /// Not a viewer message: no `type`, `epoch` or `version`, or an unknown type.
+    NotAMessage(String),
 }
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |p: &(u64, u64)| format!("{}:{}", p.0, p.1);
+        match self {
+            Break::Gap { after, got } => write!(f, "gap: after {} got {}", at(after), at(got)),
+            Break::Duplicate { after, got } => {
+                write!(f, "duplicate: after {} got {}", at(after), at(got))
+            }
+            Break::EpochWithoutSnapshot { after, got } => write!(
+                f,
+                "epoch changed without a snapshot: after {} got {}",
+                at(after),
+                at(got)
+            ),
+            Break::SnapshotWentBack { after, got } => {
+                write!(f, "snapshot at {} went back from {}", at(got), at(after))
+            }
+            Break::NoSnapshotFirst { got } => {
+                write!(f, "stream did not start with a snapshot (got {})", at(got))
+            }
+            Break::NotAMessage(why) => write!(f, "not a viewer message: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Break {}
 
 /// One viewer's version line for one match.
 #[derive(Debug, Default, Clone)]
@@ -48,6 +81,26 @@ impl VersionLine {
     /// Where the viewer is: `epoch:version`, for `since=` / `Last-Event-ID` on a reconnect.
     pub fn position(&self) -> Option<(u64, u64)> {
         self.position
+    }
+
+    /// `since=` for a resume: `epoch:version` of the last message taken.
+    pub fn since(&self) -> String {
+        let (e, v) = self.position.expect("seen something");
+        format!("{e}:{v}")
+    }
+
+    /// Takes one message as the viewer received it (its JSON envelope).
+    pub fn observe_message(&mut self, message: &serde_json::Value) -> Result<(), Break> {
+        let kind = message["type"].as_str();
+        let (Some(kind), Some(epoch), Some(version)) = (
+            kind.and_then(MessageKind::parse),
+            message["epoch"].as_u64(),
+            message["version"].as_u64(),
+        ) else {
+            let shown: String = message.to_string().chars().take(200).collect();
+            return Err(Break::NotAMessage(shown));
+        };
+        self.observe(kind, epoch, version)
     }
 
     pub fn observe(&mut self, kind: MessageKind, epoch: u64, version: u64) -> Result<(), Break> {
@@ -149,6 +202,36 @@ mod tests {
                 after: (2, 10),
                 got: (1, 30)
             })
+        );
+    }
+
+    #[test]
+    fn messages_are_read_from_their_json_envelope() {
+        let mut l = VersionLine::default();
+        let msg =
+            |t: &str, e: u64, v: u64| serde_json::json!({"type": t, "epoch": e, "version": v});
+        l.observe_message(&msg("snapshot", 3, 7)).unwrap();
+        l.observe_message(&msg("event", 3, 8)).unwrap();
+        assert_eq!(l.since(), "3:8");
+        assert!(matches!(
+            l.observe_message(&serde_json::json!({"type": "status", "epoch": 3})),
+            Err(Break::NotAMessage(_))
+        ));
+        // The rule the end-to-end tests used to miss: an older epoch's snapshot goes back.
+        assert_eq!(
+            l.observe_message(&msg("snapshot", 2, 100)),
+            Err(Break::SnapshotWentBack {
+                after: (3, 8),
+                got: (2, 100)
+            })
+        );
+        assert_eq!(
+            Break::SnapshotWentBack {
+                after: (3, 8),
+                got: (2, 100)
+            }
+            .to_string(),
+            "snapshot at 2:100 went back from 3:8"
         );
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use api::{router, ApiConfig, ApiState};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -13,7 +14,6 @@ use backends::{
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use protocol::{Delta, LogKind, LogRecord, SpectatorState, TokenSigner};
-use snapshot_api::{router, ApiConfig, ApiState};
 use tower::ServiceExt;
 
 /// The embedded log, counting how often a match's log is read from its keyframe.

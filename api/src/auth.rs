@@ -1,0 +1,53 @@
+//! `POST /v1/auth/guest`: a guest identity and its bearer token, rate limited per address.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::Json;
+use httpkit::ApiError;
+use protocol::Claims;
+use serde::Serialize;
+
+use crate::{metrics, ApiState};
+
+#[derive(Serialize)]
+pub(crate) struct GuestResponse {
+    token: String,
+    player: String,
+    name: String,
+    expires_at: u64,
+}
+
+pub(crate) async fn guest(
+    State(s): State<ApiState>,
+    request: axum::extract::Request,
+) -> Result<Json<GuestResponse>, ApiError> {
+    // Absent when the router is driven without a socket (tests with `oneshot`).
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip());
+    if let Some(ip) = ip {
+        if !s.inner.guests.allow(ip) {
+            metrics::GUESTS_LIMITED.inc();
+            return Err(ApiError::too_many(
+                "too many guest sign-ins from this address; slow down",
+            ));
+        }
+    }
+    let suffix: u32 = rand::random();
+    let player = format!("g-{suffix:08x}");
+    let exp = httpkit::now_secs() + s.inner.config.guest_token_ttl.as_secs();
+    let name = format!("Guest-{:04X}", suffix & 0xffff);
+    let token = s.inner.signer.sign(&Claims {
+        sub: player.clone(),
+        name: name.clone(),
+        exp,
+    });
+    Ok(Json(GuestResponse {
+        token,
+        player,
+        name,
+        expires_at: exp,
+    }))
+}

@@ -1,0 +1,186 @@
+//! The public HTTP API (the `snapshot-api` role): cold loads of match state, leaderboards,
+//! players and match results, guest tokens, matchmaking, the embedded dashboard and the
+//! OpenAPI document (docs/architecture.md, "HTTP API"). Every read of match state goes
+//! through a short-lived moka cache whose misses are single-flight, so a reconnect storm of N
+//! viewers costs one backend read per match per TTL.
+//!
+//! Routes by resource: [`matches`], [`leaderboards`], [`players`], [`auth`]; [`dashboard`]
+//! serves the page; [`matchmaker`] says where matchmaking goes.
+
+mod auth;
+mod dashboard;
+pub mod leaderboards;
+mod matches;
+mod matchmaker;
+mod metrics;
+mod players;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use backends::{BoardPage, History, Leaderboards, MatchLog};
+use bytes::Bytes;
+use moka::future::Cache;
+use protocol::TokenSigner;
+
+pub use httpkit::RateLimiter;
+pub use leaderboards::{resolve_board, MAX_LIMIT, MAX_OFFSET, MAX_RADIUS};
+pub use matchmaker::RemoteMatchmaker;
+
+use matches::{MatchListing, Snapshot};
+use matchmaker::NoMatchmaker;
+
+/// Viewer counts per match, from the gateways this API knows about.
+pub type ViewerCounts = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub guest_token_ttl: Duration,
+    /// How long a cached snapshot is served (and the `max-age` clients are told).
+    pub snapshot_ttl: Duration,
+    /// Guest tokens per IP: burst, then one per this interval.
+    pub guest_burst: u32,
+    pub guest_refill: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            guest_token_ttl: Duration::from_secs(24 * 3600),
+            snapshot_ttl: Duration::from_secs(1),
+            guest_burst: 30,
+            guest_refill: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ApiConfig,
+    pub(crate) log: Arc<dyn MatchLog>,
+    pub(crate) boards: Arc<dyn Leaderboards>,
+    pub(crate) history: Arc<dyn History>,
+    pub(crate) signer: TokenSigner,
+    pub(crate) snapshots: Cache<String, Arc<Snapshot>>,
+    pub(crate) match_list: Cache<(), Arc<Vec<MatchListing>>>,
+    /// Board reads, shared by concurrent requests for a quarter of a second.
+    pub(crate) board_reads: Cache<String, Arc<Option<BoardPage>>>,
+    /// The last good answer per board read and when it was fetched, served (marked stale)
+    /// while the leaderboard store is unavailable.
+    pub(crate) last_good: Cache<String, (Arc<Option<BoardPage>>, u64)>,
+    /// Player stats and match results, encoded, for a second (errors are not cached).
+    pub(crate) history_reads: Cache<String, Bytes>,
+    pub(crate) viewers: Option<ViewerCounts>,
+    pub(crate) guests: RateLimiter,
+    pub(crate) matchmaker: std::sync::OnceLock<Arc<dyn httpkit::Matchmaking>>,
+}
+
+impl ApiState {
+    pub fn new(
+        config: ApiConfig,
+        log: Arc<dyn MatchLog>,
+        boards: Arc<dyn Leaderboards>,
+        history: Arc<dyn History>,
+        signer: TokenSigner,
+        viewers: Option<ViewerCounts>,
+    ) -> ApiState {
+        let snapshots = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(config.snapshot_ttl)
+            .build();
+        let match_list = Cache::builder()
+            .max_capacity(1)
+            .time_to_live(Duration::from_secs(1))
+            .build();
+        let board_reads = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_millis(250))
+            .build();
+        let last_good = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(600))
+            .build();
+        let history_reads = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(1))
+            .build();
+        let guests = RateLimiter::new(config.guest_burst, config.guest_refill, 100_000);
+        ApiState {
+            inner: Arc::new(Inner {
+                config,
+                log,
+                boards,
+                history,
+                signer,
+                snapshots,
+                match_list,
+                board_reads,
+                last_good,
+                history_reads,
+                viewers,
+                guests,
+                matchmaker: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Serves `POST /v1/matchmaking/join` through this matchmaker (set once, before `router`).
+    pub fn with_matchmaker(self, mm: Arc<dyn httpkit::Matchmaking>) -> ApiState {
+        let _ = self.inner.matchmaker.set(mm);
+        self
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let mm = state
+        .inner
+        .matchmaker
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(NoMatchmaker));
+    let matchmaking = httpkit::matchmaking_router(mm, state.inner.signer.clone());
+    Router::new()
+        .route("/", get(dashboard::dashboard_index))
+        .route("/assets/{*file}", get(dashboard::dashboard_asset))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/auth/guest", post(auth::guest))
+        .route("/v1/matches", get(matches::list_matches))
+        .route("/v1/matches/{id}/snapshot", get(matches::snapshot))
+        .route("/v1/matches/{id}/results", get(matches::results))
+        .route("/v1/leaderboards/{board}", get(leaderboards::leaderboard))
+        .route(
+            "/v1/leaderboards/{board}/around/{player}",
+            get(leaderboards::around),
+        )
+        .route("/v1/players/{id}", get(players::player))
+        .with_state(state)
+        .merge(matchmaking)
+}
+
+/// Serves the API alone (plus `/healthz` and `/metrics`) on `listener` until `shutdown`.
+pub async fn run(
+    state: ApiState,
+    listener: tokio::net::TcpListener,
+    shutdown: httpkit::Shutdown,
+) -> std::io::Result<()> {
+    let router = router(state)
+        .merge(httpkit::ops_router())
+        .fallback(httpkit::no_such_route);
+    httpkit::serve(listener, router, shutdown).await
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}

@@ -1,0 +1,247 @@
+//! Matches: the listing, cold loads of a match's state (cached, single-flight, with ETags), and
+//! the results of ended matches.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use backends::{load_feed, LogError, MatchLog};
+use bytes::Bytes;
+use httpkit::ApiError;
+use protocol::{MatchStatus, SpectatorState};
+use serde::Serialize;
+
+use crate::{metrics, ApiState};
+
+/// A match state as served: the JSON body, encoded once per cache fill, and its position.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    etag: HeaderValue,
+    body: Bytes,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ScoreLine {
+    player: String,
+    name: String,
+    score: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct MatchListing {
+    id: String,
+    region: String,
+    status: MatchStatus,
+    players: usize,
+    viewers: u64,
+    epoch: u64,
+    version: u64,
+    /// The top scores, as of the latest keyframe (a few seconds old at most); empty for a
+    /// match broadcast with a delay.
+    top: Vec<ScoreLine>,
+    #[serde(skip_serializing_if = "is_zero")]
+    broadcast_delay_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::UnknownMatch => ApiError::not_found("no such match"),
+        other => {
+            tracing::warn!(error = %other, "match log read failed");
+            ApiError::unavailable("match log unavailable; retry")
+        }
+    }
+}
+
+async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError> {
+    let ids = log.match_ids().await.map_err(log_error)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Ok(kf) = log.latest_keyframe(&id).await else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_slice::<SpectatorState>(&kf.body) else {
+            continue;
+        };
+        // A delayed match's live scores would give its players away: list it without them.
+        let delayed = state.broadcast_delay_ms > 0;
+        let mut top: Vec<ScoreLine> = state
+            .players
+            .iter()
+            .filter(|_| !delayed)
+            .map(|(p, v)| ScoreLine {
+                player: p.clone(),
+                name: v.name.clone(),
+                score: v.score,
+            })
+            .collect();
+        top.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.player.cmp(&b.player)));
+        top.truncate(5);
+        out.push(MatchListing {
+            id,
+            region: state.region.clone(),
+            status: state.status,
+            players: state.players.len(),
+            viewers: 0,
+            epoch: kf.epoch,
+            version: kf.version,
+            top,
+            broadcast_delay_ms: state.broadcast_delay_ms,
+        });
+    }
+    // Live matches first, the most recent first within each status.
+    out.sort_by(|a, b| {
+        (a.status != MatchStatus::Live)
+            .cmp(&(b.status != MatchStatus::Live))
+            .then(b.epoch.cmp(&a.epoch))
+    });
+    Ok(out)
+}
+
+pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let inner = s.inner.clone();
+    let listings = s
+        .inner
+        .match_list
+        .try_get_with(
+            (),
+            async move { load_listings(&*inner.log).await.map(Arc::new) },
+        )
+        .await
+        .map_err(|e| (*e).clone())?;
+    let mut listings = (*listings).clone();
+    // Ended matches stay listed for their retention; show the most recent few.
+    let mut ended = 0;
+    listings.retain(|m| {
+        m.status == MatchStatus::Live || {
+            ended += 1;
+            ended <= 20
+        }
+    });
+    if let Some(viewers) = &s.inner.viewers {
+        for m in &mut listings {
+            m.viewers = viewers(&m.id);
+        }
+    }
+    let mut res = Json(serde_json::json!({ "matches": listings })).into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=1"),
+    );
+    Ok(res)
+}
+
+async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapshot>, ApiError> {
+    metrics::SNAPSHOT_LOADS.inc();
+    let feed = load_feed(log, match_id, 1).await.map_err(log_error)?;
+    let position = feed
+        .position()
+        .ok_or_else(|| ApiError::not_found("no such match"))?;
+    // The cold load reads the live log; a match broadcast with a delay must come from a
+    // gateway, which holds it back. Saying so beats serving the live state.
+    let delay = feed.state().broadcast_delay_ms;
+    if delay > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delayed_broadcast",
+            format!(
+                "this match is broadcast {} s behind the game; open its stream without `since` (the first message is a delayed snapshot)",
+                delay as f64 / 1000.0
+            ),
+        ));
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "match": match_id,
+        "epoch": position.epoch,
+        "version": position.version,
+        "state": feed.state(),
+    }))
+    .map_err(ApiError::internal)?;
+    Ok(Arc::new(Snapshot {
+        etag: HeaderValue::from_str(&format!("\"{position}\"")).map_err(ApiError::internal)?,
+        body: body.into(),
+    }))
+}
+
+pub(crate) async fn snapshot(
+    State(s): State<ApiState>,
+    Path(match_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !protocol::valid_match_id(&match_id) {
+        return Err(ApiError::not_found("no such match"));
+    }
+    let inner = s.inner.clone();
+    let key = match_id.clone();
+    let snap = s
+        .inner
+        .snapshots
+        .try_get_with(
+            key,
+            async move { load_snapshot(&*inner.log, &match_id).await },
+        )
+        .await
+        .map_err(|e| (*e).clone())?;
+    let max_age = s.inner.config.snapshot_ttl.as_secs().max(1);
+    let cache_control = HeaderValue::from_str(&format!(
+        "public, max-age={max_age}, stale-while-revalidate=5"
+    ))
+    .expect("ascii");
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == snap.etag || t.trim() == "*")
+        });
+    let mut res = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            snap.body.clone(),
+        )
+            .into_response()
+    };
+    res.headers_mut().insert(header::ETAG, snap.etag.clone());
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control);
+    Ok(res)
+}
+
+pub(crate) fn history_error(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "history read failed");
+    ApiError::unavailable("history unavailable; retry")
+}
+
+pub(crate) async fn results(
+    State(s): State<ApiState>,
+    Path(match_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let inner = s.inner.clone();
+    let key = format!("results:{match_id}");
+    let body = s
+        .inner
+        .history_reads
+        .try_get_with(key, async move {
+            let summary = inner
+                .history
+                .match_summary(&match_id)
+                .await
+                .map_err(history_error)?;
+            let summary = summary
+                .ok_or_else(|| ApiError::not_found(format!("no recorded match {match_id:?}")))?;
+            serde_json::to_vec(&summary)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        })
+        .await
+        .map_err(|e| (*e).clone())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

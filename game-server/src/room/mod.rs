@@ -1,0 +1,688 @@
+//! A room: one match, simulated at a fixed tick rate.
+//!
+//! - [`tick`]: the tick loop, the room's only I/O (commands in, datagrams and outputs out);
+//! - [`Room`] (here): what happens in the match between two ticks: players joining and
+//!   leaving, bots keeping the seats filled, simulation events becoming messages;
+//! - [`roster`]: who is in the room; [`outbox`]: outputs waiting for the publisher;
+//!   [`snapshots`]: the datagram each player is sent.
+//!
+//! Nothing here awaits the bus or the network: the room queues datagrams and outputs, and the
+//! tick loop hands them on without blocking.
+
+pub mod outbox;
+pub mod roster;
+pub mod snapshots;
+mod tick;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arena::aoi::{Grid, InterestConfig};
+use arena::{SimEvent, World};
+use protocol::net::{DenyReason, EntityState, Message, Packet};
+use protocol::{now_ms, ConnectClaims, MatchEvent, Shot};
+use tokio::sync::{mpsc, watch};
+
+use crate::checkpoint::Checkpoint;
+use crate::metrics;
+use crate::port::{PlayerPort, RoomCommand};
+use crate::session::Client;
+use outbox::Outbox;
+use roster::Roster;
+use snapshots::SnapshotTick;
+
+pub use roster::PLAYER_TIMEOUT;
+pub use tick::run_room;
+
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    pub match_id: String,
+    pub region: String,
+    /// The matchmaking skill bucket; `None` for showcase rooms no one is matched into.
+    pub bucket: Option<u32>,
+    pub seed: u64,
+    /// Bots fill the room up to this many players; each real player who joins replaces one.
+    pub bots: usize,
+    /// Real players the room takes at most.
+    pub seats: usize,
+    pub tick_hz: u32,
+    pub spectator_hz: u32,
+    pub snapshot_hz: u32,
+    pub duration: Duration,
+    pub interest: InterestConfig,
+    pub delta: bool,
+    pub rewind_cap_ms: u32,
+    /// This server's player address (what connect tokens name).
+    pub server: String,
+    /// Carried in every keyframe, so gateways and the cold-load API hold the match back.
+    pub broadcast_delay: Duration,
+}
+
+impl RoomConfig {
+    /// The room as the registry announces it (no one seated yet).
+    pub fn info(&self) -> backends::RoomInfo {
+        backends::RoomInfo {
+            match_id: self.match_id.clone(),
+            region: self.region.clone(),
+            bucket: self.bucket,
+            server: self.server.clone(),
+            seats: self.seats,
+            humans: 0,
+        }
+    }
+}
+
+/// How a room starts: a new match, or a match taken over from a checkpoint.
+pub enum RoomStart {
+    Fresh,
+    Restored(Box<World>),
+}
+
+/// The room's connections to the rest of the server.
+pub struct RoomIo {
+    pub port: Arc<PlayerPort>,
+    pub commands: mpsc::Receiver<RoomCommand>,
+    pub checkpoints: Option<watch::Sender<Option<Arc<Checkpoint>>>>,
+    pub epoch: u64,
+}
+
+/// Positions in tenths of a unit, as the spectator feed carries them.
+fn quantize(v: f32) -> i32 {
+    (v * 10.0).round() as i32
+}
+
+/// Positions in tenths of a unit, as the player protocol's fire message carries them.
+fn tenths(v: f32) -> u16 {
+    (v * 10.0).round().clamp(0.0, f32::from(u16::MAX)) as u16
+}
+
+pub struct Room {
+    config: RoomConfig,
+    world: World,
+    outbox: Outbox,
+    port: Arc<PlayerPort>,
+    roster: Roster,
+    snapshot_no: u64,
+    /// Shots since the last spectator delta.
+    shots: Vec<Shot>,
+    /// Datagrams to send when the tick's work is done.
+    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Room {
+    /// A room for `world` (fresh or restored), announcing to `port`. A fresh room seats its bots
+    /// at once, so version 0 of the match shows the whole room.
+    pub fn new(config: RoomConfig, world: World, fresh: bool, port: Arc<PlayerPort>) -> Room {
+        let roster = Roster::continuing(
+            &config.match_id,
+            world.players.iter().map(|p| p.id.as_str()),
+        );
+        let mut room = Room {
+            config,
+            world,
+            outbox: Outbox::default(),
+            port,
+            roster,
+            snapshot_no: 0,
+            shots: Vec::new(),
+            datagrams: Vec::new(),
+        };
+        if fresh {
+            while room.world.players.len() < room.config.bots {
+                let (id, name) = room.roster.next_bot(&room.config.match_id);
+                room.world.add_bot(id, name);
+            }
+        } else {
+            let now = Instant::now();
+            let humans: Vec<u16> = room.humans().map(|p| p.entity).collect();
+            for entity in humans {
+                room.roster.await_reconnect(entity, now);
+            }
+        }
+        room
+    }
+
+    fn humans(&self) -> impl Iterator<Item = &arena::Player> {
+        self.world.players.iter().filter(|p| !p.bot)
+    }
+
+    fn human_ids(&self) -> Vec<String> {
+        self.humans().map(|p| p.id.clone()).collect()
+    }
+
+    fn bots(&self) -> usize {
+        self.world.players.iter().filter(|p| p.bot).count()
+    }
+
+    fn add_bot(&mut self) {
+        let (id, name) = self.roster.next_bot(&self.config.match_id);
+        let entity = self.world.add_bot(id.clone(), name.clone());
+        self.outbox.event(MatchEvent::PlayerJoined {
+            player: id.clone(),
+            name: name.clone(),
+            bot: true,
+        });
+        self.broadcast(Message::PlayerInfo {
+            entity,
+            player: id,
+            name,
+            bot: true,
+        });
+    }
+
+    /// Keeps the seats filled: bots up to the target, one fewer per real player.
+    fn balance_bots(&mut self) {
+        let want = self.config.bots.saturating_sub(self.humans().count());
+        while self.bots() > want {
+            let Some(bot) = self
+                .world
+                .players
+                .iter()
+                .rev()
+                .find(|p| p.bot)
+                .map(|p| p.entity)
+            else {
+                break;
+            };
+            let p = self.world.remove(bot).expect("bot exists");
+            self.outbox.event(MatchEvent::PlayerLeft { player: p.id });
+            self.broadcast(Message::PlayerGone { entity: bot });
+        }
+        while self.bots() < want {
+            self.add_bot();
+        }
+    }
+
+    /// Queues a reliable message to every connected player; a player whose reliable channel
+    /// overflowed is disconnected.
+    fn broadcast(&mut self, m: Message) {
+        let mut dead = Vec::new();
+        for c in self.roster.iter_mut() {
+            if c.reliable_out.send(m.clone()).is_err() {
+                dead.push(c.addr);
+            }
+        }
+        for addr in dead {
+            tracing::info!(%addr, "player's reliable channel overflowed; disconnecting");
+            self.leave(addr);
+        }
+    }
+
+    fn send_to(&mut self, entity: u16, m: Message) {
+        if let Some(c) = self.roster.by_entity_mut(entity) {
+            if c.reliable_out.send(m).is_err() {
+                let addr = c.addr;
+                self.leave(addr);
+            }
+        }
+    }
+
+    fn reply(&mut self, addr: SocketAddr, p: &Packet) {
+        self.datagrams.push((addr, p.encode()));
+    }
+
+    fn accept(&self, c: &Client) -> Packet {
+        Packet::ConnectAccepted {
+            session: c.session,
+            entity: c.entity,
+            tick_hz: self.config.tick_hz.min(255) as u8,
+            tick: self.world.tick as u32,
+        }
+    }
+
+    fn join(&mut self, addr: SocketAddr, claims: ConnectClaims) {
+        if let Some(c) = self.roster.get(&addr) {
+            // A repeated handshake (the accept was lost): answer again.
+            if c.player == claims.sub {
+                let p = self.accept(c);
+                self.reply(addr, &p);
+            }
+            return;
+        }
+        // The same player from a new address (a reconnect): the old session goes.
+        if let Some(old) = self.roster.address_of(&claims.sub) {
+            self.drop_session(old);
+        }
+        let existing = self
+            .humans()
+            .find(|p| p.id == claims.sub)
+            .map(|p| (p.entity, p.last_input));
+        let (entity, last_input) = match existing {
+            Some(e) => e,
+            None => {
+                if self.humans().count() >= self.config.seats {
+                    self.reply(
+                        addr,
+                        &Packet::ConnectDenied {
+                            reason: DenyReason::RoomFull,
+                        },
+                    );
+                    return;
+                }
+                let entity = self
+                    .world
+                    .add_human(claims.sub.clone(), claims.name.clone());
+                self.outbox.event(MatchEvent::PlayerJoined {
+                    player: claims.sub.clone(),
+                    name: claims.name.clone(),
+                    bot: false,
+                });
+                self.broadcast(Message::PlayerInfo {
+                    entity,
+                    player: claims.sub.clone(),
+                    name: claims.name.clone(),
+                    bot: false,
+                });
+                (entity, 0)
+            }
+        };
+        let session = rand::random::<u64>() | 1;
+        let mut client = Client::new(addr, session, entity, claims.sub.clone(), last_input);
+        for p in &self.world.players {
+            let _ = client.reliable_out.send(Message::PlayerInfo {
+                entity: p.entity,
+                player: p.id.clone(),
+                name: p.name.clone(),
+                bot: p.bot,
+            });
+        }
+        let accepted = self.accept(&client);
+        self.reply(addr, &accepted);
+        self.port.bind(addr, session, &self.config.match_id);
+        self.roster.insert(client);
+        metrics::CONNECTED_PLAYERS.inc();
+        self.port
+            .set_players(&self.config.match_id, self.human_ids());
+        tracing::info!(match_id = %self.config.match_id, player = %claims.sub, %addr, entity, "player joined");
+        self.balance_bots();
+    }
+
+    fn drop_session(&mut self, addr: SocketAddr) -> Option<Client> {
+        let c = self.roster.remove(&addr)?;
+        self.port.unbind(addr);
+        metrics::CONNECTED_PLAYERS.dec();
+        Some(c)
+    }
+
+    /// A player leaves (disconnect or time-out): their body goes, a bot takes the seat.
+    fn leave(&mut self, addr: SocketAddr) {
+        let Some(c) = self.drop_session(addr) else {
+            return;
+        };
+        if let Some(p) = self.world.remove(c.entity) {
+            tracing::info!(match_id = %self.config.match_id, player = %p.id, "player left");
+            self.outbox.event(MatchEvent::PlayerLeft { player: p.id });
+            self.broadcast(Message::PlayerGone { entity: c.entity });
+        }
+        self.port
+            .set_players(&self.config.match_id, self.human_ids());
+        self.balance_bots();
+    }
+
+    fn handle(&mut self, cmd: RoomCommand, now: u64) {
+        match cmd {
+            RoomCommand::Join { addr, claims } => self.join(addr, claims),
+            RoomCommand::Disconnect { addr } => self.leave(addr),
+            RoomCommand::Packet { addr, packet } => {
+                let Some(c) = self.roster.get_mut(&addr) else {
+                    return;
+                };
+                if c.session != packet.session {
+                    return;
+                }
+                let entity = c.entity;
+                for m in c.on_packet(packet, now) {
+                    // The only message a player may send is chat; it goes to everyone.
+                    if let Message::Chat { text, .. } = m {
+                        let text: String = text.chars().take(protocol::net::MAX_CHAT).collect();
+                        self.broadcast(Message::Chat { entity, text });
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_inputs(&mut self) {
+        for c in self.roster.iter_mut() {
+            for input in c.take_inputs() {
+                if let Some(outcome) = self.world.apply_input(c.entity, &input) {
+                    metrics::REWINDS
+                        .with_label_values(&[if outcome.capped { "true" } else { "false" }])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    fn on_sim_events(&mut self, events: Vec<SimEvent>) {
+        let id_of = |w: &World, e: u16| w.player(e).map(|p| p.id.clone()).unwrap_or_default();
+        for ev in events {
+            match ev {
+                SimEvent::Kill { killer, victim } => {
+                    let (k, v) = (id_of(&self.world, killer), id_of(&self.world, victim));
+                    self.outbox.event(MatchEvent::Kill {
+                        killer: k,
+                        victim: v,
+                    });
+                    self.broadcast(Message::Death { victim, killer });
+                }
+                SimEvent::Shot {
+                    from,
+                    x0,
+                    y0,
+                    x1,
+                    y1,
+                    victim,
+                } => {
+                    self.shots.push(Shot {
+                        from: id_of(&self.world, from),
+                        x0: quantize(x0),
+                        y0: quantize(y0),
+                        x1: quantize(x1),
+                        y1: quantize(y1),
+                        hit: victim.is_some(),
+                    });
+                    let fire = Message::Fire {
+                        entity: from,
+                        x0: tenths(x0),
+                        y0: tenths(y0),
+                        x1: tenths(x1),
+                        y1: tenths(y1),
+                        hit: victim.is_some(),
+                    };
+                    // Shots are seen by whoever has the shooter in view.
+                    let watchers: Vec<u16> = self
+                        .roster
+                        .iter()
+                        .filter(|c| c.entity == from || c.visible.binary_search(&from).is_ok())
+                        .map(|c| c.entity)
+                        .collect();
+                    for w in watchers {
+                        self.send_to(w, fire.clone());
+                    }
+                    if let Some(v) = victim {
+                        let hit = Message::Hit {
+                            shooter: from,
+                            victim: v,
+                            damage: arena::world::DAMAGE,
+                        };
+                        self.send_to(from, hit.clone());
+                        self.send_to(v, hit);
+                    }
+                }
+                SimEvent::Pickup { entity } => self.send_to(entity, Message::Pickup { entity }),
+            }
+        }
+    }
+
+    /// Queues every connected player's snapshot.
+    fn send_snapshots(&mut self) {
+        self.snapshot_no += 1;
+        let grid = Grid::build(
+            self.world
+                .players
+                .iter()
+                .map(|p| (p.entity, p.body.x, p.body.y)),
+        );
+        let current: HashMap<u16, EntityState> = self
+            .world
+            .players
+            .iter()
+            .map(|p| (p.entity, p.entity_state()))
+            .collect();
+        let tick = SnapshotTick {
+            number: self.snapshot_no,
+            tick: self.world.tick as u32,
+            now_ms: now_ms(),
+            grid: &grid,
+            current: &current,
+            interest: &self.config.interest,
+            delta: self.config.delta,
+        };
+        for c in self.roster.iter_mut() {
+            let Some(me) = self.world.player(c.entity) else {
+                continue;
+            };
+            if let Some(bytes) = tick.packet_for(c, me) {
+                metrics::SNAPSHOTS_SENT.inc();
+                self.datagrams.push((c.addr, bytes));
+            }
+        }
+    }
+
+    fn expire_quiet_players(&mut self) {
+        let now = Instant::now();
+        for addr in self.roster.quiet(now) {
+            tracing::info!(%addr, "player timed out");
+            self.leave(addr);
+        }
+        for entity in self.roster.take_overdue(now) {
+            if self.roster.is_connected(entity) {
+                continue;
+            }
+            if let Some(p) = self.world.remove(entity) {
+                tracing::info!(player = %p.id, "player did not come back after the takeover");
+                self.outbox.event(MatchEvent::PlayerLeft { player: p.id });
+                self.broadcast(Message::PlayerGone { entity });
+            }
+            self.balance_bots();
+        }
+    }
+
+    /// The room as a checkpoint (the world, and how far the log reflects it).
+    fn checkpoint(&self, epoch: u64, ends_at_tick: u64) -> Checkpoint {
+        Checkpoint {
+            match_id: self.config.match_id.clone(),
+            region: self.config.region.clone(),
+            bucket: self.config.bucket,
+            seats: self.config.seats,
+            bots: self.config.bots,
+            epoch,
+            events_through: self.outbox.events(),
+            ends_at_tick,
+            server: self.config.server.clone(),
+            saved_ms: now_ms(),
+            world: self.world.clone(),
+        }
+    }
+
+    /// Sends the datagrams queued since the last call (the tick loop's I/O).
+    fn send_datagrams(&mut self) {
+        for (addr, bytes) in self.datagrams.drain(..) {
+            self.port.send(addr, &bytes);
+        }
+    }
+
+    /// The datagrams queued since the last call, unsent.
+    #[cfg(test)]
+    fn take_datagrams(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
+        self.datagrams.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arena::WorldConfig;
+    use protocol::TokenSigner;
+    use tokio::net::UdpSocket;
+
+    use super::*;
+    use crate::publisher::RoomOutput;
+
+    async fn room(bots: usize, seats: usize) -> Room {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = PlayerPort::new(
+            Arc::new(socket),
+            TokenSigner::new(b"room-test-secret-0123456789"),
+        );
+        let config = RoomConfig {
+            match_id: "eu-1".into(),
+            region: "eu".into(),
+            bucket: Some(2),
+            seed: 3,
+            bots,
+            seats,
+            tick_hz: 30,
+            spectator_hz: 10,
+            snapshot_hz: 30,
+            duration: Duration::from_secs(60),
+            interest: InterestConfig::default(),
+            delta: true,
+            rewind_cap_ms: 200,
+            server: "127.0.0.1:7777".into(),
+            broadcast_delay: Duration::ZERO,
+        };
+        let world = World::new(3, WorldConfig::default());
+        Room::new(config, world, true, port)
+    }
+
+    fn claims(player: &str) -> ConnectClaims {
+        ConnectClaims {
+            sub: player.into(),
+            name: player.to_uppercase(),
+            match_id: "eu-1".into(),
+            server: "127.0.0.1:7777".into(),
+            exp: u64::MAX,
+            nonce: 1,
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn replies(room: &mut Room) -> Vec<(SocketAddr, Packet)> {
+        room.take_datagrams()
+            .map(|(a, b)| (a, Packet::decode(&b).unwrap()))
+            .collect()
+    }
+
+    fn events(room: &mut Room) -> Vec<MatchEvent> {
+        room.outbox
+            .drain()
+            .filter_map(|o| match o {
+                RoomOutput::Event { event, .. } => Some(event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_player_takes_a_bots_seat_and_gets_it_back_on_leaving() {
+        let mut room = room(4, 2).await;
+        assert_eq!(room.bots(), 4, "a fresh room seats its bots");
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5000),
+                claims: claims("alice"),
+            },
+            0,
+        );
+        let sent = replies(&mut room);
+        assert!(
+            matches!(sent[..], [(a, Packet::ConnectAccepted { .. })] if a == addr(5000)),
+            "{sent:?}"
+        );
+        assert_eq!((room.bots(), room.humans().count()), (3, 1));
+        let evs = events(&mut room);
+        assert!(
+            matches!(&evs[0], MatchEvent::PlayerJoined { player, bot: false, .. } if player == "alice"),
+            "{evs:?}"
+        );
+        assert!(
+            matches!(&evs[1], MatchEvent::PlayerLeft { .. }),
+            "a bot made room: {evs:?}"
+        );
+
+        room.handle(RoomCommand::Disconnect { addr: addr(5000) }, 0);
+        assert_eq!((room.bots(), room.humans().count()), (4, 0));
+        let evs = events(&mut room);
+        assert!(
+            matches!(&evs[0], MatchEvent::PlayerLeft { player } if player == "alice"),
+            "{evs:?}"
+        );
+        assert!(
+            matches!(&evs[1], MatchEvent::PlayerJoined { bot: true, player, .. } if player == "eu-1-bot5"),
+            "{evs:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_room_refuses_and_a_repeated_handshake_is_answered_again() {
+        let mut room = room(2, 1).await;
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5000),
+                claims: claims("alice"),
+            },
+            0,
+        );
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5001),
+                claims: claims("bob"),
+            },
+            0,
+        );
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5000),
+                claims: claims("alice"),
+            },
+            0,
+        );
+        let sent = replies(&mut room);
+        assert!(
+            matches!(sent[1], (a, Packet::ConnectDenied { reason: DenyReason::RoomFull }) if a == addr(5001)),
+            "{sent:?}"
+        );
+        let (
+            Packet::ConnectAccepted { session: first, .. },
+            Packet::ConnectAccepted { session: again, .. },
+        ) = (&sent[0].1, &sent[2].1)
+        else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(first, again, "the same session, answered again");
+        // Alice from a new address: a reconnect, the old session goes, the body stays.
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5002),
+                claims: claims("alice"),
+            },
+            0,
+        );
+        assert!(room.roster.get(&addr(5000)).is_none());
+        assert!(room.roster.get(&addr(5002)).is_some());
+        assert_eq!(room.humans().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_queued_for_every_connected_player_and_never_sent_directly() {
+        let mut room = room(6, 4).await;
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5000),
+                claims: claims("alice"),
+            },
+            0,
+        );
+        room.handle(
+            RoomCommand::Join {
+                addr: addr(5001),
+                claims: claims("bob"),
+            },
+            0,
+        );
+        replies(&mut room);
+        room.world.step();
+        room.send_snapshots();
+        let sent = replies(&mut room);
+        let mut to: Vec<SocketAddr> = sent.iter().map(|(a, _)| *a).collect();
+        to.sort();
+        assert_eq!(to, vec![addr(5000), addr(5001)]);
+        assert!(sent.iter().all(|(_, p)| matches!(p, Packet::Server(_))));
+    }
+}

@@ -1,0 +1,213 @@
+//! The snapshot a player is sent each snapshot tick, as a plain function of the world and the
+//! player's session: the entities in its area of interest (near ones refreshed every snapshot,
+//! far ones in turn), delta-compressed against the newest snapshot the player acknowledged,
+//! its own body at full precision, and as many reliable messages as fit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arena::aoi::{self, Grid, InterestConfig};
+use arena::Player;
+use protocol::net::{
+    EntityState, OwnState, Packet, ReliableBlock, ServerPacket, SnapshotDelta, MAX_PACKET,
+};
+
+use crate::session::Client;
+
+/// Bytes of reliable messages allowed in one snapshot packet.
+pub const RELIABLE_BUDGET: usize = 400;
+
+/// What every player's snapshot of one tick is built from, computed once per tick.
+pub struct SnapshotTick<'a> {
+    /// Counts snapshot ticks: far entities are refreshed in turn by it.
+    pub number: u64,
+    pub tick: u32,
+    pub now_ms: u64,
+    pub grid: &'a Grid,
+    pub current: &'a HashMap<u16, EntityState>,
+    pub interest: &'a InterestConfig,
+    /// Delta-compress against the acknowledged baseline (off: every snapshot is full).
+    pub delta: bool,
+}
+
+impl SnapshotTick<'_> {
+    /// The datagram for `client`, whose body is `me`, updating its session (what it sees, the
+    /// snapshot recorded as a future baseline, reliable messages marked sent). `None` when even
+    /// without reliable messages the snapshot does not fit a datagram: it is skipped, and the
+    /// next one, against the same baseline, replaces it.
+    pub fn packet_for(&self, client: &mut Client, me: &Player) -> Option<Vec<u8>> {
+        let interest = aoi::interest(
+            self.grid,
+            client.entity,
+            me.body.x,
+            me.body.y,
+            &client.visible,
+            self.number,
+            self.interest,
+        );
+        let baseline = if self.delta { client.baseline() } else { None };
+        let base: &[(u16, EntityState)] = baseline.as_ref().map_or(&[], |(_, b)| b);
+        // Entities not due for a refresh keep the state the client already has.
+        let entities: Vec<(u16, EntityState)> = interest
+            .visible
+            .iter()
+            .filter_map(|&id| {
+                let due = interest.refresh.binary_search(&id).is_ok();
+                let kept = (!due)
+                    .then(|| base.binary_search_by_key(&id, |e| e.0).ok())
+                    .flatten()
+                    .map(|i| base[i].1);
+                kept.or_else(|| self.current.get(&id).copied())
+                    .map(|s| (id, s))
+            })
+            .collect();
+        let delta = SnapshotDelta::between(baseline.as_ref().map(|b| b.0), base, &entities);
+        client.visible = interest.visible;
+        let own = OwnState {
+            x: me.body.x,
+            y: me.body.y,
+            vx: me.body.vx,
+            vy: me.body.vy,
+            alive: me.alive,
+        };
+        let header = client.next_header(self.tick, Arc::new(entities), self.now_ms);
+        let resend = client.resend_after_ms();
+        let mut packet = ServerPacket {
+            session: client.session,
+            header,
+            tick: self.tick,
+            last_processed_input: me.last_input,
+            own,
+            snapshot: delta,
+            reliable: ReliableBlock {
+                ack_next: client.reliable_ack_next(),
+                messages: client
+                    .reliable_out
+                    .outgoing(self.now_ms, resend, RELIABLE_BUDGET),
+            },
+        };
+        let bytes = Packet::Server(packet.clone()).encode();
+        if bytes.len() <= MAX_PACKET {
+            return Some(bytes);
+        }
+        // Too much at once for one datagram: the reliable messages wait for the next packet
+        // (they are resent until acknowledged).
+        packet.reliable.messages.clear();
+        let bytes = Packet::Server(packet).encode();
+        (bytes.len() <= MAX_PACKET).then_some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use arena::{World, WorldConfig};
+    use protocol::net::Message;
+
+    use super::*;
+
+    fn world_with_bots(n: usize) -> World {
+        let mut world = World::new(7, WorldConfig::default());
+        for i in 0..n {
+            world.add_bot(format!("m-bot{i}"), format!("Bot {i}"));
+        }
+        world
+    }
+
+    fn tick_of<'a>(
+        world: &World,
+        grid: &'a Grid,
+        current: &'a HashMap<u16, EntityState>,
+        interest: &'a InterestConfig,
+        number: u64,
+    ) -> SnapshotTick<'a> {
+        SnapshotTick {
+            number,
+            tick: world.tick as u32,
+            now_ms: 1_000 + number * 33,
+            grid,
+            current,
+            interest,
+            delta: true,
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> ServerPacket {
+        match Packet::decode(bytes).expect("a valid datagram") {
+            Packet::Server(p) => p,
+            other => panic!("not a server packet: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_player_is_sent_what_it_can_see_and_its_own_body() {
+        let mut world = world_with_bots(12);
+        // Spread them out: the player at one corner, a neighbour close by, the rest far away.
+        for (i, p) in world.players.iter_mut().enumerate() {
+            (p.body.x, p.body.y) = match i {
+                0 => (100.0, 100.0),
+                1 => (150.0, 120.0),
+                _ => (900.0, 900.0 - i as f32),
+            };
+        }
+        let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
+        let current: HashMap<u16, EntityState> = world
+            .players
+            .iter()
+            .map(|p| (p.entity, p.entity_state()))
+            .collect();
+        let interest = InterestConfig::default();
+        let me = world.players[0].clone();
+        let mut client = Client::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            77,
+            me.entity,
+            me.id.clone(),
+            0,
+        );
+        let packet = tick_of(&world, &grid, &current, &interest, 1)
+            .packet_for(&mut client, &me)
+            .expect("fits");
+        let p = decode(&packet);
+        assert_eq!(p.session, 77);
+        assert!((p.own.x - 100.0).abs() < 0.1 && (p.own.y - 100.0).abs() < 0.1);
+        let neighbour = world.players[1].entity;
+        let far = world.players[5].entity;
+        assert!(client.visible.contains(&neighbour), "{:?}", client.visible);
+        assert!(!client.visible.contains(&far), "{:?}", client.visible);
+        assert!(packet.len() <= MAX_PACKET);
+    }
+
+    #[test]
+    fn reliable_messages_beyond_the_budget_wait_for_the_next_packet() {
+        let world = world_with_bots(2);
+        let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
+        let current: HashMap<u16, EntityState> = world
+            .players
+            .iter()
+            .map(|p| (p.entity, p.entity_state()))
+            .collect();
+        let interest = InterestConfig::default();
+        let me = world.players[0].clone();
+        let mut client = Client::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            5,
+            me.entity,
+            me.id.clone(),
+            0,
+        );
+        for _ in 0..40 {
+            let text = "x".repeat(protocol::net::MAX_CHAT);
+            client
+                .reliable_out
+                .send(Message::Chat { entity: 1, text })
+                .unwrap();
+        }
+        let tick = tick_of(&world, &grid, &current, &interest, 1);
+        let p = decode(&tick.packet_for(&mut client, &me).expect("fits"));
+        // As many as the budget allows go in this packet; the rest wait, none is lost.
+        let sent = p.reliable.messages.len();
+        assert!(sent > 0 && sent < 40, "{sent}");
+    }
+}

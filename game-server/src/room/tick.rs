@@ -1,0 +1,173 @@
+//! The tick loop: the room's only I/O. Each tick it takes the player commands that arrived,
+//! applies inputs, steps the world, queues every player's snapshot (at the snapshot rate) and
+//! a spectator delta (at the spectator rate), then sends the queued datagrams and hands the
+//! outputs to the publisher, never waiting for either.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arena::{World, WorldConfig};
+use protocol::net::Message;
+use protocol::{now_ms, Delta, MatchEvent, MatchStatus, PlayerResult};
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use super::outbox::Handed;
+use super::{Room, RoomConfig, RoomIo, RoomStart};
+use crate::metrics;
+use crate::publisher::RoomOutput;
+use httpkit::Shutdown;
+
+/// Commands handled per tick at most; the rest wait for the next tick (the channel is bounded,
+/// so a flood is shed at the socket, not here).
+const COMMANDS_PER_TICK: usize = 4096;
+
+/// Sends what the room queued and hands its outputs on, without waiting.
+fn hand_on(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
+    room.send_datagrams();
+    room.outbox.flush(|out| match tx.try_send(out) {
+        Ok(()) => Handed::Taken,
+        Err(mpsc::error::TrySendError::Full(out)) => Handed::Full(out),
+        Err(mpsc::error::TrySendError::Closed(_)) => Handed::Closed,
+    });
+}
+
+/// Runs one match to its end (or until shutdown, which ends it early with results).
+pub async fn run_room(
+    config: RoomConfig,
+    start: RoomStart,
+    tx: mpsc::Sender<RoomOutput>,
+    mut io: RoomIo,
+    shutdown: Shutdown,
+) {
+    let world_config = WorldConfig {
+        tick_hz: config.tick_hz,
+        rewind_cap_ms: config.rewind_cap_ms,
+    };
+    let (world, fresh) = match start {
+        RoomStart::Fresh => (World::new(config.seed, world_config), true),
+        RoomStart::Restored(w) => (w.restored(), false),
+    };
+    let mut room = Room::new(config, world, fresh, io.port.clone());
+    let mut view = room.world.spectator_state(&room.config.region);
+    let mut start = view.clone();
+    start.broadcast_delay_ms = room.config.broadcast_delay.as_millis() as u64;
+    start.tick_hz = u64::from(room.config.tick_hz);
+    room.outbox.push(RoomOutput::Start(Box::new(start)));
+    if fresh {
+        room.outbox.event(MatchEvent::MatchStarted {});
+        let joined: Vec<MatchEvent> = room
+            .world
+            .players
+            .iter()
+            .map(|p| MatchEvent::PlayerJoined {
+                player: p.id.clone(),
+                name: p.name.clone(),
+                bot: p.bot,
+            })
+            .collect();
+        for e in joined {
+            room.outbox.event(e);
+        }
+    }
+    hand_on(&mut room, &tx);
+    let config = room.config.clone();
+
+    let period = Duration::from_secs_f64(1.0 / config.tick_hz as f64);
+    let ticks_per_frame = u64::from((config.tick_hz / config.spectator_hz.max(1)).max(1));
+    let ticks_per_snapshot = u64::from((config.tick_hz / config.snapshot_hz.max(1)).max(1));
+    let total_ticks = (config.duration.as_secs_f64() * config.tick_hz as f64) as u64;
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_tick_at = Instant::now();
+    while room.world.tick < total_ticks {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let now = Instant::now();
+        // A gap of more than one and a half periods means ticks were skipped: count them.
+        let late = now.duration_since(last_tick_at);
+        if late > period + period / 2 {
+            metrics::TICK_OVERRUNS.inc_by((late.as_secs_f64() / period.as_secs_f64()) as u64 - 1);
+        }
+        last_tick_at = now;
+        hand_on(&mut room, &tx);
+        if room.outbox.full() {
+            metrics::STALLED_TICKS.inc();
+            continue;
+        }
+        let wall = now_ms();
+        for _ in 0..COMMANDS_PER_TICK {
+            match io.commands.try_recv() {
+                Ok(cmd) => room.handle(cmd, wall),
+                Err(_) => break,
+            }
+        }
+        room.apply_inputs();
+        let events = room.world.step();
+        room.on_sim_events(events);
+        if room.world.tick.is_multiple_of(ticks_per_snapshot) {
+            room.send_snapshots();
+        }
+        if room.world.tick.is_multiple_of(ticks_per_frame) {
+            let next = room.world.spectator_state(&config.region);
+            let mut delta = view.diff(&next);
+            delta.shots = std::mem::take(&mut room.shots);
+            room.outbox.push(RoomOutput::Delta(delta));
+            view = next;
+        }
+        if room.world.tick.is_multiple_of(u64::from(config.tick_hz)) {
+            room.expire_quiet_players();
+            if let Some(checkpoints) = &io.checkpoints {
+                let _ = checkpoints.send(Some(Arc::new(room.checkpoint(io.epoch, total_ticks))));
+            }
+        }
+        hand_on(&mut room, &tx);
+        metrics::TICKS.inc();
+        metrics::PLAYER_TICKS.inc_by(room.world.players.len() as u64);
+        let busy = now.elapsed().as_secs_f64();
+        metrics::TICK_SECONDS.observe(busy);
+        metrics::TICK_BUSY_SECONDS.inc_by(busy);
+    }
+    end_match(&mut room, &tx).await;
+    // Ended, cleanly: nothing left to take over.
+    if let Some(checkpoints) = &io.checkpoints {
+        let _ = checkpoints.send(None);
+    }
+}
+
+async fn end_match(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
+    room.broadcast(Message::MatchEnded);
+    room.send_snapshots();
+    let mut results: Vec<PlayerResult> = room
+        .world
+        .tallies()
+        .into_iter()
+        .map(|t| PlayerResult {
+            player: t.id,
+            name: t.name,
+            score: t.score,
+            kills: t.kills,
+            deaths: t.deaths,
+        })
+        .collect();
+    results.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.player.cmp(&b.player)));
+    room.outbox.event(MatchEvent::MatchEnded { results });
+    room.outbox.push(RoomOutput::Delta(Delta {
+        tick: room.world.tick,
+        status: Some(MatchStatus::Ended),
+        ..Delta::default()
+    }));
+    room.send_datagrams();
+    for addr in room.roster.addresses() {
+        room.drop_session(addr);
+    }
+    // The match is over: what is left may now wait on the publisher.
+    let waiting: Vec<RoomOutput> = room.outbox.drain().collect();
+    for out in waiting {
+        if tx.send(out).await.is_err() {
+            break;
+        }
+    }
+}

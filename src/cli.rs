@@ -1,0 +1,474 @@
+//! The command line, by concern. Each role takes the groups that apply to it, so
+//! `grandstand <role> --help` shows only its own options; `grandstand` with no role (or `all`)
+//! takes every group. Defaults are the libraries' own (`GatewayConfig::default()` and so on),
+//! declared once there and shown here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aggregator::{AggregatorConfig, BoardRetention};
+use backends::NatsLogConfig;
+use clap::{Args, Parser, Subcommand};
+use fanout_gateway::GatewayConfig;
+use game_server::GameServerConfig;
+use httpkit::ConnectionLimits;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "grandstand",
+    version,
+    about = "Live multiplayer matches and leaderboards, in real time",
+    long_about = "Live multiplayer matches and leaderboards, in real time.\n\n\
+        With no role, every role runs in this process on the embedded backends (in-process \
+        match log, in-memory leaderboards, SQLite history), unless NATS_URL, REDIS_URL or \
+        DATABASE_URL point at real ones. In production each role runs in its own process.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub role: Option<Role>,
+    #[command(flatten)]
+    pub all: AllArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Role {
+    /// Every role in one process (the default).
+    All(AllArgs),
+    /// Rooms and the player port.
+    GameServer(GameServerArgs),
+    /// Viewer streams (WebSocket and SSE).
+    Gateway(GatewayArgs),
+    /// Leaderboards and history from the match events.
+    Aggregator(AggregatorArgs),
+    /// The public HTTP API: cold loads, leaderboards, players, guest tokens, matchmaking.
+    #[command(visible_alias = "api")]
+    SnapshotApi(ApiArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub game: GameArgs,
+    #[command(flatten)]
+    pub viewers: ViewerArgs,
+    #[command(flatten)]
+    pub boards: BoardArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GameServerArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub game: GameArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub viewers: ViewerArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AggregatorArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+    #[command(flatten)]
+    pub boards: BoardArgs,
+    /// Rebuild every leaderboard from history and the match log into fresh keys, swap them in
+    /// atomically, and exit (after a Redis loss). Aggregators may keep running.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The game server (HTTP) whose matchmaker serves `POST /v1/matchmaking/join`.
+    #[arg(long, env = "GRANDSTAND_MATCHMAKER_URL")]
+    pub matchmaker_url: Option<String>,
+}
+
+/// The HTTP listener every role has, and the limits on its connections.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
+    /// HTTP address: API, viewer streams, dashboard, /healthz and /metrics. Port 0 picks one.
+    #[arg(long, env = "GRANDSTAND_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Open HTTP connections at most; beyond, new ones wait in the kernel's backlog.
+    #[arg(long, env = "GRANDSTAND_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head (slowloris protection).
+    #[arg(long, env = "GRANDSTAND_HEADER_TIMEOUT_SECS", default_value_t = ConnectionLimits::default().header_read_timeout.as_secs())]
+    pub header_timeout_secs: u64,
+    /// Kernel send buffer per connection in bytes (bounds what a slow viewer costs in kernel
+    /// memory); the kernel's autotuning when unset.
+    #[arg(long, env = "GRANDSTAND_SEND_BUFFER")]
+    pub send_buffer: Option<usize>,
+}
+
+impl HttpArgs {
+    /// The connection limits; `stall` is how long a stream may leave frames unread (the
+    /// connection's write backstop comes 15 s after it).
+    pub fn limits(&self, stall: Duration) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            write_stall: stall + Duration::from_secs(15),
+            send_buffer: self.send_buffer,
+            ..Default::default()
+        }
+    }
+}
+
+/// The match log.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Match log (NATS JetStream)")]
+pub struct NatsArgs {
+    /// NATS server(s) with JetStream for the match log, comma separated; the embedded
+    /// in-process log when unset (only with every role in one process).
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// JetStream stream holding every match's log.
+    #[arg(long, env = "NATS_STREAM", default_value_t = NatsLogConfig::new("").stream)]
+    pub nats_stream: String,
+    /// Copies of the stream kept by a NATS cluster (1 on a single server; 3 on a 3-node
+    /// cluster, so losing one node loses nothing).
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = NatsLogConfig::new("").replicas as u8, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+    /// First token of match log subjects (`<root>.<match>.delta|event|keyframe`).
+    #[arg(long, env = "NATS_SUBJECT_ROOT", default_value_t = NatsLogConfig::new("").subject_root)]
+    pub nats_subject_root: String,
+    /// How long the match log keeps messages, in seconds.
+    #[arg(long, env = "NATS_MAX_AGE_SECS", default_value_t = NatsLogConfig::new("").max_age.as_secs())]
+    pub nats_max_age_secs: u64,
+    /// Bytes the match log stream may hold (and reserves on the NATS server).
+    #[arg(long, env = "NATS_MAX_BYTES", default_value_t = NatsLogConfig::new("").max_bytes)]
+    pub nats_max_bytes: i64,
+}
+
+impl NatsArgs {
+    pub fn config(&self, url: &str) -> NatsLogConfig {
+        NatsLogConfig {
+            stream: self.nats_stream.clone(),
+            subject_root: self.nats_subject_root.clone(),
+            max_age: Duration::from_secs(self.nats_max_age_secs),
+            max_bytes: self.nats_max_bytes,
+            replicas: usize::from(self.nats_replicas),
+            ..NatsLogConfig::new(url)
+        }
+    }
+}
+
+/// Redis: leaderboards, checkpoints, the room registry, gateway membership and fleet-wide caps.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisArgs {
+    /// Redis for leaderboards, room checkpoints and registry, gateway membership and
+    /// fleet-wide stream caps; in-memory stand-ins when unset (only with every role in one
+    /// process).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key Grandstand writes.
+    #[arg(long, env = "REDIS_PREFIX", default_value = backends::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+}
+
+/// The match history store.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "History")]
+pub struct HistoryArgs {
+    /// PostgreSQL for match history; a SQLite file under --data-dir when unset.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the embedded defaults keep files (the SQLite history).
+    #[arg(long, env = "GRANDSTAND_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Tokens")]
+pub struct SecretArgs {
+    /// Secret signing bearer tokens, at least 16 characters. Required when roles run in
+    /// separate processes (gateways, the API and game servers share it); `all` makes one up
+    /// per process when unset (tokens then die with the process).
+    #[arg(long, env = "GRANDSTAND_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+}
+
+/// Rooms, matches and the player port.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Game server")]
+pub struct GameArgs {
+    /// UDP address players connect to. Port 0 picks one.
+    #[arg(long, env = "GRANDSTAND_UDP_ADDR", default_value = "127.0.0.1:7777")]
+    pub udp_addr: SocketAddr,
+    /// The player address put in connect tokens (the bound UDP address when unset).
+    #[arg(long, env = "GRANDSTAND_ADVERTISE_UDP")]
+    pub advertise_udp: Option<String>,
+    /// Showcase matches this game server keeps running (bots only; matchmaking opens more).
+    #[arg(long, env = "GRANDSTAND_MATCHES", default_value_t = GameServerConfig::default().matches)]
+    pub matches: usize,
+    /// Bots per match.
+    #[arg(long, env = "GRANDSTAND_BOTS", default_value_t = GameServerConfig::default().bots_per_match)]
+    pub bots: usize,
+    /// Real players per room.
+    #[arg(long, env = "GRANDSTAND_SEATS", default_value_t = GameServerConfig::default().seats)]
+    pub seats: usize,
+    /// Simulation rate (10-128 Hz).
+    #[arg(long, env = "GRANDSTAND_TICK_HZ", default_value_t = GameServerConfig::default().tick_hz, value_parser = clap::value_parser!(u32).range(10..=128))]
+    pub tick_hz: u32,
+    /// Spectator feed rate (deltas per second).
+    #[arg(long, env = "GRANDSTAND_SPECTATOR_HZ", default_value_t = GameServerConfig::default().spectator_hz, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub spectator_hz: u32,
+    /// Snapshots per second sent to each player (at most the tick rate).
+    #[arg(long, env = "GRANDSTAND_SNAPSHOT_HZ", default_value_t = GameServerConfig::default().snapshot_hz, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub snapshot_hz: u32,
+    /// Length of a match in seconds.
+    #[arg(long, env = "GRANDSTAND_MATCH_SECS", default_value_t = GameServerConfig::default().match_duration.as_secs())]
+    pub match_secs: u64,
+    /// Seconds between keyframes.
+    #[arg(long, env = "GRANDSTAND_KEYFRAME_SECS", default_value_t = GameServerConfig::default().keyframe_every.as_secs())]
+    pub keyframe_secs: u64,
+    /// Seconds between a showcase match's end and the next one in its slot.
+    #[arg(long, env = "GRANDSTAND_INTERMISSION_SECS", default_value_t = GameServerConfig::default().intermission.as_secs())]
+    pub intermission_secs: u64,
+    /// Seed for the matches' simulations (random when unset).
+    #[arg(long, env = "GRANDSTAND_SEED")]
+    pub seed: Option<u64>,
+    /// The most a shot is rewound for lag compensation, in milliseconds.
+    #[arg(long, env = "GRANDSTAND_REWIND_CAP_MS", default_value_t = GameServerConfig::default().rewind_cap_ms)]
+    pub rewind_cap_ms: u32,
+    /// Hold every match of this game server back this long for viewers (competitive play,
+    /// against ghosting); 0 broadcasts live. At most 10 minutes.
+    #[arg(long, env = "GRANDSTAND_BROADCAST_DELAY_MS", default_value_t = GameServerConfig::default().broadcast_delay.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub broadcast_delay_ms: u64,
+    /// Matchmaking regions, comma separated.
+    #[arg(long, env = "GRANDSTAND_REGIONS", default_values_t = GameServerConfig::default().regions, value_delimiter = ',')]
+    pub regions: Vec<String>,
+}
+
+impl GameArgs {
+    /// The game server's configuration; `checkpoints` when another process can read them.
+    pub fn config(&self, checkpoints: bool) -> GameServerConfig {
+        GameServerConfig {
+            matches: self.matches,
+            regions: self.regions.clone(),
+            bots_per_match: self.bots,
+            seats: self.seats.max(1),
+            tick_hz: self.tick_hz,
+            spectator_hz: self.spectator_hz,
+            snapshot_hz: self.snapshot_hz,
+            match_duration: Duration::from_secs(self.match_secs),
+            keyframe_every: Duration::from_secs(self.keyframe_secs.max(1)),
+            intermission: Duration::from_secs(self.intermission_secs),
+            seed: self.seed,
+            rewind_cap_ms: self.rewind_cap_ms,
+            advertise: self.advertise_udp.clone(),
+            checkpoints,
+            broadcast_delay: Duration::from_millis(self.broadcast_delay_ms),
+            ..Default::default()
+        }
+    }
+}
+
+/// Viewer streams: queues, resume window, caps.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Gateway (viewer streams)")]
+pub struct ViewerArgs {
+    /// Frames queued per viewer before its backlog is replaced by a snapshot.
+    #[arg(long, env = "GRANDSTAND_VIEWER_QUEUE", default_value_t = GatewayConfig::default().viewer_queue)]
+    pub viewer_queue: usize,
+    /// Recent frames each match hub keeps for resuming viewers.
+    #[arg(long, env = "GRANDSTAND_RESUME_WINDOW", default_value_t = GatewayConfig::default().ring_capacity)]
+    pub resume_window: usize,
+    /// Records a match hub holds for a match's broadcast delay; at the limit the hub stops
+    /// reading the log until the oldest is due (the log keeps the rest).
+    #[arg(long, env = "GRANDSTAND_DELAY_LINE", default_value_t = GatewayConfig::default().delay_line)]
+    pub delay_line: usize,
+    /// Put each record's log publish time (`published_us`) in viewer messages: a debugging aid
+    /// for measuring publish -> screen latency, off in production.
+    #[arg(long, env = "GRANDSTAND_STAMP_PUBLISH_TIME")]
+    pub stamp_publish_time: bool,
+    /// Seconds a viewer may leave frames unread before it is closed.
+    #[arg(long, env = "GRANDSTAND_STALL_SECS", default_value_t = GatewayConfig::default().stall_deadline.as_secs())]
+    pub stall_secs: u64,
+    /// Milliseconds between WebSocket pings to a viewer (one silent for three intervals is
+    /// closed).
+    #[arg(long, env = "GRANDSTAND_PING_MS", default_value_t = GatewayConfig::default().ping_interval.as_millis() as u64)]
+    pub ping_ms: u64,
+    /// Concurrent viewer streams per user, on this gateway and (with Redis) across the fleet.
+    #[arg(long, env = "GRANDSTAND_MAX_STREAMS_PER_USER", default_value_t = GatewayConfig::default().max_streams_per_user)]
+    pub max_streams_per_user: usize,
+    /// Concurrent viewer streams per IP address, on this gateway and (with Redis) across the
+    /// fleet.
+    #[arg(long, env = "GRANDSTAND_MAX_STREAMS_PER_ADDRESS", default_value_t = GatewayConfig::default().max_streams_per_address)]
+    pub max_streams_per_address: usize,
+    /// Stream handshakes per second per IP address (bursts of four times as many pass); with
+    /// Redis, counted across the fleet.
+    #[arg(long, env = "GRANDSTAND_HANDSHAKES_PER_SEC", default_value_t = GatewayConfig::default().handshakes_per_sec)]
+    pub handshakes_per_sec: u32,
+    /// The URL viewers reach this gateway at (announced to the other gateways); by default
+    /// http://<bound HTTP address>.
+    #[arg(long, env = "GRANDSTAND_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl ViewerArgs {
+    pub fn stall(&self) -> Duration {
+        Duration::from_secs(self.stall_secs.max(1))
+    }
+
+    pub fn config(&self, connections: ConnectionLimits) -> GatewayConfig {
+        GatewayConfig {
+            viewer_queue: self.viewer_queue,
+            ring_capacity: self.resume_window,
+            delay_line: self.delay_line.max(16),
+            publish_stamps: self.stamp_publish_time,
+            stall_deadline: self.stall(),
+            max_streams_per_user: self.max_streams_per_user,
+            max_streams_per_address: self.max_streams_per_address,
+            handshakes_per_sec: self.handshakes_per_sec,
+            handshake_burst: self.handshakes_per_sec.saturating_mul(4),
+            ping_interval: Duration::from_millis(self.ping_ms.max(100)),
+            connections,
+            ..Default::default()
+        }
+    }
+}
+
+/// Leaderboards and their retention.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Aggregator (leaderboards)")]
+pub struct BoardArgs {
+    /// Durable consumer name of the aggregator (aggregators with one name share the work).
+    #[arg(long, env = "GRANDSTAND_AGGREGATOR", default_value_t = AggregatorConfig::default().consumer)]
+    pub aggregator_name: String,
+    /// Days a past day's leaderboard is kept after the day ends.
+    #[arg(long, env = "GRANDSTAND_DAILY_RETENTION_DAYS", default_value_t = BoardRetention::default().daily.as_secs() / 86_400)]
+    pub daily_retention_days: u64,
+    /// Weeks a past week's leaderboard is kept after the week ends.
+    #[arg(long, env = "GRANDSTAND_WEEKLY_RETENTION_WEEKS", default_value_t = BoardRetention::default().weekly.as_secs() / (7 * 86_400))]
+    pub weekly_retention_weeks: u64,
+    /// Hours a match's scoreboard is kept after its last score.
+    #[arg(long, env = "GRANDSTAND_MATCH_BOARD_HOURS", default_value_t = BoardRetention::default().per_match.as_secs() / 3600)]
+    pub match_board_hours: u64,
+}
+
+impl BoardArgs {
+    pub fn retention(&self) -> BoardRetention {
+        BoardRetention {
+            daily: Duration::from_secs(self.daily_retention_days * 86_400),
+            weekly: Duration::from_secs(self.weekly_retention_weeks * 7 * 86_400),
+            per_match: Duration::from_secs(self.match_board_hours * 3600),
+        }
+    }
+
+    pub fn config(&self) -> AggregatorConfig {
+        AggregatorConfig {
+            consumer: self.aggregator_name.clone(),
+            retention: self.retention(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn help(role: &str) -> String {
+        let mut cmd = Cli::command();
+        let sub = cmd.find_subcommand_mut(role).expect("a role").clone();
+        sub.bin_name(format!("grandstand {role}"))
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn each_role_shows_only_its_own_options() {
+        let gateway = help("gateway");
+        assert!(gateway.contains("--viewer-queue") && gateway.contains("--nats-url"));
+        assert!(
+            !gateway.contains("--bots") && !gateway.contains("--udp-addr"),
+            "{gateway}"
+        );
+        assert!(!gateway.contains("--database-url"));
+        let game = help("game-server");
+        assert!(game.contains("--udp-addr") && game.contains("--tick-hz"));
+        assert!(!game.contains("--viewer-queue") && !game.contains("--daily-retention-days"));
+        let aggregator = help("aggregator");
+        assert!(aggregator.contains("--rebuild") && aggregator.contains("--database-url"));
+        assert!(
+            !aggregator.contains("--token-secret"),
+            "aggregators check no tokens"
+        );
+        let api = help("snapshot-api");
+        assert!(api.contains("--matchmaker-url") && !api.contains("--bots"));
+    }
+
+    #[test]
+    fn no_role_means_every_role_and_defaults_come_from_the_libraries() {
+        let cli = Cli::try_parse_from(["grandstand", "--bots", "3"]).unwrap();
+        assert!(cli.role.is_none());
+        assert_eq!(cli.all.game.bots, 3);
+        assert_eq!(
+            cli.all.viewers.viewer_queue,
+            GatewayConfig::default().viewer_queue
+        );
+        assert_eq!(cli.all.game.matches, GameServerConfig::default().matches);
+        // A role's flags come after the role, and a role refuses flags that are not its own.
+        let gw = Cli::try_parse_from(["grandstand", "gateway", "--viewer-queue", "9"]).unwrap();
+        assert!(matches!(gw.role, Some(Role::Gateway(ref a)) if a.viewers.viewer_queue == 9));
+        assert!(Cli::try_parse_from(["grandstand", "gateway", "--bots", "3"]).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Opening the backends a role needs (real ones when their URL is set, the embedded ones when
+//! every role shares this process) and starting the roles that run beside the HTTP server.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use backends::{
+    History, Leaderboards, MatchLog, MemoryLeaderboards, MemoryLog, MemoryLogLimits, NatsLog,
+    RedisLeaderboards, SqlHistory,
+};
+use httpkit::Shutdown;
+use protocol::TokenSigner;
+
+use crate::cli::{GameArgs, HistoryArgs, NatsArgs, RedisArgs, SecretArgs, ViewerArgs};
+
+/// What a role reads and writes. The leaderboards and history are opened only by the roles
+/// that use them.
+pub struct Backends {
+    pub log: Arc<dyn MatchLog>,
+    pub boards: Option<Arc<dyn Leaderboards>>,
+    pub history: Option<Arc<dyn History>>,
+}
+
+/// The match log: JetStream when `NATS_URL` is set; the in-process log when `embedded` (every
+/// role in this process), an error otherwise (other processes could not read it).
+pub async fn match_log(nats: &NatsArgs, embedded: bool) -> anyhow::Result<Arc<dyn MatchLog>> {
+    match &nats.nats_url {
+        Some(url) => {
+            let log = NatsLog::connect(nats.config(url))
+                .await
+                .context("connecting to NATS JetStream")?;
+            tracing::info!(%url, stream = %nats.nats_stream, "match log: NATS JetStream");
+            Ok(Arc::new(log))
+        }
+        None if embedded => {
+            tracing::info!("match log: embedded (in-process)");
+            Ok(Arc::new(MemoryLog::new(MemoryLogLimits::default())))
+        }
+        None => bail!("this role runs in its own process and needs NATS_URL; the embedded log only works with `grandstand all`"),
+    }
+}
+
+/// Leaderboards: Redis when `REDIS_URL` is set; in memory when `embedded`.
+pub async fn leaderboards(
+    redis: &RedisArgs,
+    embedded: bool,
+) -> anyhow::Result<Arc<dyn Leaderboards>> {
+    match &redis.redis_url {
+        Some(url) => {
+            let lb = RedisLeaderboards::connect(url, &redis.redis_prefix)
+                .await
+                .context("connecting to Redis")?;
+            tracing::info!(%url, prefix = %redis.redis_prefix, "leaderboards: Redis");
+            Ok(Arc::new(lb))
+        }
+        None if embedded => {
+            tracing::info!("leaderboards: embedded (in-memory)");
+            Ok(Arc::new(MemoryLeaderboards::new()))
+        }
+        None => {
+            bail!(
+                "this role needs REDIS_URL; embedded leaderboards only work with `grandstand all`"
+            )
+        }
+    }
+}
+
+/// Match history: PostgreSQL when `DATABASE_URL` is set, else a SQLite file under the data
+/// directory (migrations run either way).
+pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<dyn History>> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            format!(
+                "sqlite://{}",
+                args.data_dir.join("history.sqlite").display()
+            )
+        }
+    };
+    let h = SqlHistory::connect(&url)
+        .await
+        .context("opening the history store")?;
+    let shown = if url.starts_with("sqlite:") {
+        url.clone()
+    } else {
+        "PostgreSQL (DATABASE_URL)".into()
+    };
+    tracing::info!(store = %shown, "history ready (migrations applied)");
+    Ok(Arc::new(h))
+}
+
+/// The signer of bearer tokens. Roles in separate processes must share a secret; every role
+/// in one process may make one up (tokens then die with the process).
+pub fn signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> {
+    match &args.token_secret {
+        Some(s) if s.len() >= 16 => Ok(TokenSigner::new(s.as_bytes())),
+        Some(_) => bail!("GRANDSTAND_TOKEN_SECRET must be at least 16 characters"),
+        None if embedded => {
+            let secret: [u8; 32] = rand::random();
+            Ok(TokenSigner::new(&secret))
+        }
+        None => bail!("this role needs GRANDSTAND_TOKEN_SECRET, shared by the gateways, the API and the game servers"),
+    }
+}
+
+/// Binds the player port and starts the game server (its run loop joins `tasks`).
+pub async fn start_game_server(
+    game: &GameArgs,
+    redis: &RedisArgs,
+    backends: &Backends,
+    signer: &TokenSigner,
+    shutdown: &Shutdown,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Arc<game_server::GameServer>> {
+    let udp = tokio::net::UdpSocket::bind(game.udp_addr)
+        .await
+        .with_context(|| format!("binding UDP on {}", game.udp_addr))?;
+    tracing::info!(udp_addr = %udp.local_addr()?, "UDP listening");
+    let (registry, checkpoints): (
+        Arc<dyn backends::RoomRegistry>,
+        Arc<dyn backends::CheckpointStore>,
+    ) = match &redis.redis_url {
+        Some(url) => (
+            Arc::new(
+                backends::RedisRegistry::connect(url, &redis.redis_prefix)
+                    .await
+                    .context("connecting the room registry to Redis")?,
+            ),
+            Arc::new(
+                backends::RedisCheckpoints::connect(url, &redis.redis_prefix)
+                    .await
+                    .context("connecting room checkpoints to Redis")?,
+            ),
+        ),
+        None => (
+            Arc::new(backends::MemoryRegistry::default()),
+            Arc::new(backends::MemoryCheckpoints::default()),
+        ),
+    };
+    let stores = game_server::GameServerStores {
+        log: backends.log.clone(),
+        registry,
+        checkpoints,
+    };
+    // Takeover needs checkpoints another process can read: Redis.
+    let config = game.config(redis.redis_url.is_some());
+    let server = game_server::GameServer::new(config, udp, stores, signer, shutdown.clone())?;
+    let running = server.clone();
+    tasks.spawn(async move {
+        if let Err(e) = running.run().await {
+            tracing::error!(error = %e, "game server stopped");
+        }
+    });
+    Ok(server)
+}
+
+/// The viewer gateway; with Redis it finds the other gateways and shares the stream caps.
+pub async fn gateway(
+    viewers: &ViewerArgs,
+    redis: &RedisArgs,
+    connections: httpkit::ConnectionLimits,
+    backends: &Backends,
+    signer: &TokenSigner,
+    shutdown: &Shutdown,
+) -> anyhow::Result<fanout_gateway::Gateway> {
+    let gw = fanout_gateway::Gateway::new(
+        viewers.config(connections),
+        backends.log.clone(),
+        signer.clone(),
+        shutdown.clone(),
+    );
+    Ok(match &redis.redis_url {
+        Some(url) => gw
+            .with_membership(Arc::new(
+                backends::RedisMembership::connect(url, &redis.redis_prefix)
+                    .await
+                    .context("connecting gateway membership to Redis")?,
+            ))
+            .with_shared_caps(
+                backends::RedisStreamLeases::connect(url, &redis.redis_prefix)
+                    .await
+                    .context("connecting shared stream caps to Redis")?,
+            ),
+        None => gw,
+    })
+}
+
+/// The public API's state over this process's backends.
+pub fn api_state(
+    backends: &Backends,
+    signer: &TokenSigner,
+    viewers: Option<api::ViewerCounts>,
+) -> api::ApiState {
+    api::ApiState::new(
+        api::ApiConfig::default(),
+        backends.log.clone(),
+        backends
+            .boards
+            .clone()
+            .expect("the API opens the leaderboards"),
+        backends.history.clone().expect("the API opens the history"),
+        signer.clone(),
+        viewers,
+    )
+}
