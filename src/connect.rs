@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use backends::{
     History, Leaderboards, MatchLog, MemoryLeaderboards, MemoryLog, MemoryLogLimits, NatsLog,
-    RedisLeaderboards, SqlHistory,
+    RedisLeaderboards, SqlHistory, TickBus,
 };
 use httpkit::Shutdown;
 use protocol::TokenSigner;
@@ -17,24 +17,33 @@ use crate::cli::{GameArgs, HistoryArgs, NatsArgs, RedisArgs, SecretArgs, ViewerA
 /// that use them.
 pub struct Backends {
     pub log: Arc<dyn MatchLog>,
+    /// Leaderboard ticks travel beside the match log, on the same connection.
+    pub ticks: Arc<dyn TickBus>,
     pub boards: Option<Arc<dyn Leaderboards>>,
     pub history: Option<Arc<dyn History>>,
 }
 
-/// The match log: JetStream when `NATS_URL` is set; the in-process log when `embedded` (every
-/// role in this process), an error otherwise (other processes could not read it).
-pub async fn match_log(nats: &NatsArgs, embedded: bool) -> anyhow::Result<Arc<dyn MatchLog>> {
+/// The match log and the tick bus beside it: JetStream when `NATS_URL` is set; the in-process
+/// log when `embedded` (every role in this process), an error otherwise (other processes could
+/// not read it).
+pub async fn match_log(
+    nats: &NatsArgs,
+    embedded: bool,
+) -> anyhow::Result<(Arc<dyn MatchLog>, Arc<dyn TickBus>)> {
     match &nats.nats_url {
         Some(url) => {
-            let log = NatsLog::connect(nats.config(url))
-                .await
-                .context("connecting to NATS JetStream")?;
+            let log = Arc::new(
+                NatsLog::connect(nats.config(url))
+                    .await
+                    .context("connecting to NATS JetStream")?,
+            );
             tracing::info!(%url, stream = %nats.nats_stream, "match log: NATS JetStream");
-            Ok(Arc::new(log))
+            Ok((log.clone(), log))
         }
         None if embedded => {
             tracing::info!("match log: embedded (in-process)");
-            Ok(Arc::new(MemoryLog::new(MemoryLogLimits::default())))
+            let log = Arc::new(MemoryLog::new(MemoryLogLimits::default()));
+            Ok((log.clone(), log))
         }
         None => bail!("this role runs in its own process and needs NATS_URL; the embedded log only works with `grandstand all`"),
     }
@@ -168,6 +177,7 @@ pub async fn gateway(
     let gw = fanout_gateway::Gateway::new(
         viewers.config(connections),
         backends.log.clone(),
+        backends.ticks.clone(),
         signer.clone(),
         shutdown.clone(),
     );

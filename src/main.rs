@@ -87,7 +87,7 @@ async fn drain(mut tasks: tokio::task::JoinSet<()>) {
 /// Every role in one process, one HTTP port for the API, the streams and the dashboard.
 async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let embedded = true;
-    let log = connect::match_log(&args.nats, embedded).await?;
+    let (log, ticks) = connect::match_log(&args.nats, embedded).await?;
     let boards = connect::leaderboards(&args.redis, embedded).await?;
     let history = connect::history(&args.history).await?;
     if args.redis.redis_url.is_none() {
@@ -103,6 +103,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let signer = connect::signer(&args.secret, embedded)?;
     let backends = Backends {
         log,
+        ticks,
         boards: Some(boards),
         history: Some(history),
     };
@@ -136,6 +137,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     tasks.spawn(aggregator::run(
         args.boards.config(),
         backends.log.clone(),
+        backends.ticks.clone(),
         backends.boards.clone().expect("opened above"),
         backends.history.clone().expect("opened above"),
         shutdown.clone(),
@@ -164,11 +166,12 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let log = connect::match_log(&args.nats, false).await?;
+    let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "game-server")?;
     let signer = connect::signer(&args.secret, false)?;
     let backends = Backends {
         log,
+        ticks,
         boards: None,
         history: None,
     };
@@ -203,12 +206,13 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
 }
 
 async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let log = connect::match_log(&args.nats, false).await?;
+    let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "gateway")?;
     let http_addr = http.local_addr()?;
     let signer = connect::signer(&args.secret, false)?;
     let backends = Backends {
         log,
+        ticks,
         boards: None,
         history: None,
     };
@@ -234,7 +238,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let log = connect::match_log(&args.nats, false).await?;
+    let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;
     let history = connect::history(&args.history).await?;
     if args.rebuild {
@@ -259,6 +263,7 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
     tasks.spawn(aggregator::run(
         args.boards.config(),
         log,
+        ticks,
         boards,
         history,
         shutdown.clone(),
@@ -279,13 +284,14 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
 }
 
 async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    let log = connect::match_log(&args.nats, false).await?;
+    let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;
     let history = connect::history(&args.history).await?;
     let http = listen(&args.http, "snapshot-api")?;
     let signer = connect::signer(&args.secret, false)?;
     let backends = Backends {
         log,
+        ticks,
         boards: Some(boards),
         history: Some(history),
     };

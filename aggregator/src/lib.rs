@@ -13,7 +13,7 @@ use std::time::Duration;
 use backends::leaderboard::periods;
 use backends::{
     ApplyOutcome, BoardChange, DeliveredEvent, EventConsumer, History, HistoryRecord, Leaderboards,
-    MatchLog, ScoredEvent,
+    MatchLog, ScoredEvent, TickBus,
 };
 use httpkit::Shutdown;
 use protocol::{EventRecord, LogRecord, MatchEvent};
@@ -225,6 +225,7 @@ async fn open_consumer(
 pub async fn run(
     config: AggregatorConfig,
     log: Arc<dyn MatchLog>,
+    ticks: Arc<dyn TickBus>,
     boards: Arc<dyn Leaderboards>,
     history: Arc<dyn History>,
     shutdown: Shutdown,
@@ -232,6 +233,7 @@ pub async fn run(
     let lb = tokio::spawn(run_leaderboards(
         config.clone(),
         log.clone(),
+        ticks,
         boards,
         shutdown.clone(),
     ));
@@ -250,7 +252,7 @@ struct Ticker {
 impl Ticker {
     const EVERY: Duration = Duration::from_secs(1);
 
-    async fn flush(&mut self, log: &dyn MatchLog, boards: &dyn Leaderboards) {
+    async fn flush(&mut self, ticks: &dyn TickBus, boards: &dyn Leaderboards) {
         let due: Vec<String> = self
             .pending
             .iter()
@@ -281,7 +283,7 @@ impl Ticker {
                 "total": page.total,
                 "entries": page.entries,
             });
-            match log
+            match ticks
                 .publish_tick(&board, serde_json::to_vec(&tick).expect("json").into())
                 .await
             {
@@ -298,6 +300,7 @@ impl Ticker {
 async fn run_leaderboards(
     config: AggregatorConfig,
     log: Arc<dyn MatchLog>,
+    ticks: Arc<dyn TickBus>,
     boards: Arc<dyn Leaderboards>,
     shutdown: Shutdown,
 ) {
@@ -308,7 +311,7 @@ async fn run_leaderboards(
     let mut last_heartbeat = std::time::Instant::now() - Duration::from_secs(60);
     let mut ticker = Ticker::default();
     loop {
-        ticker.flush(&*log, &*boards).await;
+        ticker.flush(&*ticks, &*boards).await;
         // Tell readers we are alive and how far behind, about once a second.
         if last_heartbeat.elapsed() >= Duration::from_secs(1) {
             last_heartbeat = std::time::Instant::now();

@@ -37,7 +37,7 @@ pub(crate) async fn guest(
     }
     let suffix: u32 = rand::random();
     let player = format!("g-{suffix:08x}");
-    let exp = httpkit::now_secs() + s.inner.config.guest_token_ttl.as_secs();
+    let exp = protocol::now_secs() + s.inner.config.guest_token_ttl.as_secs();
     let name = format!("Guest-{:04X}", suffix & 0xffff);
     let token = s.inner.signer.sign(&Claims {
         sub: player.clone(),

@@ -48,12 +48,6 @@ impl MatchLog for CountingLog {
     async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {
         self.inner.match_events(match_id).await
     }
-    async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
-        self.inner.publish_tick(board, tick).await
-    }
-    async fn ticks(&self, board: &str) -> Result<backends::TickStream, LogError> {
-        self.inner.ticks(board).await
-    }
 }
 
 async fn app() -> (axum::Router, Arc<CountingLog>) {

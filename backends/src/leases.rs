@@ -96,7 +96,21 @@ impl RedisStreamLeases {
             call.arg(*cap);
         }
         let mut conn = self.conn.clone();
-        let outcome: i64 = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        // `invoke_async` reloads a script Redis forgot (a restart, a SCRIPT FLUSH); a flush
+        // landing between that reload and the retry fails again, so try a few times.
+        let mut attempts = 0;
+        let outcome: i64 = loop {
+            match call.invoke_async(&mut conn).await {
+                Err(e)
+                    if attempts < 3
+                        && e.kind()
+                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                {
+                    attempts += 1;
+                }
+                other => break other.map_err(unavailable)?,
+            }
+        };
         Ok(match outcome {
             0 => Ok(()),
             -1 => Err(Refusal::Rate),

@@ -3,6 +3,7 @@
 //! (NATS JetStream, Redis, PostgreSQL). Everything else in the platform depends only on the
 //! traits.
 
+mod expiring;
 pub mod history;
 pub mod leaderboard;
 pub mod leases;
@@ -25,7 +26,7 @@ pub use leaderboard::{
 pub use leases::{RedisStreamLeases, Refusal};
 pub use matchlog::{
     load_feed, tick_subject, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog,
-    MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickStream,
+    MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickBus, TickStream,
 };
 pub use membership::{GatewayInfo, Membership, MemoryMembership, RedisMembership};
 pub use protocol::LogKind;

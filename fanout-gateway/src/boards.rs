@@ -44,7 +44,7 @@ impl Gateway {
         feeds.insert(board.to_string(), rx.clone());
         let (gw, board) = (self.clone(), board.to_string());
         tokio::spawn(async move {
-            let mut ticks = match gw.log.ticks(&board).await {
+            let mut ticks = match gw.ticks.ticks(&board).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, %board, "cannot follow leaderboard ticks");

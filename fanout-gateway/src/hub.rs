@@ -129,7 +129,7 @@ impl Hub {
                 return self.refuse_all(AttachError::Unavailable);
             }
         };
-        let mut served = Served {
+        let mut served = ServedMatch {
             feed: MatchFeed::new(self.match_id.clone(), self.config.ring_capacity)
                 .with_publish_stamps(self.config.publish_stamps),
             viewers: Vec::new(),
@@ -149,7 +149,7 @@ impl Hub {
             tokio::select! {
                 // A full delay line stops reading: the log holds what is not due yet.
                 item = stream.next(), if !line.is_full() => {
-                    let resubscribe = match item {
+                    let flow = match item {
                         Some(Ok(item)) => {
                             if item.record.kind == LogKind::Keyframe {
                                 delay_us = broadcast_delay_ms(&item.record.body).saturating_mul(1000);
@@ -159,17 +159,17 @@ impl Hub {
                             } else {
                                 let published = item.published_us.unwrap_or_else(now_us);
                                 line.push(published.saturating_add(delay_us), item);
-                                false
+                                Flow::Continue
                             }
                         }
-                        Some(Err(LogError::UnknownMatch)) => true,
+                        Some(Err(LogError::UnknownMatch)) => Flow::Resubscribe,
                         Some(Err(e)) => {
                             tracing::warn!(match_id = %self.match_id, error = %e, "match log follow interrupted; resubscribing");
-                            true
+                            Flow::Resubscribe
                         }
-                        None => true,
+                        None => Flow::Resubscribe,
                     };
-                    if resubscribe {
+                    if flow == Flow::Resubscribe {
                         line.clear();
                         stream = self.resubscribe().await;
                     }
@@ -177,7 +177,7 @@ impl Hub {
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {
                     let now = now_us();
                     while let Some(item) = line.pop_due(now) {
-                        if served.take(&self.match_id, item, &self.config) {
+                        if served.take(&self.match_id, item, &self.config) == Flow::Resubscribe {
                             line.clear();
                             stream = self.resubscribe().await;
                             break;
@@ -225,6 +225,16 @@ impl Hub {
     }
 }
 
+/// What the hub does after applying a log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// The version line holds: read the next record.
+    Continue,
+    /// A record past the next version arrived with nothing to heal the gap: follow the log
+    /// again from its latest keyframe.
+    Resubscribe,
+}
+
 /// How long a viewer who has seen more of the match than this hub waits for the hub to get
 /// there before it is refused with [`AttachError::Behind`] (a retry hint, never an older
 /// snapshot: that would send it back in time). This bounds the parked list in time; its length
@@ -232,9 +242,10 @@ impl Hub {
 /// passed before attaching.
 const PARK_LIMIT: Duration = Duration::from_secs(2);
 
-/// What a hub serves: the feed at the (possibly delayed) release point, its viewers, the
-/// viewers waiting for it to catch up, and those parked until it reaches what they have seen.
-struct Served {
+/// The match as a hub serves it: the feed at the (possibly delayed) release point, its
+/// viewers, the viewers waiting for it to catch up, and those parked until it reaches what
+/// they have seen.
+struct ServedMatch {
     feed: MatchFeed,
     viewers: Vec<Arc<ViewerQueue>>,
     waiting: Vec<Attach>,
@@ -254,18 +265,18 @@ fn ahead_of(since: Option<StreamPosition>, at: Option<StreamPosition>) -> bool {
     }
 }
 
-impl Served {
-    /// Applies one released log item. Returns true on a gap (resubscribe).
-    fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> bool {
-        let gap = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
-        if !gap && item.caught_up && !self.caught_up {
+impl ServedMatch {
+    /// Applies one released log item.
+    fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> Flow {
+        let flow = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
+        if flow == Flow::Continue && item.caught_up && !self.caught_up {
             self.caught_up = true;
             for a in std::mem::take(&mut self.waiting) {
                 self.attach_or_park(a, config);
             }
         }
         self.release_parked(config);
-        gap
+        flow
     }
 
     fn attach_or_park(&mut self, a: Attach, config: &GatewayConfig) {
@@ -307,14 +318,13 @@ fn broadcast_delay_ms(keyframe: &[u8]) -> u64 {
     serde_json::from_slice::<Delay>(keyframe).map_or(0, |d| d.broadcast_delay_ms)
 }
 
-/// Applies one log item and fans out what it produced. Returns true on a gap (the caller
-/// resubscribes from the latest keyframe).
+/// Applies one log item and fans out what it produced.
 fn deliver(
     match_id: &str,
     feed: &mut MatchFeed,
     viewers: &mut Vec<Arc<ViewerQueue>>,
     item: &LogItem,
-) -> bool {
+) -> Flow {
     match feed.apply_published(&item.record, item.published_us) {
         Applied::Appended(frame) => {
             if let Some(p) = item.published_us {
@@ -328,7 +338,7 @@ fn deliver(
                 }
                 Pushed::Closed => false,
             });
-            false
+            Flow::Continue
         }
         Applied::Reset => {
             // A new epoch (or a healed gap): everyone starts over from a snapshot, which is
@@ -336,12 +346,12 @@ fn deliver(
             if let Some(snap) = feed.snapshot_frame() {
                 viewers.retain(|v| v.push(snap.clone(), || Some(snap.clone())) != Pushed::Closed);
             }
-            false
+            Flow::Continue
         }
-        Applied::Ignored => false,
+        Applied::Ignored => Flow::Continue,
         Applied::Gap { expected, got } => {
             tracing::warn!(%match_id, %expected, %got, "gap in match log; resubscribing");
-            true
+            Flow::Resubscribe
         }
     }
 }
@@ -416,6 +426,7 @@ mod tests {
         publish(&log, 11..=20).await;
         let gw = Gateway::new(
             GatewayConfig::default(),
+            log.clone(),
             log.clone(),
             TokenSigner::new(b"test-secret-0123456789abcdef"),
             Shutdown::new(),
@@ -516,18 +527,14 @@ mod tests {
         async fn all_events(&self) -> Result<LogStream, LogError> {
             self.inner.all_events().await
         }
-        async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError> {
-            self.inner.publish_tick(board, tick).await
-        }
-        async fn ticks(&self, board: &str) -> Result<backends::TickStream, LogError> {
-            self.inner.ticks(board).await
-        }
     }
 
     fn lagging_gateway(log: Arc<LaggingLog>) -> Gateway {
+        let ticks = log.inner.clone();
         Gateway::new(
             GatewayConfig::default(),
             log,
+            ticks,
             TokenSigner::new(b"test-secret-0123456789abcdef"),
             Shutdown::new(),
         )

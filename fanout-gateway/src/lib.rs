@@ -1,6 +1,6 @@
 //! The fan-out gateway role: viewers connect to `GET /v1/matches/{id}/stream` over WebSocket
-//! or Server-Sent Events and get a snapshot, then strictly consecutive versions (DESIGN.md
-//! section 4). One hub per match encodes each message once; every viewer has a bounded queue.
+//! or Server-Sent Events and get a snapshot, then strictly consecutive versions (docs/architecture.md,
+//! "Viewer protocol"). One hub per match encodes each message once; every viewer has a bounded queue.
 
 mod boards;
 mod delay;
@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
-use backends::{GatewayInfo, MatchLog, Membership, MemoryMembership};
+use backends::{GatewayInfo, MatchLog, Membership, MemoryMembership, TickBus};
 use httpkit::ApiError;
 use httpkit::Shutdown;
 use protocol::{StreamPosition, TokenSigner};
@@ -88,6 +88,7 @@ impl Default for GatewayConfig {
 pub struct Gateway {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) log: Arc<dyn MatchLog>,
+    pub(crate) ticks: Arc<dyn TickBus>,
     pub(crate) signer: TokenSigner,
     registry: Registry,
     pub(crate) boards: Arc<boards::BoardFeeds>,
@@ -103,6 +104,7 @@ impl Gateway {
     pub fn new(
         config: GatewayConfig,
         log: Arc<dyn MatchLog>,
+        ticks: Arc<dyn TickBus>,
         signer: TokenSigner,
         shutdown: Shutdown,
     ) -> Gateway {
@@ -124,6 +126,7 @@ impl Gateway {
             shared: None,
             config: Arc::new(config),
             log,
+            ticks,
             signer,
             registry: Arc::new(Mutex::new(HashMap::new())),
             boards: Arc::new(boards::BoardFeeds::default()),

@@ -2,7 +2,7 @@
 //! viewer's connection task (consumer).
 //!
 //! At the limit the queued frames are dropped and replaced by one snapshot at the current
-//! version (DESIGN.md section 4): the viewer stays connected, memory stays bounded, and its
+//! version (docs/architecture.md, "Viewer protocol"): the viewer stays connected, memory stays bounded, and its
 //! version line stays valid because a snapshot may replace any run of deltas.
 
 use std::collections::VecDeque;

@@ -69,8 +69,9 @@ fn refuse_cap(gw: &Gateway, cap: CapExceeded) -> Response {
     }
 }
 
-/// A stream's places under the caps: this gateway's, and the fleet's when shared.
-pub(crate) struct Place {
+/// A stream's admission under the connection caps: its place on this gateway, and in the
+/// fleet when caps are shared; both are given back when the stream ends.
+pub(crate) struct Admission {
     _local: CapGuard,
     _shared: Option<SharedPlace>,
 }
@@ -124,7 +125,7 @@ pub(crate) async fn handle(
             }
         }
     };
-    let place = Place {
+    let admission = Admission {
         _local: local,
         _shared: shared,
     };
@@ -200,9 +201,9 @@ pub(crate) async fn handle(
                 .write_buffer_size(8 * 1024)
                 .max_message_size(max)
                 .max_frame_size(max)
-                .on_upgrade(move |socket| websocket_viewer(gw, socket, queue, place))
+                .on_upgrade(move |socket| websocket_viewer(gw, socket, queue, admission))
         }
-        None => sse_viewer(gw, queue, place),
+        None => sse_viewer(gw, queue, admission),
     }
 }
 
@@ -229,20 +230,20 @@ fn close_for_read_error(e: axum::Error) -> Option<CloseReason> {
     }
 }
 
-/// Counts a connected viewer while alive (and holds its place under the connection caps);
+/// Counts a connected viewer while alive (and holds its places under the connection caps);
 /// closes its queue on the way out so the hub drops it.
 struct Connected {
     queue: Arc<ViewerQueue>,
-    _place: Place,
+    _admission: Admission,
 }
 
 impl Connected {
-    fn new(queue: Arc<ViewerQueue>, transport: &str, place: Place) -> Connected {
+    fn new(queue: Arc<ViewerQueue>, transport: &str, admission: Admission) -> Connected {
         metrics::VIEWERS.inc();
         metrics::CONNECTS.with_label_values(&[transport]).inc();
         Connected {
             queue,
-            _place: place,
+            _admission: admission,
         }
     }
 }
@@ -275,8 +276,13 @@ fn jittered(ms: u64) -> u64 {
     ms - spread + rand::rng().random_range(0..=2 * spread)
 }
 
-async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue>, place: Place) {
-    let _connected = Connected::new(queue.clone(), "ws", place);
+async fn websocket_viewer(
+    gw: Gateway,
+    socket: WebSocket,
+    queue: Arc<ViewerQueue>,
+    admission: Admission,
+) {
+    let _connected = Connected::new(queue.clone(), "ws", admission);
     let config = gw.config.clone();
     let (mut sink, mut incoming) = socket.split();
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -345,8 +351,8 @@ async fn websocket_viewer(gw: Gateway, socket: WebSocket, queue: Arc<ViewerQueue
     }
 }
 
-fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, place: Place) -> Response {
-    let connected = Connected::new(queue.clone(), "sse", place);
+fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, admission: Admission) -> Response {
+    let connected = Connected::new(queue.clone(), "sse", admission);
     let retry = Bytes::from(format!("retry: {}\n\n", jittered(gw.config.retry_after_ms)));
     struct Sse {
         queue: Arc<ViewerQueue>,

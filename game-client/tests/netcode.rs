@@ -47,7 +47,7 @@ impl Harness {
         let claims = Claims {
             sub: player.into(),
             name: player.to_uppercase(),
-            exp: httpkit::now_secs() + 600,
+            exp: protocol::now_secs() + 600,
         };
         self.server.matchmake(&claims, "eu", skill).await.unwrap()
     }
@@ -238,7 +238,7 @@ async fn handshakes_with_bad_tokens_are_refused_with_a_reason() {
         exp,
         nonce,
     };
-    let later = httpkit::now_secs() + 60;
+    let later = protocol::now_secs() + 60;
     // Forged: signed with another secret.
     let forged = game_server::connect_signer(&TokenSigner::new(b"another-secret-0123456789"))
         .sign(&claims(&t.match_id, later, 1));

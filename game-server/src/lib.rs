@@ -411,7 +411,7 @@ impl GameServer {
             .entry(room.match_id.clone())
             .or_default()
             .push((player.sub.clone(), Instant::now()));
-        let expires_at = httpkit::now_secs() + self.config.connect_token_ttl.as_secs();
+        let expires_at = protocol::now_secs() + self.config.connect_token_ttl.as_secs();
         let connect_token = self.connect_signer.sign(&ConnectClaims {
             sub: player.sub.clone(),
             name: player.name.clone(),

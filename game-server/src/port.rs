@@ -243,7 +243,7 @@ pub async fn serve_udp(port: Arc<PlayerPort>, shutdown: Shutdown) {
         };
         match packet {
             Packet::ConnectRequest { token } => {
-                match port.admit(addr, &token, httpkit::now_secs()) {
+                match port.admit(addr, &token, protocol::now_secs()) {
                     Ok((tx, claims)) => {
                         if tx.try_send(RoomCommand::Join { addr, claims }).is_err() {
                             reject("room_busy");

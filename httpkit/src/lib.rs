@@ -1,10 +1,11 @@
 //! The HTTP edge every role shares: JSON errors (`{"error":{"code","message"}}`, opaque 500s
-//! with the cause logged), bearer-token auth, `/healthz` and Prometheus `/metrics`.
+//! with the cause logged), bearer-token auth, the accept loop with its connection limits and
+//! the [`Shutdown`] token it drains on (which every role's entry point takes for that reason),
+//! `/healthz` and Prometheus `/metrics`, and the `POST /v1/matchmaking/join` route, whose
+//! contract is shared by the game server that serves it and the API that forwards it.
 
 mod limiter;
 mod matchmaking;
-
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use limiter::RateLimiter;
 pub use matchmaking::{matchmaking_router, Assignment, Matchmaking, MAX_SKILL};
@@ -112,13 +113,6 @@ pub async fn no_such_route() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Checks the bearer token of a request: the `Authorization: Bearer` header, or the `token`
 /// query parameter for browser clients that cannot set headers.
 pub fn authenticate(
@@ -134,7 +128,7 @@ pub fn authenticate(
         .or(query_token)
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
     signer
-        .verify(token.trim(), now_secs())
+        .verify(token.trim(), protocol::now_secs())
         .map_err(|e| match e {
             TokenError::Expired => ApiError::unauthorized("token has expired"),
             TokenError::BadSignature | TokenError::Malformed => {

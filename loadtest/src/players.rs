@@ -221,7 +221,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         let claims = Claims {
             sub: format!("lt-{n}"),
             name: format!("LT {n}"),
-            exp: httpkit::now_secs() + 3600,
+            exp: protocol::now_secs() + 3600,
         };
         let t = server
             .matchmake(&claims, "eu", 1000)

@@ -29,6 +29,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// Microseconds since the Unix epoch: publish times, so sub-millisecond lags stay visible.
+/// Seconds since the Unix epoch (token expiry is in seconds).
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

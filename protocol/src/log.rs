@@ -1,4 +1,4 @@
-//! Records of the versioned match log (DESIGN.md section 3).
+//! Records of the versioned match log (docs/architecture.md, "The match log").
 
 use bytes::Bytes;
 

@@ -1,4 +1,4 @@
-//! The resume rule of the viewer protocol (DESIGN.md section 4), as a pure decision.
+//! The resume rule of the viewer protocol (docs/architecture.md, "Viewer protocol"), as a pure decision.
 
 use std::fmt;
 

@@ -17,7 +17,9 @@ use protocol::{LogKind, LogRecord};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use super::{AckHandle, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog};
+use super::{
+    AckHandle, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, TickBus,
+};
 
 #[derive(Debug, Clone)]
 pub struct MemoryLogLimits {
@@ -226,6 +228,22 @@ impl MatchLog for MemoryLog {
         Ok(Box::pin(futures::stream::iter(items)))
     }
 
+    async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
+        let committed = {
+            let mut inner = self.shared.inner.lock().unwrap();
+            *inner.consumers.entry(name.to_string()).or_insert(0)
+        };
+        Ok(Box::new(MemoryConsumer {
+            log: self.clone(),
+            name: name.to_string(),
+            cursor: committed,
+            deliveries: HashMap::new(),
+        }))
+    }
+}
+
+#[async_trait]
+impl TickBus for MemoryLog {
     async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError> {
         let mut ticks = self.shared.ticks.lock().unwrap();
         if let Some(tx) = ticks.get(board) {
@@ -248,19 +266,6 @@ impl MatchLog for MemoryLog {
         Ok(Box::pin(
             BroadcastStream::new(rx).filter_map(|r| async move { r.ok() }),
         ))
-    }
-
-    async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
-        let committed = {
-            let mut inner = self.shared.inner.lock().unwrap();
-            *inner.consumers.entry(name.to_string()).or_insert(0)
-        };
-        Ok(Box::new(MemoryConsumer {
-            log: self.clone(),
-            name: name.to_string(),
-            cursor: committed,
-            deliveries: HashMap::new(),
-        }))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The versioned match log (DESIGN.md section 3).
+//! The versioned match log (its contract: docs/architecture.md, "The match log").
 
 mod memory;
 mod nats;
@@ -81,7 +81,13 @@ pub trait MatchLog: Send + Sync + 'static {
     /// Every retained event of every match, oldest first, ending once caught up (the last item
     /// has `caught_up`); empty when there are none. For rebuilds.
     async fn all_events(&self) -> Result<LogStream, LogError>;
+}
 
+/// Leaderboard ticks, from the aggregator to the gateways: not part of the match log (never
+/// stored, no versions, latest wins), they travel beside it on the same connection, so the
+/// match log's two implementations carry them too.
+#[async_trait]
+pub trait TickBus: Send + Sync + 'static {
     /// Publishes a leaderboard tick. Ticks are not stored: a subscriber gets the ones published
     /// while it listens.
     async fn publish_tick(&self, board: &str, tick: bytes::Bytes) -> Result<(), LogError>;

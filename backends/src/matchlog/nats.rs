@@ -14,7 +14,9 @@ use futures::{FutureExt, StreamExt};
 use protocol::log::parse_subject;
 use protocol::{LogKind, LogRecord};
 
-use super::{AckHandle, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog};
+use super::{
+    AckHandle, DeliveredEvent, EventConsumer, LogError, LogItem, LogStream, MatchLog, TickBus,
+};
 
 const EPOCH_HEADER: &str = "Match-Epoch";
 const VERSION_HEADER: &str = "Match-Version";
@@ -368,24 +370,6 @@ impl MatchLog for NatsLog {
         Ok(Box::pin(bounded))
     }
 
-    async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
-        let subject = super::tick_subject(&self.config.subject_root, board);
-        self.client
-            .publish(subject, tick)
-            .await
-            .map_err(LogError::unavailable)
-    }
-
-    async fn ticks(&self, board: &str) -> Result<super::TickStream, LogError> {
-        let subject = super::tick_subject(&self.config.subject_root, board);
-        let sub = self
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(LogError::unavailable)?;
-        Ok(Box::pin(sub.map(|m| m.payload)))
-    }
-
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
         let consumer: consumer::PullConsumer = self
             .stream
@@ -409,6 +393,27 @@ impl MatchLog for NatsLog {
             root: self.config.subject_root.clone(),
             messages: None,
         }))
+    }
+}
+
+#[async_trait]
+impl TickBus for NatsLog {
+    async fn publish_tick(&self, board: &str, tick: Bytes) -> Result<(), LogError> {
+        let subject = super::tick_subject(&self.config.subject_root, board);
+        self.client
+            .publish(subject, tick)
+            .await
+            .map_err(LogError::unavailable)
+    }
+
+    async fn ticks(&self, board: &str) -> Result<super::TickStream, LogError> {
+        let subject = super::tick_subject(&self.config.subject_root, board);
+        let sub = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(LogError::unavailable)?;
+        Ok(Box::pin(sub.map(|m| m.payload)))
     }
 }
 

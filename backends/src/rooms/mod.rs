@@ -13,7 +13,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::{MemoryCheckpoints, MemoryRegistry};
-pub(crate) use self::redis::ExpiringHash;
 pub use self::redis::{RedisCheckpoints, RedisRegistry};
 
 #[derive(Debug, thiserror::Error)]

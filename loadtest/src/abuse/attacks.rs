@@ -151,7 +151,7 @@ async fn expired_tokens(t: &Target, outcome: &Arc<Outcome>, until: Instant) -> &
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let past = httpkit::now_secs() - 1 - n % 3600;
+        let past = protocol::now_secs() - 1 - n % 3600;
         let token = t.signer.sign(&Claims {
             sub: format!("old-{n}"),
             name: "old".into(),

@@ -172,7 +172,7 @@ impl Target {
         self.signer.sign(&Claims {
             sub: sub.into(),
             name: sub.into(),
-            exp: httpkit::now_secs() + 3600,
+            exp: protocol::now_secs() + 3600,
         })
     }
 

@@ -126,7 +126,7 @@ fn token(topology: &Topology, who: &str) -> String {
     TokenSigner::new(topology.secret.as_bytes()).sign(&Claims {
         sub: who.to_string(),
         name: who.to_string(),
-        exp: httpkit::now_secs() + 86_400,
+        exp: protocol::now_secs() + 86_400,
     })
 }
 

@@ -1,4 +1,4 @@
-// The viewer protocol (DESIGN.md section 4), as TypeScript types.
+// The viewer protocol (docs/architecture.md, "Viewer protocol"), as TypeScript types.
 
 export interface PlayerView {
   name: string;
