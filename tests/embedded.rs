@@ -13,6 +13,13 @@ async fn stream_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_v2() {
+    let backend = Backend::embedded();
+    scenarios::feed_v2(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::embedded();
     scenarios::scores_and_history(&backend).await;

@@ -489,6 +489,7 @@ mod tests {
             player: "c".into(),
             name: "Cy".into(),
             bot: true,
+            id: 3,
         };
         let join = EventRecord {
             seq: 5,

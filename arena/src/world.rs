@@ -533,6 +533,7 @@ impl World {
                 (
                     p.id.clone(),
                     PlayerView {
+                        id: p.entity,
                         name: p.name.clone(),
                         x: (p.body.x * 10.0).round() as i32,
                         y: (p.body.y * 10.0).round() as i32,

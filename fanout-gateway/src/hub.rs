@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backends::{LogError, LogItem, LogStream, MatchLog};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use httpkit::Shutdown;
 use protocol::{now_us, Applied, LogKind, MatchFeed, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::delay::DelayLine;
 use crate::metrics;
-use crate::queue::{CloseReason, Pushed, ViewerQueue};
+use crate::queue::{CloseReason, Pushed, ViewerQueue, Wire};
 use crate::GatewayConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +40,7 @@ pub enum AttachError {
 
 pub(crate) struct Attach {
     pub since: Option<StreamPosition>,
+    pub wire: Wire,
     pub reply: oneshot::Sender<Result<Arc<ViewerQueue>, AttachError>>,
 }
 
@@ -120,6 +121,36 @@ impl Hub {
         }
     }
 
+    /// Takes one item of the followed log: straight to the viewers, or into the delay line.
+    fn take_item(
+        &self,
+        item: Option<Result<LogItem, LogError>>,
+        served: &mut ServedMatch,
+        line: &mut DelayLine<LogItem>,
+        delay_us: &mut u64,
+    ) -> Flow {
+        match item {
+            Some(Ok(item)) => {
+                if item.record.kind == LogKind::Keyframe {
+                    *delay_us = broadcast_delay_ms(&item.record.body).saturating_mul(1000);
+                }
+                if *delay_us == 0 && line.is_empty() {
+                    served.take(&self.match_id, item, &self.config)
+                } else {
+                    let published = item.published_us.unwrap_or_else(now_us);
+                    line.push(published.saturating_add(*delay_us), item);
+                    Flow::Continue
+                }
+            }
+            Some(Err(LogError::UnknownMatch)) => Flow::Resubscribe,
+            Some(Err(e)) => {
+                tracing::warn!(match_id = %self.match_id, error = %e, "match log follow interrupted; resubscribing");
+                Flow::Resubscribe
+            }
+            None => Flow::Resubscribe,
+        }
+    }
+
     async fn follow_and_serve(&mut self) {
         let mut stream = match self.subscribe().await {
             Ok(s) => s,
@@ -149,26 +180,16 @@ impl Hub {
             tokio::select! {
                 // A full delay line stops reading: the log holds what is not due yet.
                 item = stream.next(), if !line.is_full() => {
-                    let flow = match item {
-                        Some(Ok(item)) => {
-                            if item.record.kind == LogKind::Keyframe {
-                                delay_us = broadcast_delay_ms(&item.record.body).saturating_mul(1000);
-                            }
-                            if delay_us == 0 && line.is_empty() {
-                                served.take(&self.match_id, item, &self.config)
-                            } else {
-                                let published = item.published_us.unwrap_or_else(now_us);
-                                line.push(published.saturating_add(delay_us), item);
-                                Flow::Continue
-                            }
-                        }
-                        Some(Err(LogError::UnknownMatch)) => Flow::Resubscribe,
-                        Some(Err(e)) => {
-                            tracing::warn!(match_id = %self.match_id, error = %e, "match log follow interrupted; resubscribing");
-                            Flow::Resubscribe
-                        }
-                        None => Flow::Resubscribe,
-                    };
+                    // Everything the log has ready is fanned out before any viewer is woken,
+                    // so a tick's events and its delta leave in one write.
+                    let mut flow = self.take_item(item, &mut served, &mut line, &mut delay_us);
+                    let mut more = 0;
+                    while flow == Flow::Continue && more < READY_BATCH && !line.is_full() {
+                        let Some(item) = stream.next().now_or_never() else { break };
+                        flow = self.take_item(item, &mut served, &mut line, &mut delay_us);
+                        more += 1;
+                    }
+                    served.wake_all();
                     if flow == Flow::Resubscribe {
                         line.clear();
                         stream = self.resubscribe().await;
@@ -179,10 +200,12 @@ impl Hub {
                     while let Some(item) = line.pop_due(now) {
                         if served.take(&self.match_id, item, &self.config) == Flow::Resubscribe {
                             line.clear();
+                            served.wake_all();
                             stream = self.resubscribe().await;
                             break;
                         }
                     }
+                    served.wake_all();
                 }
                 a = self.attach_rx.recv() => {
                     let Some(a) = a else { return };
@@ -224,6 +247,9 @@ impl Hub {
         }
     }
 }
+
+/// Log items a hub takes in one go (what the log has ready) before it wakes its viewers.
+const READY_BATCH: usize = 256;
 
 /// What the hub does after applying a log record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +305,13 @@ impl ServedMatch {
         flow
     }
 
+    /// Wakes every viewer that was handed frames since it was last woken.
+    fn wake_all(&self) {
+        for v in &self.viewers {
+            v.wake();
+        }
+    }
+
     fn attach_or_park(&mut self, a: Attach, config: &GatewayConfig) {
         if ahead_of(a.since, self.feed.position()) {
             metrics::PARKED_RESUMES.inc();
@@ -330,14 +363,21 @@ fn deliver(
             if let Some(p) = item.published_us {
                 metrics::LOG_TO_HUB.observe(now_us().saturating_sub(p) as f64 / 1e6);
             }
-            viewers.retain(|v| match v.push(frame.clone(), || feed.snapshot_frame()) {
-                Pushed::Queued => true,
-                Pushed::Substituted => {
-                    metrics::SUBSTITUTIONS.inc();
-                    true
+            // Counted once per fan-out, not once per viewer.
+            let mut bytes = 0;
+            viewers.retain(|v| {
+                bytes += v.wire.bytes(&frame).len();
+                match v.push(frame.clone(), || feed.snapshot_frame()) {
+                    Pushed::Queued => true,
+                    Pushed::Substituted => {
+                        metrics::SUBSTITUTIONS.inc();
+                        true
+                    }
+                    Pushed::Closed => false,
                 }
-                Pushed::Closed => false,
             });
+            metrics::MESSAGES_OUT.inc_by(viewers.len() as u64);
+            metrics::BYTES_OUT.inc_by(bytes as u64);
             Flow::Continue
         }
         Applied::Reset => {
@@ -362,7 +402,7 @@ fn attach(
     a: Attach,
     config: &GatewayConfig,
 ) {
-    let queue = ViewerQueue::new(config.viewer_queue);
+    let queue = ViewerQueue::new(config.viewer_queue, a.wire);
     queue.push_initial(feed.resume_frames(a.since));
     if a.reply.send(Ok(queue.clone())).is_ok() {
         viewers.push(queue);
@@ -398,6 +438,11 @@ mod tests {
         }
     }
 
+    const WIRE: Wire = Wire {
+        format: protocol::Format::V1,
+        transport: crate::queue::Transport::Sse,
+    };
+
     fn at(version: u64) -> Option<StreamPosition> {
         Some(StreamPosition { epoch: 5, version })
     }
@@ -432,12 +477,12 @@ mod tests {
             Shutdown::new(),
         );
         // Warm the hub: a viewer from scratch gets the snapshot at 20.
-        let fresh = gw.attach("m1", None).await.unwrap();
+        let fresh = gw.attach("m1", None, WIRE).await.unwrap();
         assert_eq!(first(&fresh).await, (FrameKind::Snapshot, 20));
 
         let ahead = {
             let gw = gw.clone();
-            tokio::spawn(async move { gw.attach("m1", at(25)).await })
+            tokio::spawn(async move { gw.attach("m1", at(25), WIRE).await })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!ahead.is_finished(), "served before the hub reached 25");
@@ -449,7 +494,7 @@ mod tests {
         // A position the match never reaches: refused with a retry after the park limit (not
         // a hang, and not the hub's older snapshot).
         let started = Instant::now();
-        let liar = gw.attach("m1", at(1000)).await;
+        let liar = gw.attach("m1", at(1000), WIRE).await;
         assert_eq!(liar.err(), Some(AttachError::Behind));
         assert!(started.elapsed() >= PARK_LIMIT - Duration::from_millis(600));
     }
@@ -556,10 +601,10 @@ mod tests {
     #[tokio::test]
     async fn a_follower_recreated_from_an_older_position_never_sends_a_viewer_back() {
         let gw = lagging_gateway(LaggingLog::new(vec![line_from(10, 20)]));
-        let resumed = gw.attach("m1", at(30)).await;
+        let resumed = gw.attach("m1", at(30), WIRE).await;
         assert_eq!(resumed.err(), Some(AttachError::Behind));
         // A viewer from scratch is served what the hub has: it has seen nothing newer.
-        let fresh = gw.attach("m1", None).await.unwrap();
+        let fresh = gw.attach("m1", None, WIRE).await.unwrap();
         assert_eq!(first(&fresh).await, (FrameKind::Snapshot, 20));
     }
 
@@ -570,7 +615,7 @@ mod tests {
     async fn a_hub_that_resubscribes_behind_itself_reads_forward_without_going_back() {
         let log = LaggingLog::new(vec![line_from(10, 30), line_from(10, 34)]);
         let gw = lagging_gateway(log.clone());
-        let viewer = gw.attach("m1", None).await.unwrap();
+        let viewer = gw.attach("m1", None, WIRE).await.unwrap();
         assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 30));
         log.cut.notify_one();
         let seen = drain(&viewer, Duration::from_millis(800)).await;

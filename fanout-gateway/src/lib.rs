@@ -9,6 +9,7 @@ pub mod limits;
 mod metrics;
 pub mod queue;
 mod stream;
+mod websocket;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -244,6 +245,7 @@ impl Gateway {
         &self,
         match_id: &str,
         since: Option<StreamPosition>,
+        wire: queue::Wire,
     ) -> Result<Arc<ViewerQueue>, AttachError> {
         if !protocol::valid_match_id(match_id) {
             return Err(AttachError::UnknownMatch);
@@ -252,7 +254,12 @@ impl Gateway {
         for _ in 0..3 {
             let handle = self.hub(match_id);
             let (reply, answer) = oneshot::channel();
-            if handle.attach.send(Attach { since, reply }).await.is_err() {
+            if handle
+                .attach
+                .send(Attach { since, wire, reply })
+                .await
+                .is_err()
+            {
                 continue;
             }
             match answer.await {

@@ -9,8 +9,33 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use protocol::Frame;
+use protocol::{Format, Frame};
 use tokio::sync::Notify;
+
+/// How a viewer is sent frames: the feed format and the transport (a WebSocket viewer may have
+/// negotiated permessage-deflate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub format: Format,
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket { deflate: bool },
+    Sse,
+}
+
+impl Wire {
+    /// The bytes this viewer is sent for `frame` (one pre-built buffer, shared by every viewer
+    /// on the same wire).
+    pub fn bytes(self, frame: &Frame) -> &bytes::Bytes {
+        match self.transport {
+            Transport::WebSocket { deflate } => frame.ws_frame(self.format, deflate),
+            Transport::Sse => &frame.encoded(self.format).sse,
+        }
+    }
+}
 
 /// Why a viewer's stream ends, as told to the viewer (WS close reason, SSE final event).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,28 +58,38 @@ struct State {
     frames: VecDeque<Arc<Frame>>,
     closed: Option<CloseReason>,
     last_drained: Instant,
+    /// Frames were queued since the viewer's task was last woken.
+    unwoken: bool,
 }
 
 pub struct ViewerQueue {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    pub wire: Wire,
+    /// One viewer in 64 has its publish -> written latency recorded.
+    pub sampled: bool,
 }
 
 impl ViewerQueue {
-    pub fn new(capacity: usize) -> Arc<ViewerQueue> {
+    pub fn new(capacity: usize, wire: Wire) -> Arc<ViewerQueue> {
         Arc::new(ViewerQueue {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 closed: None,
                 last_drained: Instant::now(),
+                unwoken: false,
             }),
             notify: Notify::new(),
             capacity: capacity.max(2),
+            wire,
+            sampled: rand::random::<u8>() < 4,
         })
     }
 
-    /// Queues `frame`; on overflow queues `snapshot()` instead of everything waiting.
+    /// Queues `frame` without waking the viewer's task (the hub wakes each viewer once after
+    /// fanning out everything the log had ready, so a tick's events and delta leave in one
+    /// write); on overflow queues `snapshot()` instead of everything waiting.
     pub fn push(&self, frame: Arc<Frame>, snapshot: impl FnOnce() -> Option<Arc<Frame>>) -> Pushed {
         let mut s = self.state.lock().unwrap();
         if s.closed.is_some() {
@@ -70,9 +105,16 @@ impl ViewerQueue {
             s.frames.push_back(frame);
             Pushed::Queued
         };
-        drop(s);
-        self.notify.notify_one();
+        s.unwoken = true;
         outcome
+    }
+
+    /// Wakes the viewer's task if frames were queued since it was last woken.
+    pub fn wake(&self) {
+        let due = std::mem::take(&mut self.state.lock().unwrap().unwoken);
+        if due {
+            self.notify.notify_one();
+        }
     }
 
     /// Queues frames a (re)connecting viewer must see first. Never substitutes.
@@ -129,18 +171,30 @@ mod tests {
     use protocol::{FrameKind, StreamPosition};
 
     fn frame(kind: FrameKind, version: u64) -> Arc<Frame> {
-        Arc::new(Frame {
-            kind,
-            position: StreamPosition { epoch: 1, version },
-            json: bytes::Bytes::new(),
-            sse: bytes::Bytes::new(),
-            published_us: None,
-        })
+        let mut feed = protocol::MatchFeed::new("m", 2);
+        feed.apply(&protocol::LogRecord {
+            match_id: "m".into(),
+            epoch: 1,
+            version,
+            kind: protocol::LogKind::Keyframe,
+            body: bytes::Bytes::from_static(b"{\"region\":\"eu\",\"status\":\"live\",\"tick\":0,\"arena\":{\"width\":1,\"height\":1,\"obstacles\":[]},\"players\":{}}"),
+        });
+        let mut f = (*feed.snapshot_frame().unwrap()).clone();
+        f.kind = kind;
+        assert_eq!(f.position, StreamPosition { epoch: 1, version });
+        Arc::new(f)
+    }
+
+    fn wire() -> Wire {
+        Wire {
+            format: Format::V2,
+            transport: Transport::WebSocket { deflate: true },
+        }
     }
 
     #[tokio::test]
     async fn overflow_replaces_the_backlog_with_one_snapshot() {
-        let q = ViewerQueue::new(3);
+        let q = ViewerQueue::new(3, wire());
         for v in 1..=3 {
             assert_eq!(q.push(frame(FrameKind::Delta, v), || None), Pushed::Queued);
         }
@@ -149,6 +203,7 @@ mod tests {
         });
         assert_eq!(out, Pushed::Substituted);
         assert_eq!(q.push(frame(FrameKind::Delta, 5), || None), Pushed::Queued);
+        q.wake();
         let batch = q.next_batch().await.unwrap();
         let got: Vec<_> = batch.iter().map(|f| (f.kind, f.position.version)).collect();
         assert_eq!(got, vec![(FrameKind::Snapshot, 4), (FrameKind::Delta, 5)]);
@@ -159,5 +214,30 @@ mod tests {
         });
         assert_eq!(q.push(frame(FrameKind::Delta, 6), || None), Pushed::Closed);
         assert_eq!(q.next_batch().await.unwrap_err().reason, "bye");
+    }
+
+    #[tokio::test]
+    async fn frames_wait_for_one_wake_and_leave_together() {
+        let q = ViewerQueue::new(8, wire());
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.next_batch().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        q.push(frame(FrameKind::Event, 1), || None);
+        q.push(frame(FrameKind::Delta, 2), || None);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "pushing alone does not wake the viewer"
+        );
+        q.wake();
+        let batch = waiting.await.unwrap().unwrap();
+        assert_eq!(batch.len(), 2, "the tick's event and delta in one write");
+        let f = &batch[1];
+        assert!(
+            std::ptr::eq(q.wire.bytes(f), &f.v2_deflated),
+            "the wire picks the shared bytes"
+        );
     }
 }

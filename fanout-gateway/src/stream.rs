@@ -4,29 +4,28 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
 use httpkit::{authenticate, ApiError};
-use protocol::{parse_position, StreamPosition};
+use protocol::{parse_position, Format, StreamPosition};
 use rand::Rng;
 use serde::Deserialize;
-use tokio_tungstenite::tungstenite;
 
 use crate::limits::{CapExceeded, CapGuard, SharedPlace, SharedRefusal};
 use crate::metrics;
-use crate::queue::{CloseReason, ViewerQueue};
+use crate::queue::{CloseReason, Transport, ViewerQueue, Wire};
+use crate::websocket::{self, Handshake};
 use crate::{AttachError, Gateway};
 
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct StreamQuery {
     since: Option<String>,
     token: Option<String>,
+    format: Option<String>,
 }
 
 pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
@@ -155,15 +154,28 @@ pub(crate) async fn handle(
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => return reject("bad_request", ApiError::invalid(field, e)),
     };
-    let upgrade = if websocket {
-        match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(u) => Some(u),
-            Err(e) => return reject("bad_request", ApiError::invalid("upgrade", e.body_text())),
+    let format = match choose_format(query.format.as_deref(), websocket.then_some(&parts.headers)) {
+        Ok(f) => f,
+        Err(e) => return reject("bad_request", e),
+    };
+    let handshake = if websocket {
+        match Handshake::check(&mut parts, format) {
+            Ok(h) => Some(h),
+            Err(e) => return reject("bad_request", e),
         }
     } else {
         None
     };
-    let queue = match gw.attach(&match_id, since).await {
+    let wire = Wire {
+        format,
+        transport: match &handshake {
+            Some(h) => Transport::WebSocket {
+                deflate: h.deflate(),
+            },
+            None => Transport::Sse,
+        },
+    };
+    let queue = match gw.attach(&match_id, since, wire).await {
         Ok(q) => q,
         Err(AttachError::UnknownMatch) => {
             return reject(
@@ -191,49 +203,71 @@ pub(crate) async fn handle(
             return res;
         }
     };
-    match upgrade {
-        Some(upgrade) => {
-            let max = gw.config.max_inbound_frame;
-            // Viewers send only pings and small control text, so a small read buffer does
-            // (tungstenite's default is 128 KiB per connection); writes are flushed per batch.
-            upgrade
-                .read_buffer_size(4 * 1024)
-                .write_buffer_size(8 * 1024)
-                .max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |socket| websocket_viewer(gw, socket, queue, admission))
+    match handshake {
+        Some(handshake) => {
+            let connected = Connected::new(queue, "ws", admission);
+            handshake.accept(move |io, deflate| websocket::serve(gw, io, connected, deflate))
         }
         None => sse_viewer(gw, queue, admission),
     }
 }
 
-/// What ends a viewer's connection, as a close reason; `None` when the client went away.
-fn close_for_read_error(e: axum::Error) -> Option<CloseReason> {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(CloseReason {
-            code: 1009,
-            reason: "frame too large".into(),
-            retry_after_ms: 0,
-        }),
-        Some(tungstenite::Error::Utf8(_)) => Some(CloseReason {
-            code: 1007,
-            reason: "text frame is not valid UTF-8".into(),
-            retry_after_ms: 0,
-        }),
-        Some(tungstenite::Error::Protocol(p)) => Some(CloseReason {
-            code: 1002,
-            reason: format!("protocol error: {p}").chars().take(100).collect(),
-            retry_after_ms: 0,
-        }),
-        _ => None,
+/// The feed format a viewer asked for: `?format=`, or (WebSocket) the subprotocol
+/// `grandstand.v1|v2`; v1 when neither says. Unknown values are refused naming the field.
+fn choose_format(query: Option<&str>, ws_headers: Option<&HeaderMap>) -> Result<Format, ApiError> {
+    let from_query = match query {
+        None => None,
+        Some(f) => {
+            Some(Format::parse(f).ok_or_else(|| ApiError::invalid("format", "expected v1 or v2"))?)
+        }
+    };
+    let offered: Vec<&str> = ws_headers
+        .into_iter()
+        .flat_map(|h| h.get_all(header::SEC_WEBSOCKET_PROTOCOL))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let from_subprotocol = if offered.is_empty() {
+        None
+    } else {
+        // The last known one the client lists (a client lists newer formats last or alone).
+        let known = offered
+            .iter()
+            .rev()
+            .find_map(|p| Format::from_subprotocol(p));
+        Some(known.ok_or_else(|| {
+            ApiError::invalid(
+                "Sec-WebSocket-Protocol",
+                "expected grandstand.v1 or grandstand.v2",
+            )
+        })?)
+    };
+    match (from_query, from_subprotocol) {
+        (Some(q), Some(p)) if q != p => Err(ApiError::invalid(
+            "format",
+            format!(
+                "?format={} but the subprotocol asks for {}",
+                format_name(q),
+                format_name(p)
+            ),
+        )),
+        (q, p) => Ok(q.or(p).unwrap_or_default()),
+    }
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::V1 => "v1",
+        Format::V2 => "v2",
     }
 }
 
 /// Counts a connected viewer while alive (and holds its places under the connection caps);
 /// closes its queue on the way out so the hub drops it.
-struct Connected {
-    queue: Arc<ViewerQueue>,
+pub(crate) struct Connected {
+    pub(crate) queue: Arc<ViewerQueue>,
     _admission: Admission,
 }
 
@@ -260,140 +294,77 @@ impl Drop for Connected {
     }
 }
 
-fn record_sent(frames: &[Arc<protocol::Frame>], bytes: usize) {
-    metrics::MESSAGES_OUT.inc_by(frames.len() as u64);
-    metrics::BYTES_OUT.inc_by(bytes as u64);
-    let now = protocol::now_us();
-    for f in frames {
-        if let Some(p) = f.published_us {
-            metrics::PUBLISH_TO_SEND.observe(now.saturating_sub(p) as f64 / 1e6);
-        }
+/// Records publish -> written for a sampled viewer's batch (one viewer in 64: a histogram per
+/// viewer and message would cost more than the write it measures).
+pub(crate) fn sample_latency(queue: &ViewerQueue, frames: &[Arc<protocol::Frame>]) {
+    if !queue.sampled {
+        return;
+    }
+    if let Some(p) = frames.iter().find_map(|f| f.published_us) {
+        metrics::PUBLISH_TO_SEND.observe(protocol::now_us().saturating_sub(p) as f64 / 1e6);
     }
 }
 
-fn jittered(ms: u64) -> u64 {
+pub(crate) fn jittered(ms: u64) -> u64 {
     let spread = ms / 5;
     ms - spread + rand::rng().random_range(0..=2 * spread)
 }
 
-async fn websocket_viewer(
-    gw: Gateway,
-    socket: WebSocket,
-    queue: Arc<ViewerQueue>,
-    admission: Admission,
-) {
-    let _connected = Connected::new(queue.clone(), "ws", admission);
-    let config = gw.config.clone();
-    let (mut sink, mut incoming) = socket.split();
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.tick().await;
-    let mut last_heard = Instant::now();
-    let close = loop {
-        tokio::select! {
-            batch = queue.next_batch() => match batch {
-                Ok(frames) => {
-                    // Everything queued goes out as one flush.
-                    let write = async {
-                        let mut bytes = 0;
-                        for f in &frames {
-                            bytes += f.json.len();
-                            let text = Utf8Bytes::try_from(f.json.clone()).expect("frames are JSON text");
-                            sink.feed(Message::Text(text)).await?;
-                        }
-                        sink.flush().await.map(|_| bytes)
-                    };
-                    match tokio::time::timeout(config.stall_deadline, write).await {
-                        Ok(Ok(bytes)) => record_sent(&frames, bytes),
-                        Ok(Err(_)) => break None,
-                        Err(_) => {
-                            metrics::STALLED_CLOSED.inc();
-                            break Some(CloseReason { code: 1008, reason: "viewer stopped reading".into(), retry_after_ms: config.retry_after_ms });
-                        }
-                    }
-                }
-                Err(reason) => break Some(reason),
-            },
-            msg = incoming.next() => match msg {
-                None | Some(Ok(Message::Close(_))) => break None,
-                // Viewers cannot publish: their text and binary frames are read and ignored.
-                Some(Ok(_)) => last_heard = Instant::now(),
-                Some(Err(e)) => break close_for_read_error(e),
-            },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > config.ping_interval * 3 {
-                    break Some(CloseReason { code: 1001, reason: "idle: no pong".into(), retry_after_ms: config.retry_after_ms });
-                }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break None;
-                }
-            }
-        }
-    };
-    if let Some(reason) = close {
-        let text = if reason.retry_after_ms > 0 {
-            format!(
-                "{}; retry-after={}ms",
-                reason.reason,
-                jittered(reason.retry_after_ms)
-            )
-        } else {
-            reason.reason.clone()
-        };
-        let frame = CloseFrame {
-            code: reason.code,
-            reason: Utf8Bytes::from(text.chars().take(120).collect::<String>()),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-    }
-}
-
+/// An SSE viewer: the response body yields each queued frame's pre-built event (shared bytes,
+/// no copy; hyper gathers what is ready into one vectored write), a keepalive comment after
+/// 15 s without one (one timer per viewer, not per message), and a final `close` event.
 fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, admission: Admission) -> Response {
     let connected = Connected::new(queue.clone(), "sse", admission);
     let retry = Bytes::from(format!("retry: {}\n\n", jittered(gw.config.retry_after_ms)));
     struct Sse {
-        queue: Arc<ViewerQueue>,
-        _connected: Connected,
+        connected: Connected,
         head: Option<Bytes>,
+        ready: std::vec::IntoIter<Arc<protocol::Frame>>,
         done: bool,
         retry_after_ms: u64,
+        keepalive: tokio::time::Interval,
     }
+    let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = Sse {
-        queue,
-        _connected: connected,
+        connected,
         head: Some(retry),
+        ready: Vec::new().into_iter(),
         done: false,
         retry_after_ms: gw.config.retry_after_ms,
+        keepalive,
     };
     let body = futures::stream::unfold(state, |mut s| async move {
         if let Some(head) = s.head.take() {
+            s.keepalive.reset();
             return Some((Ok::<Bytes, std::io::Error>(head), s));
         }
-        if s.done {
-            return None;
-        }
-        tokio::select! {
-            batch = s.queue.next_batch() => match batch {
-                Ok(frames) => {
-                    let mut out = Vec::with_capacity(frames.iter().map(|f| f.sse.len()).sum());
-                    for f in &frames {
-                        out.extend_from_slice(&f.sse);
+        loop {
+            let queue = &s.connected.queue;
+            if let Some(f) = s.ready.next() {
+                let bytes = queue.wire.bytes(&f).clone();
+                return Some((Ok(bytes), s));
+            }
+            if s.done {
+                return None;
+            }
+            tokio::select! {
+                batch = queue.next_batch() => match batch {
+                    Ok(frames) => {
+                        sample_latency(queue, &frames);
+                        s.keepalive.reset();
+                        s.ready = frames.into_iter();
                     }
-                    record_sent(&frames, out.len());
-                    Some((Ok(Bytes::from(out)), s))
-                }
-                Err(reason) => {
-                    s.done = true;
-                    let retry = reason.retry_after_ms.max(s.retry_after_ms);
-                    let data = serde_json::json!({"code": reason.code, "reason": reason.reason, "retry_after_ms": retry});
-                    Some((Ok(Bytes::from(format!("event: close\ndata: {data}\n\n"))), s))
-                }
-            },
-            // A comment line keeps proxies from timing the stream out.
-            _ = tokio::time::sleep(Duration::from_secs(15)) => Some((Ok(Bytes::from_static(b": keepalive\n\n")), s)),
+                    Err(reason) => {
+                        s.done = true;
+                        let retry = reason.retry_after_ms.max(s.retry_after_ms);
+                        let data = serde_json::json!({"code": reason.code, "reason": reason.reason, "retry_after_ms": retry});
+                        return Some((Ok(Bytes::from(format!("event: close\ndata: {data}\n\n"))), s));
+                    }
+                },
+                // A comment line keeps proxies from timing the stream out.
+                _ = s.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), s)),
+            }
         }
     });
     Response::builder()

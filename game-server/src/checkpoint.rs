@@ -111,7 +111,9 @@ fn apply_event(world: &mut World, event: &MatchEvent) {
                 v.deaths += 1;
             }
         }
-        MatchEvent::PlayerJoined { player, name, bot } => {
+        MatchEvent::PlayerJoined {
+            player, name, bot, ..
+        } => {
             if !world.players.iter().any(|p| &p.id == player) {
                 if *bot {
                     world.add_bot(player.clone(), name.clone());

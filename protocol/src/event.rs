@@ -13,6 +13,9 @@ pub enum MatchEvent {
         player: PlayerId,
         name: String,
         bot: bool,
+        /// The player's small id within the epoch (see `PlayerView::id`); 0 when unknown.
+        #[serde(default, skip_serializing_if = "is_zero_u16")]
+        id: u16,
     },
     PlayerLeft {
         player: PlayerId,
@@ -24,6 +27,10 @@ pub enum MatchEvent {
     MatchEnded {
         results: Vec<PlayerResult>,
     },
+}
+
+fn is_zero_u16(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +79,7 @@ mod tests {
                 player: "p".into(),
                 name: "P".into(),
                 bot: false,
+                id: 4,
             },
             MatchEvent::PlayerLeft { player: "p".into() },
             MatchEvent::Kill {

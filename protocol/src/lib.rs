@@ -11,9 +11,10 @@ pub mod placement;
 pub mod state;
 pub mod token;
 pub mod viewer;
+pub mod ws;
 
 pub use event::{EventRecord, MatchEvent, PlayerResult};
-pub use feed::{Applied, Frame, FrameKind, MatchFeed};
+pub use feed::{Applied, Encoded, Format, Frame, FrameKind, MatchFeed};
 pub use ids::{valid_match_id, MatchId, PlayerId};
 pub use log::{LogKind, LogRecord};
 pub use state::{Arena, Delta, MatchStatus, PlayerView, Shot, SpectatorState};

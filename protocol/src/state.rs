@@ -22,6 +22,10 @@ pub enum MatchStatus {
 /// render and keeps messages small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlayerView {
+    /// The player's small id within the match epoch (its game-server entity number), which the
+    /// v2 viewer feed names players by; 0 in records of game servers older than v2.
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub id: u16,
     pub name: String,
     pub x: i32,
     pub y: i32,
@@ -53,6 +57,10 @@ pub struct SpectatorState {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u16(n: &u16) -> bool {
     *n == 0
 }
 
@@ -176,6 +184,7 @@ mod tests {
             0..50u32,
         )
             .prop_map(|(x, y, angle, hp, alive, score)| PlayerView {
+                id: 0,
                 name: "p".into(),
                 x,
                 y,

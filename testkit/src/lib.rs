@@ -6,11 +6,14 @@
 //! - [`app`]: the real binary on a chosen backend (embedded, or isolated names on the real
 //!   NATS, Redis and PostgreSQL of this machine) with typed requests as a client makes them;
 //! - [`line`]: the one checker of what a viewer receives (the viewer protocol's version-line
-//!   guarantee), used by the end-to-end tests and the chaos runner alike.
+//!   guarantee), used by the end-to-end tests and the chaos runner alike;
+//! - [`wsclient`]: a WebSocket client that speaks what a browser does (permessage-deflate
+//!   included) and can send what a browser never would.
 
 pub mod app;
 pub mod line;
 pub mod process;
+pub mod wsclient;
 
 use std::time::{Duration, Instant};
 

@@ -163,6 +163,7 @@ impl Room {
             player: id.clone(),
             name: name.clone(),
             bot: true,
+            id: entity,
         });
         self.broadcast(Message::PlayerInfo {
             entity,
@@ -268,6 +269,7 @@ impl Room {
                     player: claims.sub.clone(),
                     name: claims.name.clone(),
                     bot: false,
+                    id: entity,
                 });
                 self.broadcast(Message::PlayerInfo {
                     entity,

@@ -64,6 +64,7 @@ pub async fn run_room(
                 player: p.id.clone(),
                 name: p.name.clone(),
                 bot: p.bot,
+                id: p.entity,
             })
             .collect();
         for e in joined {

@@ -3,12 +3,15 @@
 //! (leaderboards and history, outages, rebuilds), [`http`] (bad input), [`players`]
 //! (matchmaking, UDP play, crash recovery). The helpers they share are here.
 
+mod feed_v2;
 mod http;
 mod players;
 mod scores;
 mod streams;
 
 // Each test binary runs some of the scenarios; the others are unused there.
+#[allow(unused_imports)]
+pub use feed_v2::feed_v2;
 #[allow(unused_imports)]
 pub use http::http_errors;
 #[allow(unused_imports)]
@@ -78,7 +81,6 @@ pub(super) async fn post_join(app: &App, token: Option<&str>, body: &str) -> (u1
 pub(super) fn udp_server(ticket: &Value) -> std::net::SocketAddr {
     ticket["server"].as_str().unwrap().parse().unwrap()
 }
-
 
 /// The player id inside a guest token's claims.
 pub(super) fn guest_id(token: &str) -> String {
