@@ -354,6 +354,11 @@ pub struct ViewerArgs {
     /// http://<bound HTTP address>.
     #[arg(long, env = "GRANDSTAND_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Milliseconds a match's events may wait for the rest of their tick before viewers are
+    /// woken (a delta ends a tick and wakes them at once): fewer, larger writes for a little
+    /// latency on events. 0 writes every event on its own.
+    #[arg(long, env = "GRANDSTAND_EVENT_COALESCE_MS", default_value_t = GatewayConfig::default().event_coalesce.as_millis() as u64)]
+    pub event_coalesce_ms: u64,
 }
 
 impl ViewerArgs {
@@ -373,6 +378,7 @@ impl ViewerArgs {
             handshakes_per_sec: self.handshakes_per_sec,
             handshake_burst: self.handshakes_per_sec.saturating_mul(4),
             ping_interval: Duration::from_millis(self.ping_ms.max(100)),
+            event_coalesce: Duration::from_millis(self.event_coalesce_ms.min(1000)),
             connections,
             ..Default::default()
         }

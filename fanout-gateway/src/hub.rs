@@ -167,6 +167,8 @@ impl Hub {
             waiting: Vec::new(),
             caught_up: false,
             parked: Vec::new(),
+            held_since: None,
+            flush_now: false,
         };
         // The match's broadcast delay, as its latest keyframe states it.
         let mut delay_us = 0u64;
@@ -189,11 +191,16 @@ impl Hub {
                         flow = self.take_item(item, &mut served, &mut line, &mut delay_us);
                         more += 1;
                     }
-                    served.wake_all();
                     if flow == Flow::Resubscribe {
+                        served.wake_all();
                         line.clear();
                         stream = self.resubscribe().await;
+                    } else {
+                        served.settle(self.config.event_coalesce);
                     }
+                }
+                _ = tokio::time::sleep_until(served.wake_at(self.config.event_coalesce)), if served.held_since.is_some() => {
+                    served.wake_all();
                 }
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {
                     let now = now_us();
@@ -277,6 +284,10 @@ struct ServedMatch {
     waiting: Vec<Attach>,
     caught_up: bool,
     parked: Vec<(Attach, Instant)>,
+    /// Events fanned out but not yet written: since when they wait (see `settle`).
+    held_since: Option<tokio::time::Instant>,
+    /// A delta (or a fresh snapshot) was fanned out: wake the viewers now.
+    flush_now: bool,
 }
 
 /// Whether a viewer that has seen `since` is ahead of a feed at `at`: it resumes from another
@@ -294,6 +305,12 @@ fn ahead_of(since: Option<StreamPosition>, at: Option<StreamPosition>) -> bool {
 impl ServedMatch {
     /// Applies one released log item.
     fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> Flow {
+        if item.record.kind == LogKind::Event {
+            self.held_since
+                .get_or_insert_with(tokio::time::Instant::now);
+        } else {
+            self.flush_now = true;
+        }
         let flow = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
         if flow == Flow::Continue && item.caught_up && !self.caught_up {
             self.caught_up = true;
@@ -306,10 +323,29 @@ impl ServedMatch {
     }
 
     /// Wakes every viewer that was handed frames since it was last woken.
-    fn wake_all(&self) {
+    fn wake_all(&mut self) {
+        self.held_since = None;
+        self.flush_now = false;
         for v in &self.viewers {
             v.wake();
         }
+    }
+
+    /// After a fan-out: a delta ends a tick's output, so the viewers are woken now and the
+    /// tick's events leave in the same write as its delta; events alone wait at most
+    /// `coalesce` for the rest of their tick (a room publishes a tick's outputs back to back).
+    fn settle(&mut self, coalesce: Duration) {
+        let waited_enough = self
+            .held_since
+            .is_some_and(|since| since.elapsed() >= coalesce);
+        if self.flush_now || coalesce.is_zero() || waited_enough {
+            self.wake_all();
+        }
+    }
+
+    fn wake_at(&self, coalesce: Duration) -> tokio::time::Instant {
+        self.held_since
+            .map_or_else(tokio::time::Instant::now, |since| since + coalesce)
     }
 
     fn attach_or_park(&mut self, a: Attach, config: &GatewayConfig) {

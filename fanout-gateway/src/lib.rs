@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// The retry hint sent to clients (SSE `retry:` and WS close reasons), before jitter.
     pub retry_after_ms: u64,
+    /// How long fanned-out events may wait for the rest of their tick (its delta ends it)
+    /// before the viewers are woken: a tick's events and delta then leave in one write.
+    pub event_coalesce: Duration,
     /// Concurrent streams one user (token subject) may hold on this gateway.
     pub max_streams_per_user: usize,
     /// Concurrent streams from one IP address on this gateway.
@@ -75,6 +78,7 @@ impl Default for GatewayConfig {
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(20),
             retry_after_ms: 1000,
+            event_coalesce: Duration::from_millis(5),
             owners: 2,
             max_streams_per_user: 8,
             max_streams_per_address: 1000,

@@ -55,6 +55,13 @@ pub static BEHIND_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static VIEWER_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_viewer_writes_total",
+        "Batches written to WebSocket viewers (each one vectored write; messages per write = gw_messages_out_total / this, for WebSocket-only gateways)"
+    )
+    .unwrap()
+});
 pub static REFUSED_FRAMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gw_viewer_frames_refused_total",

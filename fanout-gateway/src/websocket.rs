@@ -232,6 +232,7 @@ where
                 if write_all_vectored(&mut io, &mut bufs).await.is_err() {
                     break None;
                 }
+                metrics::VIEWER_WRITES.inc();
                 sample_latency(&queue, &frames);
             }
             Next::Batch(Err(reason)) => {

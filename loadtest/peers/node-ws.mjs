@@ -17,8 +17,9 @@ wss.on("connection", (ws, req) => {
 });
 wss.on("listening", () => console.log(`listening ${wss.address().port}`));
 const decoder = new TextDecoder();
-for await (const m of nc.subscribe(`${root}.*.delta`)) {
-  const id = m.subject.split(".")[1];
+for await (const m of nc.subscribe(`${root}.*.*`)) {
+  const [, id, kind] = m.subject.split(".");
+  if (kind === "keyframe") continue;
   const viewers = rooms.get(id);
   if (!viewers) continue;
   const text = decoder.decode(m.data);

@@ -13,6 +13,8 @@ io.on("connection", (socket) => {
 });
 http.listen(Number(process.env.PORT ?? 0), "127.0.0.1", () => console.log(`listening ${http.address().port}`));
 const decoder = new TextDecoder();
-for await (const m of nc.subscribe(`${root}.*.delta`)) {
-  io.to(m.subject.split(".")[1]).emit("d", decoder.decode(m.data));
+for await (const m of nc.subscribe(`${root}.*.*`)) {
+  const [, id, kind] = m.subject.split(".");
+  if (kind === "keyframe") continue;
+  io.to(id).emit("d", decoder.decode(m.data));
 }

@@ -12,6 +12,7 @@ mod process;
 mod raw_peer;
 mod report;
 mod viewers;
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +56,10 @@ enum Scenario {
     /// Hostile clients (forged, expired and replayed tokens, floods, slowloris, oversized
     /// frames, malformed UDP) against a running server while honest clients' latency is measured.
     Abuse(abuse::Args),
+    /// Bytes per viewer per second on a real match, per feed format and transport.
+    Wire(wire::Args),
+    /// Records a real match of bots (what its room publishes) for `viewers --workload match`.
+    RecordMatch(viewers::feed::RecordArgs),
     /// Regenerates docs/benchmarks.md (tables and SVG plots) from a template and JSON results.
     Report(docs_report::Args),
     /// The minimal fan-out peer of `viewers --systems raw` (started by it).
@@ -86,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Freshness(args) => freshness::run(args).await?,
         Scenario::Players(args) => players::run(args).await?,
         Scenario::Viewers(args) => viewers::run(args).await?,
+        Scenario::Wire(args) => wire::run(args).await?,
         Scenario::ReconnectStorm(args) => {
             viewers::run(args.with_storm(viewers::Storm::Reconnect)).await?
         }
@@ -94,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::ViewersWorker { plan } => return viewers::worker::worker(plan).await,
         Scenario::Report(args) => return docs_report::run(args),
+        Scenario::RecordMatch(args) => return viewers::feed::record(args).await,
         Scenario::Chaos(args) => return chaos::run(args, cli.json).await,
         Scenario::Abuse(args) => return abuse::run(args, cli.json).await,
         Scenario::PeerRaw {

@@ -4,7 +4,7 @@
 
 use tokio::net::{TcpSocket, TcpStream};
 
-pub use testkit::process::{free_port, log_file, wait_listening, Service};
+pub use testkit::process::{free_port, log_file, spawn_logged, wait_listening, Service};
 
 fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -89,11 +89,15 @@ pub async fn run(nats_url: String, subject_root: String) -> anyhow::Result<()> {
         }
     });
     let nats = async_nats::connect(&nats_url).await?;
-    let mut sub = nats.subscribe(format!("{subject_root}.*.delta")).await?;
+    let mut sub = nats.subscribe(format!("{subject_root}.*.*")).await?;
     while let Some(m) = sub.next().await {
-        let Some(id) = m.subject.as_str().split('.').nth(1) else {
+        let mut parts = m.subject.as_str().split('.').skip(1);
+        let (Some(id), Some(kind)) = (parts.next(), parts.next()) else {
             continue;
         };
+        if kind == "keyframe" {
+            continue;
+        }
         let frame = text_frame(&m.payload);
         let mut rooms = rooms.lock().unwrap();
         if let Some(viewers) = rooms.get_mut(id) {

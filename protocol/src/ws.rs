@@ -113,12 +113,15 @@ pub fn inflate_message(payload: &[u8], limit: usize) -> Result<Vec<u8>, InflateE
     let mut input = Vec::with_capacity(payload.len() + 4);
     input.extend_from_slice(payload);
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut out = Vec::with_capacity(limit.min(4096) + 1);
+    let mut out: Vec<u8> = Vec::with_capacity((payload.len() * 4).clamp(64, limit + 1));
     loop {
         let consumed = inflater.total_in() as usize;
-        // One byte more than allowed: producing it proves the message is too large.
-        let room = limit + 1 - out.len();
-        out.reserve(room);
+        // Room to grow, at most one byte more than allowed: producing that byte proves the
+        // message is too large. Grown as needed, so a large limit costs nothing up front.
+        if out.len() == out.capacity() {
+            let room = out.capacity().max(4096).min(limit + 1 - out.len());
+            out.reserve_exact(room);
+        }
         let before = out.len();
         let status = inflater
             .decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)

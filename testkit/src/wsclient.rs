@@ -148,6 +148,11 @@ impl RawWs {
         }))
     }
 
+    /// The socket and the bytes read past the handshake, for a caller that reads frames itself.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// The next message (pings are answered, pongs skipped), or `None` after `limit`.
     pub async fn next(&mut self, limit: Duration) -> anyhow::Result<Option<Received>> {
         let deadline = tokio::time::Instant::now() + limit;

@@ -19,6 +19,7 @@
 //! [`worker`] holds the viewers (in worker processes), [`servers`] the systems under test and
 //! the publisher; this module plans a run and measures it.
 
+pub mod feed;
 mod servers;
 pub mod worker;
 
@@ -52,9 +53,28 @@ pub struct Args {
     /// Deltas per second per match.
     #[arg(long, default_value_t = 10)]
     rate: u32,
-    /// Approximate size of each delta, bytes.
+    /// Approximate size of each delta, bytes (synthetic workload).
     #[arg(long, default_value_t = 200)]
     payload: usize,
+    /// What the matches publish: `synthetic` deltas of `--payload` bytes at `--rate`, or
+    /// `match`, a recorded real 50-player match (deltas and events as its room published them,
+    /// at its pace; `--rate` and `--payload` do not apply). With `match`, Grandstand's viewers
+    /// ask for feed v2 with permessage-deflate, as a browser does; the peers forward the same
+    /// feed as v1 JSON, uncompressed.
+    #[arg(long, value_enum, default_value_t = Workload::Synthetic)]
+    workload: Workload,
+    /// The recording `--workload match` replays.
+    #[arg(long, default_value = feed::REFERENCE)]
+    feed: PathBuf,
+    /// What Grandstand's WebSocket viewers ask for with `--workload match`: feed v2 with
+    /// permessage-deflate (what a browser does), v2 uncompressed, or v1.
+    #[arg(long, value_enum, default_value_t = GrandstandWire::V2Deflate)]
+    grandstand_wire: GrandstandWire,
+    /// One viewer in this many has every message opened and timed (latency, gaps,
+    /// snapshots); the others only count what they receive, so the load generator, which shares
+    /// the cores with the servers, spends its CPU reading sockets. The same for every system.
+    #[arg(long, default_value_t = 10)]
+    latency_sample: usize,
     /// Seconds measured once everyone is connected.
     #[arg(long, default_value_t = 20)]
     duration: u64,
@@ -89,6 +109,21 @@ pub struct Args {
     /// The `grandstand` binary (by default, next to this one).
     #[arg(long)]
     grandstand: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    Synthetic,
+    Match,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrandstandWire {
+    V2Deflate,
+    V2,
+    V1,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -130,6 +165,8 @@ pub enum System {
     NatsWs,
     /// A minimal Rust writer of pre-framed bytes (`loadtest peer-raw`).
     Raw,
+    /// Node.js, uWebSockets.js pub/sub (`app.publish` to a topic per match).
+    Uws,
 }
 
 impl System {
@@ -140,6 +177,7 @@ impl System {
             System::Socketio => "socketio",
             System::NatsWs => "nats-ws",
             System::Raw => "raw",
+            System::Uws => "uws",
         }
     }
 }
@@ -148,6 +186,9 @@ impl System {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerPlan {
     system: System,
+    workload: Workload,
+    grandstand_wire: GrandstandWire,
+    sample_every: usize,
     storm: Storm,
     /// The snapshot API, for cold-load storms.
     api: Option<String>,
@@ -180,6 +221,8 @@ struct WorkerReport {
     resume_replays: u64,
     resume_snapshots: u64,
     resume_failed: u64,
+    /// Bytes the viewers' sockets received in the window.
+    wire_bytes: u64,
 }
 
 /// What one system did in its window.
@@ -197,6 +240,8 @@ struct Measured {
     rss_per_connection_bytes: f64,
     gaps: u64,
     snapshots: u64,
+    /// Bytes one viewer's socket received per second (frames and framing; not TCP/IP).
+    wire_bytes_per_viewer_per_s: f64,
     latency: Latency,
     /// The latency distribution as (microseconds, fraction at or below), for CDF plots.
     cdf: Vec<(u64, f64)>,
@@ -244,7 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             latency: m.latency.clone(),
             latency_of: "publish (harness clock) -> received by the viewer".into(),
             notes: format!(
-                "held {}/{} (connect {:.1} s, {} failed); server CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {} gaps, {} snapshots",
+                "held {}/{} (connect {:.1} s, {} failed); server CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {:.1} KB/s per viewer on the wire; {} gaps, {} snapshots",
                 m.held,
                 args.viewers,
                 m.connect_secs,
@@ -253,6 +298,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 m.msgs_per_cpu_second,
                 m.rss_total_bytes as f64 / 1048576.0,
                 m.rss_per_connection_bytes / 1024.0,
+                m.wire_bytes_per_viewer_per_s / 1000.0,
                 m.gaps,
                 m.snapshots,
             ),
@@ -282,11 +328,12 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
     if let Some(gs) = measured.iter().find(|m| m.system == "grandstand") {
         for peer in measured.iter().filter(|m| m.system != "grandstand") {
             summary.push(format!(
-                "grandstand / {}: {:.2}x msgs per CPU-second, {:.2}x p99 latency (lower is better), {:.2}x memory per connection (lower is better), held {} vs {}",
+                "grandstand / {}: {:.2}x msgs per CPU-second, {:.2}x p99 latency (lower is better), {:.2}x memory per connection (lower is better), {:.2}x bytes per viewer (lower is better), held {} vs {}",
                 peer.system,
                 gs.msgs_per_cpu_second / peer.msgs_per_cpu_second.max(1e-9),
                 gs.latency.p99_us as f64 / peer.latency.p99_us.max(1) as f64,
                 gs.rss_per_connection_bytes / peer.rss_per_connection_bytes.max(1.0),
+                gs.wire_bytes_per_viewer_per_s / peer.wire_bytes_per_viewer_per_s.max(1e-9),
                 gs.held,
                 peer.held,
             ));
@@ -302,8 +349,8 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         scenario: "viewers: fan-out through real server processes following NATS JetStream".into(),
         machine: machine(),
         command: format!(
-            "loadtest viewers --systems {} --storm {} --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
-            systems.join(","), args.storm.name(), args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
+            "loadtest viewers --systems {} --workload {} --storm {} --viewers {} --matches {} --rate {} --payload {} --duration {} --gateways {} --sse {}",
+            systems.join(","), match args.workload { Workload::Synthetic => "synthetic", Workload::Match => "match" }, args.storm.name(), args.viewers, args.matches, args.rate, args.payload, args.duration, args.gateways, args.sse
         ),
         rows,
     })
@@ -364,15 +411,27 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     } else {
         None
     };
+    let recording = match args.workload {
+        Workload::Match => Some(Arc::new(feed::load(&args.feed)?)),
+        Workload::Synthetic => None,
+    };
     let mut publishers = Vec::new();
     for id in &match_ids {
-        publishers.push(tokio::spawn(publish(
-            log.clone(),
-            id.clone(),
-            args.rate,
-            args.payload,
-            stop.clone(),
-        )));
+        publishers.push(match &recording {
+            Some(r) => tokio::spawn(feed::replay(
+                log.clone(),
+                id.clone(),
+                r.clone(),
+                stop.clone(),
+            )),
+            None => tokio::spawn(publish(
+                log.clone(),
+                id.clone(),
+                args.rate,
+                args.payload,
+                stop.clone(),
+            )),
+        });
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
@@ -391,6 +450,9 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         let last = (w + 1) * args.viewers / workers_n;
         let plan = WorkerPlan {
             system,
+            workload: args.workload,
+            grandstand_wire: args.grandstand_wire,
+            sample_every: args.latency_sample,
             storm: args.storm,
             api: api.as_ref().map(|a| a.url.clone()),
             subject_root: root.clone(),
@@ -459,6 +521,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         total.gaps += r.gaps;
         total.snapshots += r.snapshots;
         total.held += r.held;
+        total.wire_bytes += r.wire_bytes;
     }
     stop.cancel();
     for p in publishers {
@@ -503,6 +566,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         rss_per_connection_bytes: rss_growth as f64 / connected.max(1) as f64,
         gaps: total.gaps,
         snapshots: total.snapshots,
+        wire_bytes_per_viewer_per_s: total.wire_bytes as f64 / secs / total.held.max(1) as f64,
         latency: Latency::of(&merged),
         cdf,
         storm: (args.storm != Storm::None).then(|| StormMeasured {

@@ -12,7 +12,7 @@ use backends::{MatchLog, NatsLog};
 use bytes::Bytes;
 use protocol::{LogKind, LogRecord};
 
-use super::{Args, System, WorkerPlan, SECRET};
+use super::{Args, System, WorkerPlan, Workload, SECRET};
 use crate::process::{free_port, log_file, wait_listening, Service};
 use protocol::now_us;
 
@@ -37,16 +37,22 @@ pub(super) fn start_server(
                 .arg((2 * args.viewers + 1).to_string())
                 .args(["--handshakes-per-sec", "1000000"])
                 .args(["--max-connections", "1000000"])
+                // The match workload's latency is read from the log's publish time.
+                .args(if args.workload == Workload::Match {
+                    &["--stamp-publish-time"][..]
+                } else {
+                    &[]
+                })
                 .env("GRANDSTAND_TOKEN_SECRET", SECRET)
                 .env("RUST_LOG", "warn,grandstand=info");
             c
         }
-        System::NodeWs | System::Socketio => {
+        System::NodeWs | System::Socketio | System::Uws => {
             ensure_node_peers(&args.peers_dir)?;
-            let script = if system == System::NodeWs {
-                "node-ws.mjs"
-            } else {
-                "socketio.mjs"
+            let script = match system {
+                System::NodeWs => "node-ws.mjs",
+                System::Socketio => "socketio.mjs",
+                _ => "uws.mjs",
             };
             let mut c = Command::new("node");
             c.arg(args.peers_dir.join(script))
@@ -73,7 +79,10 @@ pub(super) fn start_server(
 }
 
 fn ensure_node_peers(dir: &PathBuf) -> anyhow::Result<()> {
-    if dir.join("node_modules/ws").exists() && dir.join("node_modules/socket.io").exists() {
+    if ["ws", "socket.io", "uwebsockets"]
+        .iter()
+        .all(|m| dir.join("node_modules").join(m).exists())
+    {
         return Ok(());
     }
     let status = Command::new("npm")

@@ -18,9 +18,54 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Storm, System, WorkerPlan, WorkerReport, SECRET};
+use super::{GrandstandWire, Storm, System, WorkerPlan, WorkerReport, Workload, SECRET};
 use crate::process::open_socket;
 use protocol::now_us;
+use testkit::wsclient::{Offer, RawWs, BROWSER_DEFLATE};
+
+/// A viewer's socket, counting the bytes it receives inside the measuring window.
+struct Counted {
+    inner: TcpStream,
+    tally: Arc<Tally>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.tally.received(n as u64);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
@@ -55,12 +100,45 @@ struct Tally {
     resume_failed: AtomicU64,
     /// Viewers that dropped in the storm (each then resumes or fails).
     stormed: AtomicU64,
+    /// Bytes the viewers' sockets received inside the window.
+    wire_bytes: AtomicU64,
+    /// One viewer in this many has its messages opened and timed.
+    sample_every: usize,
+    /// Whether messages carry a version line to check (Grandstand, or the synthetic feed
+    /// whose ticks are versions; the peers forward a recorded match's bodies as they are).
+    versioned: bool,
 }
 
 impl Tally {
+    fn received(&self, n: u64) {
+        let now = now_us();
+        let (from, to) = *self.window.lock().unwrap();
+        if now >= from && now < to {
+            self.wire_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Accounts one message: `text` is a delta as the system sent it (JSON, or for Socket.IO
     /// its event packet, where the delta is an escaped string).
+    /// Whether this viewer's messages are opened and timed (the others are counted only, so
+    /// the load generator's CPU goes to reading sockets, not to parsing every message).
+    fn sampled(&self, viewer: usize) -> bool {
+        viewer.is_multiple_of(self.sample_every.max(1))
+    }
+
+    /// Counts a message received now, inside the window (a viewer that is not sampled).
+    fn count(&self) {
+        let now = now_us();
+        let (from, to) = *self.window.lock().unwrap();
+        if now >= from && now < to {
+            self.messages.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn observe(&self, viewer: usize, text: &str, last_version: &mut Option<u64>) {
+        if !self.sampled(viewer) {
+            return self.count();
+        }
         let now = now_us();
         let unescaped;
         let text = if text.contains("\\\"") {
@@ -75,13 +153,19 @@ impl Tally {
             number_after(text, "\"version\":").or_else(|| number_after(text, "\"tick\":"));
         if text.starts_with("{\"type\":\"snapshot\"") {
             self.snapshots.fetch_add(1, Ordering::Relaxed);
+        } else if !self.versioned {
         } else if let (Some(v), Some(last)) = (version, *last_version) {
             if v != last + 1 {
                 self.gaps.fetch_add(1, Ordering::Relaxed);
             }
         }
         *last_version = version.or(*last_version);
-        let Some(sent) = number_after(text, "\"name\":\"t") else {
+        // When the message left the publisher: the gateway's stamp (the log's publish time),
+        // the recorded feed's own stamp as the peers forward it, or the synthetic delta's name.
+        let Some(sent) = number_after(text, "\"published_us\":")
+            .or_else(|| number_after(text, "\"sent_us\":"))
+            .or_else(|| number_after(text, "\"name\":\"t"))
+        else {
             return;
         };
         let (from, to) = *self.window.lock().unwrap();
@@ -138,12 +222,15 @@ async fn websocket_viewer(slot: Slot) {
     let base = gateway.replacen("http://", "ws://", 1);
     let url = match system {
         System::Grandstand => format!("{base}/v1/matches/{match_id}/stream"),
-        System::NodeWs | System::Raw => format!("{base}/?match={match_id}"),
+        System::NodeWs | System::Raw | System::Uws => format!("{base}/?match={match_id}"),
         System::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket"),
         System::NatsWs => format!("{base}/"),
     };
     let opened = async {
-        let stream = open_socket(&source, &gateway).await?;
+        let stream = Counted {
+            inner: open_socket(&source, &gateway).await?,
+            tally: tally.clone(),
+        };
         let mut req = url.into_client_request()?;
         if system == System::Grandstand {
             req.headers_mut()
@@ -159,7 +246,7 @@ async fn websocket_viewer(slot: Slot) {
             System::Socketio => socketio_join(&mut ws, &match_id).await?,
             System::NatsWs => {
                 let hello = format!(
-                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\nSUB {subject_root}.{match_id}.delta 1\r\nPING\r\n"
+                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\nSUB {subject_root}.{match_id}.delta 1\r\nSUB {subject_root}.{match_id}.event 2\r\nPING\r\n"
                 );
                 ws.send(Message::binary(hello.into_bytes())).await?;
             }
@@ -202,16 +289,130 @@ async fn websocket_viewer(slot: Slot) {
     tally.held.fetch_sub(1, Ordering::Relaxed);
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<Counted>;
+
+/// A Grandstand viewer as a browser opens it on a real match: feed v2 with permessage-deflate
+/// (or what `--grandstand-wire` says). It reads frames straight from its socket with one
+/// buffer, one inflater and one output buffer reused for every message, so the load generator
+/// spends little per message next to the server it measures.
+async fn v2_viewer(slot: Slot, wire: GrandstandWire) {
+    let Slot {
+        tally,
+        viewer,
+        source,
+        gateway,
+        match_id,
+        token,
+        connected,
+        ..
+    } = slot;
+    let opened = async {
+        let stream = open_socket(&source, &gateway).await?;
+        let offer = Offer {
+            extensions: (wire == GrandstandWire::V2Deflate).then(|| BROWSER_DEFLATE.into()),
+            protocol: None,
+            token: Some(token),
+        };
+        let host = gateway.trim_start_matches("http://");
+        let format = if wire == GrandstandWire::V1 {
+            "v1"
+        } else {
+            "v2"
+        };
+        let path = format!("/v1/matches/{match_id}/stream?format={format}");
+        RawWs::handshake(stream, host, &path, &offer)
+            .await?
+            .map_err(|r| anyhow::anyhow!("refused {}: {}", r.status, r.body))
+    };
+    let Some(ws) = report_open(opened.await, connected) else {
+        return;
+    };
+    tally.held.fetch_add(1, Ordering::Relaxed);
+    let (mut stream, mut buf) = ws.into_parts();
+    let mut at = 0;
+    let mut inflater = flate2::Decompress::new(false);
+    let mut text: Vec<u8> = Vec::with_capacity(8192);
+    let mut last = None;
+    let mut chunk = vec![0u8; 16384];
+    'read: loop {
+        while let Some((op, compressed, payload, used)) =
+            protocol::ws::read_server_frame(&buf[at..])
+        {
+            if op == protocol::ws::OP_TEXT && !tally.sampled(viewer) {
+                tally.count();
+            } else if op == protocol::ws::OP_TEXT {
+                text.clear();
+                let message = if compressed {
+                    inflater.reset(false);
+                    let mut input = payload.to_vec();
+                    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                    loop {
+                        text.reserve(8192);
+                        let before = inflater.total_in();
+                        if inflater
+                            .decompress_vec(
+                                &input[(before as usize)..],
+                                &mut text,
+                                flate2::FlushDecompress::Sync,
+                            )
+                            .is_err()
+                        {
+                            break 'read;
+                        }
+                        if inflater.total_in() as usize >= input.len() {
+                            break;
+                        }
+                    }
+                    &text[..]
+                } else {
+                    payload
+                };
+                if let Ok(t) = std::str::from_utf8(message) {
+                    tally.observe(viewer, t, &mut last);
+                }
+            } else if op == protocol::ws::OP_CLOSE {
+                break 'read;
+            } else if op == protocol::ws::OP_PING {
+                let pong = protocol::ws::client_frame(
+                    protocol::ws::OP_PONG,
+                    payload,
+                    true,
+                    false,
+                    [7, 7, 7, 7],
+                );
+                if stream.write_all(&pong).await.is_err() {
+                    break 'read;
+                }
+            }
+            at += used;
+        }
+        if at > 0 {
+            buf.drain(..at);
+            at = 0;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tally.received(n as u64);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    tally.held.fetch_sub(1, Ordering::Relaxed);
+}
 
 async fn grandstand_ws(
+    tally: Arc<Tally>,
     source: &str,
     gateway: &str,
     match_id: &str,
     token: &str,
     since: Option<(u64, u64)>,
 ) -> anyhow::Result<Ws> {
-    let stream = open_socket(source, gateway).await?;
+    let stream = Counted {
+        inner: open_socket(source, gateway).await?,
+        tally,
+    };
     let mut url = format!(
         "{}/v1/matches/{match_id}/stream",
         gateway.replacen("http://", "ws://", 1)
@@ -245,7 +446,7 @@ async fn storming_viewer(slot: Slot) {
         api,
         ..
     } = slot;
-    let opened = grandstand_ws(&source, &gateway, &match_id, &token, None).await;
+    let opened = grandstand_ws(tally.clone(), &source, &gateway, &match_id, &token, None).await;
     let Some(mut ws) = report_open(opened, connected) else {
         return;
     };
@@ -301,7 +502,7 @@ async fn storming_viewer(slot: Slot) {
                         }
                     }
                 }
-                match grandstand_ws(&source, &gateway, &match_id, &token, since).await {
+                match grandstand_ws(tally.clone(), &source, &gateway, &match_id, &token, since).await {
                     Ok(w) => {
                         ws = w;
                         let at = tally.storm_at.load(Ordering::Relaxed);
@@ -448,7 +649,10 @@ async fn sse_viewer(slot: Slot) {
         }
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                tally.received(n as u64);
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
     }
     tally.held.fetch_sub(1, Ordering::Relaxed);
@@ -475,6 +679,9 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         resume_snapshots: AtomicU64::new(0),
         resume_failed: AtomicU64::new(0),
         stormed: AtomicU64::new(0),
+        wire_bytes: AtomicU64::new(0),
+        versioned: plan.system == System::Grandstand || plan.workload == Workload::Synthetic,
+        sample_every: plan.sample_every,
     });
     let api = match &plan.api {
         Some(base) => Some((
@@ -528,6 +735,8 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
             tokio::spawn(sse_viewer(slot));
         } else if plan.system == System::Grandstand && plan.storm != Storm::None {
             tokio::spawn(storming_viewer(slot));
+        } else if plan.system == System::Grandstand && plan.workload == Workload::Match {
+            tokio::spawn(v2_viewer(slot, plan.grandstand_wire));
         } else {
             tokio::spawn(websocket_viewer(slot));
         }
@@ -588,6 +797,7 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     report.gaps = tally.gaps.load(Ordering::Relaxed);
     report.snapshots = tally.snapshots.load(Ordering::Relaxed);
     report.held = tally.held.load(Ordering::Relaxed);
+    report.wire_bytes = tally.wire_bytes.load(Ordering::Relaxed);
     V2Serializer::new().serialize(&*tally.resume.lock().unwrap(), &mut report.resume_histogram)?;
     V2Serializer::new().serialize(
         &*tally.cold_load.lock().unwrap(),
