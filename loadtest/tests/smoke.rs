@@ -81,6 +81,9 @@ fn viewers_scenario_fans_out_through_real_gateways() {
         "0.5",
         "--per-worker",
         "10",
+        // Every viewer opens and times its messages (a full run samples one in ten).
+        "--latency-sample",
+        "1",
     ]);
     let row = &results["rows"][0];
     let notes = row["notes"].as_str().unwrap();
@@ -97,6 +100,69 @@ fn viewers_scenario_fans_out_through_real_gateways() {
 /// The peers of the side-by-side comparison (Node `ws`, Socket.IO, nats-server's WebSocket
 /// listener, the minimal Rust writer) each take the same viewers and deliver the same
 /// messages; `loadtest report` turns the run into tables, ratios and SVG plots.
+/// The recorded real match replayed to Grandstand (feed v2 + permessage-deflate, as a browser
+/// asks) and to the uWebSockets.js peer (the same feed as v1): both deliver it without a break,
+/// and Grandstand's viewers receive fewer bytes.
+#[test]
+fn match_workload_replays_a_recorded_match() {
+    let (_, results) = loadtest(&[
+        "viewers",
+        "--workload",
+        "match",
+        "--systems",
+        "grandstand,uws",
+        "--viewers",
+        "10",
+        "--matches",
+        "1",
+        "--duration",
+        "3",
+        "--latency-sample",
+        "1",
+    ]);
+    let systems = results["systems"].as_array().unwrap();
+    let by = |name: &str| {
+        systems
+            .iter()
+            .find(|s| s["system"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (gs, uws) = (by("grandstand"), by("uws"));
+    for s in [&gs, &uws] {
+        assert_eq!(s["held"], 10, "{s}");
+        assert!(s["latency"]["count"].as_u64().unwrap() > 100, "{s}");
+    }
+    assert_eq!(gs["gaps"], 0, "{gs}");
+    let bytes = |s: &serde_json::Value| s["wire_bytes_per_viewer_per_s"].as_f64().unwrap();
+    assert!(
+        bytes(&gs) > 0.0 && bytes(&gs) * 3.0 < bytes(&uws),
+        "{} vs {}",
+        bytes(&gs),
+        bytes(&uws)
+    );
+}
+
+/// Bytes per viewer on a live match, per format and transport: v2 is smaller than v1 and
+/// deflate smaller still.
+#[test]
+fn wire_scenario_compares_formats_on_a_live_match() {
+    let (_, results) = loadtest(&["wire", "--bots", "20", "--secs", "3"]);
+    let rate = |name: &str| {
+        results["systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["system"] == name)
+            .unwrap()["bytes_per_s"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(rate("ws v2") < rate("ws v1"));
+    assert!(rate("ws v2 + deflate") < rate("ws v2"));
+    assert!(rate("sse v2") < rate("sse v1"));
+}
+
 #[test]
 fn peers_and_report() {
     let dir = std::env::temp_dir().join(format!("gs-loadtest-peers-{}", std::process::id()));
@@ -104,7 +170,7 @@ fn peers_and_report() {
     let (_, results) = loadtest(&[
         "viewers",
         "--systems",
-        "grandstand,node-ws,socketio,nats-ws,raw",
+        "grandstand,node-ws,socketio,nats-ws,raw,uws",
         "--viewers",
         "12",
         "--matches",
@@ -113,11 +179,13 @@ fn peers_and_report() {
         "10",
         "--duration",
         "2",
+        "--latency-sample",
+        "1",
     ]);
     // The report reads results from a folder of its own.
     std::fs::write(dir.join("peers.json"), results.to_string()).unwrap();
     let systems = results["systems"].as_array().unwrap();
-    assert_eq!(systems.len(), 5);
+    assert_eq!(systems.len(), 6);
     for s in systems {
         let name = s["system"].as_str().unwrap();
         assert_eq!(s["held"], 12, "{name}: {s}");
@@ -126,7 +194,7 @@ fn peers_and_report() {
         let n = s["latency"]["count"].as_u64().unwrap();
         assert!((180..=300).contains(&n), "{name}: {n} messages measured");
     }
-    assert_eq!(results["summary"].as_array().unwrap().len(), 4);
+    assert_eq!(results["summary"].as_array().unwrap().len(), 5);
 
     let template = dir.join("template.md");
     std::fs::write(

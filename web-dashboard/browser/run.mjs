@@ -167,6 +167,26 @@ try {
   await page.waitForSelector('[data-testid=connection][data-state=live]', { timeout: 20_000 });
   check(true, "the match streams over SSE too");
 
+  // The browser's own WebSocket negotiates permessage-deflate for feed v2, and the first
+  // message (a compressed frame, inflated by the browser) is a v2 snapshot with its roster.
+  const liveMatch = (await (await fetch(`${BASE}/v1/matches`)).json()).matches.find((m) => m.status === "live");
+  const v2 = await page.evaluate(async ({ id }) => {
+    const { token } = await (await fetch("/v1/auth/guest", { method: "POST" })).json();
+    const url = `${location.origin.replace(/^http/, "ws")}/v1/matches/${id}/stream?format=v2&token=${token}`;
+    return await new Promise((done) => {
+      const ws = new WebSocket(url, "grandstand.v2");
+      ws.onmessage = (ev) => {
+        const m = JSON.parse(ev.data);
+        done({ extensions: ws.extensions, protocol: ws.protocol, type: m.type, roster: Array.isArray(m.state?.roster) });
+        ws.close();
+      };
+      ws.onerror = () => done({ error: true });
+    });
+  }, { id: liveMatch.id });
+  results.v2WebSocket = v2;
+  check(v2.extensions?.startsWith("permessage-deflate"), `Chromium negotiated permessage-deflate (${v2.extensions})`);
+  check(v2.protocol === "grandstand.v2" && v2.type === "snapshot" && v2.roster, "feed v2 over the grandstand.v2 subprotocol, starting with a snapshot and its roster");
+
   // Leaderboards, with someone's own row pinned.
   const board = await (await fetch(`${BASE}/v1/leaderboards/global?limit=20`)).json();
   check(board.entries.length > 0, "the global board has entries");

@@ -33,7 +33,7 @@ const state = (tick: number): SpectatorState => ({
 });
 
 /** A stream over fake sockets and a fake clock whose timers run when the test says. */
-function harness(snapshot: { status: number; body?: unknown }) {
+function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v2" = "v1") {
   const sockets: FakeSocket[] = [];
   const timers: { at: number; f: () => void }[] = [];
   const statuses: StreamStatus[] = [];
@@ -43,6 +43,7 @@ function harness(snapshot: { status: number; body?: unknown }) {
     matchId: "m1",
     token: async () => "tok",
     transport: "ws",
+    format,
     onStatus: (s) => statuses.push(s),
     env: {
       fetch: async () =>
@@ -161,5 +162,20 @@ describe("MatchStream", () => {
     h.sockets[1].send(delta(2, 4));
     expect([h.stream.current?.epoch, h.stream.current?.version]).toEqual([2, 4]);
     expect(h.last().snapshots).toBe(2);
+  });
+
+  it("asks for feed v2 by default and applies it as the v1 view", async () => {
+    const h = harness(
+      { status: 200, body: { match: "m1", epoch: 4, version: 10, state: { ...state(30), players: { a: { id: 3, name: "A", x: 100, y: 200, angle: 90, hp: 100, alive: true, score: 0, kills: 0, deaths: 0, bot: true } } } } },
+      "v2",
+    );
+    await h.stream.start();
+    await h.settle();
+    expect(h.sockets[0].url).toBe("ws://gw/v1/matches/m1/stream?token=tok&format=v2&since=4:10");
+    h.sockets[0].open();
+    h.sockets[0].send({ type: "delta", match: "m1", epoch: 4, version: 11, t: 33, p: [[3, 3, 5, -7]] } as unknown as StreamMessage);
+    expect(h.stream.current?.version).toBe(11);
+    expect(h.stream.current?.state.players.a).toMatchObject({ x: 105, y: 193, angle: 90, hp: 100 });
+    expect(h.stream.current?.state.tick).toBe(33);
   });
 });

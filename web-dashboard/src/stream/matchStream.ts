@@ -4,6 +4,7 @@
 import { backoffDelay, retryAfterFromReason } from "./backoff";
 import { applyMessage, position } from "./feed";
 import { LagEstimator } from "./lag";
+import { V2Decoder } from "./v2";
 import type { EventMessage, MatchView, SnapshotMessage, StreamMessage } from "./types";
 
 export type Connection = "connecting" | "live" | "reconnecting" | "paused";
@@ -60,6 +61,9 @@ export interface MatchStreamOptions {
   token: () => Promise<string>;
   /** "auto": WebSocket, falling back to SSE after three attempts that never opened. */
   transport?: "ws" | "sse" | "auto";
+  /** The feed format: "v2" (compact; compressed over WebSocket by the browser's
+   * permessage-deflate) unless told otherwise. */
+  format?: "v1" | "v2";
   /** Every applied message, with the view after it. Callers coalesce renders themselves. */
   onView?: (view: MatchView, msg: StreamMessage) => void;
   onEvent?: (msg: EventMessage) => void;
@@ -84,6 +88,7 @@ function browserEnv(): StreamEnv {
 export class MatchStream {
   private readonly env: StreamEnv;
   private readonly lag = new LagEstimator();
+  private readonly v2 = new V2Decoder();
   private view: MatchView | null = null;
   private socket: WebSocketLike | null = null;
   private source: EventSourceLike | null = null;
@@ -150,6 +155,7 @@ export class MatchStream {
   private streamUrl(token: string): string {
     const base = this.opts.baseUrl || globalThis.location?.origin || "";
     let url = `${base}/v1/matches/${encodeURIComponent(this.opts.matchId)}/stream?token=${encodeURIComponent(token)}`;
+    if ((this.opts.format ?? "v2") === "v2") url += "&format=v2";
     if (this.view) url += `&since=${position(this.view.epoch, this.view.version)}`;
     return url;
   }
@@ -220,7 +226,8 @@ export class MatchStream {
   private receive(data: string, generation: number): void {
     let msg: StreamMessage;
     try {
-      msg = JSON.parse(data) as StreamMessage;
+      const parsed = JSON.parse(data) as Record<string, unknown>;
+      msg = (this.opts.format ?? "v2") === "v2" ? this.v2.decode(this.view, parsed) : (parsed as unknown as StreamMessage);
     } catch {
       return;
     }

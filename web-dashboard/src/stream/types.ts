@@ -1,6 +1,8 @@
 // The viewer protocol (docs/architecture.md, "Viewer protocol"), as TypeScript types.
 
 export interface PlayerView {
+  /** The player's small id within the epoch (what feed v2 names players by). */
+  id?: number;
   name: string;
   x: number; // tenths of an arena unit
   y: number;
