@@ -354,9 +354,10 @@ pub struct ViewerArgs {
     /// http://<bound HTTP address>.
     #[arg(long, env = "GRANDSTAND_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Milliseconds a match's events may wait for the rest of their tick before viewers are
-    /// woken (a delta ends a tick and wakes them at once): fewer, larger writes for a little
-    /// latency on events. 0 writes every event on its own.
+    /// Milliseconds a match's events may wait for the next delta before viewers are woken (a
+    /// delta wakes them at once, carrying the events of its frame in the same write): fewer,
+    /// larger writes for up to one spectator interval on events. 0 writes every event on its
+    /// own.
     #[arg(long, env = "GRANDSTAND_EVENT_COALESCE_MS", default_value_t = GatewayConfig::default().event_coalesce.as_millis() as u64)]
     pub event_coalesce_ms: u64,
 }

@@ -331,9 +331,9 @@ impl ServedMatch {
         }
     }
 
-    /// After a fan-out: a delta ends a tick's output, so the viewers are woken now and the
-    /// tick's events leave in the same write as its delta; events alone wait at most
-    /// `coalesce` for the rest of their tick (a room publishes a tick's outputs back to back).
+    /// After a fan-out: a delta ends a spectator frame, so the viewers are woken now and the
+    /// frame's events leave in the same write as its delta; events alone wait at most
+    /// `coalesce` for it (a match that stops sending deltas still has its events delivered).
     fn settle(&mut self, coalesce: Duration) {
         let waited_enough = self
             .held_since

@@ -50,8 +50,11 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// The retry hint sent to clients (SSE `retry:` and WS close reasons), before jitter.
     pub retry_after_ms: u64,
-    /// How long fanned-out events may wait for the rest of their tick (its delta ends it)
-    /// before the viewers are woken: a tick's events and delta then leave in one write.
+    /// How long fanned-out events may wait for the next delta before the viewers are woken: a
+    /// spectator frame's events leave in one write with its delta, and each viewer sees a kill
+    /// together with the state it belongs to. Viewers draw the arena behind the feed anyway
+    /// (interpolation), so waiting for the frame costs them nothing visible; the write it saves
+    /// is most of the gateway's cost per message (docs/benchmarks.md).
     pub event_coalesce: Duration,
     /// Concurrent streams one user (token subject) may hold on this gateway.
     pub max_streams_per_user: usize,
@@ -78,7 +81,7 @@ impl Default for GatewayConfig {
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(20),
             retry_after_ms: 1000,
-            event_coalesce: Duration::from_millis(5),
+            event_coalesce: Duration::from_millis(100),
             owners: 2,
             max_streams_per_user: 8,
             max_streams_per_address: 1000,

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use protocol::{Format, Frame};
 use tokio::sync::Notify;
 
@@ -60,6 +61,22 @@ struct State {
     last_drained: Instant,
     /// Frames were queued since the viewer's task was last woken.
     unwoken: bool,
+    /// Direct writes: the rest of a frame a short write left half sent (it goes out before
+    /// anything else), and control frames (pongs, pings, the close) to send before the next
+    /// queued frame.
+    partial: Option<Bytes>,
+    control: VecDeque<Bytes>,
+}
+
+/// What a direct write of the queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is written.
+    Done,
+    /// The socket is full: the viewer's task waits until it is writable and flushes again.
+    Blocked,
+    /// The connection is gone.
+    Failed,
 }
 
 pub struct ViewerQueue {
@@ -69,6 +86,9 @@ pub struct ViewerQueue {
     pub wire: Wire,
     /// One viewer in 64 has its publish -> written latency recorded.
     pub sampled: bool,
+    /// A WebSocket viewer's socket, once its 101 went out: the hub then writes the viewer's
+    /// frames itself, without waking the viewer's task (see [`ViewerQueue::flush`]).
+    direct: std::sync::OnceLock<Arc<tokio::net::TcpStream>>,
 }
 
 impl ViewerQueue {
@@ -79,12 +99,52 @@ impl ViewerQueue {
                 closed: None,
                 last_drained: Instant::now(),
                 unwoken: false,
+                partial: None,
+                control: VecDeque::new(),
             }),
             notify: Notify::new(),
             capacity: capacity.max(2),
             wire,
             sampled: rand::random::<u8>() < 4,
+            direct: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on frames are written to `socket` by whoever wakes the viewer (the hub), not by
+    /// the viewer's task.
+    pub fn write_directly(&self, socket: Arc<tokio::net::TcpStream>) {
+        let _ = self.direct.set(socket);
+    }
+
+    /// Queues a control frame (pong, ping, close) for the direct writes.
+    pub fn push_control(&self, frame: Bytes) {
+        self.state.lock().unwrap().control.push_back(frame);
+    }
+
+    /// Writes what is queued (the half-sent rest, control frames, then queued frames) to the
+    /// direct socket, as few vectored writes as the socket takes without waiting.
+    pub fn flush(&self) -> Flushed {
+        let Some(socket) = self.direct.get() else {
+            return Flushed::Blocked;
+        };
+        let mut s = self.state.lock().unwrap();
+        flush_locked(&mut s, socket, self.wire, self.sampled)
+    }
+
+    /// Whether anything waits to be written directly.
+    pub fn has_pending(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.partial.is_some() || !s.control.is_empty() || !s.frames.is_empty()
+    }
+
+    /// The reason the queue was closed, once it is.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().unwrap().closed.clone()
+    }
+
+    /// Waits until woken (frames the hub could not write, a close).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
     }
 
     /// Queues `frame` without waking the viewer's task (the hub wakes each viewer once after
@@ -109,12 +169,29 @@ impl ViewerQueue {
         outcome
     }
 
-    /// Wakes the viewer's task if frames were queued since it was last woken.
+    /// Delivers what was queued since the last wake: written straight to a direct viewer's
+    /// socket (its task is woken only if the socket is full or gone), otherwise the viewer's
+    /// task is woken to write it.
     pub fn wake(&self) {
-        let due = std::mem::take(&mut self.state.lock().unwrap().unwoken);
-        if due {
-            self.notify.notify_one();
+        let mut s = self.state.lock().unwrap();
+        if !std::mem::take(&mut s.unwoken) {
+            return;
         }
+        if let Some(socket) = self.direct.get() {
+            match flush_locked(&mut s, socket, self.wire, self.sampled) {
+                Flushed::Done => return,
+                Flushed::Blocked => {}
+                Flushed::Failed => {
+                    s.closed.get_or_insert(CloseReason {
+                        code: 1006,
+                        reason: "connection lost".into(),
+                        retry_after_ms: 0,
+                    });
+                }
+            }
+        }
+        drop(s);
+        self.notify.notify_one();
     }
 
     /// Queues frames a (re)connecting viewer must see first. Never substitutes.
@@ -161,7 +238,80 @@ impl ViewerQueue {
     /// Whether frames have waited unread for longer than `deadline`: the viewer stopped reading.
     pub fn stalled_for(&self, deadline: std::time::Duration) -> bool {
         let s = self.state.lock().unwrap();
-        !s.frames.is_empty() && s.last_drained.elapsed() > deadline
+        (!s.frames.is_empty() || s.partial.is_some()) && s.last_drained.elapsed() > deadline
+    }
+}
+
+/// The direct write itself (the state is locked by the caller): builds one vectored write of
+/// the half-sent rest, the control frames and the queued frames' pre-built bytes, and takes off
+/// the queue whatever the socket accepted.
+fn flush_locked(
+    s: &mut State,
+    socket: &tokio::net::TcpStream,
+    wire: Wire,
+    sampled: bool,
+) -> Flushed {
+    const MAX_IOV: usize = 64;
+    loop {
+        let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        if let Some(p) = &s.partial {
+            iov[n] = std::io::IoSlice::new(p);
+            n += 1;
+        }
+        for c in s.control.iter().take(MAX_IOV - n) {
+            iov[n] = std::io::IoSlice::new(c);
+            n += 1;
+        }
+        let frames_in = s.frames.len().min(MAX_IOV - n);
+        for f in s.frames.iter().take(frames_in) {
+            iov[n] = std::io::IoSlice::new(wire.bytes(f));
+            n += 1;
+        }
+        if n == 0 {
+            return Flushed::Done;
+        }
+        let mut written = match socket.try_write_vectored(&iov[..n]) {
+            Ok(0) => return Flushed::Failed,
+            Ok(w) => w,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
+            Err(_) => return Flushed::Failed,
+        };
+        crate::metrics::VIEWER_WRITES.inc();
+        s.last_drained = Instant::now();
+        if sampled {
+            if let Some(p) = s.frames.iter().take(frames_in).find_map(|f| f.published_us) {
+                crate::metrics::PUBLISH_TO_SEND
+                    .observe(protocol::now_us().saturating_sub(p) as f64 / 1e6);
+            }
+        }
+        // Take off what went out, in the order it was laid out.
+        if let Some(p) = s.partial.take() {
+            if written < p.len() {
+                s.partial = Some(p.slice(written..));
+                continue;
+            }
+            written -= p.len();
+        }
+        while written > 0 {
+            if let Some(c) = s.control.pop_front() {
+                if written < c.len() {
+                    s.partial = Some(c.slice(written..));
+                    written = 0;
+                } else {
+                    written -= c.len();
+                }
+                continue;
+            }
+            let Some(f) = s.frames.pop_front() else { break };
+            let bytes = wire.bytes(&f);
+            if written < bytes.len() {
+                s.partial = Some(bytes.slice(written..));
+                written = 0;
+            } else {
+                written -= bytes.len();
+            }
+        }
     }
 }
 

@@ -86,6 +86,7 @@ pub(crate) async fn handle(
     req: Request,
 ) -> Response {
     let (mut parts, _) = req.into_parts();
+    let connection = parts.extensions.get::<Arc<httpkit::Connection>>().cloned();
     let query = match Query::<StreamQuery>::try_from_uri(&parts.uri) {
         Ok(Query(q)) => q,
         Err(e) => return reject("bad_request", ApiError::invalid("query", e.body_text())),
@@ -204,10 +205,22 @@ pub(crate) async fn handle(
         }
     };
     match handshake {
-        Some(handshake) => {
-            let connected = Connected::new(queue, "ws", admission);
-            handshake.accept(move |io, deflate| websocket::serve(gw, io, connected, deflate))
-        }
+        Some(handshake) => match connection {
+            Some(connection) => {
+                let connected = Connected::new(queue, "ws", admission);
+                handshake.accept(move |io, deflate| {
+                    websocket::serve(gw, io, connected, deflate, connection)
+                })
+            }
+            None => reject(
+                "bad_request",
+                ApiError::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "upgrade_required",
+                    "this connection cannot be upgraded to a WebSocket",
+                ),
+            ),
+        },
         None => sse_viewer(gw, queue, admission),
     }
 }

@@ -10,7 +10,6 @@
 //! UTF-8 of what the gateway itself produced.
 
 use std::future::Future;
-use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,11 +22,11 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use protocol::ws::{self, ClientEvent, ClientReader};
 use protocol::Format;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::metrics;
-use crate::queue::CloseReason;
-use crate::stream::{jittered, sample_latency, Connected};
+use crate::queue::{CloseReason, Flushed, ViewerQueue};
+use crate::stream::{jittered, Connected};
 use crate::Gateway;
 
 /// A checked opening handshake, not yet answered.
@@ -134,37 +133,6 @@ impl Handshake {
     }
 }
 
-/// Writes every buffer, as few vectored writes as the socket takes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    bufs: &mut [Bytes],
-) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..]
-            .iter()
-            .take(64)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && first < bufs.len() {
-            let len = bufs[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                let rest = bufs[first].slice(n..);
-                bufs[first] = rest;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The text of a close frame: the reason, and when to come back.
 fn close_text(reason: &CloseReason) -> String {
     if reason.retry_after_ms > 0 {
@@ -178,131 +146,120 @@ fn close_text(reason: &CloseReason) -> String {
     }
 }
 
-/// What the read half found.
-enum Heard {
-    Frames(Vec<ClientEvent>),
-    /// The viewer's bytes broke the protocol: close with this code and reason.
-    Refused(u16, String),
-    Gone,
-}
-
-fn heard(reader: &mut ClientReader, read: std::io::Result<usize>, buf: &[u8]) -> Heard {
-    match read {
-        Ok(0) | Err(_) => Heard::Gone,
-        Ok(n) => match reader.push(&buf[..n]) {
-            Ok(events) => Heard::Frames(events),
-            Err(e) => Heard::Refused(e.close_code(), e.to_string()),
-        },
+/// Answers what a viewer sent: pongs for pings (queued as control frames), and for a close,
+/// the close to send back. `Err` carries the close for a protocol violation.
+fn answer(
+    events: Vec<ClientEvent>,
+    queue: &ViewerQueue,
+    last_heard: &mut Instant,
+) -> Option<Bytes> {
+    *last_heard = Instant::now();
+    for e in events {
+        match e {
+            ClientEvent::Ping(payload) => {
+                queue.push_control(ws::server_frame(ws::OP_PONG, &payload, false))
+            }
+            // Answer with the viewer's code (or a normal close) and stop.
+            ClientEvent::Close(code) => {
+                let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
+                return Some(ws::close_frame(code, ""));
+            }
+            ClientEvent::Pong | ClientEvent::Message => {}
+        }
     }
+    None
 }
 
 /// Serves one viewer until it leaves, the gateway closes its stream, or it breaks the protocol.
-pub(crate) async fn serve<S>(gw: Gateway, mut io: S, connected: Connected, deflate: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+///
+/// The viewer's frames are written by the hub straight to the socket (see
+/// [`ViewerQueue::flush`]); this task reads what the viewer sends, pings it, and finishes the
+/// writes the hub could not (a full socket buffer).
+pub(crate) async fn serve(
+    gw: Gateway,
+    mut upgraded: TokioIo<Upgraded>,
+    connected: Connected,
+    deflate: bool,
+    connection: std::sync::Arc<httpkit::Connection>,
+) {
     let config = gw.config.clone();
     let queue = connected.queue.clone();
+    let socket = connection.socket.clone();
     let mut reader = ClientReader::new(config.max_inbound_frame, deflate);
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
     let mut last_heard = Instant::now();
     // Viewers send only pongs and the odd small message: a small buffer reads them.
     let mut buf = [0u8; 512];
-    let close: Option<Bytes> = loop {
-        enum Next {
-            Batch(Result<Vec<std::sync::Arc<protocol::Frame>>, CloseReason>),
-            Read(std::io::Result<usize>),
-            Heard(Heard),
-            Ping,
+    let mut close: Option<Bytes> = None;
+    // Whatever hyper read past the request (a client may not send before the 101, but if it
+    // did), then the socket is read and written directly.
+    if let Some(Ok(n)) = futures::FutureExt::now_or_never(upgraded.read(&mut buf)) {
+        match reader.push(&buf[..n]) {
+            Ok(events) => close = answer(events, &queue, &mut last_heard),
+            Err(e) => close = Some(ws::close_frame(e.close_code(), &e.to_string())),
         }
-        let mut next = tokio::select! {
-            batch = queue.next_batch() => Next::Batch(batch),
-            read = io.read(&mut buf) => Next::Read(read),
-            _ = ping.tick() => Next::Ping,
-        };
-        if let Next::Read(read) = next {
-            next = Next::Heard(heard(&mut reader, read, &buf));
+    }
+    drop(upgraded);
+    queue.write_directly(socket.clone());
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut blocked;
+    while close.is_none() {
+        match queue.flush() {
+            Flushed::Done => blocked = false,
+            Flushed::Blocked => blocked = true,
+            Flushed::Failed => break,
         }
-        match next {
-            Next::Batch(Ok(frames)) => {
-                let mut bufs: Vec<Bytes> =
-                    frames.iter().map(|f| queue.wire.bytes(f).clone()).collect();
-                if write_all_vectored(&mut io, &mut bufs).await.is_err() {
-                    break None;
+        if let Some(reason) = queue.closed() {
+            close = Some(ws::close_frame(reason.code, &close_text(&reason)));
+            break;
+        }
+        tokio::select! {
+            _ = queue.notified() => {}
+            _ = socket.writable(), if blocked => {}
+            readable = socket.readable() => {
+                if readable.is_err() {
+                    break;
                 }
-                metrics::VIEWER_WRITES.inc();
-                sample_latency(&queue, &frames);
-            }
-            Next::Batch(Err(reason)) => {
-                break Some(ws::close_frame(reason.code, &close_text(&reason)))
-            }
-            Next::Heard(Heard::Gone) => break None,
-            Next::Heard(Heard::Refused(code, reason)) => {
-                metrics::REFUSED_FRAMES
-                    .with_label_values(&[&code.to_string()])
-                    .inc();
-                break Some(ws::close_frame(code, &reason));
-            }
-            Next::Heard(Heard::Frames(events)) => {
-                last_heard = Instant::now();
-                let mut reply = None;
-                for e in events {
-                    match e {
-                        ClientEvent::Ping(payload) => {
-                            if io
-                                .write_all(&ws::server_frame(ws::OP_PONG, &payload, false))
-                                .await
-                                .is_err()
-                            {
-                                reply = Some(None);
-                            }
+                match socket.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => match reader.push(&buf[..n]) {
+                        Ok(events) => close = answer(events, &queue, &mut last_heard),
+                        Err(e) => {
+                            metrics::REFUSED_FRAMES.with_label_values(&[&e.close_code().to_string()]).inc();
+                            close = Some(ws::close_frame(e.close_code(), &e.to_string()));
                         }
-                        ClientEvent::Close(code) => {
-                            // Answer with the viewer's code (or a normal close) and stop.
-                            let code = code.filter(|c| (1000..5000).contains(c)).unwrap_or(1000);
-                            reply = Some(Some(ws::close_frame(code, "")));
-                        }
-                        ClientEvent::Pong | ClientEvent::Message => {}
-                    }
-                    if reply.is_some() {
-                        break;
-                    }
-                }
-                if let Some(close) = reply {
-                    break close;
+                    },
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
-            Next::Read(_) => unreachable!("turned into Heard above"),
-            Next::Ping => {
+            _ = ping.tick() => {
                 if last_heard.elapsed() > config.ping_interval * 3 {
-                    break Some(ws::close_frame(
-                        1001,
-                        &close_text(&CloseReason {
-                            code: 1001,
-                            reason: "idle: no pong".into(),
-                            retry_after_ms: config.retry_after_ms,
-                        }),
-                    ));
-                }
-                if io
-                    .write_all(&ws::server_frame(ws::OP_PING, b"", false))
-                    .await
-                    .is_err()
-                {
-                    break None;
+                    close = Some(ws::close_frame(1001, &close_text(&CloseReason {
+                        code: 1001,
+                        reason: "idle: no pong".into(),
+                        retry_after_ms: config.retry_after_ms,
+                    })));
+                } else {
+                    queue.push_control(ws::server_frame(ws::OP_PING, b"", false));
                 }
             }
         }
-    };
+    }
     if let Some(frame) = close {
+        // The close goes after what is already on its way, then the socket is shut.
+        queue.push_control(frame);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            io.write_all(&frame).await?;
-            io.flush().await?;
-            io.shutdown().await
+            while queue.flush() == Flushed::Blocked {
+                if socket.writable().await.is_err() {
+                    break;
+                }
+            }
         })
         .await;
+        let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
     }
     drop(connected);
+    drop(connection);
 }

@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
 mod serve;
-pub use serve::{listen, serve, serve_with, ConnectionLimits, WriteDeadline, LISTEN_BACKLOG};
+pub use serve::{
+    listen, serve, serve_with, Connection, ConnectionLimits, WriteDeadline, LISTEN_BACKLOG,
+};
 
 /// An error as clients see it: a status, a stable machine-readable code and a message.
 #[derive(Debug, Clone)]

@@ -54,6 +54,81 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The connection a request arrived on, in its extensions: the socket itself, shared, so a
+/// handler that takes the connection over (a WebSocket) can write to it without going through
+/// hyper, and the connection's place under `max_connections`, held for as long as anyone holds
+/// this (an upgraded connection keeps counting after hyper is done with it).
+pub struct Connection {
+    pub socket: Arc<TcpStream>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A shared socket as hyper's I/O (reads and writes through readiness + `try_*`, which tokio
+/// allows on `&TcpStream`).
+struct SharedSocket(Arc<TcpStream>);
+
+impl AsyncRead for SharedSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` fires, then drains in-flight requests.
 /// Pending connections the kernel may queue for one listener (it caps this at
 /// `net.core.somaxconn`, 4096 here). Tokio's default is 1024: a reconnect storm of 10k
@@ -108,13 +183,18 @@ pub async fn serve_with(
         if let Err(e) = tune(&stream, &limits) {
             tracing::debug!(error = %e, "could not set socket options");
         }
-        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_stall));
+        let socket = Arc::new(stream);
+        let connection = Arc::new(Connection {
+            socket: socket.clone(),
+            _permit: permit,
+        });
+        let io = TokioIo::new(WriteDeadline::new(SharedSocket(socket), limits.write_stall));
         let (router, shutdown, limits) = (router.clone(), shutdown.clone(), limits.clone());
         connections.spawn(async move {
-            let _permit = permit;
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(connection.clone());
                     router.clone().oneshot(request.map(Body::new))
                 });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
