@@ -175,6 +175,7 @@ impl Hub {
         let mut line: DelayLine<LogItem> = DelayLine::new(self.config.delay_line);
         let mut empty_since = Some(Instant::now());
         let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        let mut last_ping = Instant::now();
         loop {
             let next_due = line.next_due().map(|due| {
                 tokio::time::Instant::now() + Duration::from_micros(due.saturating_sub(now_us()))
@@ -225,10 +226,21 @@ impl Hub {
                 _ = sweep.tick() => {
                     served.release_parked(&self.config);
                     let stall = self.config.stall_deadline;
+                    // WebSocket viewers are pinged from here, all of a hub's at once, instead
+                    // of by a timer per connection; one that stayed silent for three intervals
+                    // is closed.
+                    let ping_round = last_ping.elapsed() >= self.config.ping_interval;
+                    if ping_round {
+                        last_ping = Instant::now();
+                    }
                     served.viewers.retain(|v| {
                         if v.stalled_for(stall) {
                             metrics::STALLED_CLOSED.inc();
                             v.close(CloseReason { code: 1008, reason: "viewer stopped reading".into(), retry_after_ms: 1000 });
+                        } else if v.silent_for(self.config.ping_interval * 3) {
+                            v.close(CloseReason { code: 1001, reason: "idle: no pong".into(), retry_after_ms: self.config.retry_after_ms });
+                        } else if ping_round {
+                            v.ping();
                         }
                         !v.is_closed()
                     });
@@ -394,7 +406,10 @@ fn deliver(
     viewers: &mut Vec<Arc<ViewerQueue>>,
     item: &LogItem,
 ) -> Flow {
-    match feed.apply_published(&item.record, item.published_us) {
+    let encoding = Instant::now();
+    let applied = feed.apply_published(&item.record, item.published_us);
+    metrics::ENCODE_SECONDS.inc_by(encoding.elapsed().as_secs_f64());
+    match applied {
         Applied::Appended(frame) => {
             if let Some(p) = item.published_us {
                 metrics::LOG_TO_HUB.observe(now_us().saturating_sub(p) as f64 / 1e6);

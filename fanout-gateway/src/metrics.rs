@@ -55,6 +55,13 @@ pub static BEHIND_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static ENCODE_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "gw_encode_seconds_total",
+        "Time hubs spent applying log records and encoding their frames (v1, v2 and the compressed v2), once per message per match whatever the audience"
+    )
+    .unwrap()
+});
 pub static VIEWER_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gw_viewer_writes_total",

@@ -89,6 +89,9 @@ pub struct ViewerQueue {
     /// A WebSocket viewer's socket, once its 101 went out: the hub then writes the viewer's
     /// frames itself, without waking the viewer's task (see [`ViewerQueue::flush`]).
     direct: std::sync::OnceLock<Arc<tokio::net::TcpStream>>,
+    /// When the viewer was last heard from (ms since the queue was made), for pings.
+    heard_ms: std::sync::atomic::AtomicU64,
+    born: Instant,
 }
 
 impl ViewerQueue {
@@ -107,7 +110,37 @@ impl ViewerQueue {
             wire,
             sampled: rand::random::<u8>() < 4,
             direct: std::sync::OnceLock::new(),
+            heard_ms: std::sync::atomic::AtomicU64::new(0),
+            born: Instant::now(),
         })
+    }
+
+    /// The viewer sent something (a pong, anything): it is alive.
+    pub fn heard(&self) {
+        self.heard_ms.store(
+            self.born.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// A direct (WebSocket) viewer not heard from for `limit`. SSE viewers are never silent
+    /// here: they cannot answer, and their stream's own keepalive and stall rules apply.
+    pub fn silent_for(&self, limit: std::time::Duration) -> bool {
+        self.direct.get().is_some() && {
+            let heard = self.heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+            self.born.elapsed().as_millis() as u64 > heard + limit.as_millis() as u64
+        }
+    }
+
+    /// Pings a direct (WebSocket) viewer.
+    pub fn ping(&self) {
+        if self.direct.get().is_some() {
+            self.push_control(protocol::ws::server_frame(protocol::ws::OP_PING, b"", false));
+            let mut s = self.state.lock().unwrap();
+            s.unwoken = true;
+            drop(s);
+            self.wake();
+        }
     }
 
     /// From now on frames are written to `socket` by whoever wakes the viewer (the hub), not by

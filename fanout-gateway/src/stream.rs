@@ -208,8 +208,9 @@ pub(crate) async fn handle(
         Some(handshake) => match connection {
             Some(connection) => {
                 let connected = Connected::new(queue, "ws", admission);
+                let config = gw.config.clone();
                 handshake.accept(move |io, deflate| {
-                    websocket::serve(gw, io, connected, deflate, connection)
+                    websocket::serve(config, io, connected, deflate, connection)
                 })
             }
             None => reject(

@@ -1,16 +1,16 @@
-//! A viewer's WebSocket, without a general-purpose WebSocket library in the way: the gateway
-//! writes the frames its hub built once per match (header and payload, compressed once when
-//! the viewer negotiated permessage-deflate) straight to the socket, a batch per vectored
-//! write, and reads what the viewer sends with the pure [`protocol::ws::ClientReader`].
+//! A viewer's WebSocket, without a general-purpose WebSocket library in the way: the hub
+//! writes the frames it built once per match (header and payload, compressed once when the
+//! viewer negotiated permessage-deflate) straight to the viewer's socket, a batch per vectored
+//! write, and this module reads what the viewer sends with the pure
+//! [`protocol::ws::ClientReader`].
 //!
 //! Per viewer this holds no read or write buffer while idle (a small stack buffer for reads,
-//! the reader's own buffer only while a frame is incomplete), arms no timer per message (one
-//! ping interval per connection; a viewer that stops reading is found by the hub's sweep and,
-//! if even its close cannot be written, by the connection's write deadline) and checks no
-//! UTF-8 of what the gateway itself produced.
+//! the reader's own buffer only while a frame is incomplete), no timer (the hub pings its
+//! viewers and finds silent or stalled ones on its sweep) and checks no UTF-8 of what the
+//! gateway itself produced.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -27,7 +27,6 @@ use tokio::io::AsyncReadExt;
 use crate::metrics;
 use crate::queue::{CloseReason, Flushed, ViewerQueue};
 use crate::stream::{jittered, Connected};
-use crate::Gateway;
 
 /// A checked opening handshake, not yet answered.
 pub(crate) struct Handshake {
@@ -147,13 +146,8 @@ fn close_text(reason: &CloseReason) -> String {
 }
 
 /// Answers what a viewer sent: pongs for pings (queued as control frames), and for a close,
-/// the close to send back. `Err` carries the close for a protocol violation.
-fn answer(
-    events: Vec<ClientEvent>,
-    queue: &ViewerQueue,
-    last_heard: &mut Instant,
-) -> Option<Bytes> {
-    *last_heard = Instant::now();
+/// the close to send back.
+fn answer(events: Vec<ClientEvent>, queue: &ViewerQueue) -> Option<Bytes> {
     for e in events {
         match e {
             ClientEvent::Ping(payload) => {
@@ -173,36 +167,33 @@ fn answer(
 /// Serves one viewer until it leaves, the gateway closes its stream, or it breaks the protocol.
 ///
 /// The viewer's frames are written by the hub straight to the socket (see
-/// [`ViewerQueue::flush`]); this task reads what the viewer sends, pings it, and finishes the
-/// writes the hub could not (a full socket buffer).
+/// [`ViewerQueue::flush`]), and the hub pings it; this task reads what the viewer sends and
+/// finishes the writes the hub could not (a full socket buffer).
 pub(crate) async fn serve(
-    gw: Gateway,
+    config: std::sync::Arc<crate::GatewayConfig>,
     mut upgraded: TokioIo<Upgraded>,
     connected: Connected,
     deflate: bool,
     connection: std::sync::Arc<httpkit::Connection>,
 ) {
-    let config = gw.config.clone();
     let queue = connected.queue.clone();
     let socket = connection.socket.clone();
     let mut reader = ClientReader::new(config.max_inbound_frame, deflate);
-    let mut last_heard = Instant::now();
-    // Viewers send only pongs and the odd small message: a small buffer reads them.
-    let mut buf = [0u8; 512];
+    // Viewers send only pongs and the odd small message: a small buffer reads them (a larger
+    // frame arrives over several reads; the reader keeps what is incomplete).
+    let mut buf = [0u8; 128];
     let mut close: Option<Bytes> = None;
     // Whatever hyper read past the request (a client may not send before the 101, but if it
     // did), then the socket is read and written directly.
     if let Some(Ok(n)) = futures::FutureExt::now_or_never(upgraded.read(&mut buf)) {
         match reader.push(&buf[..n]) {
-            Ok(events) => close = answer(events, &queue, &mut last_heard),
+            Ok(events) => close = answer(events, &queue),
             Err(e) => close = Some(ws::close_frame(e.close_code(), &e.to_string())),
         }
     }
     drop(upgraded);
     queue.write_directly(socket.clone());
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+    queue.heard();
     let mut blocked;
     while close.is_none() {
         match queue.flush() {
@@ -214,6 +205,7 @@ pub(crate) async fn serve(
             close = Some(ws::close_frame(reason.code, &close_text(&reason)));
             break;
         }
+        // No timer here: the hub pings and finds silent viewers on its sweep.
         tokio::select! {
             _ = queue.notified() => {}
             _ = socket.writable(), if blocked => {}
@@ -223,26 +215,18 @@ pub(crate) async fn serve(
                 }
                 match socket.try_read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => match reader.push(&buf[..n]) {
-                        Ok(events) => close = answer(events, &queue, &mut last_heard),
-                        Err(e) => {
-                            metrics::REFUSED_FRAMES.with_label_values(&[&e.close_code().to_string()]).inc();
-                            close = Some(ws::close_frame(e.close_code(), &e.to_string()));
+                    Ok(n) => {
+                        queue.heard();
+                        match reader.push(&buf[..n]) {
+                            Ok(events) => close = answer(events, &queue),
+                            Err(e) => {
+                                metrics::REFUSED_FRAMES.with_label_values(&[&e.close_code().to_string()]).inc();
+                                close = Some(ws::close_frame(e.close_code(), &e.to_string()));
+                            }
                         }
-                    },
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > config.ping_interval * 3 {
-                    close = Some(ws::close_frame(1001, &close_text(&CloseReason {
-                        code: 1001,
-                        reason: "idle: no pong".into(),
-                        retry_after_ms: config.retry_after_ms,
-                    })));
-                } else {
-                    queue.push_control(ws::server_frame(ws::OP_PING, b"", false));
                 }
             }
         }

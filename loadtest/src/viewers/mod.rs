@@ -242,6 +242,11 @@ struct Measured {
     snapshots: u64,
     /// Bytes one viewer's socket received per second (frames and framing; not TCP/IP).
     wire_bytes_per_viewer_per_s: f64,
+    /// Grandstand: CPU its hubs spent decoding records and encoding frames (both formats and
+    /// the compressed one), once per message per match, in cores.
+    encode_cpu_cores: f64,
+    /// Grandstand: messages per vectored write to a WebSocket viewer.
+    messages_per_write: f64,
     latency: Latency,
     /// The latency distribution as (microseconds, fraction at or below), for CDF plots.
     cdf: Vec<(u64, f64)>,
@@ -262,6 +267,28 @@ struct StormMeasured {
     resume: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     cold_load: Option<Latency>,
+}
+
+/// Grandstand's own counters, summed over its gateways: encode time (once per message per
+/// match), vectored writes to WebSocket viewers and messages handed to viewers.
+async fn gateway_counters(urls: &[String]) -> (f64, f64, f64) {
+    let http = reqwest::Client::new();
+    let mut sums = (0.0, 0.0, 0.0);
+    for url in urls {
+        let Ok(r) = http.get(format!("{url}/metrics")).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        sums.0 += value("gw_encode_seconds_total");
+        sums.1 += value("gw_viewer_writes_total");
+        sums.2 += value("gw_messages_out_total");
+    }
+    sums
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Results> {
@@ -303,6 +330,12 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 m.snapshots,
             ),
         });
+        if let (true, Some(row)) = (m.system == "grandstand", rows.last_mut()) {
+            row.notes += &format!(
+                "; encoding {:.3} cores (once per message per match); {:.2} messages per write",
+                m.encode_cpu_cores, m.messages_per_write
+            );
+        }
         if let (Some(st), Some(row)) = (&m.storm, rows.last_mut()) {
             row.notes += &format!(
                 "; {} storm: {}/{} resumed ({} failed), first message a replay for {} and a snapshot for {}, drop -> reconnected p50 {:.1} ms p99 {:.1} ms max {:.1} ms{}",
@@ -484,6 +517,12 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     let from = now_us();
     let to = from + args.duration * 1_000_000;
     let start_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let counters_before = if system == System::Grandstand {
+        gateway_counters(&urls).await
+    } else {
+        (0.0, 0.0, 0.0)
+    };
     let storm_at = if args.storm != Storm::None {
         format!(" {}", from + args.duration * 500_000)
     } else {
@@ -497,6 +536,11 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     tokio::time::sleep(Duration::from_micros(to - from)).await;
     bar.finish_and_clear();
     let end_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
+    let counters_after = if system == System::Grandstand {
+        gateway_counters(&urls).await
+    } else {
+        (0.0, 0.0, 0.0)
+    };
     let mut merged = histogram();
     let (mut resume, mut cold_load) = (histogram(), histogram());
     let mut total = WorkerReport::default();
@@ -567,6 +611,9 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         gaps: total.gaps,
         snapshots: total.snapshots,
         wire_bytes_per_viewer_per_s: total.wire_bytes as f64 / secs / total.held.max(1) as f64,
+        encode_cpu_cores: (counters_after.0 - counters_before.0) / secs,
+        messages_per_write: (counters_after.2 - counters_before.2)
+            / (counters_after.1 - counters_before.1).max(1.0),
         latency: Latency::of(&merged),
         cdf,
         storm: (args.storm != Storm::None).then(|| StormMeasured {

@@ -359,7 +359,10 @@ async fn v2_viewer(slot: Slot, wire: GrandstandWire) {
                         {
                             break 'read;
                         }
-                        if inflater.total_in() as usize >= input.len() {
+                        // All read, and the output did not fill up: the message is complete.
+                        if inflater.total_in() as usize >= input.len()
+                            && text.len() < text.capacity()
+                        {
                             break;
                         }
                     }
