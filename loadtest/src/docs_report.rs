@@ -44,6 +44,12 @@ struct System {
     gaps: u64,
     latency: crate::report::Latency,
     cdf: Vec<(u64, f64)>,
+    #[serde(default)]
+    wire_bytes_per_viewer_per_s: f64,
+    #[serde(default)]
+    encode_cpu_cores: f64,
+    #[serde(default)]
+    messages_per_write: f64,
 }
 
 fn load(dir: &Path, file: &str) -> anyhow::Result<Results> {
@@ -219,10 +225,15 @@ fn systems_table(r: &Results) -> String {
     if all.is_empty() {
         return String::new();
     }
-    let mut out = String::from("| system | held | delivered/s | p50 | p99 | p999 | server CPU | msgs per CPU-s | RSS per conn | gaps |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let wire = all.iter().any(|s| s.wire_bytes_per_viewer_per_s > 0.0);
+    let mut out = if wire {
+        String::from("| system | held | delivered/s | p50 | p99 | p999 | server CPU | msgs per CPU-s | RSS per conn | gaps | KB/s per viewer | encoding | msgs per write |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    } else {
+        String::from("| system | held | delivered/s | p50 | p99 | p999 | server CPU | msgs per CPU-s | RSS per conn | gaps |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    };
     for s in &all {
         out += &format!(
-            "| {} | {}/{} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} cores | {:.0} | {:.1} KiB | {} |\n",
+            "| {} | {}/{} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} cores | {:.0} | {:.1} KiB | {} |",
             s.system,
             s.held,
             s.viewers,
@@ -235,6 +246,24 @@ fn systems_table(r: &Results) -> String {
             s.rss_per_connection_bytes / 1024.0,
             s.gaps
         );
+        if wire {
+            let grandstand = s.system == "grandstand";
+            out += &format!(
+                " {:.1} | {} | {} |",
+                s.wire_bytes_per_viewer_per_s / 1000.0,
+                if grandstand {
+                    format!("{:.3} cores", s.encode_cpu_cores)
+                } else {
+                    "-".into()
+                },
+                if grandstand {
+                    format!("{:.2}", s.messages_per_write)
+                } else {
+                    "-".into()
+                },
+            );
+        }
+        out.push('\n');
     }
     for v in &r.systems {
         let Some(st) = v.get("storm") else { continue };

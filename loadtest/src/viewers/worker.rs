@@ -67,6 +67,9 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
+/// How long a worker waits for its viewers to connect before it reports who did.
+const CONNECT_LIMIT: Duration = Duration::from_secs(300);
+
 pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
@@ -700,7 +703,12 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     };
     let signer = TokenSigner::new(SECRET.as_bytes());
     let limit = Arc::new(tokio::sync::Semaphore::new(plan.connect_concurrency.max(1)));
+    // A system that cannot take its audience within the connect limit is measured with whom
+    // it took (the rest count as failed), rather than not at all. The limit counts from the
+    // first attempt: starting viewers waits on the connect concurrency too.
+    let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
     let mut waits = Vec::with_capacity(plan.viewers);
+    let mut never_started = 0u64;
     for i in 0..plan.viewers {
         let viewer = plan.first_viewer + i;
         let (gateway, match_id) = plan.targets[viewer % plan.targets.len()].clone();
@@ -710,7 +718,12 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
             exp: now_us() / 1_000_000 + 3600,
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let permit = limit.clone().acquire_owned().await?;
+        let Ok(permit) = tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await
+        else {
+            never_started = (plan.viewers - i) as u64;
+            break;
+        };
+        let permit = permit?;
         let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0
             && plan.sse > 0.0
             && plan.system == System::Grandstand;
@@ -745,12 +758,14 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         }
         waits.push(gated_rx);
     }
-    let mut report = WorkerReport::default();
+    let mut report = WorkerReport {
+        failed: never_started,
+        ..WorkerReport::default()
+    };
     for w in waits {
-        if w.await.unwrap_or(false) {
-            report.connected += 1;
-        } else {
-            report.failed += 1;
+        match tokio::time::timeout_at(deadline, w).await {
+            Ok(Ok(true)) => report.connected += 1,
+            _ => report.failed += 1,
         }
     }
     println!("connected {} {}", report.connected, report.failed);
