@@ -52,6 +52,8 @@ pub struct AllArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -72,6 +74,8 @@ pub struct GameServerArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -86,6 +90,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -99,6 +105,8 @@ pub struct GatewayArgs {
 pub struct AggregatorArgs {
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -118,6 +126,8 @@ pub struct ApiArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -128,6 +138,35 @@ pub struct ApiArgs {
     /// The game server (HTTP) whose matchmaker serves `POST /v1/matchmaking/join`.
     #[arg(long, env = "GRANDSTAND_MATCHMAKER_URL")]
     pub matchmaker_url: Option<String>,
+}
+
+/// How a role writes its logs.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Logs")]
+pub struct LogArgs {
+    /// `text` for people, `json` (one object per line, with span fields) for log pipelines.
+    #[arg(long, env = "GRANDSTAND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log settings of whichever role runs.
+    pub fn log(&self) -> &LogArgs {
+        match &self.role {
+            None => &self.all.log,
+            Some(Role::All(a)) => &a.log,
+            Some(Role::GameServer(a)) => &a.log,
+            Some(Role::Gateway(a)) => &a.log,
+            Some(Role::Aggregator(a)) => &a.log,
+            Some(Role::SnapshotApi(a)) => &a.log,
+        }
+    }
 }
 
 /// The HTTP listener every role has, and the limits on its connections.
@@ -147,6 +186,31 @@ pub struct HttpArgs {
     /// memory); the kernel's autotuning when unset.
     #[arg(long, env = "GRANDSTAND_SEND_BUFFER")]
     pub send_buffer: Option<usize>,
+    /// Origins whose pages may read the public API and open the streams (CORS, and the
+    /// WebSocket `Origin` check), comma separated, `*` for any; unset: same-origin pages and
+    /// non-browser clients only.
+    #[arg(long, env = "GRANDSTAND_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM: readiness turns 503 at once, then a gateway closes its viewers a few at a
+    /// time over this many seconds (each told to come back elsewhere), so its audience
+    /// reconnects spread out rather than in one second; then the role stops. A second
+    /// signal stops at once.
+    #[arg(long, env = "GRANDSTAND_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+fn parse_origin(s: &str) -> Result<String, String> {
+    httpkit::CorsOrigins::parse(&[s.to_string()]).map(|_| s.trim().to_string())
+}
+
+impl HttpArgs {
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+
+    pub fn cors(&self) -> httpkit::CorsOrigins {
+        httpkit::CorsOrigins::parse(&self.cors_origins).expect("checked when parsed")
+    }
 }
 
 impl HttpArgs {

@@ -170,12 +170,16 @@ pub async fn gateway(
     viewers: &ViewerArgs,
     redis: &RedisArgs,
     connections: httpkit::ConnectionLimits,
+    cors: httpkit::CorsOrigins,
     backends: &Backends,
     signer: &TokenSigner,
     shutdown: &Shutdown,
 ) -> anyhow::Result<fanout_gateway::Gateway> {
     let gw = fanout_gateway::Gateway::new(
-        viewers.config(connections),
+        fanout_gateway::GatewayConfig {
+            cors,
+            ..viewers.config(connections)
+        },
         backends.log.clone(),
         backends.ticks.clone(),
         signer.clone(),
@@ -202,9 +206,13 @@ pub fn api_state(
     backends: &Backends,
     signer: &TokenSigner,
     viewers: Option<api::ViewerCounts>,
+    cors: httpkit::CorsOrigins,
 ) -> api::ApiState {
     api::ApiState::new(
-        api::ApiConfig::default(),
+        api::ApiConfig {
+            cors,
+            ..api::ApiConfig::default()
+        },
         backends.log.clone(),
         backends
             .boards
@@ -214,4 +222,39 @@ pub fn api_state(
         signer.clone(),
         viewers,
     )
+}
+
+/// The role's readiness: every backend it opened must answer (and the Redis server behind its
+/// room store or gateway membership, when it has one).
+pub async fn readiness(
+    backends: &Backends,
+    redis: Option<&RedisArgs>,
+) -> anyhow::Result<httpkit::Readiness> {
+    let log = backends.log.clone();
+    let mut ready = httpkit::Readiness::default().check("match_log", move || {
+        let log = log.clone();
+        async move { log.ready().await.map_err(|e| e.to_string()) }
+    });
+    if let Some(boards) = backends.boards.clone() {
+        ready = ready.check("leaderboards", move || {
+            let boards = boards.clone();
+            async move { boards.ready().await.map_err(|e| e.to_string()) }
+        });
+    }
+    if let Some(history) = backends.history.clone() {
+        ready = ready.check("history", move || {
+            let history = history.clone();
+            async move { history.ready().await.map_err(|e| e.to_string()) }
+        });
+    }
+    if let Some(url) = redis.and_then(|r| r.redis_url.as_deref()) {
+        let probe = backends::RedisProbe::connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting the readiness probe to Redis: {e}"))?;
+        ready = ready.check("redis", move || {
+            let probe = probe.clone();
+            async move { probe.ping().await }
+        });
+    }
+    Ok(ready)
 }

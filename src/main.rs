@@ -20,39 +20,90 @@ use httpkit::Shutdown;
 use cli::{AggregatorArgs, AllArgs, ApiArgs, Cli, GameServerArgs, GatewayArgs, Role};
 use connect::Backends;
 
-async fn wait_for_signal(shutdown: Shutdown) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Waits for SIGTERM or ctrl-c, then stops the role gracefully: readiness turns 503 first (load
+/// balancers stop sending new clients), a gateway moves its viewers off spread over `drain`,
+/// then `shutdown` stops everything. A second signal, or `drain` running out, stops at once.
+async fn stop_on_signal(
+    shutdown: Shutdown,
+    readiness: httpkit::Readiness,
+    gateway: Option<fanout_gateway::Gateway>,
+    drain: Duration,
+) {
+    let mut signals = Signals::new();
+    tokio::select! {
+        what = signals.next() => tracing::info!(signal = what, drain_secs = drain.as_secs(), "draining"),
+        _ = shutdown.cancelled() => return,
+    }
+    readiness.drain();
+    let moved_off = async {
+        if let Some(gw) = &gateway {
+            gw.drain(drain);
+            // The hubs close their viewers over `drain`; stop as soon as the last is gone.
+            while gw.total_viewers() > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
+        _ = moved_off => tracing::info!("drained: stopping"),
+        _ = tokio::time::sleep(drain + Duration::from_secs(1)) => tracing::info!("drain period over: stopping"),
+        what = signals.next() => tracing::info!(signal = what, "second signal: stopping now"),
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
 }
 
+/// SIGTERM and ctrl-c as one stream of "stop" requests.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        let term = async {
+            match &mut self.term {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "ctrl-c",
+            _ = term => "SIGTERM",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
+    match cli.log().log_format {
+        cli::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        cli::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .init(),
+    }
     let shutdown = Shutdown::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
     match cli.role {
         None => all(cli.all, shutdown).await,
         Some(Role::All(args)) => all(args, shutdown).await,
@@ -123,6 +174,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         &args.viewers,
         &args.redis,
         limits.clone(),
+        args.http.cors(),
         &backends,
         &signer,
         &shutdown,
@@ -146,14 +198,22 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         let gw = gateway.clone();
         Arc::new(move |id: &str| gw.viewers(id))
     };
-    let api = connect::api_state(&backends, &signer, Some(viewers))
+    let api = connect::api_state(&backends, &signer, Some(viewers), args.http.cors())
         .with_matchmaker(Arc::new(game_server::LocalMatchmaker(game)));
-    let router: Router = httpkit::ops_router()
+    let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness.clone(),
+        Some(gateway.clone()),
+        args.http.drain(),
+    ));
+    let router: Router = httpkit::ops_router(readiness)
         .merge(gateway.router())
-        .merge(api::router(api));
+        .merge(api::router(api))
+        .fallback(httpkit::no_such_route);
     let result = httpkit::serve_with(
         http,
-        router.fallback(httpkit::no_such_route),
+        args.http.cors().apply(router),
         shutdown.clone(),
         limits,
     )
@@ -185,8 +245,15 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
         &mut tasks,
     )
     .await?;
+    let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness.clone(),
+        None,
+        args.http.drain(),
+    ));
     // A game server's HTTP port: its matchmaker (for APIs in other processes) and ops.
-    let router = httpkit::ops_router().merge(httpkit::matchmaking_router(
+    let router = httpkit::ops_router(readiness).merge(httpkit::matchmaking_router(
         Arc::new(game_server::LocalMatchmaker(game)),
         signer,
     ));
@@ -221,6 +288,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         &args.viewers,
         &args.redis,
         limits,
+        args.http.cors(),
         &backends,
         &signer,
         &shutdown,
@@ -232,7 +300,14 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("http://{http_addr}")),
     );
-    let result = gw.run(http).await;
+    let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness.clone(),
+        Some(gw.clone()),
+        args.http.drain(),
+    ));
+    let result = gw.run(http, readiness).await;
     shutdown.cancel();
     result.context("HTTP server")
 }
@@ -259,6 +334,26 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
         return Ok(());
     }
     let http = listen(&args.http, "aggregator")?;
+    let backends = Backends {
+        log,
+        ticks,
+        boards: Some(boards),
+        history: Some(history),
+    };
+    let readiness = connect::readiness(&backends, None).await?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness.clone(),
+        None,
+        args.http.drain(),
+    ));
+    let Backends {
+        log,
+        ticks,
+        boards,
+        history,
+    } = backends;
+    let (boards, history) = (boards.expect("opened"), history.expect("opened"));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(aggregator::run(
         args.boards.config(),
@@ -273,7 +368,7 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
         .limits(fanout_gateway::GatewayConfig::default().stall_deadline);
     let result = httpkit::serve_with(
         http,
-        httpkit::ops_router().fallback(httpkit::no_such_route),
+        httpkit::ops_router(readiness).fallback(httpkit::no_such_route),
         shutdown.clone(),
         limits,
     )
@@ -295,12 +390,22 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         boards: Some(boards),
         history: Some(history),
     };
-    let state = connect::api_state(&backends, &signer, None);
+    let state = connect::api_state(&backends, &signer, None, args.http.cors());
     let state = match &args.matchmaker_url {
         Some(url) => state.with_matchmaker(Arc::new(api::RemoteMatchmaker::new(url))),
         None => state,
     };
-    let result = api::run(state, http, shutdown.clone()).await;
+    let limits = args
+        .http
+        .limits(fanout_gateway::GatewayConfig::default().stall_deadline);
+    let readiness = connect::readiness(&backends, None).await?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness.clone(),
+        None,
+        args.http.drain(),
+    ));
+    let result = api::run(state, http, shutdown.clone(), limits, readiness).await;
     shutdown.cancel();
     result.context("HTTP server")
 }

@@ -17,10 +17,25 @@ async fn dashboard_in_chromium() {
         "run `npm ci` in web-dashboard first (scripts/test does)"
     );
     let backend = Backend::embedded();
-    // Publish stamps let the page measure publish -> pixel; a short ping keeps reconnects quick.
+    // A port for a broadcaster's overlay page of another origin, allowed to read cross-origin.
+    let overlay_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let overlay = format!("http://127.0.0.1:{overlay_port}");
+    // Publish stamps let the page measure publish -> pixel.
     let app = App::spawn(
         &backend,
-        &["--matches", "2", "--bots", "8", "--stamp-publish-time"],
+        &[
+            "--matches",
+            "2",
+            "--bots",
+            "8",
+            "--stamp-publish-time",
+            "--cors-origins",
+            &overlay,
+        ],
     )
     .await;
     app.live_matches(2).await;
@@ -31,6 +46,7 @@ async fn dashboard_in_chromium() {
             .arg("browser/run.mjs")
             .current_dir(&dir)
             .env("BASE", base)
+            .env("OVERLAY_PORT", overlay_port.to_string())
             .env("ARTIFACTS", dir.join("test-artifacts"))
             .env(
                 "MEASURE_MS",

@@ -20,6 +20,20 @@ async fn feed_v2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_streams() {
+    let backend = Backend::embedded();
+    scenarios::filtered_streams(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_drain() {
+    let backend = Backend::embedded();
+    scenarios::readiness_and_drain(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::embedded();
     scenarios::scores_and_history(&backend).await;

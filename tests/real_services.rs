@@ -60,3 +60,17 @@ async fn gateway_failover() {
     scenarios::gateway_failover(&backend).await;
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_status() {
+    let backend = Backend::real().await;
+    scenarios::producer_status(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_drain() {
+    let backend = Backend::real().await;
+    scenarios::readiness_and_drain(&backend).await;
+    backend.cleanup().await;
+}

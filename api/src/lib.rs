@@ -45,6 +45,8 @@ pub struct ApiConfig {
     /// Guest tokens per IP: burst, then one per this interval.
     pub guest_burst: u32,
     pub guest_refill: Duration,
+    /// Origins whose pages may read the API (CORS).
+    pub cors: httpkit::CorsOrigins,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +56,7 @@ impl Default for ApiConfig {
             snapshot_ttl: Duration::from_secs(1),
             guest_burst: 30,
             guest_refill: Duration::from_secs(2),
+            cors: httpkit::CorsOrigins::default(),
         }
     }
 }
@@ -165,16 +168,22 @@ pub fn router(state: ApiState) -> Router {
         .merge(matchmaking)
 }
 
-/// Serves the API alone (plus `/healthz` and `/metrics`) on `listener` until `shutdown`.
+/// Serves the API alone (plus the ops routes answering for `readiness`) on `listener` until
+/// `shutdown`.
 pub async fn run(
     state: ApiState,
     listener: tokio::net::TcpListener,
     shutdown: httpkit::Shutdown,
+    limits: httpkit::ConnectionLimits,
+    readiness: httpkit::Readiness,
 ) -> std::io::Result<()> {
-    let router = router(state)
-        .merge(httpkit::ops_router())
-        .fallback(httpkit::no_such_route);
-    httpkit::serve(listener, router, shutdown).await
+    let cors = state.inner.config.cors.clone();
+    let router = cors.apply(
+        router(state)
+            .merge(httpkit::ops_router(readiness))
+            .fallback(httpkit::no_such_route),
+    );
+    httpkit::serve_with(listener, router, shutdown, limits).await
 }
 
 async fn openapi() -> Response {

@@ -9,6 +9,7 @@ pub mod leaderboard;
 pub mod leases;
 pub mod matchlog;
 pub mod membership;
+mod probe;
 pub mod rooms;
 
 /// The prefix of every Redis key Grandstand writes unless told otherwise (tests and
@@ -29,6 +30,7 @@ pub use matchlog::{
     MemoryLog, MemoryLogLimits, NatsLog, NatsLogConfig, TickBus, TickStream,
 };
 pub use membership::{GatewayInfo, Membership, MemoryMembership, RedisMembership};
+pub use probe::RedisProbe;
 pub use protocol::LogKind;
 pub use rooms::{
     CheckpointStore, MemoryCheckpoints, MemoryRegistry, RedisCheckpoints, RedisRegistry, RoomInfo,

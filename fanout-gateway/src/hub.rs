@@ -53,6 +53,7 @@ pub(crate) struct HubHandle {
 pub(crate) type Registry = Arc<Mutex<HashMap<String, HubHandle>>>;
 
 pub(crate) struct Hub {
+    pub draining: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
     pub match_id: String,
     pub config: Arc<GatewayConfig>,
     pub log: Arc<dyn MatchLog>,
@@ -169,6 +170,8 @@ impl Hub {
             parked: Vec::new(),
             held_since: None,
             flush_now: false,
+            last_record: Instant::now(),
+            producer_down: false,
         };
         // The match's broadcast delay, as its latest keyframe states it.
         let mut delay_us = 0u64;
@@ -176,6 +179,8 @@ impl Hub {
         let mut empty_since = Some(Instant::now());
         let mut sweep = tokio::time::interval(Duration::from_millis(500));
         let mut last_ping = Instant::now();
+        // While draining: the viewers there were when it began, and how many were closed.
+        let mut drained: Option<(usize, usize)> = None;
         loop {
             let next_due = line.next_due().map(|due| {
                 tokio::time::Instant::now() + Duration::from_micros(due.saturating_sub(now_us()))
@@ -225,6 +230,11 @@ impl Hub {
                 }
                 _ = sweep.tick() => {
                     served.release_parked(&self.config);
+                    served.check_producer();
+                    let draining = *self.draining.lock().unwrap();
+                    if let Some((since, period)) = draining {
+                        served.drain_step(since, period, self.config.retry_after_ms, &mut drained);
+                    }
                     let stall = self.config.stall_deadline;
                     // WebSocket viewers are pinged from here, all of a hub's at once, instead
                     // of by a timer per connection; one that stayed silent for three intervals
@@ -300,7 +310,15 @@ struct ServedMatch {
     held_since: Option<tokio::time::Instant>,
     /// A delta (or a fresh snapshot) was fanned out: wake the viewers now.
     flush_now: bool,
+    /// When the last record was taken, and whether the viewers were told the producer is down.
+    last_record: Instant,
+    producer_down: bool,
 }
+
+/// A live match silent for this long has its viewers told `producer_down` (its game server
+/// died and no server took it over yet, or the log stopped delivering): a live match sends a
+/// delta every tenth of a second.
+pub(crate) const PRODUCER_SILENCE: Duration = Duration::from_secs(2);
 
 /// Whether a viewer that has seen `since` is ahead of a feed at `at`: it resumes from another
 /// gateway that read further (this hub is catching up after a freeze, a resubscribe or a slow
@@ -317,6 +335,11 @@ fn ahead_of(since: Option<StreamPosition>, at: Option<StreamPosition>) -> bool {
 impl ServedMatch {
     /// Applies one released log item.
     fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> Flow {
+        self.last_record = Instant::now();
+        if self.producer_down {
+            self.producer_down = false;
+            self.tell_status("producer_up");
+        }
         if item.record.kind == LogKind::Event {
             self.held_since
                 .get_or_insert_with(tokio::time::Instant::now);
@@ -332,6 +355,70 @@ impl ServedMatch {
         }
         self.release_parked(config);
         flow
+    }
+
+    /// Attaches a viewer (its first frames queued), telling it too if the producer is down.
+    fn attach_viewer(&mut self, a: Attach, config: &GatewayConfig) {
+        let before = self.viewers.len();
+        attach(&mut self.feed, &mut self.viewers, a, config);
+        if self.producer_down && self.viewers.len() > before {
+            if let (Some(v), Some(frame)) = (
+                self.viewers.last(),
+                self.feed.status_frame("producer_down", protocol::now_ms()),
+            ) {
+                v.push(frame, || None);
+                v.wake();
+            }
+        }
+    }
+
+    /// Tells every viewer what the gateway knows of the producer (a `status` message, not on
+    /// the version line).
+    fn tell_status(&mut self, status: &str) {
+        metrics::PRODUCER_STATUS.with_label_values(&[status]).inc();
+        if let Some(frame) = self.feed.status_frame(status, protocol::now_ms()) {
+            for v in &self.viewers {
+                v.push(frame.clone(), || None);
+            }
+            self.flush_now = true;
+        }
+    }
+
+    /// One drain step: closes as many viewers as the time elapsed in `period` says (of those
+    /// there were when draining began), with a retry hint, so they come back spread out.
+    fn drain_step(
+        &mut self,
+        since: std::time::Instant,
+        period: Duration,
+        retry_after_ms: u64,
+        drained: &mut Option<(usize, usize)>,
+    ) {
+        let (at_start, closed) = drained.get_or_insert((self.viewers.len(), 0));
+        let share = if period.is_zero() {
+            1.0
+        } else {
+            (since.elapsed().as_secs_f64() / period.as_secs_f64()).min(1.0)
+        };
+        let due = ((*at_start as f64 * share).ceil() as usize).saturating_sub(*closed);
+        for v in self.viewers.iter().filter(|v| !v.is_closed()).take(due) {
+            v.close(going_away("server draining", retry_after_ms));
+            *closed += 1;
+            metrics::DRAINED.inc();
+        }
+    }
+
+    /// On the sweep: a live match that stopped sending records has its viewers told.
+    fn check_producer(&mut self) {
+        let live = self.feed.state().status == protocol::MatchStatus::Live;
+        if self.caught_up
+            && live
+            && !self.producer_down
+            && self.last_record.elapsed() >= PRODUCER_SILENCE
+        {
+            self.producer_down = true;
+            self.tell_status("producer_down");
+            self.wake_all();
+        }
     }
 
     /// Wakes every viewer that was handed frames since it was last woken.
@@ -365,7 +452,7 @@ impl ServedMatch {
             metrics::PARKED_RESUMES.inc();
             self.parked.push((a, Instant::now() + PARK_LIMIT));
         } else {
-            attach(&mut self.feed, &mut self.viewers, a, config);
+            self.attach_viewer(a, config);
         }
     }
 
@@ -378,7 +465,7 @@ impl ServedMatch {
         let now = Instant::now();
         for (a, until) in std::mem::take(&mut self.parked) {
             if !ahead_of(a.since, self.feed.position()) {
-                attach(&mut self.feed, &mut self.viewers, a, config);
+                self.attach_viewer(a, config);
             } else if now >= until {
                 metrics::BEHIND_REFUSALS.inc();
                 let _ = a.reply.send(Err(AttachError::Behind));
@@ -417,7 +504,9 @@ fn deliver(
             // Counted once per fan-out, not once per viewer.
             let mut bytes = 0;
             viewers.retain(|v| {
-                bytes += v.wire.bytes(&frame).len();
+                if v.wire.filter.accepts(&frame) {
+                    bytes += v.wire.bytes(&frame).len();
+                }
                 match v.push(frame.clone(), || feed.snapshot_frame()) {
                     Pushed::Queued => true,
                     Pushed::Substituted => {
@@ -492,6 +581,10 @@ mod tests {
     const WIRE: Wire = Wire {
         format: protocol::Format::V1,
         transport: crate::queue::Transport::Sse,
+        filter: crate::queue::Filter {
+            deltas: true,
+            kinds: u8::MAX,
+        },
     };
 
     fn at(version: u64) -> Option<StreamPosition> {
@@ -674,5 +767,43 @@ mod tests {
             seen,
             (31..=34).map(|v| (FrameKind::Delta, v)).collect::<Vec<_>>()
         );
+    }
+
+    /// A live match whose producer goes silent: its viewers are told `producer_down` (not on
+    /// the version line) instead of silence, and `producer_up` right before its next record.
+    #[tokio::test]
+    async fn viewers_are_told_when_the_producer_stops_and_comes_back() {
+        let log = Arc::new(MemoryLog::new(MemoryLogLimits::default()));
+        log.publish(record(10, LogKind::Keyframe)).await.unwrap();
+        publish(&log, 11..=12).await;
+        let gw = Gateway::new(
+            GatewayConfig::default(),
+            log.clone(),
+            log.clone(),
+            TokenSigner::new(b"test-secret-0123456789abcdef"),
+            Shutdown::new(),
+        );
+        let viewer = gw.attach("m1", None, WIRE).await.unwrap();
+        assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 12));
+        let started = Instant::now();
+        let status = first(&viewer).await;
+        assert_eq!(
+            status,
+            (FrameKind::Status, 12),
+            "told, at its current position"
+        );
+        assert!(started.elapsed() >= PRODUCER_SILENCE - Duration::from_millis(100));
+        // A viewer arriving meanwhile is told too.
+        let late = gw.attach("m1", None, WIRE).await.unwrap();
+        let got = drain(&late, Duration::from_millis(300)).await;
+        assert_eq!(
+            got,
+            vec![(FrameKind::Snapshot, 12), (FrameKind::Status, 12)]
+        );
+        publish(&log, 13..=13).await;
+        let got = drain(&viewer, Duration::from_millis(500)).await;
+        assert_eq!(got, vec![(FrameKind::Status, 12), (FrameKind::Delta, 13)]);
+        let batch = tokio::time::timeout(Duration::from_secs(1), viewer.next_batch()).await;
+        assert!(batch.is_err(), "nothing more");
     }
 }

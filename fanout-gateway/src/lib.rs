@@ -67,6 +67,8 @@ pub struct GatewayConfig {
     pub handshakes_per_sec: u32,
     /// Limits on every connection to this gateway (head deadline, write stall, count).
     pub connections: httpkit::ConnectionLimits,
+    /// Origins allowed to open streams from their pages (CORS and the WebSocket `Origin`).
+    pub cors: httpkit::CorsOrigins,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +90,7 @@ impl Default for GatewayConfig {
             handshake_burst: 200,
             handshakes_per_sec: 50,
             connections: httpkit::ConnectionLimits::default(),
+            cors: httpkit::CorsOrigins::default(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct Gateway {
     membership: Arc<dyn Membership>,
     me: Arc<Mutex<Option<GatewayInfo>>>,
     pub(crate) shared: Option<Arc<limits::SharedPlaces>>,
+    /// Set when the gateway drains: since when, and over how long its viewers are moved off.
+    pub(crate) draining: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
 }
 
 impl Gateway {
@@ -137,6 +142,7 @@ impl Gateway {
             ticks,
             signer,
             registry: Arc::new(Mutex::new(HashMap::new())),
+            draining: Arc::default(),
             boards: Arc::new(boards::BoardFeeds::default()),
             shutdown,
         }
@@ -219,21 +225,45 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// Serves the gateway alone (its routes plus `/healthz` and `/metrics`) on `listener` until
-    /// `shutdown`.
-    pub async fn run(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// Serves the gateway alone (its routes plus the ops routes answering for `readiness`) on
+    /// `listener` until `shutdown`.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        readiness: httpkit::Readiness,
+    ) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
         let limits = self.config.connections.clone();
-        let router = self
-            .router()
-            .merge(httpkit::ops_router())
-            .fallback(httpkit::no_such_route);
+        let router = self.config.cors.apply(
+            self.router()
+                .merge(httpkit::ops_router(readiness))
+                .fallback(httpkit::no_such_route),
+        );
         httpkit::serve_with(listener, router, shutdown, limits).await
     }
 
     /// The signer checking viewers' tokens (shared with the API in `all`).
     pub fn signer(&self) -> TokenSigner {
         self.signer.clone()
+    }
+
+    /// Starts moving the viewers off, spread over `period`: each hub closes its viewers a few
+    /// at a time (1012 with a retry hint), so the audience comes back (to other gateways) spread
+    /// out rather than all in the same second. New viewers are still served meanwhile (a
+    /// load balancer stops sending them once readiness says draining).
+    pub fn drain(&self, period: Duration) {
+        metrics::DRAINING.set(1);
+        *self.draining.lock().unwrap() = Some((std::time::Instant::now(), period));
+    }
+
+    /// Viewers connected to this gateway, all matches.
+    pub fn total_viewers(&self) -> u64 {
+        self.registry
+            .lock()
+            .unwrap()
+            .values()
+            .map(|h| h.viewers.load(Ordering::Relaxed) as u64)
+            .sum()
     }
 
     /// Viewers of `match_id` connected to this gateway.
@@ -291,6 +321,7 @@ impl Gateway {
         };
         registry.insert(match_id.to_string(), handle.clone());
         let hub = Hub {
+            draining: self.draining.clone(),
             match_id: match_id.to_string(),
             config: self.config.clone(),
             log: self.log.clone(),

@@ -62,6 +62,28 @@ pub static ENCODE_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static PRODUCER_STATUS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gw_producer_status_total",
+        "Status messages fanned out: producer_down (a live match silent for 2 s), producer_up",
+        &["status"]
+    )
+    .unwrap()
+});
+pub static DRAINING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gw_draining",
+        "1 while the gateway moves its viewers off before stopping"
+    )
+    .unwrap()
+});
+pub static DRAINED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_drained_viewers_total",
+        "Viewers closed by a drain, a few at a time"
+    )
+    .unwrap()
+});
 pub static VIEWER_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gw_viewer_writes_total",

@@ -19,6 +19,84 @@ use tokio::sync::Notify;
 pub struct Wire {
     pub format: Format,
     pub transport: Transport,
+    pub filter: Filter,
+}
+
+/// What a viewer asked to be sent (`?types=`, `?kinds=`): snapshots and status messages
+/// always; deltas unless `types` leaves them out; events of the kinds asked for (all by
+/// default). A filtered viewer's versions skip what it did not ask for; everything it is sent
+/// is still on the match's version line, and resuming from its last `epoch:version` works the
+/// same (the retained frames are filtered too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    pub(crate) deltas: bool,
+    /// One bit per `MatchEvent::KINDS` entry.
+    pub(crate) kinds: u8,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            deltas: true,
+            kinds: u8::MAX,
+        }
+    }
+}
+
+impl Filter {
+    /// Parses `types` (`delta`, `event`, comma separated) and `kinds` (event kinds), naming
+    /// the field that is wrong.
+    pub fn parse(
+        types: Option<&str>,
+        kinds: Option<&str>,
+    ) -> Result<Filter, (&'static str, String)> {
+        let mut filter = Filter::default();
+        if let Some(types) = types {
+            let (mut deltas, mut events) = (false, false);
+            for t in types.split(',').map(str::trim) {
+                match t {
+                    "delta" => deltas = true,
+                    "event" => events = true,
+                    other => return Err(("types", format!("{other:?} is not delta or event"))),
+                }
+            }
+            filter.deltas = deltas;
+            if !events {
+                filter.kinds = 0;
+            }
+        }
+        if let Some(kinds) = kinds {
+            let mut mask = 0u8;
+            for k in kinds.split(',').map(str::trim) {
+                let Some(i) = protocol::MatchEvent::KINDS.iter().position(|x| *x == k) else {
+                    return Err((
+                        "kinds",
+                        format!(
+                            "{k:?} is not an event kind ({})",
+                            protocol::MatchEvent::KINDS.join(", ")
+                        ),
+                    ));
+                };
+                mask |= 1 << i;
+            }
+            filter.kinds &= mask;
+        }
+        Ok(filter)
+    }
+
+    pub fn accepts(&self, frame: &Frame) -> bool {
+        match frame.kind {
+            protocol::FrameKind::Delta => self.deltas,
+            protocol::FrameKind::Event => match frame.event_kind {
+                Some(k) => protocol::MatchEvent::KINDS
+                    .iter()
+                    .position(|x| *x == k)
+                    .is_some_and(|i| self.kinds & (1 << i) != 0),
+                None => self.kinds == u8::MAX,
+            },
+            protocol::FrameKind::Snapshot | protocol::FrameKind::Status => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +145,9 @@ struct State {
     partial: Option<Bytes>,
     control: VecDeque<Bytes>,
 }
+
+/// Control frames (pongs, pings, the close) that may wait for a viewer's socket.
+pub const CONTROL_LIMIT: usize = 16;
 
 /// What a direct write of the queue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +216,11 @@ impl ViewerQueue {
     /// Pings a direct (WebSocket) viewer.
     pub fn ping(&self) {
         if self.direct.get().is_some() {
-            self.push_control(protocol::ws::server_frame(protocol::ws::OP_PING, b"", false));
+            self.push_control(protocol::ws::server_frame(
+                protocol::ws::OP_PING,
+                b"",
+                false,
+            ));
             let mut s = self.state.lock().unwrap();
             s.unwoken = true;
             drop(s);
@@ -149,9 +234,14 @@ impl ViewerQueue {
         let _ = self.direct.set(socket);
     }
 
-    /// Queues a control frame (pong, ping, close) for the direct writes.
+    /// Queues a control frame (pong, ping, close) for the direct writes. At most
+    /// [`CONTROL_LIMIT`] wait: a viewer that floods pings without reading gets no more pongs
+    /// (RFC 6455 lets a pong answer only the latest ping), and the stall rule closes it.
     pub fn push_control(&self, frame: Bytes) {
-        self.state.lock().unwrap().control.push_back(frame);
+        let mut s = self.state.lock().unwrap();
+        if s.control.len() < CONTROL_LIMIT {
+            s.control.push_back(frame);
+        }
     }
 
     /// Writes what is queued (the half-sent rest, control frames, then queued frames) to the
@@ -187,6 +277,9 @@ impl ViewerQueue {
         let mut s = self.state.lock().unwrap();
         if s.closed.is_some() {
             return Pushed::Closed;
+        }
+        if !self.wire.filter.accepts(&frame) {
+            return Pushed::Queued;
         }
         let outcome = if s.frames.len() >= self.capacity {
             s.frames.clear();
@@ -230,7 +323,8 @@ impl ViewerQueue {
     /// Queues frames a (re)connecting viewer must see first. Never substitutes.
     pub fn push_initial(&self, frames: Vec<Arc<Frame>>) {
         let mut s = self.state.lock().unwrap();
-        s.frames.extend(frames);
+        s.frames
+            .extend(frames.into_iter().filter(|f| self.wire.filter.accepts(f)));
         drop(s);
         self.notify.notify_one();
     }
@@ -372,7 +466,22 @@ mod tests {
         Wire {
             format: Format::V2,
             transport: Transport::WebSocket { deflate: true },
+            filter: Filter::default(),
         }
+    }
+
+    #[test]
+    fn filters_name_what_they_refuse() {
+        assert_eq!(Filter::parse(None, None), Ok(Filter::default()));
+        let events = Filter::parse(Some("event"), None).unwrap();
+        assert!(!events.deltas && events.kinds == u8::MAX);
+        let kills = Filter::parse(Some("event"), Some("kill,match_ended")).unwrap();
+        assert_eq!(kills.kinds.count_ones(), 2);
+        assert_eq!(Filter::parse(Some("deltas"), None).unwrap_err().0, "types");
+        assert_eq!(
+            Filter::parse(None, Some("kill,goal")).unwrap_err().0,
+            "kinds"
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::limits::{CapExceeded, CapGuard, SharedPlace, SharedRefusal};
 use crate::metrics;
-use crate::queue::{CloseReason, Transport, ViewerQueue, Wire};
+use crate::queue::{CloseReason, Filter, Transport, ViewerQueue, Wire};
 use crate::websocket::{self, Handshake};
 use crate::{AttachError, Gateway};
 
@@ -26,6 +26,8 @@ pub(crate) struct StreamQuery {
     since: Option<String>,
     token: Option<String>,
     format: Option<String>,
+    types: Option<String>,
+    kinds: Option<String>,
 }
 
 pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
@@ -155,9 +157,23 @@ pub(crate) async fn handle(
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => return reject("bad_request", ApiError::invalid(field, e)),
     };
+    if websocket && !gw.config.cors.allows_handshake(&parts.headers) {
+        return reject(
+            "origin",
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "pages of this Origin may not open streams here (see --cors-origins)",
+            ),
+        );
+    }
     let format = match choose_format(query.format.as_deref(), websocket.then_some(&parts.headers)) {
         Ok(f) => f,
         Err(e) => return reject("bad_request", e),
+    };
+    let filter = match Filter::parse(query.types.as_deref(), query.kinds.as_deref()) {
+        Ok(f) => f,
+        Err((field, why)) => return reject("bad_request", ApiError::invalid(field, why)),
     };
     let handshake = if websocket {
         match Handshake::check(&mut parts, format) {
@@ -169,6 +185,7 @@ pub(crate) async fn handle(
     };
     let wire = Wire {
         format,
+        filter,
         transport: match &handshake {
             Some(h) => Transport::WebSocket {
                 deflate: h.deflate(),

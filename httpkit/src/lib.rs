@@ -4,8 +4,13 @@
 //! `/healthz` and Prometheus `/metrics`, and the `POST /v1/matchmaking/join` route, whose
 //! contract is shared by the game server that serves it and the API that forwards it.
 
+mod cors;
 mod limiter;
 mod matchmaking;
+mod ready;
+
+pub use cors::CorsOrigins;
+pub use ready::Readiness;
 
 pub use limiter::RateLimiter;
 pub use matchmaking::{matchmaking_router, Assignment, Matchmaking, MAX_SKILL};
@@ -139,9 +144,11 @@ pub fn authenticate(
         })
 }
 
-/// `/healthz` and `/metrics` (Prometheus text format, the process-wide registry).
-pub fn ops_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
+/// `/healthz` (liveness), `/readyz` (the role's `readiness`) and `/metrics` (Prometheus text
+/// format, the process-wide registry).
+pub fn ops_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+    readiness
+        .router()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),

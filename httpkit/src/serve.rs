@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -40,6 +40,11 @@ pub struct ConnectionLimits {
     /// `SO_SNDBUF` for accepted connections (`None`: the kernel's autotuning, up to megabytes
     /// per connection).
     pub send_buffer: Option<usize>,
+    /// Request bodies larger than this are refused with 413: at once when `Content-Length`
+    /// says so (before any of it is read, so a client that sent `Expect: 100-continue` never
+    /// uploads it), or when a chunked body grows past it. Grandstand's requests are small
+    /// JSON documents.
+    pub max_body: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -50,6 +55,7 @@ impl Default for ConnectionLimits {
             write_stall: Duration::from_secs(45),
             keepalive: Some(Duration::from_secs(30)),
             send_buffer: None,
+            max_body: 64 * 1024,
         }
     }
 }
@@ -160,6 +166,7 @@ pub async fn serve_with(
     limits: ConnectionLimits,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(limits.max_body));
     let connections = TaskTracker::new();
     let limits = Arc::new(limits);
     loop {
@@ -190,19 +197,30 @@ pub async fn serve_with(
         });
         let io = TokioIo::new(WriteDeadline::new(SharedSocket(socket), limits.write_stall));
         let (router, shutdown, limits) = (router.clone(), shutdown.clone(), limits.clone());
+        let max_body = limits.max_body;
         connections.spawn(async move {
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.extensions_mut().insert(connection.clone());
-                    router.clone().oneshot(request.map(Body::new))
+                    let too_large = declared_body(&request).is_some_and(|n| n > max_body);
+                    let router = router.clone();
+                    async move {
+                        if too_large {
+                            return Ok(body_too_large(max_body));
+                        }
+                        router.oneshot(request.map(Body::new)).await
+                    }
                 });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            // HTTP/1 only: an HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0`) is refused
+            // as a malformed request instead of opening a connection that the request-head
+            // deadline does not cover. Viewers stream over WebSocket or SSE on HTTP/1.1; TLS
+            // and HTTP/2 towards browsers are the reverse proxy's job.
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            let connection = builder.serve_connection_with_upgrades(io, service);
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -220,6 +238,34 @@ pub async fn serve_with(
     // Streams close themselves at shutdown; do not wait forever on a peer that will not go.
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
     Ok(())
+}
+
+fn declared_body<B>(request: &hyper::Request<B>) -> Option<usize> {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// 413 with the JSON error body every route uses; the connection closes after it, since the
+/// body it announced is never read.
+fn body_too_large(max_body: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = crate::ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request bodies are limited to {max_body} bytes"),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn tune(stream: &TcpStream, limits: &ConnectionLimits) -> io::Result<()> {
@@ -366,5 +412,104 @@ mod tests {
         // never 300 ms without progress.
         guarded.write_all(&[0u8; 16 * 1024]).await.unwrap();
         reader.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn server(limits: ConnectionLimits) -> (std::net::SocketAddr, Shutdown) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let router = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        );
+        tokio::spawn(serve_with(listener, router, shutdown.clone(), limits));
+        (addr, shutdown)
+    }
+
+    /// Reads until the server closes (or `limit` passes: `None`).
+    async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+        let mut got = Vec::new();
+        tokio::time::timeout(limit, stream.read_to_end(&mut got))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&got).into_owned())
+    }
+
+    #[tokio::test]
+    async fn an_http2_prior_knowledge_preface_is_refused_and_closed() {
+        let (addr, shutdown) = server(ConnectionLimits {
+            header_read_timeout: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        // Well inside the 30 s head deadline: the preface is not a request we serve.
+        let answer = read_to_close(&mut stream, Duration::from_secs(3))
+            .await
+            .expect("the connection is closed at once, not left open");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{answer:?}"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_with_413_before_it_is_sent() {
+        let (addr, shutdown) = server(ConnectionLimits {
+            max_body: 1000,
+            ..Default::default()
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // Announces 50 MB and waits, as a client with `Expect: 100-continue` does.
+        stream
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\n\
+                  expect: 100-continue\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut stream, Duration::from_secs(3))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("\"body_too_large\""), "{answer}");
+
+        // A chunked body that grows past the limit is refused too; a small one is served.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let chunk = vec![b'a'; 1500];
+        let mut request =
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        stream.write_all(&request).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 413");
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut stream, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
+        shutdown.cancel();
     }
 }

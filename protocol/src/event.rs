@@ -58,6 +58,26 @@ pub struct EventRecord {
 }
 
 impl MatchEvent {
+    /// Every event kind, as `kind` names it on the wire.
+    pub const KINDS: [&'static str; 5] = [
+        "match_started",
+        "player_joined",
+        "player_left",
+        "kill",
+        "match_ended",
+    ];
+
+    /// This event's kind, as `kind` names it on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MatchEvent::MatchStarted {} => "match_started",
+            MatchEvent::PlayerJoined { .. } => "player_joined",
+            MatchEvent::PlayerLeft { .. } => "player_left",
+            MatchEvent::Kill { .. } => "kill",
+            MatchEvent::MatchEnded { .. } => "match_ended",
+        }
+    }
+
     /// Points each player gains from this event on the score leaderboards.
     pub fn score_changes(&self) -> Vec<(&str, i64)> {
         match self {

@@ -214,6 +214,9 @@ impl App {
         }
         let child = cmd
             .args(args)
+            // Stopping with viewers attached would otherwise spread their closes over the
+            // default 10 s; a test that measures the drain sets its own.
+            .env("GRANDSTAND_DRAIN_SECS", "1")
             .envs(backend.env())
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .env("RUST_LOG", "info,sqlx=warn,async_nats=warn")
@@ -331,11 +334,22 @@ impl App {
 
     /// Stops the process with SIGTERM (graceful shutdown) and waits for it; returns the
     /// arguments it was started with (after the role), to start it again.
-    pub async fn stop(mut self) -> Vec<String> {
+    pub async fn stop(self) -> Vec<String> {
+        self.terminate();
+        self.exited(Duration::from_secs(20)).await
+    }
+
+    /// Sends SIGTERM and returns at once (the process drains, then stops).
+    pub fn terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Waits up to `limit` for the process to exit successfully; the arguments it was started
+    /// with.
+    pub async fn exited(mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 assert!(
@@ -346,7 +360,7 @@ impl App {
                 break;
             }
             if Instant::now() > deadline {
-                panic!("grandstand did not stop on SIGTERM\n{}", self.log());
+                panic!("grandstand did not stop within {limit:?}\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

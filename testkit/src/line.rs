@@ -75,6 +75,8 @@ pub struct VersionLine {
     pub snapshots: u64,
     /// Snapshots that moved the viewer to a new epoch (a match taken over after a crash).
     pub epochs_entered: u64,
+    /// `status` messages (not on the version line).
+    pub statuses: u64,
 }
 
 impl VersionLine {
@@ -89,9 +91,15 @@ impl VersionLine {
         format!("{e}:{v}")
     }
 
-    /// Takes one message as the viewer received it (its JSON envelope).
+    /// Takes one message as the viewer received it (its JSON envelope). A `status` message
+    /// (the producer went down or came back) is not on the version line: it is counted and
+    /// leaves the position where it is.
     pub fn observe_message(&mut self, message: &serde_json::Value) -> Result<(), Break> {
         let kind = message["type"].as_str();
+        if kind == Some("status") {
+            self.statuses += 1;
+            return Ok(());
+        }
         let (Some(kind), Some(epoch), Some(version)) = (
             kind.and_then(MessageKind::parse),
             message["epoch"].as_u64(),

@@ -39,6 +39,14 @@ impl Drop for Service {
 /// Where a server's log says it listens: `http_addr=<addr>` (every `grandstand` role) or a line
 /// `listening <port>` (the benchmark peers). Pure, so the rule is tested on its own.
 pub fn listening_url(log: &str) -> Option<String> {
+    // `--log-format json`: `"http_addr":"127.0.0.1:41234"`.
+    if let Some(i) = log.find("\"http_addr\":\"") {
+        let addr: String = log[i + "\"http_addr\":\"".len()..]
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect();
+        return Some(format!("http://{addr}"));
+    }
     if let Some(i) = log.find("http_addr=") {
         let addr: String = log[i + "http_addr=".len()..]
             .chars()
@@ -160,6 +168,11 @@ mod tests {
             Some("http://127.0.0.1:5123")
         );
         assert_eq!(listening_url("starting\nlistening soon\n"), None);
+        let json = r#"{"timestamp":"2026-12-02T01:00:00Z","level":"INFO","http_addr":"127.0.0.1:41234","role":"all","message":"HTTP listening"}"#;
+        assert_eq!(
+            listening_url(json).as_deref(),
+            Some("http://127.0.0.1:41234")
+        );
         assert_eq!(listening_url(""), None);
     }
 }

@@ -4,6 +4,7 @@
 
 import { execSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import net from "node:net";
 import { chromium } from "playwright-core";
 
@@ -186,6 +187,50 @@ try {
   results.v2WebSocket = v2;
   check(v2.extensions?.startsWith("permessage-deflate"), `Chromium negotiated permessage-deflate (${v2.extensions})`);
   check(v2.protocol === "grandstand.v2" && v2.type === "snapshot" && v2.roster, "feed v2 over the grandstand.v2 subprotocol, starting with a snapshot and its roster");
+
+  // Cross-origin, as a broadcaster's overlay page loaded from its own origin: the allowed
+  // origin (--cors-origins) fetches, streams over SSE and opens a WebSocket; another origin
+  // (the proxy's) is refused all three.
+  const overlayPort = Number(process.env.OVERLAY_PORT ?? 0);
+  if (overlayPort) {
+    const overlay = createServer((_, res) => {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end("<!doctype html><title>overlay</title><p>overlay</p>");
+    });
+    await new Promise((r) => overlay.listen(overlayPort, "127.0.0.1", r));
+    const tok = (await (await fetch(`${BASE}/v1/auth/guest`, { method: "POST" })).json()).token;
+    const crossOrigin = ({ base, id, tok }) =>
+      (async () => {
+        const out = {};
+        try {
+          out.fetch = (await fetch(`${base}/v1/matches/${id}/snapshot`)).status;
+        } catch (e) {
+          out.fetch = `refused: ${e.message}`;
+        }
+        out.sse = await new Promise((done) => {
+          const es = new EventSource(`${base}/v1/matches/${id}/stream?token=${tok}`);
+          es.addEventListener("snapshot", () => (es.close(), done("snapshot")));
+          es.onerror = () => (es.close(), done("error"));
+        });
+        out.ws = await new Promise((done) => {
+          const ws = new WebSocket(`${base.replace(/^http/, "ws")}/v1/matches/${id}/stream?token=${tok}`);
+          ws.onopen = () => (ws.close(), done("open"));
+          ws.onerror = () => done("error");
+        });
+        return out;
+      })();
+    await page.goto(`http://127.0.0.1:${overlayPort}/`);
+    const allowed = await page.evaluate(crossOrigin, { base: BASE, id: liveMatch.id, tok });
+    results.crossOriginAllowed = allowed;
+    check(allowed.fetch === 200 && allowed.sse === "snapshot" && allowed.ws === "open", `an allowed origin fetches, streams over SSE and opens a WebSocket (${JSON.stringify(allowed)})`);
+    await page.goto(`${proxy.url}/`);
+    consoleErrors.length = 0;
+    const refused = await page.evaluate(crossOrigin, { base: BASE, id: liveMatch.id, tok });
+    consoleErrors.length = 0; // the browser logs the refusals it was asked to provoke
+    results.crossOriginRefused = refused;
+    check(String(refused.fetch).startsWith("refused") && refused.sse === "error" && refused.ws === "error", `another origin is refused all three (${JSON.stringify(refused)})`);
+    overlay.close();
+  }
 
   // Leaderboards, with someone's own row pinned.
   const board = await (await fetch(`${BASE}/v1/leaderboards/global?limit=20`)).json();

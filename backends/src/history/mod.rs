@@ -93,6 +93,11 @@ pub trait History: Send + Sync + 'static {
     /// How many matches are recorded (for health and tests).
     async fn match_count(&self) -> Result<u64, HistoryError>;
 
+    /// Whether the store answers now (readiness).
+    async fn ready(&self) -> Result<(), HistoryError> {
+        self.match_count().await.map(|_| ())
+    }
+
     /// What a leaderboard rebuild needs from history.
     async fn rebuild_source(&self) -> Result<RebuildSource, HistoryError>;
 }

@@ -144,6 +144,11 @@ pub fn resolve_board(board: &str, now_ms: u64) -> Option<(String, bool)> {
 
 #[async_trait]
 pub trait Leaderboards: Send + Sync + 'static {
+    /// Whether the store answers now (readiness); the in-memory boards always do.
+    async fn ready(&self) -> Result<(), BoardError> {
+        Ok(())
+    }
+
     /// Applies a batch, each event atomically and exactly once; one outcome per event.
     async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError>;
 

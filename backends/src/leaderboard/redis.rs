@@ -294,6 +294,15 @@ impl RedisLeaderboards {
 
 #[async_trait]
 impl Leaderboards for RedisLeaderboards {
+    async fn ready(&self) -> Result<(), BoardError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn apply(&self, events: &[ScoredEvent]) -> Result<Vec<ApplyOutcome>, BoardError> {
         if events.is_empty() {
             return Ok(Vec::new());

@@ -57,6 +57,11 @@ pub fn tick_subject(subject_root: &str, board: &str) -> String {
 
 #[async_trait]
 pub trait MatchLog: Send + Sync + 'static {
+    /// Whether the log answers now (readiness); the in-process log always does.
+    async fn ready(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
     /// Appends a record. Publishing the same (match, epoch, version, kind) twice stores it once.
     async fn publish(&self, record: LogRecord) -> Result<(), LogError>;
 

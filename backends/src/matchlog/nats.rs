@@ -153,6 +153,22 @@ fn keyframe_error(e: stream::LastRawMessageError) -> LogError {
 
 #[async_trait]
 impl MatchLog for NatsLog {
+    async fn ready(&self) -> Result<(), LogError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(LogError::Unavailable(format!(
+                "NATS: {}",
+                self.client.connection_state()
+            )));
+        }
+        // The stream's leader answers (a node that lost its cluster does not).
+        let mut stream = self.stream.clone();
+        tokio::time::timeout(std::time::Duration::from_secs(2), stream.info())
+            .await
+            .map_err(|_| LogError::Unavailable("JetStream: no answer in 2 s".into()))?
+            .map(|_| ())
+            .map_err(LogError::unavailable)
+    }
+
     async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());

@@ -171,6 +171,11 @@ impl Session<'_> {
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             return false;
         };
+        if v["type"] == "status" {
+            // Told the producer is down (or back): the viewer is not left in silence.
+            self.viewer.heard();
+            return false;
+        }
         let (Some(kind), Some(epoch), Some(version)) = (
             v["type"].as_str().and_then(MessageKind::parse),
             v["epoch"].as_u64(),

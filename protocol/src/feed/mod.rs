@@ -32,6 +32,9 @@ pub enum FrameKind {
     Snapshot,
     Delta,
     Event,
+    /// Not on the version line: what the gateway knows of the match's producer (see
+    /// [`MatchFeed::status_frame`]).
+    Status,
 }
 
 impl FrameKind {
@@ -40,6 +43,7 @@ impl FrameKind {
             FrameKind::Snapshot => "snapshot",
             FrameKind::Delta => "delta",
             FrameKind::Event => "event",
+            FrameKind::Status => "status",
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Frame {
     pub v2: Encoded,
     /// `v2` as a compressed WebSocket frame (permessage-deflate, no context takeover).
     pub v2_deflated: Bytes,
+    /// An event's kind (`kill`, `player_joined`, ...), for feeds filtered by kind.
+    pub event_kind: Option<&'static str>,
     /// When the log accepted the record, if known (µs since the Unix epoch); for lag metrics,
     /// sent to viewers only by a feed built [`MatchFeed::with_publish_stamps`].
     pub published_us: Option<u64>,
@@ -124,6 +130,7 @@ impl Frame {
             v1: Encoded::new(kind, position, v1),
             v2: Encoded::new(kind, position, v2),
             v2_deflated: ws::server_frame(ws::OP_TEXT, &deflated, true),
+            event_kind: None,
             published_us: None,
         }
     }
@@ -289,8 +296,9 @@ impl MatchFeed {
                 if got != expected {
                     return Applied::Gap { expected, got };
                 }
-                let (kind, v1, v2) = if record.kind == LogKind::Delta {
-                    self.delta_bodies(record, got)
+                let (kind, v1, v2, event_kind) = if record.kind == LogKind::Delta {
+                    let (k, v1, v2) = self.delta_bodies(record, got);
+                    (k, v1, v2, None)
                 } else {
                     self.event_bodies(record, got)
                 };
@@ -304,6 +312,7 @@ impl MatchFeed {
                     envelope(kind, &self.match_id, got, stamp, &v2),
                 );
                 frame.published_us = published_us;
+                frame.event_kind = event_kind;
                 let frame = Arc::new(frame);
                 if self.ring.len() == self.ring_capacity {
                     self.ring.pop_front();
@@ -337,12 +346,13 @@ impl MatchFeed {
         }
     }
 
-    /// An event's v1 and v2 bodies (object insides).
+    /// An event's v1 and v2 bodies (object insides), and its kind.
+    #[allow(clippy::type_complexity)]
     fn event_bodies(
         &mut self,
         record: &LogRecord,
         at: StreamPosition,
-    ) -> (FrameKind, Vec<u8>, Vec<u8>) {
+    ) -> (FrameKind, Vec<u8>, Vec<u8>, Option<&'static str>) {
         match serde_json::from_slice::<EventRecord>(&record.body) {
             Ok(e) => {
                 let v1 = serde_json::to_vec(&ViewerEvent {
@@ -357,11 +367,16 @@ impl MatchFeed {
                         self.roster.forget(player);
                     }
                 }
-                (FrameKind::Event, inside(&v1).to_vec(), v2)
+                (
+                    FrameKind::Event,
+                    inside(&v1).to_vec(),
+                    v2,
+                    Some(e.event.kind()),
+                )
             }
             Err(e) => {
                 tracing::error!(match_id = %self.match_id, %at, error = %e, "malformed event");
-                (FrameKind::Event, Vec::new(), Vec::new())
+                (FrameKind::Event, Vec::new(), Vec::new(), None)
             }
         }
     }
@@ -383,6 +398,31 @@ impl MatchFeed {
         self.ring.clear();
         self.snapshot = None;
         Applied::Reset
+    }
+
+    /// A `status` message: `{"type":"status","match","epoch","version","status":S,"at_ms":..}`
+    /// with the current position (a status is not on the version line: it does not move a
+    /// viewer's position and is never replayed). `producer_down` when the match's game server
+    /// has been silent for a while (it died and nothing took the match over yet),
+    /// `producer_up` on its first record after that. The same in both formats; the SSE event
+    /// carries no `id`, so a browser's `Last-Event-ID` stays on the version line.
+    pub fn status_frame(&self, status: &str, at_ms: u64) -> Option<Arc<Frame>> {
+        let position = self.position?;
+        let mut fields = b"\"status\":".to_vec();
+        serde_json::to_writer(&mut fields, status).expect("a string serializes");
+        fields.extend_from_slice(format!(",\"at_ms\":{at_ms}").as_bytes());
+        let json = envelope(FrameKind::Status, &self.match_id, position, None, &fields);
+        let mut frame = Frame::new(FrameKind::Status, position, json.clone(), json);
+        let sse = |e: &Encoded| {
+            let mut out = BytesMut::with_capacity(e.json.len() + 24);
+            out.put_slice(b"event: status\ndata: ");
+            out.put_slice(&e.json);
+            out.put_slice(b"\n\n");
+            out.freeze()
+        };
+        frame.v1.sse = sse(&frame.v1);
+        frame.v2.sse = sse(&frame.v2);
+        Some(Arc::new(frame))
     }
 
     /// The snapshot frame at the current version, encoded at most once per version.

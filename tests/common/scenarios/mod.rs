@@ -5,21 +5,24 @@
 
 mod feed_v2;
 mod http;
+mod ops;
 mod players;
 mod scores;
 mod streams;
 
 // Each test binary runs some of the scenarios; the others are unused there.
 #[allow(unused_imports)]
-pub use feed_v2::feed_v2;
+pub use feed_v2::{feed_v2, filtered_streams};
 #[allow(unused_imports)]
 pub use http::http_errors;
+#[allow(unused_imports)]
+pub use ops::readiness_and_drain;
 #[allow(unused_imports)]
 pub use players::{crash_recovery, matchmaking};
 #[allow(unused_imports)]
 pub use scores::{history_outage, rebuild_after_redis_loss, scores_and_history};
 #[allow(unused_imports)]
-pub use streams::{connection_caps, gateway_failover, stream_contract};
+pub use streams::{connection_caps, gateway_failover, producer_status, stream_contract};
 
 use std::collections::HashMap;
 use std::time::Duration;

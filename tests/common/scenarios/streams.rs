@@ -320,3 +320,86 @@ pub async fn gateway_failover(backend: &Backend) {
     other.stop().await;
     game.stop().await;
 }
+
+/// A game server killed mid-match: its viewers (on a gateway of their own) are told
+/// `producer_down` within a few seconds instead of silence, then `producer_up` when another
+/// server takes the match over, right before the new epoch's snapshot.
+pub async fn producer_status(backend: &Backend) {
+    let secret = "producer-status-test-secret".to_string();
+    let env = [("GRANDSTAND_TOKEN_SECRET", secret.clone())];
+    let args = ["--matches", "1", "--keyframe-secs", "2"];
+    let game = App::spawn_with(backend, &args, &env, Some("game-server")).await;
+    let gateway = App::spawn_with(backend, &[], &env, Some("gateway")).await;
+    let match_id = eventually(Duration::from_secs(10), || async {
+        let log = game.log();
+        let i = log.find("match starting match_id=")?;
+        Some(
+            log[i + 24..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect::<String>(),
+        )
+    })
+    .await
+    .expect("a match started");
+    // Checkpoints are written once a second: let one be saved before the crash.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let token = protocol::TokenSigner::new(secret.as_bytes()).sign(&protocol::Claims {
+        sub: "viewer-1".into(),
+        name: "Viewer".into(),
+        exp: protocol::now_secs() + 600,
+    });
+    let stream = format!("/v1/matches/{match_id}/stream");
+    let mut ws = ws_connect(&gateway.ws_url(&stream), Some(&token))
+        .await
+        .unwrap();
+    let mut line = VersionLine::default();
+    for _ in 0..5 {
+        line.observe_message(&ws_json(&mut ws).await).unwrap();
+    }
+    let epoch = line.position().unwrap().0;
+    game.crash();
+    let crashed = std::time::Instant::now();
+    let down = loop {
+        let m = ws_json(&mut ws).await;
+        line.observe_message(&m).unwrap();
+        if m["type"] == "status" {
+            break m;
+        }
+        assert!(
+            crashed.elapsed() < Duration::from_secs(10),
+            "no status after the crash"
+        );
+    };
+    assert_eq!(down["status"], "producer_down", "{down}");
+    assert_eq!(down["epoch"], epoch, "{down}");
+    let told_after = crashed.elapsed();
+    assert!(
+        told_after < Duration::from_secs(5),
+        "told after {told_after:?}"
+    );
+    // Another server takes the match over from its checkpoint, in a new epoch.
+    let taker = App::spawn_with(backend, &args, &env, Some("game-server")).await;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = ws_json(&mut ws).await;
+        line.observe_message(&m).unwrap();
+        seen.push(format!("{}:{}", m["type"], m["status"]));
+        if m["type"] == "snapshot" && m["epoch"].as_u64() > Some(epoch) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no takeover: {seen:?}"
+        );
+    }
+    let up = seen.iter().position(|s| s == "\"status\":\"producer_up\"");
+    assert_eq!(
+        up,
+        Some(seen.len() - 2),
+        "producer_up right before the new epoch's snapshot: {seen:?}"
+    );
+    drop(taker);
+    drop(gateway);
+}
