@@ -45,6 +45,22 @@ pub enum Role {
     /// The public HTTP API: cold loads, leaderboards, players, guest tokens, matchmaking.
     #[command(visible_alias = "api")]
     SnapshotApi(ApiArgs),
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Prints a role's effective configuration (every role when none is named) as a config
+    /// file, each value with where it came from, secrets masked.
+    Print {
+        /// game-server, gateway, aggregator or snapshot-api.
+        role: Option<String>,
+        /// The config file to read (as `--config` for the role).
+        #[arg(long, env = "GRANDSTAND_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -142,11 +158,15 @@ pub struct ApiArgs {
 
 /// How a role writes its logs.
 #[derive(Args, Debug, Clone)]
-#[command(next_help_heading = "Logs")]
+#[command(next_help_heading = "Logs and configuration")]
 pub struct LogArgs {
     /// `text` for people, `json` (one object per line, with span fields) for log pipelines.
     #[arg(long, env = "GRANDSTAND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A TOML file with any of these options, keys named like the long flags in snake_case
+    /// (`http_addr = "0.0.0.0:8080"`); flags and env vars override it.
+    #[arg(long, env = "GRANDSTAND_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,11 +175,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `config print` runs no role and logs as people read.
+static PRINTING: LogArgs = LogArgs {
+    log_format: LogFormat::Text,
+    config: None,
+};
+
 impl Cli {
     /// The log settings of whichever role runs.
     pub fn log(&self) -> &LogArgs {
         match &self.role {
             None => &self.all.log,
+            Some(Role::Config(_)) => &PRINTING,
             Some(Role::All(a)) => &a.log,
             Some(Role::GameServer(a)) => &a.log,
             Some(Role::Gateway(a)) => &a.log,
@@ -191,12 +218,22 @@ pub struct HttpArgs {
     /// non-browser clients only.
     #[arg(long, env = "GRANDSTAND_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Reverse proxies and load balancers (CIDRs or addresses, comma separated) whose
+    /// `Forwarded`/`X-Forwarded-For` headers name the client: per-address limits then count
+    /// the client (the rightmost hop not itself trusted) rather than the proxy. Headers from
+    /// any other peer are ignored.
+    #[arg(long, env = "GRANDSTAND_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<String>,
     /// On SIGTERM: readiness turns 503 at once, then a gateway closes its viewers a few at a
     /// time over this many seconds (each told to come back elsewhere), so its audience
     /// reconnects spread out rather than in one second; then the role stops. A second
     /// signal stops at once.
     #[arg(long, env = "GRANDSTAND_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
+}
+
+fn parse_proxy(s: &str) -> Result<String, String> {
+    httpkit::TrustedProxies::parse(&[s.to_string()]).map(|_| s.trim().to_string())
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {
@@ -222,6 +259,8 @@ impl HttpArgs {
             header_read_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
             write_stall: stall + Duration::from_secs(15),
             send_buffer: self.send_buffer,
+            trusted_proxies: httpkit::TrustedProxies::parse(&self.trusted_proxies)
+                .expect("checked when parsed"),
             ..Default::default()
         }
     }

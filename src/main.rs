@@ -7,6 +7,7 @@
 //! opened in `connect`, and each role is a library with its own entry point.
 
 mod cli;
+mod config_file;
 mod connect;
 
 use std::sync::Arc;
@@ -88,7 +89,15 @@ impl Signals {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let applied = config_file::apply(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(applied.argv);
+    if let Some(Role::Config(cli::ConfigCommand::Print { role, config })) = &cli.role {
+        print!(
+            "{}",
+            config_file::print(role.as_deref(), config.as_deref())?
+        );
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
     match cli.log().log_format {
@@ -111,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Role::Gateway(args)) => gateway(args, shutdown).await,
         Some(Role::Aggregator(args)) => aggregator(args, shutdown).await,
         Some(Role::SnapshotApi(args)) => snapshot_api(args, shutdown).await,
+        Some(Role::Config(_)) => Ok(()),
     }
 }
 

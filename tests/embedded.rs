@@ -34,6 +34,20 @@ async fn readiness_and_drain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy() {
+    let backend = Backend::embedded();
+    scenarios::behind_a_proxy(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file() {
+    let backend = Backend::embedded();
+    scenarios::config_file(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::embedded();
     scenarios::scores_and_history(&backend).await;

@@ -26,7 +26,7 @@ pub(crate) async fn guest(
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip());
+        .map(|ConnectInfo(a)| httpkit::limit_key(a.ip()));
     if let Some(ip) = ip {
         if !s.inner.guests.allow(ip) {
             metrics::GUESTS_LIMITED.inc();

@@ -98,7 +98,7 @@ pub(crate) async fn handle(
     let address = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| httpkit::limit_key(c.0.ip()));
     if !gw.handshakes.allow(address) {
         return too_many_handshakes();
     }

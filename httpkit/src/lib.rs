@@ -4,11 +4,13 @@
 //! `/healthz` and Prometheus `/metrics`, and the `POST /v1/matchmaking/join` route, whose
 //! contract is shared by the game server that serves it and the API that forwards it.
 
+pub mod client;
 mod cors;
 mod limiter;
 mod matchmaking;
 mod ready;
 
+pub use client::{limit_key, TrustedProxies};
 pub use cors::CorsOrigins;
 pub use ready::Readiness;
 

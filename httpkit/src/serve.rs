@@ -45,6 +45,9 @@ pub struct ConnectionLimits {
     /// uploads it), or when a chunked body grows past it. Grandstand's requests are small
     /// JSON documents.
     pub max_body: usize,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` name the client (see [`crate::client`]);
+    /// handlers see the client's address in `ConnectInfo`.
+    pub trusted_proxies: crate::TrustedProxies,
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +59,7 @@ impl Default for ConnectionLimits {
             keepalive: Some(Duration::from_secs(30)),
             send_buffer: None,
             max_body: 64 * 1024,
+            trusted_proxies: crate::TrustedProxies::default(),
         }
     }
 }
@@ -198,10 +202,12 @@ pub async fn serve_with(
         let io = TokioIo::new(WriteDeadline::new(SharedSocket(socket), limits.write_stall));
         let (router, shutdown, limits) = (router.clone(), shutdown.clone(), limits.clone());
         let max_body = limits.max_body;
+        let proxies = limits.clone();
         connections.spawn(async move {
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let client = proxies.trusted_proxies.client(peer, request.headers());
+                    request.extensions_mut().insert(ConnectInfo(client));
                     request.extensions_mut().insert(connection.clone());
                     let too_large = declared_body(&request).is_some_and(|n| n > max_body);
                     let router = router.clone();

@@ -222,9 +222,13 @@ mod tests {
         l.observe_message(&msg("event", 3, 8)).unwrap();
         assert_eq!(l.since(), "3:8");
         assert!(matches!(
-            l.observe_message(&serde_json::json!({"type": "status", "epoch": 3})),
+            l.observe_message(&serde_json::json!({"type": "heartbeat", "epoch": 3})),
             Err(Break::NotAMessage(_))
         ));
+        // A producer status is counted and leaves the position alone.
+        l.observe_message(&serde_json::json!({"type": "status", "state": "producer_down"}))
+            .unwrap();
+        assert_eq!((l.since().as_str(), l.statuses), ("3:8", 1));
         // The rule the end-to-end tests used to miss: an older epoch's snapshot goes back.
         assert_eq!(
             l.observe_message(&msg("snapshot", 2, 100)),

@@ -121,3 +121,154 @@ pub async fn readiness_and_drain(backend: &Backend) {
     assert!(stopped.contains(&"--matches".to_string()));
     assert!(signalled.elapsed() < Duration::from_secs(10));
 }
+
+/// Guest sign-ins that come back 200 out of `n`, each sent with the `X-Forwarded-For` that
+/// `hop(i)` names.
+async fn guests_allowed(app: &App, n: usize, hop: impl Fn(usize) -> String) -> usize {
+    let mut allowed = 0;
+    for i in 0..n {
+        let r = app
+            .http
+            .post(app.url("/v1/auth/guest"))
+            .header("x-forwarded-for", hop(i))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("guest sign-in answered {other}"),
+        }
+    }
+    allowed
+}
+
+/// Behind a trusted proxy the per-address limits count the client named by the forwarding
+/// headers (the rightmost untrusted hop, IPv6 per /64); from an untrusted peer the headers are
+/// ignored and every request counts as the peer's.
+pub async fn behind_a_proxy(backend: &Backend) {
+    // 40 sign-ins from one address: past the 30-sign-in burst for one address.
+    const N: usize = 40;
+    let proxied = App::spawn(
+        backend,
+        &["--matches", "1", "--trusted-proxies", "127.0.0.0/8"],
+    )
+    .await;
+    let distinct = guests_allowed(&proxied, N, |i| format!("203.0.113.{i}")).await;
+    assert_eq!(
+        distinct, N,
+        "distinct clients behind the proxy share no limit"
+    );
+    // The client forges first hops; the proxy appends the real address, which is the one counted.
+    let forged = guests_allowed(&proxied, N, |i| format!("6.6.{i}.6, 198.51.100.7")).await;
+    assert!(
+        forged < N,
+        "a forged first hop escaped the limit ({forged} of {N})"
+    );
+    // IPv6 clients are one client per /64, whatever their interface id.
+    let same_64 = guests_allowed(&proxied, N, |i| format!("2001:db8:5:6::{i:x}")).await;
+    assert!(
+        same_64 < N,
+        "addresses of one /64 escaped the limit ({same_64} of {N})"
+    );
+    proxied.stop().await;
+
+    let direct = App::spawn(
+        backend,
+        &["--matches", "1", "--trusted-proxies", "10.0.0.0/8"],
+    )
+    .await;
+    let ignored = guests_allowed(&direct, N, |i| format!("203.0.113.{i}")).await;
+    assert!(
+        ignored < N,
+        "an untrusted peer's X-Forwarded-For was believed ({ignored} of {N})"
+    );
+    direct.stop().await;
+}
+
+/// `--config FILE.toml` configures a role (flag > env > file > default), `config print` shows
+/// the effective values with their sources and secrets masked, and an unknown key stops the
+/// start with a message naming it.
+pub async fn config_file(backend: &Backend) {
+    let dir = backend.data_dir().join("config-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("grandstand.toml");
+    std::fs::write(
+        &path,
+        "# one file for the whole deployment\n\
+         matches = 1\n\
+         bots = 3\n\
+         log_format = \"json\"\n\
+         cors_origins = [\"https://overlay.example\"]\n\
+         drain_secs = 7\n\
+         max_connections = 5000\n\
+         token_secret = \"file-secret-that-is-long-enough\"\n",
+    )
+    .unwrap();
+    let path_arg = path.to_str().unwrap();
+
+    let print = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(testkit::grandstand_bin())
+            .args(["config", "print", "gateway", "--config", path_arg])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = print(&[]);
+    for line in [
+        "drain_secs = \"7\"  # file",
+        "max_connections = \"5000\"  # file",
+        "cors_origins = \"https://overlay.example\"  # file",
+        "token_secret = \"********\"  # file",
+        "header_timeout_secs = \"10\"  # default",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
+    assert!(!printed.contains("file-secret"), "{printed}");
+    // `matches` is not a gateway option: ignored there.
+    assert!(!printed.contains("matches ="), "{printed}");
+    // The environment beats the file.
+    let printed = print(&[("GRANDSTAND_MAX_CONNECTIONS", "42")]);
+    assert!(
+        printed.contains("max_connections = \"42\"  # env"),
+        "{printed}"
+    );
+
+    // A running platform takes its settings from the file.
+    let app = App::spawn(backend, &["--config", path_arg]).await;
+    let log = app.log();
+    let first = log.lines().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "not JSON: {first}"
+    );
+    let id = app.live_match_ids(1).await.remove(0);
+    let preflight = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url(&format!("/v1/matches/{id}")),
+        )
+        .header("origin", "https://overlay.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://overlay.example"
+    );
+    app.stop().await;
+
+    // An unknown key is an error that names it, before anything starts.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "matchs = 3\n").unwrap();
+    let (ok, out) = crate::common::run_to_completion(backend, &["--config", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("unknown key `matchs`"), "{out}");
+}
