@@ -5,7 +5,7 @@
 # scenarios are part of the test command (loadtest/tests/smoke.rs).
 #
 #   scripts/bench.sh            # everything
-#   scripts/bench.sh viewers    # one group: aggregator | http | players | viewers | report
+#   scripts/bench.sh viewers    # one group: aggregator | http | players | viewers | wire | report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/grandstand-target}"
@@ -62,6 +62,19 @@ if want viewers; then
     --viewers 50000 --matches 48 --rate 1 --duration 15 --gateways 3
   lt --json "$out/storm-reconnect-10k.json" reconnect-storm --viewers 10000 --matches 20 --rate 2 --duration 10
   lt --json "$out/storm-cold-load-10k.json" cold-load-storm --viewers 10000 --matches 20 --rate 2 --duration 10
+fi
+
+if want wire; then
+  # A recorded 50-player match (loadtest/feeds/match-50.jsonl.gz) replayed to the viewers:
+  # bytes per viewer per format and transport, then the fan-out against its peers, then one
+  # match to 1k and 10k viewers (compression is paid once per match, not per viewer).
+  lt --json "$out/wire.json" wire
+  lt --json "$out/match-5k.json" viewers --systems grandstand,uws,raw,node-ws,socketio --workload match \
+    --storm none --viewers 5000 --matches 10 --rate 10 --duration 20
+  lt --json "$out/match-1-1k.json" viewers --systems grandstand,uws --workload match --storm none \
+    --viewers 1000 --matches 1 --rate 10 --duration 20
+  lt --json "$out/match-1-10k.json" viewers --systems grandstand,uws --workload match --storm none \
+    --viewers 10000 --matches 1 --rate 10 --duration 20
 fi
 
 if want report || [ -z "$only" ]; then
