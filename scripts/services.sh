@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (5432), Redis (6379) and NATS with JetStream (4222) run on 127.0.0.1,
-# installing and starting whichever is missing. Idempotent; safe to run before every test run.
+# installing and starting whichever is missing (and installs nginx for the proxy test). Idempotent; safe to run before every test run.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -9,6 +9,8 @@ need_install=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
 { command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; } || need_install+=(nats-server)
+# nginx is not a service the platform needs: tests/proxy.rs drives the sample config with it.
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need_install+=(nginx-light)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing: ${need_install[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}"

@@ -19,6 +19,7 @@ use httpkit::Shutdown;
 use protocol::{EventRecord, LogRecord, MatchEvent};
 
 mod metrics;
+pub use metrics::register as register_metrics;
 pub mod rebuild;
 
 #[derive(Debug, Clone)]

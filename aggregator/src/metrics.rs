@@ -67,3 +67,19 @@ pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// Registers every metric of this role at start, so each series is exported (at zero) from
+/// the first scrape: a dashboard or an alert rule reading a counter that has not moved yet
+/// sees 0, not "no data".
+pub fn register() {
+    LazyLock::force(&TICKS);
+    LazyLock::force(&BACKLOG);
+    LazyLock::force(&APPLIED);
+    LazyLock::force(&DUPLICATES);
+    LazyLock::force(&TOO_EARLY);
+    LazyLock::force(&APPLY_ERRORS);
+    LazyLock::force(&UNDECODABLE);
+    LazyLock::force(&HISTORY_WRITTEN);
+    LazyLock::force(&HISTORY_ERRORS);
+    LazyLock::force(&APPLY_SECONDS);
+}

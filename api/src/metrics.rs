@@ -23,3 +23,12 @@ pub static GUESTS_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// Registers every metric of this role at start, so each series is exported (at zero) from
+/// the first scrape: a dashboard or an alert rule reading a counter that has not moved yet
+/// sees 0, not "no data".
+pub fn register() {
+    LazyLock::force(&SNAPSHOT_LOADS);
+    LazyLock::force(&STALE_SERVED);
+    LazyLock::force(&GUESTS_LIMITED);
+}

@@ -28,6 +28,15 @@ pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+/// Streams opened with a partner key, by partner (partners are few: added by an operator).
+pub static PARTNER_STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gw_partner_streams_total",
+        "Streams opened with a partner key",
+        &["partner"]
+    )
+    .unwrap()
+});
 pub static MESSAGES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("gw_messages_out_total", "Messages sent to viewers").unwrap()
 });
@@ -130,3 +139,30 @@ pub static SHARED_CAPS_UNAVAILABLE: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// Registers every metric of this role at start, so each series is exported (at zero) from
+/// the first scrape: a dashboard or an alert rule reading a counter that has not moved yet
+/// sees 0, not "no data".
+pub fn register() {
+    LazyLock::force(&VIEWERS);
+    LazyLock::force(&HUBS);
+    LazyLock::force(&CONNECTS);
+    LazyLock::force(&DISCONNECTS);
+    LazyLock::force(&REJECTED);
+    LazyLock::force(&PARTNER_STREAMS);
+    LazyLock::force(&MESSAGES_OUT);
+    LazyLock::force(&BYTES_OUT);
+    LazyLock::force(&SUBSTITUTIONS);
+    LazyLock::force(&PARKED_RESUMES);
+    LazyLock::force(&BEHIND_REFUSALS);
+    LazyLock::force(&ENCODE_SECONDS);
+    LazyLock::force(&PRODUCER_STATUS);
+    LazyLock::force(&DRAINING);
+    LazyLock::force(&DRAINED);
+    LazyLock::force(&VIEWER_WRITES);
+    LazyLock::force(&REFUSED_FRAMES);
+    LazyLock::force(&STALLED_CLOSED);
+    LazyLock::force(&LOG_TO_HUB);
+    LazyLock::force(&PUBLISH_TO_SEND);
+    LazyLock::force(&SHARED_CAPS_UNAVAILABLE);
+}

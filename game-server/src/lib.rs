@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 mod metrics;
+pub use metrics::register as register_metrics;
 pub mod port;
 pub mod publisher;
 pub mod room;

@@ -107,3 +107,25 @@ pub static CHECKPOINTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// Registers every metric of this role at start, so each series is exported (at zero) from
+/// the first scrape: a dashboard or an alert rule reading a counter that has not moved yet
+/// sees 0, not "no data".
+pub fn register() {
+    LazyLock::force(&TICKS);
+    LazyLock::force(&TICK_OVERRUNS);
+    LazyLock::force(&STALLED_TICKS);
+    LazyLock::force(&TICK_SECONDS);
+    LazyLock::force(&PUBLISHED);
+    LazyLock::force(&PUBLISH_ERRORS);
+    LazyLock::force(&LIVE_MATCHES);
+    LazyLock::force(&UDP_DATAGRAMS);
+    LazyLock::force(&UDP_REJECTED);
+    LazyLock::force(&UDP_BYTES_OUT);
+    LazyLock::force(&SNAPSHOTS_SENT);
+    LazyLock::force(&PLAYER_TICKS);
+    LazyLock::force(&TICK_BUSY_SECONDS);
+    LazyLock::force(&CONNECTED_PLAYERS);
+    LazyLock::force(&REWINDS);
+    LazyLock::force(&CHECKPOINTS);
+}
