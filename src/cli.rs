@@ -48,6 +48,41 @@ pub enum Role {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Partner keys: broadcasters' and data partners' credentials, each with its own delay,
+    /// stream cap and matches.
+    #[command(subcommand)]
+    Partners(PartnersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PartnersCommand {
+    /// Adds a partner and prints its new key (the last word of the output; shown only once).
+    Add {
+        /// Shown in logs and metrics: letters, digits, `-`, `_`, `.`.
+        name: String,
+        /// Its streams' broadcast delay instead of the match's own; 0 is live.
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Concurrent streams at most (default: the per-user cap).
+        #[arg(long)]
+        max_streams: Option<u32>,
+        /// The matches the key opens (`*` and `?` wildcards; default all).
+        #[arg(long)]
+        matches: Option<String>,
+        #[command(flatten)]
+        store: HistoryArgs,
+    },
+    /// Lists the partners (never their keys).
+    List {
+        #[command(flatten)]
+        store: HistoryArgs,
+    },
+    /// Revokes a partner's key; running roles refuse it within a few seconds.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        store: HistoryArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +140,8 @@ pub struct GameServerArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub partners: PartnerStoreArgs,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
@@ -186,7 +223,7 @@ impl Cli {
     pub fn log(&self) -> &LogArgs {
         match &self.role {
             None => &self.all.log,
-            Some(Role::Config(_)) => &PRINTING,
+            Some(Role::Config(_)) | Some(Role::Partners(_)) => &PRINTING,
             Some(Role::All(a)) => &a.log,
             Some(Role::GameServer(a)) => &a.log,
             Some(Role::Gateway(a)) => &a.log,
@@ -329,6 +366,16 @@ pub struct HistoryArgs {
     /// Where the embedded defaults keep files (the SQLite history).
     #[arg(long, env = "GRANDSTAND_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// Where a gateway reads partner keys.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Partner keys")]
+pub struct PartnerStoreArgs {
+    /// The history store's PostgreSQL, where partner keys live (`grandstand partners`);
+    /// without it this gateway accepts no partner keys.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -552,7 +599,8 @@ mod tests {
             !gateway.contains("--bots") && !gateway.contains("--udp-addr"),
             "{gateway}"
         );
-        assert!(!gateway.contains("--database-url"));
+        // A gateway reads partner keys from the history store, and opens nothing else there.
+        assert!(gateway.contains("--database-url") && !gateway.contains("--data-dir"));
         let game = help("game-server");
         assert!(game.contains("--udp-addr") && game.contains("--tick-hz"));
         assert!(!game.contains("--viewer-queue") && !game.contains("--daily-retention-days"));

@@ -76,7 +76,7 @@ pub async fn leaderboards(
 
 /// Match history: PostgreSQL when `DATABASE_URL` is set, else a SQLite file under the data
 /// directory (migrations run either way).
-pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<dyn History>> {
+pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<SqlHistory>> {
     let url = match &args.database_url {
         Some(url) => url.clone(),
         None => {
@@ -91,6 +91,7 @@ pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<dyn History>> {
     let h = SqlHistory::connect(&url)
         .await
         .context("opening the history store")?;
+    // (The partner keys live in the same store.)
     let shown = if url.starts_with("sqlite:") {
         url.clone()
     } else {
@@ -257,4 +258,34 @@ pub async fn readiness(
         });
     }
     Ok(ready)
+}
+
+/// Keeps `directory` in step with the active partner keys in `store`: loaded once before the
+/// role serves (so keys work from its first request), then every [`httpkit::PARTNER_REFRESH`]
+/// until `shutdown`. A failed read keeps the keys known so far (an outage of the store must
+/// not lock partners out) and is logged.
+pub async fn keep_partners_fresh(
+    store: Arc<dyn backends::PartnerStore>,
+    directory: httpkit::PartnerDirectory,
+    shutdown: httpkit::Shutdown,
+) {
+    match store.active_keys().await {
+        Ok(keys) => directory.replace(keys),
+        Err(e) => tracing::warn!(error = %e, "reading partner keys failed; retrying"),
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(httpkit::PARTNER_REFRESH);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match store.active_keys().await {
+                Ok(keys) => directory.replace(keys),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading partner keys failed; keeping the last ones")
+                }
+            }
+        }
+    });
 }

@@ -9,6 +9,7 @@
 mod cli;
 mod config_file;
 mod connect;
+mod partners;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,10 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(Role::Partners(command)) = cli.role {
+        print!("{}", partners::run(command).await?);
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
     match cli.log().log_format {
@@ -120,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Role::Gateway(args)) => gateway(args, shutdown).await,
         Some(Role::Aggregator(args)) => aggregator(args, shutdown).await,
         Some(Role::SnapshotApi(args)) => snapshot_api(args, shutdown).await,
-        Some(Role::Config(_)) => Ok(()),
+        Some(Role::Config(_)) | Some(Role::Partners(_)) => Ok(()),
     }
 }
 
@@ -147,10 +152,15 @@ async fn drain(mut tasks: tokio::task::JoinSet<()>) {
 
 /// Every role in one process, one HTTP port for the API, the streams and the dashboard.
 async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    game_server::register_metrics();
+    fanout_gateway::register_metrics();
+    aggregator::register_metrics();
+    api::register_metrics();
     let embedded = true;
     let (log, ticks) = connect::match_log(&args.nats, embedded).await?;
     let boards = connect::leaderboards(&args.redis, embedded).await?;
-    let history = connect::history(&args.history).await?;
+    let store = connect::history(&args.history).await?;
+    let history: Arc<dyn backends::History> = store.clone();
     if args.redis.redis_url.is_none() {
         // Embedded leaderboards live in memory: restore them from the history on disk.
         let (epochs, events) =
@@ -210,6 +220,9 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     let api = connect::api_state(&backends, &signer, Some(viewers), args.http.cors())
         .with_matchmaker(Arc::new(game_server::LocalMatchmaker(game)));
+    // One set of partner keys for the API and the streams of this process.
+    connect::keep_partners_fresh(store, api.partners(), shutdown.clone()).await;
+    let gateway = gateway.with_partners(api.partners());
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
@@ -236,6 +249,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    game_server::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "game-server")?;
     let signer = connect::signer(&args.secret, false)?;
@@ -283,6 +297,7 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
 }
 
 async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    fanout_gateway::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "gateway")?;
     let http_addr = http.local_addr()?;
@@ -304,6 +319,20 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         &shutdown,
     )
     .await?;
+    let gw = match &args.partners.database_url {
+        Some(url) => {
+            let store = backends::SqlHistory::connect(url)
+                .await
+                .context("opening the partner keys' store (DATABASE_URL)")?;
+            let partners = httpkit::PartnerDirectory::default();
+            connect::keep_partners_fresh(Arc::new(store), partners.clone(), shutdown.clone()).await;
+            gw.with_partners(partners)
+        }
+        None => {
+            tracing::info!("no DATABASE_URL: this gateway accepts no partner keys");
+            gw
+        }
+    };
     gw.announce(
         args.viewers
             .public_url
@@ -323,9 +352,10 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    aggregator::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;
-    let history = connect::history(&args.history).await?;
+    let history: Arc<dyn backends::History> = connect::history(&args.history).await?;
     if args.rebuild {
         let Some(url) = &args.redis.redis_url else {
             bail!("--rebuild needs REDIS_URL, DATABASE_URL and NATS_URL");
@@ -389,9 +419,11 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
 }
 
 async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    api::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;
-    let history = connect::history(&args.history).await?;
+    let store = connect::history(&args.history).await?;
+    let history: Arc<dyn backends::History> = store.clone();
     let http = listen(&args.http, "snapshot-api")?;
     let signer = connect::signer(&args.secret, false)?;
     let backends = Backends {
@@ -405,6 +437,7 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(url) => state.with_matchmaker(Arc::new(api::RemoteMatchmaker::new(url))),
         None => state,
     };
+    connect::keep_partners_fresh(store, state.partners(), shutdown.clone()).await;
     let limits = args
         .http
         .limits(fanout_gateway::GatewayConfig::default().stall_deadline);

@@ -48,6 +48,13 @@ async fn config_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_keys() {
+    let backend = Backend::embedded();
+    scenarios::partner_keys(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::embedded();
     scenarios::scores_and_history(&backend).await;

@@ -13,6 +13,13 @@ async fn stream_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_keys() {
+    let backend = Backend::real().await;
+    scenarios::partner_keys(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::real().await;
     scenarios::scores_and_history(&backend).await;

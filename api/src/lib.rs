@@ -13,6 +13,7 @@ pub mod leaderboards;
 mod matches;
 mod matchmaker;
 mod metrics;
+pub use metrics::register as register_metrics;
 mod players;
 
 use std::sync::Arc;
@@ -84,6 +85,7 @@ pub(crate) struct Inner {
     pub(crate) viewers: Option<ViewerCounts>,
     pub(crate) guests: RateLimiter,
     pub(crate) matchmaker: std::sync::OnceLock<Arc<dyn httpkit::Matchmaking>>,
+    pub(crate) partners: httpkit::PartnerDirectory,
 }
 
 impl ApiState {
@@ -131,8 +133,15 @@ impl ApiState {
                 viewers,
                 guests,
                 matchmaker: std::sync::OnceLock::new(),
+                partners: httpkit::PartnerDirectory::default(),
             }),
         }
+    }
+
+    /// The partner keys this API accepts; the role keeps it fresh from the store (the
+    /// all-in-one process shares it with its gateway).
+    pub fn partners(&self) -> httpkit::PartnerDirectory {
+        self.inner.partners.clone()
     }
 
     /// Serves `POST /v1/matchmaking/join` through this matchmaker (set once, before `router`).

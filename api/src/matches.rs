@@ -137,7 +137,13 @@ pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, 
     Ok(res)
 }
 
-async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapshot>, ApiError> {
+/// The match's current state; `live` serves it even when the match is broadcast with a delay
+/// (a partner whose key says delay 0).
+async fn load_snapshot(
+    log: &dyn MatchLog,
+    match_id: &str,
+    live: bool,
+) -> Result<Arc<Snapshot>, ApiError> {
     metrics::SNAPSHOT_LOADS.inc();
     let feed = load_feed(log, match_id, 1).await.map_err(log_error)?;
     let position = feed
@@ -146,7 +152,7 @@ async fn load_snapshot(log: &dyn MatchLog, match_id: &str) -> Result<Arc<Snapsho
     // The cold load reads the live log; a match broadcast with a delay must come from a
     // gateway, which holds it back. Saying so beats serving the live state.
     let delay = feed.state().broadcast_delay_ms;
-    if delay > 0 {
+    if delay > 0 && !live {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "delayed_broadcast",
@@ -177,20 +183,43 @@ pub(crate) async fn snapshot(
     if !protocol::valid_match_id(&match_id) {
         return Err(ApiError::not_found("no such match"));
     }
+    // A partner key at delay 0 reads the live state of a delayed match (other callers,
+    // partners at a delay included, get the 409: the cold load has no delayed state to give).
+    let live = match httpkit::bearer(&headers, None) {
+        Some(key) if protocol::partner::is_key(key) => {
+            let partner = s.inner.partners.lookup(key).ok_or_else(|| {
+                ApiError::unauthorized("token: partner key is unknown or revoked")
+            })?;
+            if !partner.covers(&match_id) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "token: this partner key does not cover this match",
+                ));
+            }
+            partner.delay_ms == Some(0)
+        }
+        _ => false,
+    };
     let inner = s.inner.clone();
-    let key = match_id.clone();
+    let key = if live {
+        format!("{match_id}@live")
+    } else {
+        match_id.clone()
+    };
     let snap = s
         .inner
         .snapshots
-        .try_get_with(
-            key,
-            async move { load_snapshot(&*inner.log, &match_id).await },
-        )
+        .try_get_with(key, async move {
+            load_snapshot(&*inner.log, &match_id, live).await
+        })
         .await
         .map_err(|e| (*e).clone())?;
     let max_age = s.inner.config.snapshot_ttl.as_secs().max(1);
+    // What a partner sees live must not be kept by shared caches for the public.
+    let scope = if live { "private" } else { "public" };
     let cache_control = HeaderValue::from_str(&format!(
-        "public, max-age={max_age}, stale-while-revalidate=5"
+        "{scope}, max-age={max_age}, stale-while-revalidate=5"
     ))
     .expect("ascii");
     let not_modified = headers

@@ -17,8 +17,8 @@ pub mod rooms;
 pub const DEFAULT_REDIS_PREFIX: &str = "gs:";
 
 pub use history::{
-    EpochHistory, History, HistoryError, HistoryRecord, MatchSummary, PlayerStats, RebuildSource,
-    SqlHistory,
+    EpochHistory, History, HistoryError, HistoryRecord, MatchSummary, PartnerEntry, PartnerError,
+    PartnerStore, PlayerStats, RebuildSource, SqlHistory,
 };
 pub use leaderboard::{
     ApplyOutcome, BoardChange, BoardError, BoardPage, Entry, Leaderboards, MemoryLeaderboards,

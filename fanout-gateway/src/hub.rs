@@ -53,6 +53,10 @@ pub(crate) struct HubHandle {
 pub(crate) type Registry = Arc<Mutex<HashMap<String, HubHandle>>>;
 
 pub(crate) struct Hub {
+    /// The registry key (the match id, or `id@DELAY` for a partner's delay).
+    pub key: String,
+    /// The delay this hub serves at instead of the match's own (a partner's), when set.
+    pub delay_override_ms: Option<u64>,
     pub draining: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
     pub match_id: String,
     pub config: Arc<GatewayConfig>,
@@ -88,7 +92,7 @@ impl Hub {
         if !self.attach_rx.is_empty() {
             return false;
         }
-        registry.remove(&self.match_id);
+        registry.remove(&self.key);
         self.attach_rx.close();
         true
     }
@@ -97,7 +101,7 @@ impl Hub {
     fn refuse_all(&mut self, error: AttachError) {
         {
             let mut registry = self.registry.lock().unwrap();
-            registry.remove(&self.match_id);
+            registry.remove(&self.key);
         }
         self.attach_rx.close();
         while let Ok(a) = self.attach_rx.try_recv() {
@@ -133,7 +137,10 @@ impl Hub {
         match item {
             Some(Ok(item)) => {
                 if item.record.kind == LogKind::Keyframe {
-                    *delay_us = broadcast_delay_ms(&item.record.body).saturating_mul(1000);
+                    let delay_ms = self
+                        .delay_override_ms
+                        .unwrap_or_else(|| broadcast_delay_ms(&item.record.body));
+                    *delay_us = delay_ms.saturating_mul(1000);
                 }
                 if *delay_us == 0 && line.is_empty() {
                     served.take(&self.match_id, item, &self.config)

@@ -7,6 +7,7 @@ mod delay;
 mod hub;
 pub mod limits;
 mod metrics;
+pub use metrics::register as register_metrics;
 pub mod queue;
 mod stream;
 mod websocket;
@@ -111,6 +112,7 @@ pub struct Gateway {
     pub(crate) shared: Option<Arc<limits::SharedPlaces>>,
     /// Set when the gateway drains: since when, and over how long its viewers are moved off.
     pub(crate) draining: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
+    pub(crate) partners: httpkit::PartnerDirectory,
 }
 
 impl Gateway {
@@ -143,6 +145,7 @@ impl Gateway {
             signer,
             registry: Arc::new(Mutex::new(HashMap::new())),
             draining: Arc::default(),
+            partners: httpkit::PartnerDirectory::default(),
             boards: Arc::new(boards::BoardFeeds::default()),
             shutdown,
         }
@@ -266,21 +269,42 @@ impl Gateway {
             .sum()
     }
 
-    /// Viewers of `match_id` connected to this gateway.
+    /// Viewers of `match_id` connected to this gateway (at every delay).
     pub fn viewers(&self, match_id: &str) -> u64 {
         self.registry
             .lock()
             .unwrap()
-            .get(match_id)
-            .map(|h| h.viewers.load(Ordering::Relaxed) as u64)
-            .unwrap_or(0)
+            .iter()
+            .filter(|(key, _)| hub_match(key) == match_id)
+            .map(|(_, h)| h.viewers.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+
+    /// The partner keys this gateway accepts (the role keeps it fresh from the store).
+    pub fn with_partners(mut self, partners: httpkit::PartnerDirectory) -> Gateway {
+        self.partners = partners;
+        self
     }
 
     /// Joins the match's hub (starting it if needed) and returns the viewer's queue, already
     /// holding what the viewer must see first.
+    #[cfg(test)]
     pub(crate) async fn attach(
         &self,
         match_id: &str,
+        since: Option<StreamPosition>,
+        wire: queue::Wire,
+    ) -> Result<Arc<ViewerQueue>, AttachError> {
+        self.attach_at(match_id, None, since, wire).await
+    }
+
+    /// [`Gateway::attach`] at a delay of the viewer's own (a partner's): `None` is the match's
+    /// public delay. Each distinct delay in use is one hub with one delay line, shared by every
+    /// viewer at that delay.
+    pub(crate) async fn attach_at(
+        &self,
+        match_id: &str,
+        delay_ms: Option<u64>,
         since: Option<StreamPosition>,
         wire: queue::Wire,
     ) -> Result<Arc<ViewerQueue>, AttachError> {
@@ -289,7 +313,7 @@ impl Gateway {
         }
         // A hub may be leaving just as we send to it; then start a new one and try again.
         for _ in 0..3 {
-            let handle = self.hub(match_id);
+            let handle = self.hub(match_id, delay_ms);
             let (reply, answer) = oneshot::channel();
             if handle
                 .attach
@@ -307,9 +331,10 @@ impl Gateway {
         Err(AttachError::Unavailable)
     }
 
-    fn hub(&self, match_id: &str) -> HubHandle {
+    fn hub(&self, match_id: &str, delay_ms: Option<u64>) -> HubHandle {
+        let key = hub_key(match_id, delay_ms);
         let mut registry = self.registry.lock().unwrap();
-        if let Some(h) = registry.get(match_id) {
+        if let Some(h) = registry.get(&key) {
             if !h.attach.is_closed() {
                 return h.clone();
             }
@@ -319,8 +344,10 @@ impl Gateway {
             attach: tx,
             viewers: Arc::new(AtomicUsize::new(0)),
         };
-        registry.insert(match_id.to_string(), handle.clone());
+        registry.insert(key.clone(), handle.clone());
         let hub = Hub {
+            key,
+            delay_override_ms: delay_ms,
             draining: self.draining.clone(),
             match_id: match_id.to_string(),
             config: self.config.clone(),
@@ -333,6 +360,19 @@ impl Gateway {
         tokio::spawn(hub.run());
         handle
     }
+}
+
+/// A hub's registry key: the match id for the public line, `id@DELAY` for a partner's delay.
+fn hub_key(match_id: &str, delay_ms: Option<u64>) -> String {
+    match delay_ms {
+        None => match_id.to_string(),
+        Some(d) => format!("{match_id}@{d}"),
+    }
+}
+
+/// The match a registry key is for.
+fn hub_match(key: &str) -> &str {
+    key.split('@').next().unwrap_or(key)
 }
 
 /// `GET /v1/matches/{id}/gateway`: where a viewer of this match should connect. Owners are a

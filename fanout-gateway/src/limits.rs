@@ -44,13 +44,23 @@ impl ConnectionCaps {
     }
 
     pub fn acquire(self: &Arc<Self>, user: &str, address: IpAddr) -> Result<CapGuard, CapExceeded> {
+        self.acquire_within(user, address, (self.per_user, self.per_address))
+    }
+
+    /// [`ConnectionCaps::acquire`] under caps of the caller's own (a partner key's).
+    pub fn acquire_within(
+        self: &Arc<Self>,
+        user: &str,
+        address: IpAddr,
+        (per_user, per_address): (usize, usize),
+    ) -> Result<CapGuard, CapExceeded> {
         let mut counts = self.counts.lock().unwrap();
         let u = Key::User(user.to_string());
         let a = Key::Address(address);
-        if counts.get(&u).copied().unwrap_or(0) >= self.per_user {
+        if counts.get(&u).copied().unwrap_or(0) >= per_user {
             return Err(CapExceeded::User);
         }
-        if counts.get(&a).copied().unwrap_or(0) >= self.per_address {
+        if counts.get(&a).copied().unwrap_or(0) >= per_address {
             return Err(CapExceeded::Address);
         }
         *counts.entry(u).or_default() += 1;

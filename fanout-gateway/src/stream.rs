@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use httpkit::{authenticate, ApiError};
+use httpkit::{authenticate_caller, ApiError};
 use protocol::{parse_position, Format, StreamPosition};
 use rand::Rng;
 use serde::Deserialize;
@@ -102,21 +102,47 @@ pub(crate) async fn handle(
     if !gw.handshakes.allow(address) {
         return too_many_handshakes();
     }
-    let claims = match authenticate(&gw.signer, &parts.headers, query.token.as_deref()) {
+    let caller = match authenticate_caller(
+        &gw.signer,
+        &gw.partners,
+        &parts.headers,
+        query.token.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => return reject("unauthorized", e),
     };
-    let local = match gw.caps.acquire(&claims.sub, address) {
+    let claims = &caller.claims;
+    // A partner key carries its own stream cap (in place of the per-user one, and the
+    // per-address one when larger: a partner's consumers often share one address).
+    let caps = match caller.partner.as_deref() {
+        None => (
+            gw.config.max_streams_per_user,
+            gw.config.max_streams_per_address,
+        ),
+        Some(partner) => {
+            if !partner.covers(&match_id) {
+                return reject(
+                    "forbidden",
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "token: this partner key does not cover this match",
+                    ),
+                );
+            }
+            let cap = partner
+                .max_streams
+                .map_or(gw.config.max_streams_per_user, |n| n as usize);
+            (cap, cap.max(gw.config.max_streams_per_address))
+        }
+    };
+    let local = match gw.caps.acquire_within(&claims.sub, address, caps) {
         Ok(g) => g,
         Err(cap) => return refuse_cap(&gw, cap),
     };
     let shared = match &gw.shared {
         None => None,
         Some(shared) => {
-            let caps = (
-                gw.config.max_streams_per_user,
-                gw.config.max_streams_per_address,
-            );
             match shared
                 .take(&claims.sub, address, caps, gw.config.handshakes_per_sec)
                 .await
@@ -193,7 +219,14 @@ pub(crate) async fn handle(
             None => Transport::Sse,
         },
     };
-    let queue = match gw.attach(&match_id, since, wire).await {
+    let delay_ms = caller.partner.as_deref().and_then(|p| p.delay_ms);
+    if let Some(partner) = caller.partner.as_deref() {
+        metrics::PARTNER_STREAMS
+            .with_label_values(&[partner.name.as_str()])
+            .inc();
+        tracing::info!(partner = %partner.name, match_id = %match_id, ?delay_ms, "partner stream");
+    }
+    let queue = match gw.attach_at(&match_id, delay_ms, since, wire).await {
         Ok(q) => q,
         Err(AttachError::UnknownMatch) => {
             return reject(

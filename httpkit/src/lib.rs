@@ -8,10 +8,12 @@ pub mod client;
 mod cors;
 mod limiter;
 mod matchmaking;
+mod partners;
 mod ready;
 
 pub use client::{limit_key, TrustedProxies};
 pub use cors::CorsOrigins;
+pub use partners::{PartnerDirectory, PARTNER_REFRESH};
 pub use ready::Readiness;
 
 pub use limiter::RateLimiter;
@@ -144,6 +146,52 @@ pub fn authenticate(
                 ApiError::unauthorized("token is invalid")
             }
         })
+}
+
+/// Who is asking: a signed token's claims, and the partner when the credential is a partner
+/// key (its claims then name `partner:NAME`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub claims: Claims,
+    pub partner: Option<std::sync::Arc<protocol::partner::Partner>>,
+}
+
+/// The request's bearer credential, if any: `Authorization: Bearer`, else `?token=`.
+pub fn bearer<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query_token)
+        .map(str::trim)
+}
+
+/// [`authenticate`], also taking partner keys (`gsp_...`) that `partners` knows.
+pub fn authenticate_caller(
+    signer: &TokenSigner,
+    partners: &PartnerDirectory,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    match bearer(headers, query_token) {
+        Some(key) if protocol::partner::is_key(key) => {
+            let partner = partners.lookup(key).ok_or_else(|| {
+                ApiError::unauthorized("token: partner key is unknown or revoked")
+            })?;
+            Ok(Caller {
+                claims: Claims {
+                    sub: partner.subject(),
+                    name: partner.name.clone(),
+                    exp: u64::MAX,
+                },
+                partner: Some(partner),
+            })
+        }
+        _ => Ok(Caller {
+            claims: authenticate(signer, headers, query_token)?,
+            partner: None,
+        }),
+    }
 }
 
 /// `/healthz` (liveness), `/readyz` (the role's `readiness`) and `/metrics` (Prometheus text

@@ -7,6 +7,7 @@ pub mod feed;
 pub mod ids;
 pub mod log;
 pub mod net;
+pub mod partner;
 pub mod placement;
 pub mod state;
 pub mod token;

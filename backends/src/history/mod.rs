@@ -4,7 +4,11 @@
 //! Every write is idempotent (keyed by the event's identity), so a batch can be retried or
 //! re-delivered without counting anything twice.
 
+mod partners;
+
 use async_trait::async_trait;
+
+pub use partners::{PartnerEntry, PartnerError, PartnerStore};
 use protocol::PlayerResult;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};

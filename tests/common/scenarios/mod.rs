@@ -3,6 +3,7 @@
 //! (leaderboards and history, outages, rebuilds), [`http`] (bad input), [`players`]
 //! (matchmaking, UDP play, crash recovery). The helpers they share are here.
 
+mod broadcast;
 mod feed_v2;
 mod http;
 mod ops;
@@ -11,6 +12,8 @@ mod scores;
 mod streams;
 
 // Each test binary runs some of the scenarios; the others are unused there.
+#[allow(unused_imports)]
+pub use broadcast::partner_keys;
 #[allow(unused_imports)]
 pub use feed_v2::{feed_v2, filtered_streams};
 #[allow(unused_imports)]

@@ -253,7 +253,7 @@ pub async fn config_file(backend: &Backend) {
         .http
         .request(
             reqwest::Method::OPTIONS,
-            app.url(&format!("/v1/matches/{id}")),
+            app.url(&format!("/v1/matches/{id}/snapshot")),
         )
         .header("origin", "https://overlay.example")
         .header("access-control-request-method", "GET")
