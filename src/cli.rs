@@ -71,17 +71,23 @@ pub enum PartnersCommand {
         matches: Option<String>,
         #[command(flatten)]
         store: HistoryArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Lists the partners (never their keys).
     List {
         #[command(flatten)]
         store: HistoryArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Revokes a partner's key; running roles refuse it within a few seconds.
     Revoke {
         name: String,
         #[command(flatten)]
         store: HistoryArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -105,6 +111,8 @@ pub struct AllArgs {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -127,6 +135,8 @@ pub struct GameServerArgs {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -145,6 +155,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -160,6 +172,8 @@ pub struct AggregatorArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -180,6 +194,8 @@ pub struct ApiArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -366,6 +382,28 @@ pub struct HistoryArgs {
     /// Where the embedded defaults keep files (the SQLite history).
     #[arg(long, env = "GRANDSTAND_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// TLS towards the backends.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "TLS to the backends")]
+pub struct TlsArgs {
+    /// A PEM file of CA certificates to trust, besides the system's, for PostgreSQL
+    /// (`sslmode=verify-ca|verify-full`), Redis (`rediss://`) and NATS (`tls://`).
+    #[arg(long, env = "GRANDSTAND_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Applies the settings to every backend connection this process opens.
+    pub fn apply(&self) -> anyhow::Result<()> {
+        backends::tls::install_crypto();
+        if let Some(path) = &self.tls_ca_file {
+            backends::tls::use_private_ca(path)
+                .map_err(|e| anyhow::anyhow!("--tls-ca-file: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a gateway reads partner keys.

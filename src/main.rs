@@ -152,6 +152,7 @@ async fn drain(mut tasks: tokio::task::JoinSet<()>) {
 
 /// Every role in one process, one HTTP port for the API, the streams and the dashboard.
 async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    args.tls.apply()?;
     game_server::register_metrics();
     fanout_gateway::register_metrics();
     aggregator::register_metrics();
@@ -249,6 +250,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    args.tls.apply()?;
     game_server::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "game-server")?;
@@ -297,6 +299,7 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
 }
 
 async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    args.tls.apply()?;
     fanout_gateway::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "gateway")?;
@@ -352,6 +355,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    args.tls.apply()?;
     aggregator::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;
@@ -419,6 +423,7 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
 }
 
 async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    args.tls.apply()?;
     api::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let boards = connect::leaderboards(&args.redis, false).await?;

@@ -15,6 +15,11 @@ fn now_ms() -> u64 {
 
 /// Runs one partners command; returns what it prints.
 pub async fn run(command: PartnersCommand) -> anyhow::Result<String> {
+    match &command {
+        PartnersCommand::Add { tls, .. }
+        | PartnersCommand::List { tls, .. }
+        | PartnersCommand::Revoke { tls, .. } => tls.apply()?,
+    }
     match command {
         PartnersCommand::Add {
             name,
@@ -22,6 +27,7 @@ pub async fn run(command: PartnersCommand) -> anyhow::Result<String> {
             max_streams,
             matches,
             store,
+            ..
         } => {
             if !partner::valid_name(&name) {
                 bail!("name: 1 to 64 letters, digits, '-', '_' or '.', got {name:?}");
@@ -54,7 +60,7 @@ pub async fn run(command: PartnersCommand) -> anyhow::Result<String> {
                 describe(&p)
             ))
         }
-        PartnersCommand::List { store } => {
+        PartnersCommand::List { store, .. } => {
             let store = connect::history(&store).await?;
             let entries = store.partners().await.context("listing partners")?;
             let mut out = format!("{:<24} {:<8} {}\n", "NAME", "STATE", "SETTINGS");
@@ -73,7 +79,7 @@ pub async fn run(command: PartnersCommand) -> anyhow::Result<String> {
             }
             Ok(out)
         }
-        PartnersCommand::Revoke { name, store } => {
+        PartnersCommand::Revoke { name, store, .. } => {
             let store = connect::history(&store).await?;
             if !store
                 .revoke_partner(&name, now_ms())

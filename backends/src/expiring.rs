@@ -29,7 +29,7 @@ struct Entry<T> {
 impl ExpiringHash {
     pub(crate) async fn connect(url: &str) -> Result<ExpiringHash, RoomStoreError> {
         Ok(ExpiringHash {
-            conn: ::redis::Client::open(url)
+            conn: crate::tls::redis_client(url)
                 .map_err(unavailable)?
                 .get_connection_manager()
                 .await

@@ -54,7 +54,7 @@ return 0
 
 impl RedisStreamLeases {
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStreamLeases, RoomStoreError> {
-        let client = ::redis::Client::open(url).map_err(unavailable)?;
+        let client = crate::tls::redis_client(url).map_err(unavailable)?;
         Ok(RedisStreamLeases {
             conn: client.get_connection_manager().await.map_err(unavailable)?,
             prefix: prefix.to_string(),

@@ -11,6 +11,7 @@ pub mod matchlog;
 pub mod membership;
 mod probe;
 pub mod rooms;
+pub mod tls;
 
 /// The prefix of every Redis key Grandstand writes unless told otherwise (tests and
 /// benchmarks use their own, so runs never collide).

@@ -11,7 +11,7 @@ pub struct RedisProbe {
 
 impl RedisProbe {
     pub async fn connect(url: &str) -> Result<RedisProbe, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let client = crate::tls::redis_client(url).map_err(|e| e.to_string())?;
         let conn = client
             .get_connection_manager()
             .await

@@ -148,7 +148,8 @@ impl SqlHistory {
             };
             (url, Dialect::Sqlite)
         } else {
-            (url.to_string(), Dialect::Postgres)
+            crate::tls::install_crypto();
+            (crate::tls::postgres_url(url), Dialect::Postgres)
         };
         let pool = AnyPoolOptions::new()
             // SQLite has one writer; more connections would only contend for its lock.

@@ -109,7 +109,7 @@ fn unavailable(e: redis::RedisError) -> BoardError {
 impl RedisLeaderboards {
     /// Connects (reconnecting on its own later) and loads the apply script.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisLeaderboards, BoardError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = crate::tls::redis_client(url).map_err(unavailable)?;
         let conn = client.get_connection_manager().await.map_err(unavailable)?;
         let lb = RedisLeaderboards {
             conn,

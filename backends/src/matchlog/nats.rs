@@ -73,9 +73,16 @@ impl NatsLog {
         // A cluster is given as a comma-separated list; any reachable node will do, and the
         // client learns the rest from it.
         let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("grandstand")
-            .retry_on_initial_connect()
+            .retry_on_initial_connect();
+        if servers.iter().any(|s| s.starts_with("tls://")) {
+            options = options.require_tls(true);
+        }
+        if let Some((ca, _)) = crate::tls::private_ca() {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let client = options
             .connect(servers)
             .await
             .map_err(LogError::unavailable)?;

@@ -13,7 +13,7 @@ fn unavailable(e: impl std::fmt::Display) -> RoomStoreError {
 }
 
 async fn connect(url: &str) -> Result<ConnectionManager, RoomStoreError> {
-    let client = ::redis::Client::open(url).map_err(unavailable)?;
+    let client = crate::tls::redis_client(url).map_err(unavailable)?;
     client.get_connection_manager().await.map_err(unavailable)
 }
 
