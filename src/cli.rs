@@ -2,6 +2,9 @@
 //! `grandstand <role> --help` shows only its own options; `grandstand` with no role (or `all`)
 //! takes every group. Defaults are the libraries' own (`GatewayConfig::default()` and so on),
 //! declared once there and shown here.
+//!
+//! Long because it is the whole command line: one small group per concern, each with its help
+//! text, and the conversions into the libraries' configs next to the flags they read.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -424,6 +427,36 @@ pub struct SecretArgs {
     /// per process when unset (tokens then die with the process).
     #[arg(long, env = "GRANDSTAND_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// HS256 secrets of JWTs your own backend mints, accepted wherever a token is (`sub` is
+    /// the player, `exp` required); comma separated, several at once while one rotates.
+    #[arg(
+        long,
+        env = "GRANDSTAND_JWT_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub jwt_secrets: Vec<String>,
+    /// A JWKS file with the RS256/ES256 public keys of JWTs your backend mints (re-read every
+    /// minute: rotate keys by replacing the file).
+    #[arg(long, env = "GRANDSTAND_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The `iss` JWTs must carry, when set.
+    #[arg(long, env = "GRANDSTAND_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` JWTs must carry, when set.
+    #[arg(long, env = "GRANDSTAND_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl SecretArgs {
+    pub fn jwt(&self) -> httpkit::JwtConfig {
+        httpkit::JwtConfig {
+            secrets: self.jwt_secrets.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
+    }
 }
 
 /// Rooms, matches and the player port.

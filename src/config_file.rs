@@ -152,7 +152,7 @@ fn render(value: &toml::Value) -> anyhow::Result<String> {
 
 /// Options whose values are secrets, whole.
 fn is_secret(key: &str) -> bool {
-    ["secret", "password", "token", "key"]
+    ["secret", "secrets", "password", "token", "key"]
         .iter()
         .any(|s| key.split('_').any(|w| w == *s))
 }
@@ -313,6 +313,7 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         assert_eq!(masked("token_secret", "hunter2"), "********");
+        assert_eq!(masked("jwt_secrets", "a,b"), "********");
         assert_eq!(
             masked(
                 "database_url",

@@ -104,6 +104,25 @@ pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<SqlHistory>> {
 /// The signer of bearer tokens. Roles in separate processes must share a secret; every role
 /// in one process may make one up (tokens then die with the process).
 pub fn signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> {
+    let signer = own_signer(args, embedded)?;
+    let jwt = args.jwt();
+    if !jwt.enabled() {
+        return Ok(signer);
+    }
+    if let Some(short) = jwt.secrets.iter().find(|s| s.len() < 16) {
+        bail!(
+            "--jwt-secrets: each secret at least 16 characters ({} given)",
+            short.len()
+        );
+    }
+    let verifier = httpkit::JwtVerifier::new(jwt).context("--jwt-jwks-file")?;
+    // Re-read until the process ends.
+    verifier.keep_fresh(httpkit::Shutdown::new());
+    tracing::info!("JWTs accepted as bearer tokens");
+    Ok(signer.with_external(verifier))
+}
+
+fn own_signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> {
     match &args.token_secret {
         Some(s) if s.len() >= 16 => Ok(TokenSigner::new(s.as_bytes())),
         Some(_) => bail!("GRANDSTAND_TOKEN_SECRET must be at least 16 characters"),

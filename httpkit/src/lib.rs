@@ -6,6 +6,7 @@
 
 pub mod client;
 mod cors;
+mod jwt;
 mod limiter;
 mod matchmaking;
 mod partners;
@@ -13,6 +14,7 @@ mod ready;
 
 pub use client::{limit_key, TrustedProxies};
 pub use cors::CorsOrigins;
+pub use jwt::{JwtConfig, JwtVerifier, JWKS_REFRESH};
 pub use partners::{PartnerDirectory, PARTNER_REFRESH};
 pub use ready::Readiness;
 

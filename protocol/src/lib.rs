@@ -19,7 +19,7 @@ pub use feed::{Applied, Encoded, Format, Frame, FrameKind, MatchFeed};
 pub use ids::{valid_match_id, MatchId, PlayerId};
 pub use log::{LogKind, LogRecord};
 pub use state::{Arena, Delta, MatchStatus, PlayerView, Shot, SpectatorState};
-pub use token::{Claims, ConnectClaims, TokenError, TokenSigner};
+pub use token::{Claims, ConnectClaims, ExternalTokens, TokenError, TokenSigner};
 pub use viewer::{decide_resume, parse_position, PositionError, Resume, StreamPosition};
 
 /// Milliseconds since the Unix epoch; the one clock every role stamps records with.

@@ -17,7 +17,8 @@
 //! before the viewers connected).
 //!
 //! [`worker`] holds the viewers (in worker processes), [`servers`] the systems under test and
-//! the publisher; this module plans a run and measures it.
+//! the publisher; this module plans a run and measures it (long because the plan, the
+//! measurement window and the report with its side-by-side ratios are one sequence).
 
 pub mod feed;
 mod servers;

@@ -1,6 +1,10 @@
 //! A viewers worker: one process holding its share of the viewers (WebSocket, SSE, Socket.IO
 //! or NATS-over-WebSocket clients, from its own source address), reporting what each received
 //! to the parent.
+//!
+//! Long because it holds one client per kind of peer (each with its own handshake and framing)
+//! and the connect, sampling and reporting loop they share; the clients are small and alike,
+//! and splitting them would scatter one protocol of parent and worker over several files.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,7 +11,8 @@
 //!
 //! Field by field, with a worked example, in docs/architecture.md ("Feed format v2"). This
 //! module holds the encoder the hub uses and a decoder ([`V2View`]) for clients written in Rust,
-//! the tests and the fuzzer.
+//! the tests and the fuzzer. Long because the format is: the encoder and decoder of each
+//! message kind sit together so a field's two halves are read side by side.
 
 use std::collections::BTreeMap;
 

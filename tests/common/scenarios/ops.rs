@@ -272,3 +272,162 @@ pub async fn config_file(backend: &Backend) {
     let (ok, out) = crate::common::run_to_completion(backend, &["--config", bad.to_str().unwrap()]);
     assert!(!ok && out.contains("unknown key `matchs`"), "{out}");
 }
+
+/// JWTs minted by a deployment's own backend are bearer tokens everywhere: HS256 with either
+/// of two rotating secrets, RS256 with a key from a JWKS file; expired, unknown-key and
+/// `alg: none` tokens get a 401 before any stream opens.
+pub async fn jwt_tokens(backend: &Backend) {
+    use base64::Engine;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    let dir = backend.data_dir().join("jwt-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("rsa.pem");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let modulus = openssl(&["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"]);
+    let modulus = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..modulus.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&modulus[i..i + 2], 16).unwrap())
+        .collect();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
+        "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n), "e": "AQAB"
+    }]});
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+
+    let app = App::spawn(
+        backend,
+        &[
+            "--matches",
+            "1",
+            "--jwt-secrets",
+            "first-secret-0000001,second-secret-000002",
+            "--jwt-jwks-file",
+            jwks_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let id = app.live_match_ids(1).await.remove(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hs = |secret: &str, sub: &str, exp: u64| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": sub, "exp": exp, "name": "Acme player"}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let rsa_key = EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
+    let mut rs_header = Header::new(Algorithm::RS256);
+    rs_header.kid = Some("k1".into());
+    let rs = encode(
+        &rs_header,
+        &serde_json::json!({"sub": "acme-rs", "exp": now + 300}),
+        &rsa_key,
+    )
+    .unwrap();
+
+    let stream = |token: String| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let r = app
+                .http
+                .get(app.url(&format!("/v1/matches/{id}/stream")))
+                .header("accept", "text/event-stream")
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            if status != 200 {
+                return (status, r.text().await.unwrap());
+            }
+            // Read until the snapshot (a `retry:` line may come first).
+            let mut r = r;
+            let mut text = String::new();
+            while !text.contains("event: snapshot") {
+                let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+                    .await
+                    .expect("no snapshot within 5 s")
+                    .unwrap()
+                    .expect("the stream ended");
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            (status, text)
+        }
+    };
+    for (what, token) in [
+        (
+            "HS256, first secret",
+            hs("first-secret-0000001", "acme-1", now + 300),
+        ),
+        (
+            "HS256, second secret",
+            hs("second-secret-000002", "acme-2", now + 300),
+        ),
+        ("RS256 from the JWKS", rs.clone()),
+    ] {
+        let (status, body) = stream(token).await;
+        assert_eq!(status, 200, "{what}: {body}");
+        assert!(body.contains("event: snapshot"), "{what}: {body}");
+    }
+    // Matchmaking takes them too (the player is the JWT's `sub`).
+    let r = app
+        .http
+        .post(app.url("/v1/matchmaking/join"))
+        .bearer_auth(hs("second-secret-000002", "acme-3", now + 300))
+        .json(&serde_json::json!({"region": "eu", "skill": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    for (what, token, says) in [
+        (
+            "expired",
+            hs("first-secret-0000001", "acme-1", now - 5),
+            "expired",
+        ),
+        (
+            "unknown secret",
+            hs("not-a-secret-we-know", "acme-1", now + 300),
+            "invalid",
+        ),
+        (
+            "alg none",
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJwIiwiZXhwIjo5OTk5OTk5OTk5fQ.".to_string(),
+            "invalid",
+        ),
+    ] {
+        let (status, body) = stream(token).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+    }
+    app.stop().await;
+}
