@@ -215,9 +215,20 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         backends.history.clone().expect("opened above"),
         shutdown.clone(),
     ));
-    let viewers: api::ViewerCounts = {
-        let gw = gateway.clone();
-        Arc::new(move |id: &str| gw.viewers(id))
+    // With Redis the gateways may be many processes: count every gateway's viewers.
+    let viewers: api::ViewerCounts = match &args.redis.redis_url {
+        Some(url) => api::fleet_viewer_counts(
+            Arc::new(
+                backends::RedisMembership::connect(url, &args.redis.redis_prefix)
+                    .await
+                    .context("connecting to Redis (gateway membership)")?,
+            ),
+            shutdown.clone(),
+        ),
+        None => {
+            let gw = gateway.clone();
+            Arc::new(move |id: &str| gw.viewers(id))
+        }
     };
     let api = connect::api_state(&backends, &signer, Some(viewers), args.http.cors())
         .with_matchmaker(Arc::new(game_server::LocalMatchmaker(game)));
@@ -437,7 +448,19 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         boards: Some(boards),
         history: Some(history),
     };
-    let state = connect::api_state(&backends, &signer, None, args.http.cors());
+    // The match list's viewer counts: every gateway's, from their membership heartbeats.
+    let viewers = match &args.redis.redis_url {
+        Some(url) => Some(api::fleet_viewer_counts(
+            Arc::new(
+                backends::RedisMembership::connect(url, &args.redis.redis_prefix)
+                    .await
+                    .context("connecting to Redis (gateway membership)")?,
+            ),
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let state = connect::api_state(&backends, &signer, viewers, args.http.cors());
     let state = match &args.matchmaker_url {
         Some(url) => state.with_matchmaker(Arc::new(api::RemoteMatchmaker::new(url))),
         None => state,

@@ -7,6 +7,7 @@
 //! Routes by resource: [`matches`], [`leaderboards`], [`players`], [`auth`]; [`dashboard`]
 //! serves the page; [`matchmaker`] says where matchmaking goes.
 
+mod audience;
 mod auth;
 mod dashboard;
 pub mod leaderboards;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use protocol::TokenSigner;
 
+pub use audience::fleet_viewer_counts;
 pub use httpkit::RateLimiter;
 pub use leaderboards::{resolve_board, MAX_LIMIT, MAX_OFFSET, MAX_RADIUS};
 pub use matchmaker::RemoteMatchmaker;

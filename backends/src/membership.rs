@@ -11,11 +11,15 @@ use serde::{Deserialize, Serialize};
 use crate::expiring::ExpiringHash;
 use crate::rooms::RoomStoreError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayInfo {
     pub id: String,
     /// Where viewers connect (scheme, host and port).
     pub url: String,
+    /// Viewers connected to this gateway, by match (those with at least one), as of its last
+    /// heartbeat: summed over the live gateways, the fleet's audience of each match.
+    #[serde(default)]
+    pub viewers: std::collections::BTreeMap<String, u64>,
 }
 
 #[async_trait]
@@ -94,6 +98,7 @@ mod tests {
 
     async fn contract(m: &dyn Membership) {
         let g = |id: &str| GatewayInfo {
+            viewers: Default::default(),
             id: id.into(),
             url: format!("http://{id}"),
         };

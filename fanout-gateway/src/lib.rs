@@ -173,17 +173,20 @@ impl Gateway {
     /// Joins the membership as reachable at `url` (heartbeat every second, lapsing 3 s after
     /// the last one), and leaves it at shutdown.
     pub fn announce(&self, url: String) {
-        let me = GatewayInfo {
+        let mut me = GatewayInfo {
             id: format!("gw-{:08x}", rand::random::<u32>()),
             url,
+            viewers: Default::default(),
         };
         *self.me.lock().unwrap() = Some(me.clone());
         let (membership, shutdown) = (self.membership.clone(), self.shutdown.clone());
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = every.tick() => {
+                        me.viewers = viewers_by_match(&registry);
                         if let Err(e) = membership.heartbeat(&me, Duration::from_secs(3)).await {
                             tracing::warn!(error = %e, "gateway membership heartbeat failed");
                         }
@@ -370,6 +373,18 @@ fn hub_key(match_id: &str, delay_ms: Option<u64>) -> String {
         None => match_id.to_string(),
         Some(d) => format!("{match_id}@{d}"),
     }
+}
+
+/// This gateway's viewers by match (every delay summed), matches without viewers left out.
+fn viewers_by_match(registry: &Registry) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (key, hub) in registry.lock().unwrap().iter() {
+        let n = hub.viewers.load(Ordering::Relaxed) as u64;
+        if n > 0 {
+            *counts.entry(hub_match(key).to_string()).or_default() += n;
+        }
+    }
+    counts
 }
 
 /// The match a registry key is for.

@@ -214,7 +214,7 @@ pub async fn connection_caps(backend: &Backend) {
 /// Two gateways share the matches by rendezvous hashing over their Redis membership; a viewer
 /// connects where `GET /v1/matches/{id}/gateway` says, that gateway is killed (SIGKILL), the
 /// viewer resumes on the other from its last version with no gap and no duplicate, and the
-/// dead gateway drops out of the membership.
+/// dead gateway drops out of the membership. The API counts the viewers of every gateway.
 pub async fn gateway_failover(backend: &Backend) {
     let secret = "gateway-failover-test-secret".to_string();
     let env = [("GRANDSTAND_TOKEN_SECRET", secret.clone())];
@@ -275,6 +275,24 @@ pub async fn gateway_failover(backend: &Backend) {
     let ann_other = ws_connect(&other.ws_url(&stream), Some(&ann))
         .await
         .unwrap();
+    // The API, a process of its own, counts the match's viewers on both gateways (from their
+    // membership heartbeats): viewer-1 and ann on one, ann on the other.
+    let api = App::spawn_with(backend, &[], &env, Some("snapshot-api")).await;
+    let counted = eventually(Duration::from_secs(10), || async {
+        let (_, list) = api.get("/v1/matches").await;
+        let listed = list["matches"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == match_id.as_str())?
+            .clone();
+        (listed["viewers"] == 3).then_some(listed)
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the API never counted 3 viewers over both gateways"
+    );
+    api.stop().await;
     assert_eq!(
         ws_connect(&other.ws_url(&stream), Some(&ann)).await.err(),
         Some(429)
