@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::clients::guests_allowed;
 use common::{App, Backend};
+use testkit::process::wait_for_port;
 use testkit::wsclient::{Offer, RawWs};
 
 struct Nginx {
@@ -85,14 +87,7 @@ async fn nginx(dir: &Path, upstream: SocketAddr) -> Nginx {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_port(port, "nginx", Duration::from_secs(10)).await;
     Nginx { child, url }
 }
 
@@ -102,26 +97,6 @@ fn client_from(local: &str) -> reqwest::Client {
         .local_address(local.parse::<IpAddr>().unwrap())
         .build()
         .unwrap()
-}
-
-/// Guest sign-ins through nginx from `client` that come back 200 out of `n`, each with a
-/// different forged `X-Forwarded-For`.
-async fn guests_allowed(client: &reqwest::Client, base: &str, n: usize) -> usize {
-    let mut allowed = 0;
-    for i in 0..n {
-        let r = client
-            .post(format!("{base}/v1/auth/guest"))
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .send()
-            .await
-            .unwrap();
-        match r.status().as_u16() {
-            200 => allowed += 1,
-            429 => {}
-            other => panic!("guest sign-in through nginx answered {other}"),
-        }
-    }
-    allowed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,14 +184,17 @@ async fn the_sample_nginx_config_serves_streams_and_names_the_client() {
     // Per-address limits: 127.0.0.2 is limited as one client whatever it forges in
     // X-Forwarded-For (nginx appends the real address, the rightmost untrusted hop) ...
     const N: usize = 40;
-    let forging = guests_allowed(&viewer, &proxy.url, N).await;
+    let forging = guests_allowed(&viewer, &proxy.url, N, |i| format!("203.0.113.{i}")).await;
     assert!(
         forging < N,
         "a forged X-Forwarded-For escaped the limit ({forging} of {N})"
     );
     // ... and another viewer behind the same proxy is not held to 127.0.0.2's count.
     let other = client_from("127.0.0.3");
-    assert_eq!(guests_allowed(&other, &proxy.url, 5).await, 5);
+    assert_eq!(
+        guests_allowed(&other, &proxy.url, 5, |i| format!("203.0.113.{i}")).await,
+        5
+    );
 
     drop(proxy);
     app.stop().await;

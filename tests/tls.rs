@@ -7,9 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{App, Backend};
+use testkit::process::{stdout_of, wait_for_port};
 
 /// The machine's PostgreSQL serves this certificate (Debian's default, `localhost`).
 const POSTGRES_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
@@ -24,16 +25,7 @@ impl Drop for Server {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(Command::new("openssl").current_dir(dir).args(args));
 }
 
 /// A CA and a `localhost` server certificate it signed: (ca.pem, server.pem, server.key).
@@ -116,17 +108,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "{what} did not start on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn nats_bin() -> String {
     [
         "/usr/sbin/nats-server",
@@ -196,8 +177,8 @@ async fn the_platform_runs_on_backends_behind_tls() {
             .spawn()
             .expect("nats-server"),
     );
-    wait_port(redis_port, "redis-server (TLS)").await;
-    wait_port(nats_port, "nats-server (TLS)").await;
+    wait_for_port(redis_port, "redis-server (TLS)", Duration::from_secs(15)).await;
+    wait_for_port(nats_port, "nats-server (TLS)", Duration::from_secs(15)).await;
 
     let database = backend.database().unwrap().to_string();
     let no_roots = dir.join("no-roots");

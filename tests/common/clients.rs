@@ -156,3 +156,28 @@ impl Sse {
         v
     }
 }
+
+/// Guest sign-ins sent from `http` to `base` that come back 200 out of `n`, sign-in `i` with
+/// the `X-Forwarded-For` that `hop(i)` names; a 429 counts as refused, anything else fails.
+pub async fn guests_allowed(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    hop: impl Fn(usize) -> String,
+) -> usize {
+    let mut allowed = 0;
+    for i in 0..n {
+        let r = http
+            .post(format!("{base}/v1/auth/guest"))
+            .header("x-forwarded-for", hop(i))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("guest sign-in answered {other}"),
+        }
+    }
+    allowed
+}

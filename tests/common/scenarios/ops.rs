@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use testkit::process::stdout_of;
 use testkit::wsclient::{Offer, RawWs, Received};
 
+use crate::common::clients::guests_allowed;
 use crate::common::{App, Backend};
 
 const VIEWERS: usize = 30;
@@ -122,27 +124,6 @@ pub async fn readiness_and_drain(backend: &Backend) {
     assert!(signalled.elapsed() < Duration::from_secs(10));
 }
 
-/// Guest sign-ins that come back 200 out of `n`, each sent with the `X-Forwarded-For` that
-/// `hop(i)` names.
-async fn guests_allowed(app: &App, n: usize, hop: impl Fn(usize) -> String) -> usize {
-    let mut allowed = 0;
-    for i in 0..n {
-        let r = app
-            .http
-            .post(app.url("/v1/auth/guest"))
-            .header("x-forwarded-for", hop(i))
-            .send()
-            .await
-            .unwrap();
-        match r.status().as_u16() {
-            200 => allowed += 1,
-            429 => {}
-            other => panic!("guest sign-in answered {other}"),
-        }
-    }
-    allowed
-}
-
 /// Behind a trusted proxy the per-address limits count the client named by the forwarding
 /// headers (the rightmost untrusted hop, IPv6 per /64); from an untrusted peer the headers are
 /// ignored and every request counts as the peer's.
@@ -154,19 +135,28 @@ pub async fn behind_a_proxy(backend: &Backend) {
         &["--matches", "1", "--trusted-proxies", "127.0.0.0/8"],
     )
     .await;
-    let distinct = guests_allowed(&proxied, N, |i| format!("203.0.113.{i}")).await;
+    let distinct = guests_allowed(&proxied.http, &proxied.base, N, |i| {
+        format!("203.0.113.{i}")
+    })
+    .await;
     assert_eq!(
         distinct, N,
         "distinct clients behind the proxy share no limit"
     );
     // The client forges first hops; the proxy appends the real address, which is the one counted.
-    let forged = guests_allowed(&proxied, N, |i| format!("6.6.{i}.6, 198.51.100.7")).await;
+    let forged = guests_allowed(&proxied.http, &proxied.base, N, |i| {
+        format!("6.6.{i}.6, 198.51.100.7")
+    })
+    .await;
     assert!(
         forged < N,
         "a forged first hop escaped the limit ({forged} of {N})"
     );
     // IPv6 clients are one client per /64, whatever their interface id.
-    let same_64 = guests_allowed(&proxied, N, |i| format!("2001:db8:5:6::{i:x}")).await;
+    let same_64 = guests_allowed(&proxied.http, &proxied.base, N, |i| {
+        format!("2001:db8:5:6::{i:x}")
+    })
+    .await;
     assert!(
         same_64 < N,
         "addresses of one /64 escaped the limit ({same_64} of {N})"
@@ -178,7 +168,7 @@ pub async fn behind_a_proxy(backend: &Backend) {
         &["--matches", "1", "--trusted-proxies", "10.0.0.0/8"],
     )
     .await;
-    let ignored = guests_allowed(&direct, N, |i| format!("203.0.113.{i}")).await;
+    let ignored = guests_allowed(&direct.http, &direct.base, N, |i| format!("203.0.113.{i}")).await;
     assert!(
         ignored < N,
         "an untrusted peer's X-Forwarded-For was believed ({ignored} of {N})"
@@ -208,17 +198,11 @@ pub async fn config_file(backend: &Backend) {
     let path_arg = path.to_str().unwrap();
 
     let print = |env: &[(&str, &str)]| {
-        let out = std::process::Command::new(testkit::grandstand_bin())
-            .args(["config", "print", "gateway", "--config", path_arg])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(
+            std::process::Command::new(testkit::grandstand_bin())
+                .args(["config", "print", "gateway", "--config", path_arg])
+                .envs(env.iter().copied()),
+        )
     };
     let printed = print(&[]);
     for line in [
@@ -283,18 +267,7 @@ pub async fn jwt_tokens(backend: &Backend) {
     let dir = backend.data_dir().join("jwt-test");
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("rsa.pem");
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let openssl = |args: &[&str]| stdout_of(std::process::Command::new("openssl").args(args));
     openssl(&[
         "genpkey",
         "-algorithm",
