@@ -317,7 +317,12 @@ impl ClientReader {
                 }
                 let mut n = [0u8; 8];
                 n.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(n), 10)
+                let n = u64::from_be_bytes(n);
+                // RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
+                if n >> 63 != 0 {
+                    return Err(ReadError::Protocol("a frame length past 2^63"));
+                }
+                (n, 10)
             }
             n => (u64::from(n), 2),
         };
@@ -332,7 +337,9 @@ impl ClientReader {
         } else {
             // Refuse a message that would exceed the cap as soon as a header says so.
             let so_far = self.partial.as_ref().map_or(0, |p| p.len) as u64;
-            if so_far + len > self.max_message as u64 {
+            // Saturating: a declared length near 2^63 must not wrap past the cap (the fuzzer
+            // found the wrap; release builds would then slice with a wrapped range).
+            if so_far.saturating_add(len) > self.max_message as u64 {
                 return Err(ReadError::TooLarge);
             }
         }
@@ -477,6 +484,45 @@ pub fn read_server_frame(b: &[u8]) -> Option<(u8, bool, &[u8], usize)> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The fuzzer's find (ws_reader, 2026-12-02): a continuation frame declaring a 64-bit length
+    /// that, added to the fragment already held, overflowed the cap check.
+    #[test]
+    fn fuzz_regression_a_huge_continuation_length_is_refused_not_wrapped() {
+        let mut reader = ClientReader::new(4096, false);
+        // A non-final text fragment of one byte, masked.
+        assert!(reader
+            .push(&[0x01, 0x81, 1, 2, 3, 4, b'a' ^ 1])
+            .unwrap()
+            .is_empty());
+        // A continuation declaring 2^64 - 1 bytes, then 2^63 - 1 bytes.
+        let mut huge = vec![0x80, 0x80 | 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(matches!(reader.push(&huge), Err(ReadError::Protocol(_))));
+        let mut reader = ClientReader::new(4096, false);
+        assert!(reader
+            .push(&[0x01, 0x81, 1, 2, 3, 4, b'a' ^ 1])
+            .unwrap()
+            .is_empty());
+        let mut big = vec![0x80, 0x80 | 127];
+        big.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        big.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(reader.push(&big).unwrap_err().close_code(), 1009);
+        // The fuzzer's bytes themselves (after its flags byte).
+        let crash: &[u8] = &[
+            0x02, 0x81, 0x89, 0x81, 0xa7, 0x81, 0x0b, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff,
+        ];
+        let mut reader = ClientReader::new(4096, false);
+        let mut tail = crash.to_vec();
+        tail.extend(std::iter::repeat_n(0xff, 36));
+        tail.extend_from_slice(&[0xa7, 0xa7, 0x81, 0x83]);
+        match reader.push(&tail) {
+            Ok(_) => {}
+            Err(e) => assert!([1002, 1007, 1009].contains(&e.close_code()), "{e:?}"),
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 
