@@ -274,6 +274,10 @@ pub struct HttpArgs {
     /// non-browser clients only.
     #[arg(long, env = "GRANDSTAND_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Serve `/metrics` and `/readyz` on this address instead of the public one (which keeps
+    /// `/healthz`): scrapers and orchestrators reach them, the internet does not. Port 0 picks one.
+    #[arg(long, env = "GRANDSTAND_INTERNAL_ADDR")]
+    pub internal_addr: Option<SocketAddr>,
     /// Reverse proxies and load balancers (CIDRs or addresses, comma separated) whose
     /// `Forwarded`/`X-Forwarded-For` headers name the client: per-address limits then count
     /// the client (the rightmost hop not itself trusted) rather than the proxy. Headers from

@@ -138,6 +138,26 @@ fn listen(http: &cli::HttpArgs, role: &str) -> anyhow::Result<tokio::net::TcpLis
     Ok(listener)
 }
 
+/// With `--internal-addr`, `/metrics` and `/readyz` are served on a listener of their own (for
+/// the orchestrator and the scraper, off the public port); the public listener keeps
+/// `/healthz`. Returns the readiness the public routes take.
+fn internal_ops(
+    http: &cli::HttpArgs,
+    readiness: httpkit::Readiness,
+    shutdown: &Shutdown,
+) -> anyhow::Result<httpkit::Readiness> {
+    let Some(addr) = http.internal_addr else {
+        return Ok(readiness);
+    };
+    let listener =
+        httpkit::listen(addr).with_context(|| format!("binding the internal address {addr}"))?;
+    let internal_addr = listener.local_addr()?;
+    tracing::info!(%internal_addr, "internal HTTP listening (metrics, readiness)");
+    let router = httpkit::ops_router(readiness.clone()).fallback(httpkit::no_such_route);
+    tokio::spawn(httpkit::serve(listener, router, shutdown.clone()));
+    Ok(readiness.served_elsewhere())
+}
+
 /// Waits for the role's background tasks after shutdown (rooms end their matches and flush
 /// their feeds), at most 10 s.
 async fn drain(mut tasks: tokio::task::JoinSet<()>) {
@@ -236,6 +256,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     connect::keep_partners_fresh(store, api.partners(), shutdown.clone()).await;
     let gateway = gateway.with_partners(api.partners());
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
         readiness.clone(),
@@ -283,6 +304,7 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
     )
     .await?;
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
         readiness.clone(),
@@ -354,6 +376,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://{http_addr}")),
     );
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
+    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
         readiness.clone(),
@@ -396,6 +419,7 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
         history: Some(history),
     };
     let readiness = connect::readiness(&backends, None).await?;
+    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
         readiness.clone(),
@@ -470,6 +494,7 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         .http
         .limits(fanout_gateway::GatewayConfig::default().stall_deadline);
     let readiness = connect::readiness(&backends, None).await?;
+    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
     tokio::spawn(stop_on_signal(
         shutdown.clone(),
         readiness.clone(),

@@ -62,6 +62,13 @@ async fn jwt_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_addr() {
+    let backend = Backend::embedded();
+    scenarios::internal_addr(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::embedded();
     scenarios::scores_and_history(&backend).await;

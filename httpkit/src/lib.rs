@@ -197,14 +197,16 @@ pub fn authenticate_caller(
 }
 
 /// `/healthz` (liveness), `/readyz` (the role's `readiness`) and `/metrics` (Prometheus text
-/// format, the process-wide registry).
+/// format, the process-wide registry); only `/healthz` when `readiness` is served elsewhere
+/// (an internal listener).
 pub fn ops_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+    let healthz = get(|| async { Json(serde_json::json!({"status": "ok"})) });
+    if readiness.is_served_elsewhere() {
+        return Router::new().route("/healthz", healthz);
+    }
     readiness
         .router()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", healthz)
         .route("/metrics", get(metrics))
 }
 

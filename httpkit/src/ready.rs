@@ -22,9 +22,24 @@ type Check =
 pub struct Readiness {
     checks: Vec<(&'static str, Check)>,
     draining: Arc<AtomicBool>,
+    /// `/readyz` and `/metrics` are served on an internal listener, not beside the API.
+    internal_only: bool,
 }
 
 impl Readiness {
+    /// The same readiness (draining shared), for a public listener when `/readyz` and
+    /// `/metrics` are served on an internal one (`--internal-addr`).
+    pub fn served_elsewhere(&self) -> Readiness {
+        Readiness {
+            internal_only: true,
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn is_served_elsewhere(&self) -> bool {
+        self.internal_only
+    }
+
     /// Adds a named check (each is given 2 s per probe).
     pub fn check<F, Fut>(mut self, name: &'static str, f: F) -> Readiness
     where

@@ -404,3 +404,43 @@ pub async fn jwt_tokens(backend: &Backend) {
     }
     app.stop().await;
 }
+
+/// `--internal-addr` moves `/metrics` and `/readyz` off the public port (which keeps
+/// `/healthz`) onto a listener of their own.
+pub async fn internal_addr(backend: &Backend) {
+    let app = App::spawn(
+        backend,
+        &["--matches", "1", "--internal-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let log = app.log();
+    let at = log
+        .find("internal_addr=")
+        .unwrap_or_else(|| panic!("no internal_addr in the log: {log}"));
+    let internal: String = log[at + "internal_addr=".len()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let internal = format!("http://{internal}");
+    let status = |url: String| {
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(app.url("/healthz")).await, 200);
+    assert_eq!(status(app.url("/metrics")).await, 404);
+    assert_eq!(status(app.url("/readyz")).await, 404);
+    assert_eq!(status(format!("{internal}/readyz")).await, 200);
+    let metrics = app
+        .http
+        .get(format!("{internal}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("gw_viewers"), "{metrics}");
+    // The API stays on the public port only.
+    assert_eq!(status(format!("{internal}/v1/matches")).await, 404);
+    app.stop().await;
+}
