@@ -308,3 +308,21 @@ pub async fn keep_partners_fresh(
         }
     });
 }
+
+/// Viewer counts summed over every gateway of the fleet (their Redis membership heartbeats);
+/// `None` without Redis, where this process's own gateway is the only one.
+pub async fn fleet_viewers(
+    redis: &RedisArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<api::ViewerCounts>> {
+    let Some(url) = &redis.redis_url else {
+        return Ok(None);
+    };
+    let membership = backends::RedisMembership::connect(url, &redis.redis_prefix)
+        .await
+        .context("connecting to Redis (gateway membership)")?;
+    Ok(Some(api::fleet_viewer_counts(
+        Arc::new(membership),
+        shutdown.clone(),
+    )))
+}

@@ -138,6 +138,25 @@ fn listen(http: &cli::HttpArgs, role: &str) -> anyhow::Result<tokio::net::TcpLis
     Ok(listener)
 }
 
+/// What every role does with its readiness: serves it (on `--internal-addr` when set) and
+/// drains on SIGTERM (`gateway`'s viewers over `--drain-secs`). Returns the readiness the
+/// public routes take.
+fn operate(
+    http: &cli::HttpArgs,
+    readiness: httpkit::Readiness,
+    gateway: Option<fanout_gateway::Gateway>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<httpkit::Readiness> {
+    let public = internal_ops(http, readiness.clone(), shutdown)?;
+    tokio::spawn(stop_on_signal(
+        shutdown.clone(),
+        readiness,
+        gateway,
+        http.drain(),
+    ));
+    Ok(public)
+}
+
 /// With `--internal-addr`, `/metrics` and `/readyz` are served on a listener of their own (for
 /// the orchestrator and the scraper, off the public port); the public listener keeps
 /// `/healthz`. Returns the readiness the public routes take.
@@ -236,15 +255,8 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     // With Redis the gateways may be many processes: count every gateway's viewers.
-    let viewers: api::ViewerCounts = match &args.redis.redis_url {
-        Some(url) => api::fleet_viewer_counts(
-            Arc::new(
-                backends::RedisMembership::connect(url, &args.redis.redis_prefix)
-                    .await
-                    .context("connecting to Redis (gateway membership)")?,
-            ),
-            shutdown.clone(),
-        ),
+    let viewers: api::ViewerCounts = match connect::fleet_viewers(&args.redis, &shutdown).await? {
+        Some(fleet) => fleet,
         None => {
             let gw = gateway.clone();
             Arc::new(move |id: &str| gw.viewers(id))
@@ -256,13 +268,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     connect::keep_partners_fresh(store, api.partners(), shutdown.clone()).await;
     let gateway = gateway.with_partners(api.partners());
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
-    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
-    tokio::spawn(stop_on_signal(
-        shutdown.clone(),
-        readiness.clone(),
-        Some(gateway.clone()),
-        args.http.drain(),
-    ));
+    let readiness = operate(&args.http, readiness, Some(gateway.clone()), &shutdown)?;
     let router: Router = httpkit::ops_router(readiness)
         .merge(gateway.router())
         .merge(api::router(api))
@@ -304,13 +310,7 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
     )
     .await?;
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
-    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
-    tokio::spawn(stop_on_signal(
-        shutdown.clone(),
-        readiness.clone(),
-        None,
-        args.http.drain(),
-    ));
+    let readiness = operate(&args.http, readiness, None, &shutdown)?;
     // A game server's HTTP port: its matchmaker (for APIs in other processes) and ops.
     let router = httpkit::ops_router(readiness).merge(httpkit::matchmaking_router(
         Arc::new(game_server::LocalMatchmaker(game)),
@@ -376,13 +376,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://{http_addr}")),
     );
     let readiness = connect::readiness(&backends, Some(&args.redis)).await?;
-    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
-    tokio::spawn(stop_on_signal(
-        shutdown.clone(),
-        readiness.clone(),
-        Some(gw.clone()),
-        args.http.drain(),
-    ));
+    let readiness = operate(&args.http, readiness, Some(gw.clone()), &shutdown)?;
     let result = gw.run(http, readiness).await;
     shutdown.cancel();
     result.context("HTTP server")
@@ -419,13 +413,7 @@ async fn aggregator(args: AggregatorArgs, shutdown: Shutdown) -> anyhow::Result<
         history: Some(history),
     };
     let readiness = connect::readiness(&backends, None).await?;
-    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
-    tokio::spawn(stop_on_signal(
-        shutdown.clone(),
-        readiness.clone(),
-        None,
-        args.http.drain(),
-    ));
+    let readiness = operate(&args.http, readiness, None, &shutdown)?;
     let Backends {
         log,
         ticks,
@@ -473,17 +461,7 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         history: Some(history),
     };
     // The match list's viewer counts: every gateway's, from their membership heartbeats.
-    let viewers = match &args.redis.redis_url {
-        Some(url) => Some(api::fleet_viewer_counts(
-            Arc::new(
-                backends::RedisMembership::connect(url, &args.redis.redis_prefix)
-                    .await
-                    .context("connecting to Redis (gateway membership)")?,
-            ),
-            shutdown.clone(),
-        )),
-        None => None,
-    };
+    let viewers = connect::fleet_viewers(&args.redis, &shutdown).await?;
     let state = connect::api_state(&backends, &signer, viewers, args.http.cors());
     let state = match &args.matchmaker_url {
         Some(url) => state.with_matchmaker(Arc::new(api::RemoteMatchmaker::new(url))),
@@ -494,13 +472,7 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         .http
         .limits(fanout_gateway::GatewayConfig::default().stall_deadline);
     let readiness = connect::readiness(&backends, None).await?;
-    let readiness = internal_ops(&args.http, readiness, &shutdown)?;
-    tokio::spawn(stop_on_signal(
-        shutdown.clone(),
-        readiness.clone(),
-        None,
-        args.http.drain(),
-    ));
+    let readiness = operate(&args.http, readiness, None, &shutdown)?;
     let result = api::run(state, http, shutdown.clone(), limits, readiness).await;
     shutdown.cancel();
     result.context("HTTP server")

@@ -612,6 +612,17 @@ mod tests {
         (batch[0].kind, batch[0].position.version)
     }
 
+    /// A gateway following the in-memory log `log`.
+    fn gateway_on(log: Arc<MemoryLog>) -> Gateway {
+        Gateway::new(
+            GatewayConfig::default(),
+            log.clone(),
+            log,
+            TokenSigner::new(b"test-secret-0123456789abcdef"),
+            Shutdown::new(),
+        )
+    }
+
     /// A viewer resuming from a position this gateway's hub has not reached yet (it read it on
     /// another gateway) waits for the hub instead of getting an older snapshot: the chaos run
     /// caught viewers sent back from version 55 to 46 after a frozen gateway thawed.
@@ -620,13 +631,7 @@ mod tests {
         let log = Arc::new(MemoryLog::new(MemoryLogLimits::default()));
         log.publish(record(10, LogKind::Keyframe)).await.unwrap();
         publish(&log, 11..=20).await;
-        let gw = Gateway::new(
-            GatewayConfig::default(),
-            log.clone(),
-            log.clone(),
-            TokenSigner::new(b"test-secret-0123456789abcdef"),
-            Shutdown::new(),
-        );
+        let gw = gateway_on(log.clone());
         // Warm the hub: a viewer from scratch gets the snapshot at 20.
         let fresh = gw.attach("m1", None, WIRE).await.unwrap();
         assert_eq!(first(&fresh).await, (FrameKind::Snapshot, 20));
@@ -783,13 +788,7 @@ mod tests {
         let log = Arc::new(MemoryLog::new(MemoryLogLimits::default()));
         log.publish(record(10, LogKind::Keyframe)).await.unwrap();
         publish(&log, 11..=12).await;
-        let gw = Gateway::new(
-            GatewayConfig::default(),
-            log.clone(),
-            log.clone(),
-            TokenSigner::new(b"test-secret-0123456789abcdef"),
-            Shutdown::new(),
-        );
+        let gw = gateway_on(log.clone());
         let viewer = gw.attach("m1", None, WIRE).await.unwrap();
         assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 12));
         let started = Instant::now();
