@@ -35,6 +35,8 @@ pub struct Cli {
     pub all: AllArgs,
 }
 
+// Parsed once at start and matched once: the size of the largest role's flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Role {
     /// Every role in one process (the default).
@@ -350,6 +352,14 @@ pub struct NatsArgs {
     /// Bytes the match log stream may hold (and reserves on the NATS server).
     #[arg(long, env = "NATS_MAX_BYTES", default_value_t = NatsLogConfig::new("").max_bytes)]
     pub nats_max_bytes: i64,
+    /// Seconds between the client's pings to its NATS server: a server gone without closing
+    /// the connection (a lost host) is noticed after two unanswered pings.
+    #[arg(long, env = "NATS_PING_SECS", default_value_t = NatsLogConfig::new("").ping_interval.as_secs())]
+    pub nats_ping_secs: u64,
+    /// Milliseconds a NATS request (JetStream calls, publish acknowledgements) may take before
+    /// it fails and is retried.
+    #[arg(long, env = "NATS_TIMEOUT_MS", default_value_t = NatsLogConfig::new("").request_timeout.as_millis() as u64)]
+    pub nats_timeout_ms: u64,
 }
 
 impl NatsArgs {
@@ -360,6 +370,8 @@ impl NatsArgs {
             max_age: Duration::from_secs(self.nats_max_age_secs),
             max_bytes: self.nats_max_bytes,
             replicas: usize::from(self.nats_replicas),
+            ping_interval: Duration::from_secs(self.nats_ping_secs.max(1)),
+            request_timeout: Duration::from_millis(self.nats_timeout_ms.max(100)),
             ..NatsLogConfig::new(url)
         }
     }
@@ -585,6 +597,13 @@ pub struct ViewerArgs {
     /// own.
     #[arg(long, env = "GRANDSTAND_EVENT_COALESCE_MS", default_value_t = GatewayConfig::default().event_coalesce.as_millis() as u64)]
     pub event_coalesce_ms: u64,
+    /// Concurrent replays (`?from=start`) on this gateway: each reads the log with a follower
+    /// of its own; past the cap a replay is refused with 429 (live streams are not affected).
+    #[arg(long, env = "GRANDSTAND_MAX_REPLAYS", default_value_t = GatewayConfig::default().max_replays)]
+    pub max_replays: usize,
+    /// Matches one multi-match stream (`GET /v1/streams`) may follow.
+    #[arg(long, env = "GRANDSTAND_MAX_MATCHES_PER_STREAM", default_value_t = GatewayConfig::default().max_matches_per_stream)]
+    pub max_matches_per_stream: usize,
 }
 
 impl ViewerArgs {
@@ -605,6 +624,8 @@ impl ViewerArgs {
             handshake_burst: self.handshakes_per_sec.saturating_mul(4),
             ping_interval: Duration::from_millis(self.ping_ms.max(100)),
             event_coalesce: Duration::from_millis(self.event_coalesce_ms.min(1000)),
+            max_replays: self.max_replays,
+            max_matches_per_stream: self.max_matches_per_stream.max(1),
             connections,
             ..Default::default()
         }

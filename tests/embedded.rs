@@ -55,6 +55,20 @@ async fn partner_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_start() {
+    let backend = Backend::embedded();
+    scenarios::replay_from_start(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_match_streams() {
+    let backend = Backend::embedded();
+    scenarios::multi_match_streams(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_tokens() {
     let backend = Backend::embedded();
     scenarios::jwt_tokens(&backend).await;

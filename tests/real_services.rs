@@ -20,6 +20,20 @@ async fn partner_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_start() {
+    let backend = Backend::real().await;
+    scenarios::replay_from_start(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_match_streams() {
+    let backend = Backend::real().await;
+    scenarios::multi_match_streams(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_history() {
     let backend = Backend::real().await;
     scenarios::scores_and_history(&backend).await;

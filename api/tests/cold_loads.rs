@@ -33,6 +33,9 @@ impl MatchLog for CountingLog {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         self.inner.follow(match_id).await
     }
+    async fn replay(&self, match_id: &str) -> Result<LogStream, LogError> {
+        self.inner.replay(match_id).await
+    }
     async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
         self.inner.latest_keyframe(match_id).await
     }

@@ -117,6 +117,100 @@ async fn nats_follow_reads_one_match_from_its_latest_keyframe() {
     drop_stream(&config).await;
 }
 
+/// Every record of `s` up to the one that caught up.
+async fn read_caught_up(s: &mut backends::LogStream) -> Vec<(u64, LogKind)> {
+    let mut got = Vec::new();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push((item.record.version, item.record.kind));
+        if item.caught_up {
+            return got;
+        }
+    }
+}
+
+/// The live line carries records to whoever listens now, one match per subscription, and
+/// stores nothing.
+#[tokio::test]
+async fn nats_live_line_reaches_listeners_and_stores_nothing() {
+    let (log, config) = nats_log().await;
+    let mut live = log.live("m1").await.unwrap().expect("NATS has a live line");
+    log.publish_live(&rec("m2", 1, LogKind::Delta)).await;
+    log.publish_live(&rec("m1", 1, LogKind::Delta)).await;
+    log.publish_live(&rec("m1", 2, LogKind::Event)).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let item = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push((item.record.match_id, item.record.version, item.record.kind));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("m1".to_string(), 1, LogKind::Delta),
+            ("m1".to_string(), 2, LogKind::Event)
+        ]
+    );
+    assert!(matches!(
+        log.follow("m1").await,
+        Err(backends::LogError::UnknownMatch)
+    ));
+    assert!(log.match_events("m1").await.unwrap().is_empty());
+    drop_stream(&config).await;
+}
+
+/// A replay reads one match from its first keyframe (skipping anything before it), every
+/// record after it across later keyframes, then live records.
+#[tokio::test]
+async fn nats_replay_reads_one_match_from_its_first_keyframe() {
+    let (log, config) = nats_log().await;
+    assert!(matches!(
+        log.replay("m1").await,
+        Err(backends::LogError::UnknownMatch)
+    ));
+    for (m, v, k) in [
+        ("m1", 4, LogKind::Delta), // before any keyframe: nothing can start from it
+        ("m1", 5, LogKind::Keyframe),
+        ("m2", 0, LogKind::Keyframe),
+        ("m1", 6, LogKind::Delta),
+        ("m1", 7, LogKind::Event),
+        ("m1", 7, LogKind::Keyframe),
+        ("m1", 8, LogKind::Delta),
+    ] {
+        log.publish(rec(m, v, k)).await.unwrap();
+    }
+    let mut s = log.replay("m1").await.unwrap();
+    assert_eq!(
+        read_caught_up(&mut s).await,
+        vec![
+            (5, LogKind::Keyframe),
+            (6, LogKind::Delta),
+            (7, LogKind::Event),
+            (7, LogKind::Keyframe),
+            (8, LogKind::Delta)
+        ]
+    );
+    log.publish(rec("m2", 1, LogKind::Delta)).await.unwrap();
+    log.publish(rec("m1", 9, LogKind::Delta)).await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (item.record.match_id.as_str(), item.record.version),
+        ("m1", 9)
+    );
+    drop_stream(&config).await;
+}
+
 /// The bounded replay of every event ends at the last one even when nothing more is published
 /// (a rebuild on a quiet log must not wait for the next match).
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! delay has passed, so no viewer of this gateway sees the match earlier than that; the first
 //! viewer of a fresh hub waits out the delay once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub enum AttachError {
     /// and told to retry, here or on another gateway.
     #[error("this gateway has not reached the viewer's position yet")]
     Behind,
+    /// Every replay slot (`?from=start`) is taken.
+    #[error("every replay slot is taken")]
+    ReplaysFull,
 }
 
 pub(crate) struct Attach {
@@ -109,21 +112,16 @@ impl Hub {
         }
     }
 
-    /// Subscribes again from the latest keyframe, retrying until the log answers or the
-    /// gateway shuts down.
-    async fn resubscribe(&self) -> LogStream {
-        loop {
-            match self.subscribe().await {
-                Ok(s) => return s,
-                Err(e) => {
-                    tracing::warn!(match_id = %self.match_id, error = %e, "resubscribe failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = self.shutdown.cancelled() => return futures::stream::empty().boxed(),
-                    }
-                }
-            }
+    /// Follows the log again from its latest keyframe after `delay`, without holding up the
+    /// hub: while the stored log does not answer (a leader election), the live line and the
+    /// viewers go on.
+    fn resubscribe_after(&self, delay: Duration) -> Resubscription {
+        let (log, match_id) = (self.log.clone(), self.match_id.clone());
+        async move {
+            tokio::time::sleep(delay).await;
+            log.follow(&match_id).await
         }
+        .boxed()
     }
 
     /// Takes one item of the followed log: straight to the viewers, or into the delay line.
@@ -136,6 +134,7 @@ impl Hub {
     ) -> Flow {
         match item {
             Some(Ok(item)) => {
+                served.last_stored = Instant::now();
                 if item.record.kind == LogKind::Keyframe {
                     let delay_ms = self
                         .delay_override_ms
@@ -179,7 +178,19 @@ impl Hub {
             flush_now: false,
             last_record: Instant::now(),
             producer_down: false,
+            live_ahead: BTreeMap::new(),
+            last_stored: Instant::now(),
+            last_live: None,
         };
+        // The live line beside the stored log, where the log has one (NATS).
+        let mut live = match self.log.live(&self.match_id).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(match_id = %self.match_id, error = %e, "no live line; following the stored log only");
+                None
+            }
+        };
+        let mut resubscribing: Option<Resubscription> = None;
         // The match's broadcast delay, as its latest keyframe states it.
         let mut delay_us = 0u64;
         let mut line: DelayLine<LogItem> = DelayLine::new(self.config.delay_line);
@@ -207,9 +218,44 @@ impl Hub {
                     if flow == Flow::Resubscribe {
                         served.wake_all();
                         line.clear();
-                        stream = self.resubscribe().await;
+                        stream = futures::stream::pending().boxed();
+                        resubscribing = Some(self.resubscribe_after(Duration::ZERO));
                     } else {
                         served.settle(self.config.event_coalesce);
+                    }
+                }
+                followed = async { resubscribing.as_mut().expect("checked").await }, if resubscribing.is_some() => {
+                    match followed {
+                        Ok(s) => {
+                            stream = s;
+                            resubscribing = None;
+                            served.last_stored = Instant::now();
+                        }
+                        Err(e) => {
+                            tracing::warn!(match_id = %self.match_id, error = %e, "resubscribe failed");
+                            resubscribing = Some(self.resubscribe_after(Duration::from_millis(500)));
+                        }
+                    }
+                }
+                item = async { live.as_mut().expect("checked").next().await }, if live.is_some() => {
+                    match item {
+                        // A delayed match is served from the stored log alone: its viewers are
+                        // seconds behind anyway, and the delay line releases what is stored.
+                        Some(Ok(item)) if delay_us == 0 && line.is_empty() => {
+                            served.take_live(&self.match_id, item, &self.config);
+                            let mut more = 0;
+                            while more < READY_BATCH {
+                                let Some(Some(Ok(item))) = live.as_mut().expect("checked").next().now_or_never() else { break };
+                                served.take_live(&self.match_id, item, &self.config);
+                                more += 1;
+                            }
+                            served.settle(self.config.event_coalesce);
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!(match_id = %self.match_id, "live line ended; following the stored log only");
+                            live = None;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(served.wake_at(self.config.event_coalesce)), if served.held_since.is_some() => {
@@ -221,7 +267,8 @@ impl Hub {
                         if served.take(&self.match_id, item, &self.config) == Flow::Resubscribe {
                             line.clear();
                             served.wake_all();
-                            stream = self.resubscribe().await;
+                            stream = futures::stream::pending().boxed();
+                            resubscribing = Some(self.resubscribe_after(Duration::ZERO));
                             break;
                         }
                     }
@@ -238,6 +285,21 @@ impl Hub {
                 _ = sweep.tick() => {
                     served.release_parked(&self.config);
                     served.check_producer();
+                    // A stored log that went quiet while the live line goes on lost its
+                    // follower (its leader moved): recreate it now rather than when the
+                    // client's heartbeats notice. Quiet on both lines: look again every few
+                    // seconds (the producer may be down; that is told to viewers apart).
+                    if live.is_some() && resubscribing.is_none() && served.caught_up {
+                        let quiet = served.last_stored.elapsed();
+                        let live_ahead = served.last_live.is_some_and(|at| at > served.last_stored);
+                        if (live_ahead && quiet >= STORED_SILENCE) || quiet >= STORED_SILENCE * 4 {
+                            metrics::FOLLOWER_RECREATED.inc();
+                            tracing::info!(match_id = %self.match_id, quiet_ms = quiet.as_millis() as u64, live_ahead, "stored log quiet; recreating its follower");
+                            served.last_stored = Instant::now();
+                            stream = futures::stream::pending().boxed();
+                            resubscribing = Some(self.resubscribe_after(Duration::ZERO));
+                        }
+                    }
                     let draining = *self.draining.lock().unwrap();
                     if let Some((since, period)) = draining {
                         served.drain_step(since, period, self.config.retry_after_ms, &mut drained);
@@ -284,6 +346,16 @@ impl Hub {
     }
 }
 
+/// A future following the match log again (see [`Hub::resubscribe_after`]).
+type Resubscription = futures::future::BoxFuture<'static, Result<LogStream, LogError>>;
+
+/// A stored log silent this long while the live line goes on has its follower recreated.
+const STORED_SILENCE: Duration = Duration::from_millis(1500);
+
+/// Live records kept while they wait for the one before them (lost on the live line, it comes
+/// from the stored log); past this, further ones are left to the stored log.
+const LIVE_AHEAD: usize = 1024;
+
 /// Log items a hub takes in one go (what the log has ready) before it wakes its viewers.
 const READY_BATCH: usize = 256;
 
@@ -320,6 +392,11 @@ struct ServedMatch {
     /// When the last record was taken, and whether the viewers were told the producer is down.
     last_record: Instant,
     producer_down: bool,
+    /// Live records past the next version, waiting for the ones before them.
+    live_ahead: BTreeMap<(u64, u64), LogItem>,
+    /// When the stored log last handed the hub a record, and the live line one it lacked.
+    last_stored: Instant,
+    last_live: Option<Instant>,
 }
 
 /// A live match silent for this long has its viewers told `producer_down` (its game server
@@ -340,8 +417,56 @@ fn ahead_of(since: Option<StreamPosition>, at: Option<StreamPosition>) -> bool {
 }
 
 impl ServedMatch {
-    /// Applies one released log item.
+    /// Applies one released log item, then the live records it made next.
     fn take(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> Flow {
+        let flow = self.take_one(match_id, item, config);
+        while flow == Flow::Continue && !self.live_ahead.is_empty() {
+            let Some(at) = self.feed.position() else {
+                break;
+            };
+            let had = (at.epoch, at.version);
+            while self
+                .live_ahead
+                .first_key_value()
+                .is_some_and(|(k, _)| *k <= had)
+            {
+                self.live_ahead.pop_first();
+            }
+            let Some(next) = self.live_ahead.remove(&(at.epoch, at.version + 1)) else {
+                break;
+            };
+            metrics::LIVE_RECORDS.inc();
+            if self.take_one(match_id, next, config) != Flow::Continue {
+                break;
+            }
+        }
+        flow
+    }
+
+    /// A record of the live line: taken when it is the next version, kept when it is further
+    /// ahead (the stored log brings what is missing), dropped when the hub has it already.
+    fn take_live(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) {
+        if item.record.kind == LogKind::Keyframe || !self.caught_up {
+            return;
+        }
+        let Some(at) = self.feed.position() else {
+            return;
+        };
+        let got = (item.record.epoch, item.record.version);
+        if got <= (at.epoch, at.version) {
+            return;
+        }
+        self.last_live = Some(Instant::now());
+        if got == (at.epoch, at.version + 1) {
+            metrics::LIVE_RECORDS.inc();
+            self.take(match_id, item, config);
+        } else if self.live_ahead.len() < LIVE_AHEAD {
+            self.live_ahead.insert(got, item);
+        }
+    }
+
+    /// Applies one released log item.
+    fn take_one(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) -> Flow {
         self.last_record = Instant::now();
         if self.producer_down {
             self.producer_down = false;
@@ -484,7 +609,7 @@ impl ServedMatch {
 }
 
 /// The broadcast delay a keyframe states (0 when absent or unreadable).
-fn broadcast_delay_ms(keyframe: &[u8]) -> u64 {
+pub(crate) fn broadcast_delay_ms(keyframe: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Delay {
         #[serde(default)]
@@ -663,6 +788,8 @@ mod tests {
         inner: Arc<MemoryLog>,
         scripts: Mutex<Vec<Vec<LogRecord>>>,
         cut: Arc<tokio::sync::Notify>,
+        /// The live line, when the test gives one.
+        live: Mutex<Option<mpsc::UnboundedReceiver<LogRecord>>>,
     }
 
     impl LaggingLog {
@@ -671,6 +798,7 @@ mod tests {
                 inner: Arc::new(MemoryLog::new(MemoryLogLimits::default())),
                 scripts: Mutex::new(scripts),
                 cut: Arc::default(),
+                live: Mutex::new(None),
             })
         }
     }
@@ -709,6 +837,22 @@ mod tests {
                 Err(LogError::Lagged)
             });
             Ok(futures::stream::iter(items).chain(lost).boxed())
+        }
+        async fn replay(&self, match_id: &str) -> Result<LogStream, LogError> {
+            self.follow(match_id).await
+        }
+        async fn live(&self, _match_id: &str) -> Result<Option<LogStream>, LogError> {
+            let Some(rx) = self.live.lock().unwrap().take() else {
+                return Ok(None);
+            };
+            let items = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|record| {
+                Ok(LogItem {
+                    record,
+                    caught_up: true,
+                    published_us: None,
+                })
+            });
+            Ok(Some(items.boxed()))
         }
         async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
             self.inner.latest_keyframe(match_id).await
@@ -778,6 +922,33 @@ mod tests {
         assert_eq!(
             seen,
             (31..=34).map(|v| (FrameKind::Delta, v)).collect::<Vec<_>>()
+        );
+    }
+
+    /// A stored log that goes quiet (its JetStream leader is being elected) while the live
+    /// line goes on: viewers get the live records that follow on; one that arrives past a
+    /// lost one waits for it; the hub recreates its quiet follower, which fills the gap, and
+    /// every version reaches the viewer once, in order.
+    #[tokio::test]
+    async fn the_live_line_feeds_viewers_while_the_stored_log_is_quiet() {
+        let log = LaggingLog::new(vec![line_from(10, 20), line_from(10, 25)]);
+        let (live, rx) = mpsc::unbounded_channel();
+        *log.live.lock().unwrap() = Some(rx);
+        let gw = lagging_gateway(log.clone());
+        let viewer = gw.attach("m1", None, WIRE).await.unwrap();
+        assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 20));
+        for v in [21, 22, 22, 24] {
+            live.send(record(v, LogKind::Delta)).unwrap();
+        }
+        let seen = drain(&viewer, Duration::from_millis(400)).await;
+        assert_eq!(seen, vec![(FrameKind::Delta, 21), (FrameKind::Delta, 22)]);
+        let started = Instant::now();
+        let seen = drain(&viewer, Duration::from_millis(2600)).await;
+        assert_eq!(
+            seen,
+            (23..=25).map(|v| (FrameKind::Delta, v)).collect::<Vec<_>>(),
+            "the gap filled from the recreated follower, after {:?}",
+            started.elapsed()
         );
     }
 

@@ -8,7 +8,9 @@ mod hub;
 pub mod limits;
 mod metrics;
 pub use metrics::register as register_metrics;
+mod multi;
 pub mod queue;
+mod replay;
 mod stream;
 mod websocket;
 
@@ -63,6 +65,10 @@ pub struct GatewayConfig {
     pub max_streams_per_user: usize,
     /// Concurrent streams from one IP address on this gateway.
     pub max_streams_per_address: usize,
+    /// Concurrent replays (`?from=start`), each with a log follower of its own.
+    pub max_replays: usize,
+    /// Matches one multi-match stream may follow.
+    pub max_matches_per_stream: usize,
     /// Gateways that own each match (clients prefer the first; any gateway serves any match).
     pub owners: usize,
     /// Stream handshakes one address may make in a burst, and per second after it.
@@ -88,6 +94,8 @@ impl Default for GatewayConfig {
             retry_after_ms: 1000,
             event_coalesce: Duration::from_millis(25),
             owners: 2,
+            max_replays: 16,
+            max_matches_per_stream: 32,
             max_streams_per_user: 8,
             max_streams_per_address: 1000,
             handshake_burst: 200,
@@ -115,6 +123,8 @@ pub struct Gateway {
     /// Set when the gateway drains: since when, and over how long its viewers are moved off.
     pub(crate) draining: Arc<Mutex<Option<(std::time::Instant, Duration)>>>,
     pub(crate) partners: httpkit::PartnerDirectory,
+    /// Replay slots (`?from=start`), `max_replays` of them.
+    pub(crate) replays: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -135,6 +145,7 @@ impl Gateway {
             Duration::from_secs_f64(1.0 / f64::from(config.handshakes_per_sec.max(1))),
             100_000,
         ));
+        let replays = Arc::new(tokio::sync::Semaphore::new(config.max_replays));
         Gateway {
             caps,
             handshakes,
@@ -148,6 +159,7 @@ impl Gateway {
             registry: Arc::new(Mutex::new(HashMap::new())),
             draining: Arc::default(),
             partners: httpkit::PartnerDirectory::default(),
+            replays,
             boards: Arc::new(boards::BoardFeeds::default()),
             shutdown,
         }
@@ -229,6 +241,7 @@ impl Gateway {
         Router::new()
             .route("/v1/matches/{id}/gateway", get(where_to_connect))
             .route("/v1/matches/{id}/stream", get(stream::handle))
+            .route("/v1/streams", get(multi::handle))
             .route("/v1/leaderboards/{board}/stream", get(boards::handle))
             .with_state(self.clone())
     }

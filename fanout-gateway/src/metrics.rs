@@ -37,6 +37,30 @@ pub static PARTNER_STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static REPLAYS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gw_replays",
+        "Replays from the start running (each with a log follower of its own)"
+    )
+    .unwrap()
+});
+pub static MULTI_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gw_multi_match_streams", "Multi-match streams connected").unwrap()
+});
+pub static LIVE_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_live_records_total",
+        "Records hubs took from the live line (before the stored log delivered them)"
+    )
+    .unwrap()
+});
+pub static FOLLOWER_RECREATED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_follower_recreated_total",
+        "Stored-log followers recreated because the stored log went quiet"
+    )
+    .unwrap()
+});
 pub static MESSAGES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("gw_messages_out_total", "Messages sent to viewers").unwrap()
 });
@@ -150,6 +174,10 @@ pub fn register() {
     LazyLock::force(&DISCONNECTS);
     LazyLock::force(&REJECTED);
     LazyLock::force(&PARTNER_STREAMS);
+    LazyLock::force(&REPLAYS);
+    LazyLock::force(&MULTI_STREAMS);
+    LazyLock::force(&LIVE_RECORDS);
+    LazyLock::force(&FOLLOWER_RECREATED);
     LazyLock::force(&MESSAGES_OUT);
     LazyLock::force(&BYTES_OUT);
     LazyLock::force(&SUBSTITUTIONS);

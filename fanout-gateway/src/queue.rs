@@ -260,6 +260,12 @@ impl ViewerQueue {
         s.partial.is_some() || !s.control.is_empty() || !s.frames.is_empty()
     }
 
+    /// Whether a frame can be queued without replacing the backlog by a snapshot (a replay
+    /// waits for this instead: it goes as fast as its viewer reads).
+    pub fn has_room(&self) -> bool {
+        self.state.lock().unwrap().frames.len() < self.capacity
+    }
+
     /// The reason the queue was closed, once it is.
     pub fn closed(&self) -> Option<CloseReason> {
         self.state.lock().unwrap().closed.clone()

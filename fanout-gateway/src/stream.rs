@@ -18,16 +18,45 @@ use serde::Deserialize;
 use crate::limits::{CapExceeded, CapGuard, SharedPlace, SharedRefusal};
 use crate::metrics;
 use crate::queue::{CloseReason, Filter, Transport, ViewerQueue, Wire};
+use crate::replay::{Pace, ReplayError};
 use crate::websocket::{self, Handshake};
 use crate::{AttachError, Gateway};
 
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct StreamQuery {
-    since: Option<String>,
-    token: Option<String>,
-    format: Option<String>,
-    types: Option<String>,
-    kinds: Option<String>,
+    pub(crate) since: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) format: Option<String>,
+    pub(crate) types: Option<String>,
+    pub(crate) kinds: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) pace: Option<String>,
+    /// Multi-match streams: the matches (comma separated), or a region whose live matches
+    /// join as they start.
+    pub(crate) matches: Option<String>,
+    pub(crate) region: Option<String>,
+}
+
+/// `?from=start[&pace=realtime]`: whether the viewer asked for a replay from the start, and
+/// at which pace; the field is named when a value is not understood.
+pub(crate) fn replay_pace(
+    from: Option<&str>,
+    pace: Option<&str>,
+) -> Result<Option<Pace>, ApiError> {
+    let replay = match from {
+        None => false,
+        Some("start") => true,
+        Some(_) => return Err(ApiError::invalid("from", "expected start")),
+    };
+    match (replay, pace) {
+        (_, Some(p)) if p != "realtime" && p != "read" => {
+            Err(ApiError::invalid("pace", "expected realtime or read"))
+        }
+        (false, Some(_)) => Err(ApiError::invalid("pace", "only with from=start")),
+        (false, None) => Ok(None),
+        (true, Some("realtime")) => Ok(Some(Pace::Realtime)),
+        (true, _) => Ok(Some(Pace::AsRead)),
+    }
 }
 
 pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
@@ -77,22 +106,40 @@ pub(crate) struct Admission {
     _shared: Option<SharedPlace>,
 }
 
-fn reject(reason: &'static str, e: ApiError) -> Response {
+pub(crate) fn reject(reason: &'static str, e: ApiError) -> Response {
     metrics::REJECTED.with_label_values(&[reason]).inc();
     e.into_response()
 }
 
-pub(crate) async fn handle(
-    State(gw): State<Gateway>,
-    Path(match_id): Path<String>,
-    req: Request,
-) -> Response {
-    let (mut parts, _) = req.into_parts();
+/// A stream request that passed every check common to the single- and multi-match streams:
+/// handshake rate, credentials, connection caps, transport, origin, format and filter.
+pub(crate) struct Admitted {
+    pub(crate) caller: httpkit::Caller,
+    pub(crate) admission: Admission,
+    pub(crate) wire: Wire,
+    pub(crate) handshake: Option<Handshake>,
+    pub(crate) connection: Option<Arc<httpkit::Connection>>,
+    /// The resume position as sent (`Last-Event-ID` for SSE, else `?since=`), with the name of
+    /// the field it came from.
+    pub(crate) since: (&'static str, Option<String>),
+}
+
+impl Admitted {
+    /// The delay this caller watches at instead of a match's own (a partner's), if any.
+    pub(crate) fn delay_ms(&self) -> Option<u64> {
+        self.caller.partner.as_deref().and_then(|p| p.delay_ms)
+    }
+}
+
+/// Checks a stream request up to the point where it needs its match(es). `matches` are the
+/// matches named in the request, which a partner key must cover.
+pub(crate) async fn admit(
+    gw: &Gateway,
+    parts: &mut axum::http::request::Parts,
+    query: &StreamQuery,
+    matches: &[&str],
+) -> Result<Admitted, Response> {
     let connection = parts.extensions.get::<Arc<httpkit::Connection>>().cloned();
-    let query = match Query::<StreamQuery>::try_from_uri(&parts.uri) {
-        Ok(Query(q)) => q,
-        Err(e) => return reject("bad_request", ApiError::invalid("query", e.body_text())),
-    };
     // Floods are shed before any work: a handshake rate per address, then the token, then
     // the concurrent connection caps per user and per address.
     let address = parts
@@ -100,7 +147,7 @@ pub(crate) async fn handle(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| httpkit::limit_key(c.0.ip()));
     if !gw.handshakes.allow(address) {
-        return too_many_handshakes();
+        return Err(too_many_handshakes());
     }
     let caller = match authenticate_caller(
         &gw.signer,
@@ -109,7 +156,7 @@ pub(crate) async fn handle(
         query.token.as_deref(),
     ) {
         Ok(c) => c,
-        Err(e) => return reject("unauthorized", e),
+        Err(e) => return Err(reject("unauthorized", e)),
     };
     let claims = &caller.claims;
     // A partner key carries its own stream cap (in place of the per-user one, and the
@@ -120,15 +167,15 @@ pub(crate) async fn handle(
             gw.config.max_streams_per_address,
         ),
         Some(partner) => {
-            if !partner.covers(&match_id) {
-                return reject(
+            if let Some(m) = matches.iter().find(|m| !partner.covers(m)) {
+                return Err(reject(
                     "forbidden",
                     ApiError::new(
                         StatusCode::FORBIDDEN,
                         "forbidden",
-                        "token: this partner key does not cover this match",
+                        format!("token: this partner key does not cover match {m:?}"),
                     ),
-                );
+                ));
             }
             let cap = partner
                 .max_streams
@@ -138,7 +185,7 @@ pub(crate) async fn handle(
     };
     let local = match gw.caps.acquire_within(&claims.sub, address, caps) {
         Ok(g) => g,
-        Err(cap) => return refuse_cap(&gw, cap),
+        Err(cap) => return Err(refuse_cap(gw, cap)),
     };
     let shared = match &gw.shared {
         None => None,
@@ -148,8 +195,8 @@ pub(crate) async fn handle(
                 .await
             {
                 Ok(place) => place,
-                Err(SharedRefusal::Rate) => return too_many_handshakes(),
-                Err(SharedRefusal::Cap(cap)) => return refuse_cap(&gw, cap),
+                Err(SharedRefusal::Rate) => return Err(too_many_handshakes()),
+                Err(SharedRefusal::Cap(cap)) => return Err(refuse_cap(gw, cap)),
             }
         }
     };
@@ -159,14 +206,14 @@ pub(crate) async fn handle(
     };
     let websocket = wants_websocket(&parts.headers);
     if !websocket && !wants_sse(&parts.headers) {
-        return reject(
+        return Err(reject(
             "bad_request",
             ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "not_acceptable",
                 "ask for a WebSocket upgrade or send Accept: text/event-stream",
             ),
-        );
+        ));
     }
     // SSE clients resume with Last-Event-ID (what EventSource sends by itself); both
     // transports also take ?since= for the first connection.
@@ -174,37 +221,32 @@ pub(crate) async fn handle(
         .then(|| parts.headers.get("last-event-id"))
         .flatten()
         .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
-    let (field, raw_since) = match last_event_id {
+    let since = match last_event_id {
         Some(id) => ("Last-Event-ID", Some(id)),
-        None => ("since", query.since),
-    };
-    let since: Option<StreamPosition> = match raw_since.as_deref().map(parse_position) {
-        None => None,
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => return reject("bad_request", ApiError::invalid(field, e)),
+        None => ("since", query.since.clone()),
     };
     if websocket && !gw.config.cors.allows_handshake(&parts.headers) {
-        return reject(
+        return Err(reject(
             "origin",
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden_origin",
                 "pages of this Origin may not open streams here (see --cors-origins)",
             ),
-        );
+        ));
     }
     let format = match choose_format(query.format.as_deref(), websocket.then_some(&parts.headers)) {
         Ok(f) => f,
-        Err(e) => return reject("bad_request", e),
+        Err(e) => return Err(reject("bad_request", e)),
     };
     let filter = match Filter::parse(query.types.as_deref(), query.kinds.as_deref()) {
         Ok(f) => f,
-        Err((field, why)) => return reject("bad_request", ApiError::invalid(field, why)),
+        Err((field, why)) => return Err(reject("bad_request", ApiError::invalid(field, why))),
     };
     let handshake = if websocket {
-        match Handshake::check(&mut parts, format) {
+        match Handshake::check(parts, format) {
             Ok(h) => Some(h),
-            Err(e) => return reject("bad_request", e),
+            Err(e) => return Err(reject("bad_request", e)),
         }
     } else {
         None
@@ -219,28 +261,118 @@ pub(crate) async fn handle(
             None => Transport::Sse,
         },
     };
-    let delay_ms = caller.partner.as_deref().and_then(|p| p.delay_ms);
     if let Some(partner) = caller.partner.as_deref() {
         metrics::PARTNER_STREAMS
             .with_label_values(&[partner.name.as_str()])
             .inc();
-        tracing::info!(partner = %partner.name, match_id = %match_id, ?delay_ms, "partner stream");
+        tracing::info!(partner = %partner.name, ?matches, delay_ms = ?partner.delay_ms, "partner stream");
     }
-    let queue = match gw.attach_at(&match_id, delay_ms, since, wire).await {
+    Ok(Admitted {
+        caller,
+        admission,
+        wire,
+        handshake,
+        connection,
+        since,
+    })
+}
+
+pub(crate) async fn handle(
+    State(gw): State<Gateway>,
+    Path(match_id): Path<String>,
+    req: Request,
+) -> Response {
+    let (mut parts, _) = req.into_parts();
+    let query = match Query::<StreamQuery>::try_from_uri(&parts.uri) {
+        Ok(Query(q)) => q,
+        Err(e) => return reject("bad_request", ApiError::invalid("query", e.body_text())),
+    };
+    let admitted = match admit(&gw, &mut parts, &query, &[match_id.as_str()]).await {
+        Ok(a) => a,
+        Err(res) => return res,
+    };
+    let (field, raw_since) = &admitted.since;
+    let since: Option<StreamPosition> = match raw_since.as_deref().map(parse_position) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return reject("bad_request", ApiError::invalid(field, e)),
+    };
+    let pace = match replay_pace(query.from.as_deref(), query.pace.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return reject("bad_request", e),
+    };
+    let (wire, delay_ms) = (admitted.wire, admitted.delay_ms());
+    let attached = match pace {
+        None => gw.attach_at(&match_id, delay_ms, since, wire).await,
+        Some(pace) => crate::replay::start(&gw, &match_id, delay_ms, since, wire, pace)
+            .await
+            .map_err(|e| match e {
+                ReplayError::Full => AttachError::ReplaysFull,
+                ReplayError::UnknownMatch => AttachError::UnknownMatch,
+                ReplayError::Unavailable => AttachError::Unavailable,
+            }),
+    };
+    let queue = match attached {
         Ok(q) => q,
-        Err(AttachError::UnknownMatch) => {
-            return reject(
-                "unknown_match",
-                ApiError::not_found(format!("no match {match_id:?}")),
-            )
+        Err(e) => return refuse_attach(&match_id, e),
+    };
+    let Admitted {
+        admission,
+        handshake,
+        connection,
+        ..
+    } = admitted;
+    match handshake {
+        Some(handshake) => match connection {
+            Some(connection) => {
+                let connected = Connected::new(queue, "ws", admission);
+                let config = gw.config.clone();
+                handshake.accept(move |io, deflate| {
+                    websocket::serve(config, io, connected, deflate, connection)
+                })
+            }
+            None => upgrade_required(),
+        },
+        None => sse_viewer(gw, queue, admission),
+    }
+}
+
+pub(crate) fn upgrade_required() -> Response {
+    reject(
+        "bad_request",
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this connection cannot be upgraded to a WebSocket",
+        ),
+    )
+}
+
+/// The answer to a stream its hub (or its replay) could not take.
+pub(crate) fn refuse_attach(match_id: &str, e: AttachError) -> Response {
+    match e {
+        AttachError::UnknownMatch => reject(
+            "unknown_match",
+            ApiError::not_found(format!("no match {match_id:?}")),
+        ),
+        AttachError::Unavailable => reject(
+            "unavailable",
+            ApiError::unavailable("match log unavailable; retry"),
+        ),
+        AttachError::ReplaysFull => {
+            let mut res = reject(
+                "replay_cap",
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "replay_cap",
+                    "every replay slot of this gateway is taken (see --max-replays); retry later, or watch live without from=start",
+                ),
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            res
         }
-        Err(AttachError::Unavailable) => {
-            return reject(
-                "unavailable",
-                ApiError::unavailable("match log unavailable; retry"),
-            )
-        }
-        Err(AttachError::Behind) => {
+        AttachError::Behind => {
             let mut res = reject(
                 "behind",
                 ApiError::new(
@@ -251,28 +383,8 @@ pub(crate) async fn handle(
             );
             res.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return res;
+            res
         }
-    };
-    match handshake {
-        Some(handshake) => match connection {
-            Some(connection) => {
-                let connected = Connected::new(queue, "ws", admission);
-                let config = gw.config.clone();
-                handshake.accept(move |io, deflate| {
-                    websocket::serve(config, io, connected, deflate, connection)
-                })
-            }
-            None => reject(
-                "bad_request",
-                ApiError::new(
-                    StatusCode::UPGRADE_REQUIRED,
-                    "upgrade_required",
-                    "this connection cannot be upgraded to a WebSocket",
-                ),
-            ),
-        },
-        None => sse_viewer(gw, queue, admission),
     }
 }
 

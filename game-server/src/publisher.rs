@@ -1,6 +1,9 @@
 //! The spectator feed of one match: owns the match's version line. Off the tick hot path, it
 //! numbers what the room hands it (versions, event seqs), keeps the spectator state to cut
-//! keyframes, encodes every record once and publishes it, retrying until the log accepts it.
+//! keyframes, encodes every record once, sends it on the live line at once and hands it to a
+//! task that stores it in the log in order, retrying until the log accepts it. While the log
+//! refuses records (a JetStream leader election takes seconds) the live line keeps going:
+//! gateways feed their viewers from it and fill any gap from the log once it answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,23 +62,36 @@ impl Publisher {
     }
 
     /// Publishes everything the room sends until the room hangs up, then a final keyframe.
-    /// Publishing retries with backoff while the log is down; `shutdown` only cuts retries
+    /// Storing retries with backoff while the log is down; `shutdown` only cuts retries
     /// short after the room is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomOutput>, shutdown: Shutdown) {
+        let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
+        let storing = tokio::spawn(store(
+            self.log.clone(),
+            self.match_id.clone(),
+            store_rx,
+            shutdown.clone(),
+        ));
+        self.run_feed(&mut rx, &store_tx).await;
+        drop(store_tx);
+        let _ = storing.await;
+    }
+
+    async fn run_feed(&mut self, rx: &mut mpsc::Receiver<RoomOutput>, store: &Store) {
         while let Some(out) = rx.recv().await {
             match out {
                 RoomOutput::Start(state) => {
                     self.state = *state;
-                    self.publish_keyframe(&shutdown).await;
+                    self.publish_keyframe(store).await;
                 }
                 RoomOutput::Delta(delta) => {
                     self.version += 1;
                     self.state.apply(&delta);
                     let body = serde_json::to_vec(&delta).expect("delta serializes");
-                    self.publish(LogKind::Delta, body.into(), &shutdown).await;
+                    self.publish(LogKind::Delta, body.into(), store).await;
                     self.since_keyframe += 1;
                     if self.since_keyframe >= self.keyframe_every {
-                        self.publish_keyframe(&shutdown).await;
+                        self.publish_keyframe(store).await;
                     }
                 }
                 RoomOutput::Event { at_ms, event } => {
@@ -88,22 +104,24 @@ impl Publisher {
                         event,
                     };
                     let body = serde_json::to_vec(&record).expect("event serializes");
-                    self.publish(LogKind::Event, body.into(), &shutdown).await;
+                    self.publish(LogKind::Event, body.into(), store).await;
                 }
             }
         }
         if self.version > 0 {
-            self.publish_keyframe(&shutdown).await;
+            self.publish_keyframe(store).await;
         }
     }
 
-    async fn publish_keyframe(&mut self, shutdown: &Shutdown) {
+    async fn publish_keyframe(&mut self, store: &Store) {
         let body = serde_json::to_vec(&self.state).expect("state serializes");
-        self.publish(LogKind::Keyframe, body.into(), shutdown).await;
+        self.publish(LogKind::Keyframe, body.into(), store).await;
         self.since_keyframe = 0;
     }
 
-    async fn publish(&self, kind: LogKind, body: Bytes, shutdown: &Shutdown) {
+    /// Sends the record on the live line (keyframes stay off it: followers start from stored
+    /// ones) and queues it for the log; waits only when the store queue is full.
+    async fn publish(&self, kind: LogKind, body: Bytes, store: &Store) {
         let record = LogRecord {
             match_id: self.match_id.clone(),
             epoch: self.epoch,
@@ -111,23 +129,47 @@ impl Publisher {
             kind,
             body,
         };
+        if kind != LogKind::Keyframe {
+            self.log.publish_live(&record).await;
+        }
+        let _ = store.send(record).await;
+    }
+}
+
+type Store = mpsc::Sender<LogRecord>;
+
+/// Records waiting to be stored in the log, in order. At the limit the publisher waits, and
+/// behind it the room keeps outputs in its outbox (merging consecutive deltas): about 100 s
+/// of a 10 Hz match, longer than any leader election.
+const STORE_QUEUE: usize = 1024;
+
+/// Stores each record in the log, in order, each retried until the log accepts it.
+async fn store(
+    log: Arc<dyn MatchLog>,
+    match_id: String,
+    mut records: mpsc::Receiver<LogRecord>,
+    shutdown: Shutdown,
+) {
+    while let Some(record) = records.recv().await {
+        let kind = record.kind;
+        let version = record.version;
         // Capped at half a second: a JetStream cluster electing a new stream leader answers
         // again within seconds, and a match that waits out a long backoff after that is
         // silent for nothing (one publisher per match, so the retries cost little).
         let mut backoff = Duration::from_millis(50);
         let failing_since = std::time::Instant::now();
         loop {
-            match self.log.publish(record.clone()).await {
+            match log.publish(record.clone()).await {
                 Ok(()) => {
                     metrics::PUBLISHED.with_label_values(&[kind.as_str()]).inc();
-                    return;
+                    break;
                 }
                 Err(e) => {
                     metrics::PUBLISH_ERRORS.inc();
-                    tracing::warn!(match_id = %self.match_id, error = %e, "publish failed; retrying");
+                    tracing::warn!(%match_id, error = %e, "publish failed; retrying");
                     if shutdown.is_cancelled() && failing_since.elapsed() >= Duration::from_secs(4)
                     {
-                        tracing::error!(match_id = %self.match_id, version = self.version, "giving up publishing at shutdown");
+                        tracing::error!(%match_id, version, "giving up publishing at shutdown");
                         return;
                     }
                     tokio::time::sleep(backoff).await;

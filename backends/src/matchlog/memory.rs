@@ -1,11 +1,13 @@
 //! The embedded match log: one process, bounded retention, nothing on disk.
 //!
-//! Limits (see [`MemoryLogLimits`]): per match, the latest keyframe and every record after it
-//! (a room publishes a keyframe every few seconds, so this stays small; past
-//! `max_records_per_match` the backlog is dropped and followers resync at the next keyframe);
-//! at most `max_matches` matches (the oldest is forgotten first); the most recent
-//! `max_events` events for event consumers (a consumer that falls further behind skips ahead
-//! and the loss is logged).
+//! Limits (see [`MemoryLogLimits`]): per match, its history from the first retained keyframe
+//! (what a replay from the start reads; past `max_history_per_match` records, or all matches'
+//! histories past `max_history_bytes`, the oldest keyframe's stretch is dropped, oldest match
+//! first, down to the latest keyframe); past `max_records_per_match` records since the latest
+//! keyframe the backlog is dropped and followers resync at the next keyframe; at most
+//! `max_matches` matches (the oldest is forgotten first); the most recent `max_events` events
+//! for event consumers (a consumer that falls further behind skips ahead and the loss is
+//! logged).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,10 @@ use super::{
 pub struct MemoryLogLimits {
     pub max_matches: usize,
     pub max_records_per_match: usize,
+    /// Records of one match kept for replays from the start (about an hour of a 10 Hz match).
+    pub max_history_per_match: usize,
+    /// Payload bytes of every match's history together.
+    pub max_history_bytes: usize,
     pub max_events: usize,
     /// Live records buffered per follower before it is told it lagged.
     pub follower_buffer: usize,
@@ -35,6 +41,8 @@ impl Default for MemoryLogLimits {
         MemoryLogLimits {
             max_matches: 1024,
             max_records_per_match: 65_536,
+            max_history_per_match: 65_536,
+            max_history_bytes: 256 << 20,
             max_events: 200_000,
             follower_buffer: 4096,
         }
@@ -42,14 +50,61 @@ impl Default for MemoryLogLimits {
 }
 
 struct MatchEntry {
-    /// The latest keyframe followed by every record after it.
-    since_keyframe: Vec<(LogRecord, u64)>,
+    /// The retained records (with their publish time) from the first retained keyframe on.
+    history: VecDeque<(LogRecord, u64)>,
+    /// Where in `history` the latest keyframe is: followers start there.
+    latest_keyframe: Option<usize>,
+    /// Payload bytes in `history`.
+    bytes: usize,
     last: Option<(u64, u64)>,
     live: broadcast::Sender<(LogRecord, u64)>,
 }
 
+impl MatchEntry {
+    /// The records from `start` on, as a follower reads them: `caught_up` on the last.
+    fn items_from(&self, start: usize) -> Vec<Result<LogItem, LogError>> {
+        let n = self.history.len();
+        self.history
+            .iter()
+            .enumerate()
+            .skip(start)
+            .map(|(i, (record, published))| {
+                Ok(LogItem {
+                    record: record.clone(),
+                    caught_up: i + 1 == n,
+                    published_us: Some(*published),
+                })
+            })
+            .collect()
+    }
+
+    /// Drops the oldest keyframe and the records up to the next one, if that is not the latest
+    /// keyframe's stretch. Returns the bytes freed.
+    fn drop_oldest_stretch(&mut self) -> Option<usize> {
+        let latest = self.latest_keyframe.filter(|&k| k > 0)?;
+        let next = self
+            .history
+            .iter()
+            .skip(1)
+            .position(|(r, _)| r.kind == LogKind::Keyframe)
+            .map_or(latest, |i| i + 1);
+        let freed: usize = self.history.drain(..next).map(|(r, _)| r.body.len()).sum();
+        self.latest_keyframe = Some(latest - next);
+        self.bytes -= freed;
+        Some(freed)
+    }
+
+    fn clear(&mut self) -> usize {
+        self.history.clear();
+        self.latest_keyframe = None;
+        std::mem::take(&mut self.bytes)
+    }
+}
+
 struct Inner {
     matches: HashMap<String, MatchEntry>,
+    /// Payload bytes of every match's history.
+    history_bytes: usize,
     created: VecDeque<String>,
     events: VecDeque<(u64, LogRecord)>,
     next_event: u64,
@@ -77,6 +132,7 @@ impl MemoryLog {
                 ticks: Mutex::new(HashMap::new()),
                 inner: Mutex::new(Inner {
                     matches: HashMap::new(),
+                    history_bytes: 0,
                     created: VecDeque::new(),
                     events: VecDeque::new(),
                     next_event: 0,
@@ -89,25 +145,63 @@ impl MemoryLog {
     }
 }
 
+/// Stored records, then the live ones (the subscription is taken under the same lock as the
+/// copy, so nothing falls between them).
+fn with_live(backlog: Vec<Result<LogItem, LogError>>, entry: &MatchEntry) -> LogStream {
+    let live = BroadcastStream::new(entry.live.subscribe()).map(|r| match r {
+        Ok((record, published)) => Ok(LogItem {
+            record,
+            caught_up: true,
+            published_us: Some(published),
+        }),
+        Err(BroadcastStreamRecvError::Lagged(_)) => Err(LogError::Lagged),
+    });
+    Box::pin(futures::stream::iter(backlog).chain(live))
+}
+
+impl Inner {
+    /// Drops the oldest stretches of the oldest matches' histories while all of them hold more
+    /// than `max_bytes` (every match keeps its latest keyframe's stretch).
+    fn trim_histories(&mut self, max_bytes: usize) {
+        let mut i = 0;
+        while self.history_bytes > max_bytes && i < self.created.len() {
+            let id = &self.created[i];
+            match self
+                .matches
+                .get_mut(id)
+                .and_then(|e| e.drop_oldest_stretch())
+            {
+                Some(freed) => self.history_bytes -= freed,
+                None => i += 1,
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl MatchLog for MemoryLog {
     async fn publish(&self, record: LogRecord) -> Result<(), LogError> {
         let published = protocol::now_us();
         let mut inner = self.shared.inner.lock().unwrap();
         let inner = &mut *inner;
+        let limits = &self.shared.limits;
         if !inner.matches.contains_key(&record.match_id) {
-            if inner.matches.len() >= self.shared.limits.max_matches {
+            if inner.matches.len() >= limits.max_matches {
                 if let Some(oldest) = inner.created.pop_front() {
-                    inner.matches.remove(&oldest);
+                    if let Some(gone) = inner.matches.remove(&oldest) {
+                        inner.history_bytes -= gone.bytes;
+                    }
                 }
             }
             inner.created.push_back(record.match_id.clone());
             inner.matches.insert(
                 record.match_id.clone(),
                 MatchEntry {
-                    since_keyframe: Vec::new(),
+                    history: VecDeque::new(),
+                    latest_keyframe: None,
+                    bytes: 0,
                     last: None,
-                    live: broadcast::channel(self.shared.limits.follower_buffer.max(1)).0,
+                    live: broadcast::channel(limits.follower_buffer.max(1)).0,
                 },
             );
         }
@@ -123,16 +217,32 @@ impl MatchLog for MemoryLog {
             }
             entry.last = Some(key);
         }
-        if record.kind == LogKind::Keyframe {
-            entry.since_keyframe.clear();
-        } else if entry.since_keyframe.len() >= self.shared.limits.max_records_per_match {
+        let mut freed = 0;
+        let since_keyframe = entry.latest_keyframe.map_or(0, |k| entry.history.len() - k);
+        if record.kind != LogKind::Keyframe && since_keyframe >= limits.max_records_per_match {
             tracing::error!(match_id = %record.match_id, "match backlog over its limit; dropped until the next keyframe");
-            entry.since_keyframe.clear();
+            freed += entry.clear();
         }
-        if record.kind == LogKind::Keyframe || !entry.since_keyframe.is_empty() {
-            entry.since_keyframe.push((record.clone(), published));
+        // Records before a match's first keyframe are not kept: nothing could start from them.
+        let stored = record.kind == LogKind::Keyframe || entry.latest_keyframe.is_some();
+        if stored {
+            if record.kind == LogKind::Keyframe {
+                entry.latest_keyframe = Some(entry.history.len());
+            }
+            entry.bytes += record.body.len();
+            entry.history.push_back((record.clone(), published));
+            while entry.history.len() > limits.max_history_per_match {
+                match entry.drop_oldest_stretch() {
+                    Some(n) => freed += n,
+                    None => break,
+                }
+            }
         }
+        inner.history_bytes =
+            inner.history_bytes + if stored { record.body.len() } else { 0 } - freed;
+        let entry = inner.matches.get(&record.match_id).expect("inserted");
         let _ = entry.live.send((record.clone(), published));
+        inner.trim_histories(limits.max_history_bytes);
         if record.kind == LogKind::Event {
             let seq = inner.next_event;
             inner.next_event += 1;
@@ -148,31 +258,17 @@ impl MatchLog for MemoryLog {
     async fn follow(&self, match_id: &str) -> Result<LogStream, LogError> {
         let inner = self.shared.inner.lock().unwrap();
         let entry = inner.matches.get(match_id).ok_or(LogError::UnknownMatch)?;
-        if entry.since_keyframe.is_empty() {
+        let start = entry.latest_keyframe.ok_or(LogError::UnknownMatch)?;
+        Ok(with_live(entry.items_from(start), entry))
+    }
+
+    async fn replay(&self, match_id: &str) -> Result<LogStream, LogError> {
+        let inner = self.shared.inner.lock().unwrap();
+        let entry = inner.matches.get(match_id).ok_or(LogError::UnknownMatch)?;
+        if entry.latest_keyframe.is_none() {
             return Err(LogError::UnknownMatch);
         }
-        let n = entry.since_keyframe.len();
-        let backlog: Vec<Result<LogItem, LogError>> = entry
-            .since_keyframe
-            .iter()
-            .enumerate()
-            .map(|(i, (record, published))| {
-                Ok(LogItem {
-                    record: record.clone(),
-                    caught_up: i + 1 == n,
-                    published_us: Some(*published),
-                })
-            })
-            .collect();
-        let live = BroadcastStream::new(entry.live.subscribe()).map(|r| match r {
-            Ok((record, published)) => Ok(LogItem {
-                record,
-                caught_up: true,
-                published_us: Some(published),
-            }),
-            Err(BroadcastStreamRecvError::Lagged(_)) => Err(LogError::Lagged),
-        });
-        Ok(Box::pin(futures::stream::iter(backlog).chain(live)))
+        Ok(with_live(entry.items_from(0), entry))
     }
 
     async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError> {
@@ -180,7 +276,7 @@ impl MatchLog for MemoryLog {
         inner
             .matches
             .get(match_id)
-            .and_then(|e| e.since_keyframe.first())
+            .and_then(|e| e.history.get(e.latest_keyframe?))
             .map(|(r, _)| r.clone())
             .ok_or(LogError::UnknownMatch)
     }
@@ -194,7 +290,7 @@ impl MatchLog for MemoryLog {
                 inner
                     .matches
                     .get(*id)
-                    .is_some_and(|e| !e.since_keyframe.is_empty())
+                    .is_some_and(|e| e.latest_keyframe.is_some())
             })
             .cloned()
             .collect())
@@ -403,6 +499,101 @@ mod tests {
         let item = s.next().await.unwrap().unwrap();
         assert_eq!((item.record.version, item.caught_up), (4, true));
         assert_eq!(log.match_ids().await.unwrap(), vec!["m1".to_string()]);
+    }
+
+    async fn versions(s: &mut LogStream, n: usize) -> Vec<(u64, LogKind)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let item = s.next().await.unwrap().unwrap();
+            out.push((item.record.version, item.record.kind));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn replay_starts_at_the_first_keyframe_then_goes_live() {
+        let log = MemoryLog::new(MemoryLogLimits::default());
+        log.publish(rec(0, LogKind::Delta)).await.unwrap(); // before any keyframe: not kept
+        assert!(matches!(
+            log.replay("m1").await,
+            Err(LogError::UnknownMatch)
+        ));
+        log.publish(rec(1, LogKind::Keyframe)).await.unwrap();
+        log.publish(rec(2, LogKind::Delta)).await.unwrap();
+        log.publish(rec(2, LogKind::Keyframe)).await.unwrap();
+        log.publish(rec(3, LogKind::Event)).await.unwrap();
+        let mut s = log.replay("m1").await.unwrap();
+        assert_eq!(
+            versions(&mut s, 4).await,
+            vec![
+                (1, LogKind::Keyframe),
+                (2, LogKind::Delta),
+                (2, LogKind::Keyframe),
+                (3, LogKind::Event)
+            ]
+        );
+        log.publish(rec(4, LogKind::Delta)).await.unwrap();
+        assert_eq!(versions(&mut s, 1).await, vec![(4, LogKind::Delta)]);
+        // Followers still start at the latest keyframe.
+        let mut f = log.follow("m1").await.unwrap();
+        assert_eq!(versions(&mut f, 1).await, vec![(2, LogKind::Keyframe)]);
+    }
+
+    #[tokio::test]
+    async fn history_past_its_limits_loses_its_oldest_keyframe_stretch_first() {
+        let log = MemoryLog::new(MemoryLogLimits {
+            max_history_per_match: 5,
+            ..MemoryLogLimits::default()
+        });
+        for (v, k) in [
+            (0, LogKind::Keyframe),
+            (1, LogKind::Delta),
+            (2, LogKind::Delta),
+            (2, LogKind::Keyframe),
+            (3, LogKind::Delta),
+            (4, LogKind::Delta),
+        ] {
+            log.publish(rec(v, k)).await.unwrap();
+        }
+        let mut s = log.replay("m1").await.unwrap();
+        assert_eq!(
+            versions(&mut s, 3).await,
+            vec![
+                (2, LogKind::Keyframe),
+                (3, LogKind::Delta),
+                (4, LogKind::Delta)
+            ]
+        );
+
+        // Across matches: past the byte budget the oldest match gives up its oldest stretch,
+        // never its latest keyframe's.
+        let log = MemoryLog::new(MemoryLogLimits {
+            max_history_bytes: 10,
+            ..MemoryLogLimits::default()
+        });
+        for (v, k) in [
+            (0, LogKind::Keyframe),
+            (1, LogKind::Delta),
+            (1, LogKind::Keyframe),
+        ] {
+            log.publish(rec(v, k)).await.unwrap();
+        }
+        for (v, k) in [
+            (0, LogKind::Keyframe),
+            (1, LogKind::Delta),
+            (2, LogKind::Delta),
+        ] {
+            log.publish(LogRecord {
+                match_id: "m2".into(),
+                ..rec(v, k)
+            })
+            .await
+            .unwrap();
+        }
+        let mut s = log.replay("m1").await.unwrap();
+        assert_eq!(versions(&mut s, 1).await, vec![(1, LogKind::Keyframe)]);
+        let mut s = log.replay("m2").await.unwrap();
+        assert_eq!(versions(&mut s, 1).await, vec![(0, LogKind::Keyframe)]);
     }
 
     #[tokio::test]

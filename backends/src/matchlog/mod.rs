@@ -69,6 +69,24 @@ pub trait MatchLog: Send + Sync + 'static {
     /// live records. `UnknownMatch` when the match has no keyframe.
     async fn follow(&self, match_id: &str) -> Result<LogStream, LogError>;
 
+    /// Follows one match from its first retained keyframe (the start of the match while the
+    /// log still holds it): every record from there, then live records, like `follow`.
+    /// `UnknownMatch` when the match has no keyframe.
+    async fn replay(&self, match_id: &str) -> Result<LogStream, LogError>;
+
+    /// Sends a record on the live line too: fire-and-forget, never stored, delivered only to
+    /// those listening now (core NATS beside JetStream). Followers take the live line when the
+    /// stored log cannot hand out records for a while (a JetStream stream leader election),
+    /// so viewers do not wait for it. The in-process log has no such gap: nothing to do.
+    async fn publish_live(&self, _record: &LogRecord) {}
+
+    /// The live line of one match from now on (what `publish_live` sends), where the log has
+    /// one. Records may be lost or arrive twice; a follower applies one only when it is the
+    /// next on the version line.
+    async fn live(&self, _match_id: &str) -> Result<Option<LogStream>, LogError> {
+        Ok(None)
+    }
+
     /// The latest keyframe of a match.
     async fn latest_keyframe(&self, match_id: &str) -> Result<LogRecord, LogError>;
 
@@ -86,6 +104,17 @@ pub trait MatchLog: Send + Sync + 'static {
     /// Every retained event of every match, oldest first, ending once caught up (the last item
     /// has `caught_up`); empty when there are none. For rebuilds.
     async fn all_events(&self) -> Result<LogStream, LogError>;
+}
+
+/// The live line's subject root: `live` beside the production match log, `<root>-live` beside
+/// any other subject root (tests); never under the match log's own root, which the stream
+/// captures (live records are not stored).
+pub fn live_root(subject_root: &str) -> String {
+    if subject_root == "match" {
+        "live".to_string()
+    } else {
+        format!("{subject_root}-live")
+    }
 }
 
 /// Leaderboard ticks, from the aggregator to the gateways: not part of the match log (never

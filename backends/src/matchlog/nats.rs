@@ -33,6 +33,12 @@ pub struct NatsLogConfig {
     pub max_age: Duration,
     pub max_bytes: i64,
     pub replicas: usize,
+    /// How often the client pings its server: a server that vanished (a host gone, not a
+    /// process killed) is noticed after two unanswered pings. The client's default is 60 s.
+    pub ping_interval: Duration,
+    /// How long a request (a JetStream API call: consumer creation, a keyframe lookup, a
+    /// publish's ack) may wait before it fails and is retried.
+    pub request_timeout: Duration,
 }
 
 impl NatsLogConfig {
@@ -44,6 +50,8 @@ impl NatsLogConfig {
             max_age: Duration::from_secs(24 * 3600),
             max_bytes: 8 << 30,
             replicas: 1,
+            ping_interval: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -75,6 +83,9 @@ impl NatsLog {
         let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
         let mut options = async_nats::ConnectOptions::new()
             .name("grandstand")
+            .ping_interval(config.ping_interval)
+            .request_timeout(Some(config.request_timeout))
+            .connection_timeout(config.request_timeout.max(Duration::from_secs(1)))
             .retry_on_initial_connect();
         if servers.iter().any(|s| s.starts_with("tls://")) {
             options = options.require_tls(true);
@@ -86,7 +97,8 @@ impl NatsLog {
             .connect(servers)
             .await
             .map_err(LogError::unavailable)?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
         let root = &config.subject_root;
         let stream_config = stream::Config {
             name: config.stream.clone(),
@@ -129,6 +141,62 @@ impl NatsLog {
             stream,
             config,
         })
+    }
+}
+
+impl NatsLog {
+    /// An ordered consumer of one match's records from `deliver`, then live.
+    async fn follow_from(
+        &self,
+        match_id: &str,
+        deliver: consumer::DeliverPolicy,
+    ) -> Result<LogStream, LogError> {
+        let root = &self.config.subject_root;
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{root}.{match_id}.*"),
+                deliver_policy: deliver,
+                // Pull requests of 2 s make the client's idle heartbeat 1 s, so a consumer lost
+                // with a NATS node is noticed and recreated within seconds; the 30 s default
+                // (15 s heartbeat) left viewers of a live match on silence for 17 s after a node
+                // was killed.
+                max_expires: FOLLOW_PULL_EXPIRY,
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::unavailable)?;
+        let messages = consumer.messages().await.map_err(LogError::unavailable)?;
+        let root = root.clone();
+        let wanted = match_id.to_string();
+        let stream = messages.filter_map(move |m| {
+            let root = root.clone();
+            let wanted = wanted.clone();
+            async move {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => return Some(Err(LogError::unavailable(e))),
+                };
+                let info = m.info().ok()?;
+                let caught_up = info.pending == 0;
+                let published_us = (info.published.unix_timestamp_nanos() / 1_000) as u64;
+                let record = record_of(
+                    &root,
+                    m.subject.as_str(),
+                    m.headers.as_ref(),
+                    m.payload.clone(),
+                )?;
+                if record.match_id != wanted {
+                    return None;
+                }
+                Some(Ok(LogItem {
+                    record,
+                    caught_up,
+                    published_us: Some(published_us),
+                }))
+            }
+        });
+        Ok(Box::pin(stream))
     }
 }
 
@@ -197,6 +265,44 @@ impl MatchLog for NatsLog {
         Ok(())
     }
 
+    async fn publish_live(&self, record: &LogRecord) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());
+        headers.insert(VERSION_HEADER, record.version.to_string().as_str());
+        let subject = record.subject(&super::live_root(&self.config.subject_root));
+        // Fire-and-forget: while the client reconnects its send buffer may be full, and the
+        // live line is worth nothing late (the stored log carries the record anyway).
+        let sent = self
+            .client
+            .publish_with_headers(subject, headers, record.body.clone());
+        let _ = tokio::time::timeout(Duration::from_millis(20), sent).await;
+    }
+
+    async fn live(&self, match_id: &str) -> Result<Option<LogStream>, LogError> {
+        if !protocol::valid_match_id(match_id) {
+            return Err(LogError::UnknownMatch);
+        }
+        let root = super::live_root(&self.config.subject_root);
+        let subscription = self
+            .client
+            .subscribe(format!("{root}.{match_id}.*"))
+            .await
+            .map_err(LogError::unavailable)?;
+        let wanted = match_id.to_string();
+        let records = subscription.filter_map(move |m| {
+            let record = record_of(&root, m.subject.as_str(), m.headers.as_ref(), m.payload)
+                .filter(|r| r.match_id == wanted);
+            std::future::ready(record.map(|record| {
+                Ok(LogItem {
+                    record,
+                    caught_up: true,
+                    published_us: Some(protocol::now_us()),
+                })
+            }))
+        });
+        Ok(Some(Box::pin(records)))
+    }
+
     async fn follow(&self, match_id: &str) -> Result<LogStream, LogError> {
         if !protocol::valid_match_id(match_id) {
             return Err(LogError::UnknownMatch);
@@ -207,53 +313,34 @@ impl MatchLog for NatsLog {
             .get_last_raw_message_by_subject(&format!("{root}.{match_id}.keyframe"))
             .await
             .map_err(keyframe_error)?;
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{root}.{match_id}.*"),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: keyframe.sequence,
-                },
-                // Pull requests of 2 s make the client's idle heartbeat 1 s, so a consumer lost
-                // with a NATS node is noticed and recreated within seconds; the 30 s default
-                // (15 s heartbeat) left viewers of a live match on silence for 17 s after a node
-                // was killed.
-                max_expires: FOLLOW_PULL_EXPIRY,
-                ..Default::default()
-            })
-            .await
-            .map_err(LogError::unavailable)?;
-        let messages = consumer.messages().await.map_err(LogError::unavailable)?;
-        let root = root.clone();
-        let wanted = match_id.to_string();
-        let stream = messages.filter_map(move |m| {
-            let root = root.clone();
-            let wanted = wanted.clone();
-            async move {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => return Some(Err(LogError::unavailable(e))),
-                };
-                let info = m.info().ok()?;
-                let caught_up = info.pending == 0;
-                let published_us = (info.published.unix_timestamp_nanos() / 1_000) as u64;
-                let record = record_of(
-                    &root,
-                    m.subject.as_str(),
-                    m.headers.as_ref(),
-                    m.payload.clone(),
-                )?;
-                if record.match_id != wanted {
-                    return None;
-                }
-                Some(Ok(LogItem {
-                    record,
-                    caught_up,
-                    published_us: Some(published_us),
-                }))
-            }
-        });
-        Ok(Box::pin(stream))
+        self.follow_from(
+            match_id,
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: keyframe.sequence,
+            },
+        )
+        .await
+    }
+
+    async fn replay(&self, match_id: &str) -> Result<LogStream, LogError> {
+        if !protocol::valid_match_id(match_id) {
+            return Err(LogError::UnknownMatch);
+        }
+        // The match must have a keyframe; its records before the first retained one (the
+        // stream's age or size limit took the keyframe that started them) are skipped, as no
+        // state can be built from them.
+        self.latest_keyframe(match_id).await?;
+        let records = self
+            .follow_from(match_id, consumer::DeliverPolicy::All)
+            .await?;
+        let mut started = false;
+        Ok(Box::pin(records.filter(move |item| {
+            started = started
+                || item
+                    .as_ref()
+                    .map_or(true, |i| i.record.kind == LogKind::Keyframe);
+            std::future::ready(started)
+        })))
     }
 
     async fn match_events(&self, match_id: &str) -> Result<Vec<LogRecord>, LogError> {

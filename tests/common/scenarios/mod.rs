@@ -13,7 +13,7 @@ mod streams;
 
 // Each test binary runs some of the scenarios; the others are unused there.
 #[allow(unused_imports)]
-pub use broadcast::partner_keys;
+pub use broadcast::{multi_match_streams, partner_keys, replay_from_start};
 #[allow(unused_imports)]
 pub use feed_v2::{feed_v2, filtered_streams};
 #[allow(unused_imports)]
