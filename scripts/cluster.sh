@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # A local multi-node deployment on loopback, for fault drills: a 3-node NATS JetStream cluster
-# (the match log replicated 3 times), its own Redis, its own PostgreSQL server, 2 game servers,
+# (the match log replicated 3 times), its own Redis (a primary, one replica and three Sentinels;
+# roles reach it with a redis+sentinel:// URL), its own PostgreSQL server, 2 game servers,
 # 3 gateways, 2 aggregators (competing consumers) and 1 snapshot API, each role its own process
 # on its own 127.0.0.x address. `loadtest chaos` drives it (and injects the faults).
 #
 #   scripts/cluster.sh up       # build (release) and start everything; prints the addresses
 #   scripts/cluster.sh status   # which processes are alive, /healthz of each role
 #   scripts/cluster.sh down     # stop everything and remove the cluster's data
-#   scripts/cluster.sh start-role NAME | start-nats N | start-redis | start-postgres
+#   scripts/cluster.sh start-role NAME | start-nats N | start-postgres
 #                               # (re)start one piece after a fault
+#   scripts/cluster.sh redis-failover   # kill -9 the Redis primary, wait for the Sentinels to
+#                               # promote the replica, bring the old primary back as its replica
+#   scripts/cluster.sh redis-empty      # kill -9 both Redis servers, start them again empty
+#                               # (a Redis that lost its memory; then `rebuild`)
 #   scripts/cluster.sh stop-postgres   # an immediate (crash-like) stop of its PostgreSQL
 #   scripts/cluster.sh rebuild  # rebuild the leaderboards from history and the log (after a
 #                               # Redis loss)
@@ -25,7 +30,10 @@ bin="${GRANDSTAND_BIN:-$CARGO_TARGET_DIR/release/grandstand}"
 nats=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 nats_urls="nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224"
-redis_port=16379
+# Redis data nodes (either may be the primary after a failover) and their Sentinels.
+redis_ports=(16379 16380)
+sentinel_ports=(26379 26380 26381)
+redis_master=gsm
 # Its own PostgreSQL server (not the machine's), so a drill can stop it without touching
 # anything else on the machine.
 pg_port=15432
@@ -64,7 +72,7 @@ start() { # name, then the command
 # Through `env` (which execs the program), so the recorded pid is the role's own.
 role_env=(
   env NATS_URL="$nats_urls" NATS_REPLICAS=3
-  REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_PREFIX="gs:"
+  REDIS_URL="redis+sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/$redis_master" REDIS_PREFIX="gs:"
   DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database"
   GRANDSTAND_TOKEN_SECRET="cluster-secret-cluster-secret-cluster"
   RUST_LOG="info,sqlx=warn,async_nats=warn"
@@ -94,9 +102,69 @@ start_nats() { # node 1..3
   wait_port 127.0.0.1 $((14221 + n))
 }
 
-start_redis() { # empty, like a Redis that lost its memory
-  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no
-  wait_port 127.0.0.1 "$redis_port"
+redis_data() { # port, then extra arguments: an empty Redis data node
+  local port=$1
+  shift
+  start "redis-$port" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    --repl-diskless-sync-delay 0 "$@"
+  wait_port 127.0.0.1 "$port"
+}
+
+start_sentinels() {
+  local n port conf
+  for n in 0 1 2; do
+    port=${sentinel_ports[$n]}
+    conf="$dir/sentinel-$n.conf"
+    printf '%s\n' "port $port" "bind 127.0.0.1" "dir $dir" \
+      "sentinel monitor $redis_master 127.0.0.1 ${redis_ports[0]} 2" \
+      "sentinel down-after-milliseconds $redis_master 1000" \
+      "sentinel failover-timeout $redis_master 5000" \
+      "sentinel parallel-syncs $redis_master 1" >"$conf"
+    start "sentinel-$n" redis-server "$conf" --sentinel
+    wait_port 127.0.0.1 "$port"
+  done
+}
+
+# The port of the current primary, as the Sentinels name it.
+redis_primary() {
+  redis-cli -p "${sentinel_ports[0]}" sentinel get-master-addr-by-name "$redis_master" | sed -n 2p
+}
+
+# Whether every Sentinel names port $1 as the primary and it says it is one.
+promoted() {
+  local port
+  for port in "${sentinel_ports[@]}"; do
+    [ "$(redis-cli -p "$port" sentinel get-master-addr-by-name "$redis_master" | sed -n 2p)" = "$1" ] || return 1
+  done
+  redis-cli -p "$1" info replication | grep -q '^role:master'
+}
+
+start_redis() { # a primary and its replica, then the Sentinels watching them
+  redis_data "${redis_ports[0]}"
+  redis_data "${redis_ports[1]}" --replicaof 127.0.0.1 "${redis_ports[0]}"
+  start_sentinels
+}
+
+redis_failover() {
+  local old new
+  old=$(redis_primary)
+  if [ "$old" = "${redis_ports[0]}" ]; then new=${redis_ports[1]}; else new=${redis_ports[0]}; fi
+  kill -9 "$(cat "$dir/pids/redis-$old.pid")"
+  for _ in $(seq 1 150); do promoted "$new" && break; sleep 0.1; done
+  promoted "$new" || { echo "the Sentinels did not promote $new within 15 s" >&2; return 1; }
+  echo "redis primary $old -> $new"
+  redis_data "$old" --replicaof 127.0.0.1 "$new"
+}
+
+redis_empty() { # both data nodes lost: back empty, in the roles the Sentinels know
+  local primary port
+  primary=$(redis_primary)
+  for port in "${redis_ports[@]}"; do kill -9 "$(cat "$dir/pids/redis-$port.pid")" 2>/dev/null || true; done
+  sleep "${1:-0}"
+  redis_data "$primary"
+  for port in "${redis_ports[@]}"; do
+    [ "$port" = "$primary" ] || redis_data "$port" --replicaof 127.0.0.1 "$primary"
+  done
 }
 
 start_postgres() {
@@ -126,7 +194,7 @@ up() {
     exit 1
   fi
   local port
-  for port in 14222 16379 "$pg_port"; do
+  for port in 14222 16379 16380 26379 "$pg_port"; do
     if port_open 127.0.0.1 "$port"; then
       echo "127.0.0.1:$port is taken: another cluster is up (CLUSTER_DIR=... $0 down)" >&2
       exit 1
@@ -149,7 +217,7 @@ up() {
     printf '  %-13s http://%s:%s\n' "$name" "$addr" "$http"
   done
   echo "  nats          $nats_urls (stream MATCHES, 3 replicas)"
-  echo "  redis         redis://127.0.0.1:$redis_port"
+  echo "  redis         redis+sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/$redis_master (primary :$(redis_primary))"
   echo "  postgres      postgres://postgres@127.0.0.1:$pg_port/$database"
 }
 
@@ -189,9 +257,10 @@ case "${1:-}" in
   down) down ;;
   start-role) start_role "$2" ;;
   start-nats) start_nats "$2" ;;
-  start-redis) start_redis ;;
+  redis-failover) redis_failover ;;
+  redis-empty) redis_empty "${2:-0}" ;;
   start-postgres) start_postgres ;;
   stop-postgres) stop_postgres ;;
   rebuild) rebuild ;;
-  *) echo "usage: $0 up|status|down|start-role NAME|start-nats N|start-redis|start-postgres|stop-postgres|rebuild" >&2; exit 2 ;;
+  *) echo "usage: $0 up|status|down|start-role NAME|start-nats N|redis-failover|redis-empty [SECS]|start-postgres|stop-postgres|rebuild" >&2; exit 2 ;;
 esac

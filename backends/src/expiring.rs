@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
+use crate::redis_link::RedisConn;
 use ::redis::AsyncCommands;
 
 use crate::rooms::RoomStoreError;
@@ -17,7 +17,7 @@ fn unavailable(e: impl std::fmt::Display) -> RoomStoreError {
 /// gateway membership.
 #[derive(Clone)]
 pub(crate) struct ExpiringHash {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -29,11 +29,7 @@ struct Entry<T> {
 impl ExpiringHash {
     pub(crate) async fn connect(url: &str) -> Result<ExpiringHash, RoomStoreError> {
         Ok(ExpiringHash {
-            conn: crate::tls::redis_client(url)
-                .map_err(unavailable)?
-                .get_connection_manager()
-                .await
-                .map_err(unavailable)?,
+            conn: RedisConn::connect(url).await.map_err(unavailable)?,
         })
     }
 

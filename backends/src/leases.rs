@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
+use crate::redis_link::RedisConn;
 use ::redis::Script;
 
 use crate::rooms::RoomStoreError;
@@ -28,7 +28,7 @@ pub enum Refusal {
 
 #[derive(Clone)]
 pub struct RedisStreamLeases {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     take: Script,
 }
@@ -54,9 +54,8 @@ return 0
 
 impl RedisStreamLeases {
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStreamLeases, RoomStoreError> {
-        let client = crate::tls::redis_client(url).map_err(unavailable)?;
         Ok(RedisStreamLeases {
-            conn: client.get_connection_manager().await.map_err(unavailable)?,
+            conn: RedisConn::connect(url).await.map_err(unavailable)?,
             prefix: prefix.to_string(),
             take: Script::new(TAKE),
         })

@@ -10,6 +10,7 @@ pub mod leases;
 pub mod matchlog;
 pub mod membership;
 mod probe;
+pub mod redis_link;
 pub mod rooms;
 pub mod tls;
 
@@ -33,6 +34,7 @@ pub use matchlog::{
 pub use membership::{GatewayInfo, Membership, MemoryMembership, RedisMembership};
 pub use probe::RedisProbe;
 pub use protocol::LogKind;
+pub use redis_link::{RedisConn, RedisTarget};
 pub use rooms::{
     CheckpointStore, MemoryCheckpoints, MemoryRegistry, RedisCheckpoints, RedisRegistry, RoomInfo,
     RoomRegistry, RoomStoreError,

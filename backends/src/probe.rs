@@ -2,20 +2,16 @@
 //! behind several stores (registry, checkpoints, membership, leases): one PING says whether
 //! the server they all share answers.
 
-use redis::aio::ConnectionManager;
+use crate::redis_link::RedisConn;
 
 #[derive(Clone)]
 pub struct RedisProbe {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 impl RedisProbe {
     pub async fn connect(url: &str) -> Result<RedisProbe, String> {
-        let client = crate::tls::redis_client(url).map_err(|e| e.to_string())?;
-        let conn = client
-            .get_connection_manager()
-            .await
-            .map_err(|e| e.to_string())?;
+        let conn = RedisConn::connect(url).await.map_err(|e| e.to_string())?;
         Ok(RedisProbe { conn })
     }
 

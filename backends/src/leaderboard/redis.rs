@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::redis_link::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
@@ -97,10 +97,17 @@ fn runs(events: &[ScoredEvent]) -> Vec<Vec<usize>> {
 }
 
 pub struct RedisLeaderboards {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     run_script: Script,
+    /// Replicas a batch's writes must reach before `apply` returns (1 behind Sentinel): the
+    /// caller acknowledges the events to the log only then, so a failover to that replica
+    /// cannot take back a score whose event will never be delivered again.
+    wait_replicas: i64,
 }
+
+/// How long a batch waits for its replica before it is reported as not durable.
+const REPLICA_WAIT_MS: u64 = 1000;
 
 fn unavailable(e: redis::RedisError) -> BoardError {
     BoardError::Unavailable(e.to_string())
@@ -109,12 +116,13 @@ fn unavailable(e: redis::RedisError) -> BoardError {
 impl RedisLeaderboards {
     /// Connects (reconnecting on its own later) and loads the apply script.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisLeaderboards, BoardError> {
-        let client = crate::tls::redis_client(url).map_err(unavailable)?;
-        let conn = client.get_connection_manager().await.map_err(unavailable)?;
+        let conn = RedisConn::connect(url).await.map_err(unavailable)?;
+        let replicated = crate::RedisTarget::parse(url).is_ok_and(|t| t.replicated());
         let lb = RedisLeaderboards {
             conn,
             prefix: prefix.to_string(),
             run_script: Script::new(APPLY_RUN),
+            wait_replicas: i64::from(replicated),
         };
         lb.load_script().await?;
         Ok(lb)
@@ -327,6 +335,24 @@ impl Leaderboards for RedisLeaderboards {
                 .await?;
             for (i, r) in straddling.into_iter().zip(replies) {
                 outcomes[i] = outcome(r);
+            }
+        }
+        if self.wait_replicas > 0 {
+            let mut conn = self.conn.clone();
+            let reached: i64 = redis::cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(REPLICA_WAIT_MS)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if reached < self.wait_replicas {
+                // Applied on the primary only: not durable yet. The events are delivered
+                // again; the primary (or a replica promoted with these writes) reports them
+                // as duplicates, a replica promoted without them applies them.
+                return Err(BoardError::Unavailable(format!(
+                    "the batch reached {reached} of {} replicas within {REPLICA_WAIT_MS} ms",
+                    self.wait_replicas
+                )));
             }
         }
         Ok(outcomes)

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
+use crate::redis_link::RedisConn;
 use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,9 +12,8 @@ fn unavailable(e: impl std::fmt::Display) -> RoomStoreError {
     RoomStoreError::Unavailable(e.to_string())
 }
 
-async fn connect(url: &str) -> Result<ConnectionManager, RoomStoreError> {
-    let client = crate::tls::redis_client(url).map_err(unavailable)?;
-    client.get_connection_manager().await.map_err(unavailable)
+async fn connect(url: &str) -> Result<RedisConn, RoomStoreError> {
+    RedisConn::connect(url).await.map_err(unavailable)
 }
 
 /// Rooms per region in one expiring hash, `{prefix}rooms:<region>`.
@@ -60,7 +59,7 @@ impl RoomRegistry for RedisRegistry {
 /// (the owner's name, expiring), and the set of matches with a checkpoint, `{prefix}ckpts`.
 #[derive(Clone)]
 pub struct RedisCheckpoints {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     save_script: Script,
 }

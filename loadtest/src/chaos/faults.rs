@@ -12,18 +12,20 @@ pub enum FaultKind {
     KillAggregator,
     KillApi,
     KillNats,
+    RedisFailover,
     RedisEmpty,
     PostgresDown,
     FreezeGateway,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillGame,
         FaultKind::KillGateway,
         FaultKind::KillAggregator,
         FaultKind::KillApi,
         FaultKind::KillNats,
+        FaultKind::RedisFailover,
         FaultKind::RedisEmpty,
         FaultKind::PostgresDown,
         FaultKind::FreezeGateway,
@@ -36,6 +38,7 @@ impl FaultKind {
             FaultKind::KillAggregator => "kill-aggregator",
             FaultKind::KillApi => "kill-api",
             FaultKind::KillNats => "kill-nats",
+            FaultKind::RedisFailover => "redis-failover",
             FaultKind::RedisEmpty => "redis-empty",
             FaultKind::PostgresDown => "postgres-down",
             FaultKind::FreezeGateway => "freeze-gateway",
@@ -51,6 +54,9 @@ pub enum Fault {
     KillAggregator(u8),
     KillApi,
     KillNats(u8),
+    /// kill -9 of the Redis primary; the Sentinels promote its replica; it comes back as the
+    /// new primary's replica.
+    RedisFailover,
     RedisEmpty,
     PostgresDown,
     FreezeGateway(u8),
@@ -66,6 +72,7 @@ impl Fault {
             FaultKind::KillAggregator => Fault::KillAggregator(1 + target % 2),
             FaultKind::KillApi => Fault::KillApi,
             FaultKind::KillNats => Fault::KillNats(1 + target % 3),
+            FaultKind::RedisFailover => Fault::RedisFailover,
             FaultKind::RedisEmpty => Fault::RedisEmpty,
             FaultKind::PostgresDown => Fault::PostgresDown,
             FaultKind::FreezeGateway => Fault::FreezeGateway(1 + target % 3),
@@ -79,6 +86,7 @@ impl Fault {
             Fault::KillAggregator(_) => FaultKind::KillAggregator,
             Fault::KillApi => FaultKind::KillApi,
             Fault::KillNats(_) => FaultKind::KillNats,
+            Fault::RedisFailover => FaultKind::RedisFailover,
             Fault::RedisEmpty => FaultKind::RedisEmpty,
             Fault::PostgresDown => FaultKind::PostgresDown,
             Fault::FreezeGateway(_) => FaultKind::FreezeGateway,
@@ -92,6 +100,7 @@ impl Fault {
             Fault::KillAggregator(n) => format!("aggregator-{n}"),
             Fault::KillApi => "api".into(),
             Fault::KillNats(n) => format!("nats-{n}"),
+            Fault::RedisFailover => "redis-primary".into(),
             Fault::RedisEmpty => "redis".into(),
             Fault::PostgresDown => "postgres".into(),
         }

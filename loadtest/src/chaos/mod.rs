@@ -56,7 +56,7 @@ impl Topology {
             ],
             secret: "cluster-secret-cluster-secret-cluster".into(),
             nats: "nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224".into(),
-            redis: "redis://127.0.0.1:16379".into(),
+            redis: "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381/gsm".into(),
             database: "postgres://postgres@127.0.0.1:15432/grandstand".into(),
         }
     }
@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, default_value_t = 6)]
     players: usize,
     /// Faults to inject one at a time, in order (comma separated), or `all` for one of each:
-    /// kill-game, kill-gateway, kill-aggregator, kill-api, kill-nats, redis-empty,
+    /// kill-game, kill-gateway, kill-aggregator, kill-api, kill-nats, redis-failover, redis-empty,
     /// postgres-down, freeze-gateway; `kind:N` picks its N-th target (`kill-nats:3`).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     faults: Vec<FaultSpec>,
@@ -366,10 +366,14 @@ async fn inject(
             tokio::time::sleep(restart.max(Duration::from_secs(5))).await;
             cluster.run(&["start-nats", &n.to_string()]).await?;
         }
+        Fault::RedisFailover => {
+            cluster.run(&["redis-failover"]).await?;
+        }
         Fault::RedisEmpty => {
-            cluster.signal("redis", libc::SIGKILL)?;
-            tokio::time::sleep(restart).await;
-            cluster.run(&["start-redis"]).await?;
+            // Both Redis servers, primary and replica: nothing to fail over to.
+            cluster
+                .run(&["redis-empty", &restart.as_secs_f64().to_string()])
+                .await?;
             // What an operator does after a Redis loss.
             cluster.run(&["rebuild"]).await?;
         }
