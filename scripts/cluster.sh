@@ -105,8 +105,12 @@ start_nats() { # node 1..3
 redis_data() { # port, then extra arguments: an empty Redis data node
   local port=$1
   shift
-  start "redis-$port" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-    --repl-diskless-sync-delay 0 "$@"
+  # Its own directory, emptied first: a replica writes the copy it syncs to dump.rdb in its
+  # directory, which a later start would load (old checkpoints and boards).
+  rm -rf "$dir/redis-$port"
+  mkdir -p "$dir/redis-$port"
+  start "redis-$port" redis-server --bind 127.0.0.1 --port "$port" --dir "$dir/redis-$port" \
+    --save "" --appendonly no --repl-diskless-sync-delay 0 "$@"
   wait_port 127.0.0.1 "$port"
 }
 

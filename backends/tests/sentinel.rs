@@ -31,8 +31,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn redis(args: &[&str]) -> Child {
+/// A Redis server (or Sentinel) working in `dir`: a replica writes the copy it syncs to
+/// dump.rdb in its directory, which must not be one another Redis would load at start.
+fn redis(dir: &std::path::Path, args: &[&str]) -> Child {
     Command::new("redis-server")
+        .current_dir(dir)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -102,7 +105,7 @@ async fn leaderboards_follow_a_sentinel_failover_without_losing_or_doubling_a_sc
     let p = primary.to_string();
     let mut args = vec!["--port", &p, "--bind", "127.0.0.1"];
     args.extend(no_disk);
-    servers.0.push(redis(&args));
+    servers.0.push(redis(&dir, &args));
     let r = replica.to_string();
     let primary_arg = primary.to_string();
     let mut args = vec![
@@ -115,7 +118,7 @@ async fn leaderboards_follow_a_sentinel_failover_without_losing_or_doubling_a_sc
         &primary_arg,
     ];
     args.extend(no_disk);
-    servers.0.push(redis(&args));
+    servers.0.push(redis(&dir, &args));
     let mut sentinels = Vec::new();
     for i in 0..3 {
         let port = free_port();
@@ -132,7 +135,7 @@ async fn leaderboards_follow_a_sentinel_failover_without_losing_or_doubling_a_sc
         .unwrap();
         servers
             .0
-            .push(redis(&[conf.to_str().unwrap(), "--sentinel"]));
+            .push(redis(&dir, &[conf.to_str().unwrap(), "--sentinel"]));
         sentinels.push(port);
     }
     until("the replica in sync", Duration::from_secs(10), async || {
@@ -201,7 +204,7 @@ async fn leaderboards_follow_a_sentinel_failover_without_losing_or_doubling_a_sc
                     &r,
                 ];
                 args.extend(no_disk);
-                servers.0.push(redis(&args));
+                servers.0.push(redis(&dir, &args));
             }
             match lb.apply(std::slice::from_ref(&event)).await {
                 Ok(_) => break,

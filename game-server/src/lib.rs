@@ -280,6 +280,12 @@ impl GameServer {
     /// Every second: announce matchmaking rooms to the registry, and take over orphaned rooms.
     async fn housekeeping(self: Arc<Self>) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
+        // When this server last failed to reach the room store. Every owner fails to renew its
+        // leases during the same outage (a Redis failover: a promoted replica may have let them
+        // lapse), so orphans are claimed only once this server has reached the store for a
+        // whole lease and a second since: time enough for every live owner to renew, so only
+        // the matches of servers that are really gone are taken over.
+        let mut store_failed: Option<std::time::Instant> = None;
         loop {
             every.tick().await;
             if self.shutdown.is_cancelled() {
@@ -293,8 +299,11 @@ impl GameServer {
                 .collect();
             if let Err(e) = self.registry.heartbeat(&open, Duration::from_secs(3)).await {
                 tracing::warn!(error = %e, "room registry heartbeat failed");
+                store_failed = Some(std::time::Instant::now());
             }
-            if self.config.checkpoints {
+            let settled = store_failed
+                .is_none_or(|at| at.elapsed() >= checkpoint::LEASE + Duration::from_secs(1));
+            if self.config.checkpoints && settled {
                 self.take_over_orphans().await;
             }
         }

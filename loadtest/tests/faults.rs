@@ -49,6 +49,7 @@ fn one_fault_of_each_kind_on_the_cluster() {
             "kill-aggregator",
             "kill-api",
             "kill-nats",
+            "redis-failover",
             "redis-empty",
             "postgres-down",
             "freeze-gateway"
