@@ -65,7 +65,8 @@ wait_port() {
 start() { # name, then the command
   local name=$1
   shift
-  "$@" >"$dir/logs/$name.log" 2>&1 &
+  # Appended: a role started again after a fault keeps its earlier log.
+  "$@" >>"$dir/logs/$name.log" 2>&1 &
   echo $! >"$dir/pids/$name.pid"
 }
 

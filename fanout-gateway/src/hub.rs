@@ -181,6 +181,7 @@ impl Hub {
             live_ahead: BTreeMap::new(),
             last_stored: Instant::now(),
             last_live: None,
+            live_gap_since: None,
         };
         // The live line beside the stored log, where the log has one (NATS).
         let mut live = match self.log.live(&self.match_id).await {
@@ -352,6 +353,10 @@ type Resubscription = futures::future::BoxFuture<'static, Result<LogStream, LogE
 /// A stored log silent this long while the live line goes on has its follower recreated.
 const STORED_SILENCE: Duration = Duration::from_millis(1500);
 
+/// How long a gap on the live line may wait for the stored log before a live keyframe past it
+/// is taken instead (the viewers get a snapshot there).
+const LIVE_GAP_PATIENCE: Duration = Duration::from_millis(500);
+
 /// Live records kept while they wait for the one before them (lost on the live line, it comes
 /// from the stored log); past this, further ones are left to the stored log.
 const LIVE_AHEAD: usize = 1024;
@@ -397,12 +402,15 @@ struct ServedMatch {
     /// When the stored log last handed the hub a record, and the live line one it lacked.
     last_stored: Instant,
     last_live: Option<Instant>,
+    /// Since when live records have waited for an earlier one.
+    live_gap_since: Option<Instant>,
 }
 
 /// A live match silent for this long has its viewers told `producer_down` (its game server
 /// died and no server took it over yet, or the log stopped delivering): a live match sends a
-/// delta every tenth of a second.
-pub(crate) const PRODUCER_SILENCE: Duration = Duration::from_secs(2);
+/// delta every tenth of a second (every second at the slowest `--spectator-hz`). Checked on
+/// the hub's 500 ms sweep, so a viewer waits at most 2 s for a word.
+pub(crate) const PRODUCER_SILENCE: Duration = Duration::from_millis(1500);
 
 /// Whether a viewer that has seen `since` is ahead of a feed at `at`: it resumes from another
 /// gateway that read further (this hub is catching up after a freeze, a resubscribe or a slow
@@ -440,13 +448,31 @@ impl ServedMatch {
                 break;
             }
         }
+        if let Some(at) = self.feed.position() {
+            let had = (at.epoch, at.version);
+            while self
+                .live_ahead
+                .first_key_value()
+                .is_some_and(|(k, _)| *k <= had)
+            {
+                self.live_ahead.pop_first();
+            }
+        }
+        if self.live_ahead.is_empty() {
+            self.live_gap_since = None;
+        }
         flow
     }
 
     /// A record of the live line: taken when it is the next version, kept when it is further
     /// ahead (the stored log brings what is missing), dropped when the hub has it already.
+    ///
+    /// Live keyframes (the state, about once a second) are used only to get past a gap: when a
+    /// live record has waited `LIVE_GAP_PATIENCE` for the ones before it (lost on the live
+    /// line while the stored log cannot bring them), the hub starts again from the keyframe and
+    /// its viewers get a snapshot there, as on any gap, instead of waiting for the log.
     fn take_live(&mut self, match_id: &str, item: LogItem, config: &GatewayConfig) {
-        if item.record.kind == LogKind::Keyframe || !self.caught_up {
+        if !self.caught_up {
             return;
         }
         let Some(at) = self.feed.position() else {
@@ -456,12 +482,26 @@ impl ServedMatch {
         if got <= (at.epoch, at.version) {
             return;
         }
+        if item.record.kind == LogKind::Keyframe {
+            if self
+                .live_gap_since
+                .is_some_and(|since| since.elapsed() >= LIVE_GAP_PATIENCE)
+            {
+                metrics::LIVE_GAP_JUMPS.inc();
+                tracing::info!(%match_id, from = %at, to_epoch = got.0, to_version = got.1, "live line gap not filled by the stored log; starting again from a live keyframe");
+                self.take(match_id, item, config);
+            }
+            return;
+        }
         self.last_live = Some(Instant::now());
+        // The producer is alive even when this record has to wait for an earlier one.
+        self.last_record = Instant::now();
         if got == (at.epoch, at.version + 1) {
             metrics::LIVE_RECORDS.inc();
             self.take(match_id, item, config);
         } else if self.live_ahead.len() < LIVE_AHEAD {
             self.live_ahead.insert(got, item);
+            self.live_gap_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -949,6 +989,32 @@ mod tests {
             (23..=25).map(|v| (FrameKind::Delta, v)).collect::<Vec<_>>(),
             "the gap filled from the recreated follower, after {:?}",
             started.elapsed()
+        );
+    }
+
+    /// A gap on the live line that the stored log cannot fill (it stays behind, as during a
+    /// JetStream election): after a short wait the hub starts again from the next live
+    /// keyframe, so its viewers get a snapshot there and carry on instead of waiting.
+    #[tokio::test]
+    async fn a_live_gap_the_stored_log_cannot_fill_is_passed_at_a_live_keyframe() {
+        let log = LaggingLog::new(vec![line_from(10, 20)]);
+        let (live, rx) = mpsc::unbounded_channel();
+        *log.live.lock().unwrap() = Some(rx);
+        let gw = lagging_gateway(log.clone());
+        let viewer = gw.attach("m1", None, WIRE).await.unwrap();
+        assert_eq!(first(&viewer).await, (FrameKind::Snapshot, 20));
+        live.send(record(21, LogKind::Delta)).unwrap();
+        live.send(record(23, LogKind::Delta)).unwrap();
+        // A keyframe right away is not used: the stored log may still bring 22.
+        live.send(record(23, LogKind::Keyframe)).unwrap();
+        let seen = drain(&viewer, Duration::from_millis(600)).await;
+        assert_eq!(seen, vec![(FrameKind::Delta, 21)]);
+        live.send(record(24, LogKind::Keyframe)).unwrap();
+        live.send(record(25, LogKind::Delta)).unwrap();
+        let seen = drain(&viewer, Duration::from_millis(400)).await;
+        assert_eq!(
+            seen,
+            vec![(FrameKind::Snapshot, 24), (FrameKind::Delta, 25)]
         );
     }
 

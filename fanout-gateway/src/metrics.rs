@@ -54,6 +54,13 @@ pub static LIVE_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static LIVE_GAP_JUMPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_live_gap_jumps_total",
+        "Live-line gaps the stored log did not fill in time, passed with a live keyframe"
+    )
+    .unwrap()
+});
 pub static FOLLOWER_RECREATED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gw_follower_recreated_total",
@@ -178,6 +185,7 @@ pub fn register() {
     LazyLock::force(&MULTI_STREAMS);
     LazyLock::force(&LIVE_RECORDS);
     LazyLock::force(&FOLLOWER_RECREATED);
+    LazyLock::force(&LIVE_GAP_JUMPS);
     LazyLock::force(&MESSAGES_OUT);
     LazyLock::force(&BYTES_OUT);
     LazyLock::force(&SUBSTITUTIONS);

@@ -303,13 +303,15 @@ impl GameServer {
             }
             let settled = store_failed
                 .is_none_or(|at| at.elapsed() >= checkpoint::LEASE + Duration::from_secs(1));
-            if self.config.checkpoints && settled {
-                self.take_over_orphans().await;
+            if self.config.checkpoints && settled && !self.take_over_orphans().await {
+                store_failed = Some(std::time::Instant::now());
             }
         }
     }
 
-    async fn take_over_orphans(self: &Arc<Self>) {
+    /// Claims and resumes the rooms whose owners' leases lapsed. Returns whether the room
+    /// store answered.
+    async fn take_over_orphans(self: &Arc<Self>) -> bool {
         let orphans = match self
             .checkpoints
             .claim_orphans(&self.owner, checkpoint::LEASE)
@@ -318,7 +320,7 @@ impl GameServer {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "checking for orphaned rooms failed");
-                return;
+                return false;
             }
         };
         for (match_id, body) in orphans {
@@ -353,6 +355,7 @@ impl GameServer {
                 Duration::from_secs_f64(cp.ends_at_tick as f64 / f64::from(config.tick_hz));
             self.spawn_room(config, RoomStart::Restored(Box::new(cp.world)), epoch);
         }
+        true
     }
 
     fn reserved(&self, match_id: &str) -> usize {

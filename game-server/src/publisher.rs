@@ -38,7 +38,14 @@ pub struct Publisher {
     state: SpectatorState,
     since_keyframe: u64,
     keyframe_every: u64,
+    /// When the state last went out on the live line (see `LIVE_KEYFRAME_EVERY`).
+    live_keyframe_at: std::time::Instant,
 }
+
+/// How often the state goes out on the live line as a keyframe (not stored): a gateway whose
+/// live line lost a record while the stored log cannot fill the gap (a JetStream election)
+/// starts again from the next one instead of waiting for the log.
+const LIVE_KEYFRAME_EVERY: Duration = Duration::from_secs(1);
 
 impl Publisher {
     pub fn new(
@@ -58,6 +65,7 @@ impl Publisher {
             state: SpectatorState::default(),
             since_keyframe: 0,
             keyframe_every: keyframe_every.max(1),
+            live_keyframe_at: std::time::Instant::now(),
         }
     }
 
@@ -92,6 +100,20 @@ impl Publisher {
                     self.since_keyframe += 1;
                     if self.since_keyframe >= self.keyframe_every {
                         self.publish_keyframe(store).await;
+                    } else if self.log.has_live_line()
+                        && self.live_keyframe_at.elapsed() >= LIVE_KEYFRAME_EVERY
+                    {
+                        self.live_keyframe_at = std::time::Instant::now();
+                        let record = LogRecord {
+                            match_id: self.match_id.clone(),
+                            epoch: self.epoch,
+                            version: self.version,
+                            kind: LogKind::Keyframe,
+                            body: serde_json::to_vec(&self.state)
+                                .expect("state serializes")
+                                .into(),
+                        };
+                        self.log.publish_live(&record).await;
                     }
                 }
                 RoomOutput::Event { at_ms, event } => {

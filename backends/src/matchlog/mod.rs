@@ -80,6 +80,12 @@ pub trait MatchLog: Send + Sync + 'static {
     /// so viewers do not wait for it. The in-process log has no such gap: nothing to do.
     async fn publish_live(&self, _record: &LogRecord) {}
 
+    /// Whether `publish_live` goes anywhere (publishers skip the work of live keyframes
+    /// otherwise).
+    fn has_live_line(&self) -> bool {
+        false
+    }
+
     /// The live line of one match from now on (what `publish_live` sends), where the log has
     /// one. Records may be lost or arrive twice; a follower applies one only when it is the
     /// next on the version line.

@@ -265,6 +265,10 @@ impl MatchLog for NatsLog {
         Ok(())
     }
 
+    fn has_live_line(&self) -> bool {
+        true
+    }
+
     async fn publish_live(&self, record: &LogRecord) {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());
