@@ -77,6 +77,10 @@ pub(crate) struct Inner {
     pub(crate) signer: TokenSigner,
     pub(crate) snapshots: Cache<String, Arc<Snapshot>>,
     pub(crate) match_list: Cache<(), Arc<Vec<MatchListing>>>,
+    /// The last listing read from the log and when (ms), served marked stale while the log
+    /// does not answer (a JetStream leader election): viewers whose match ended still find
+    /// the next one. One listing, replaced on every good read.
+    pub(crate) last_listing: std::sync::Mutex<Option<(Arc<Vec<MatchListing>>, u64)>>,
     /// Board reads, shared by concurrent requests for a quarter of a second.
     pub(crate) board_reads: Cache<String, Arc<Option<BoardPage>>>,
     /// The last good answer per board read and when it was fetched, served (marked stale)
@@ -129,6 +133,7 @@ impl ApiState {
                 signer,
                 snapshots,
                 match_list,
+                last_listing: std::sync::Mutex::new(None),
                 board_reads,
                 last_good,
                 history_reads,

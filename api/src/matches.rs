@@ -106,15 +106,25 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
 
 pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let inner = s.inner.clone();
-    let listings = s
+    let read = s
         .inner
         .match_list
         .try_get_with(
             (),
             async move { load_listings(&*inner.log).await.map(Arc::new) },
         )
-        .await
-        .map_err(|e| (*e).clone())?;
+        .await;
+    let (listings, stale_since) = match read {
+        Ok(listings) => {
+            *s.inner.last_listing.lock().unwrap() = Some((listings.clone(), protocol::now_ms()));
+            (listings, None)
+        }
+        Err(e) => match s.inner.last_listing.lock().unwrap().clone() {
+            // The log does not answer: the last listing, marked, rather than nothing.
+            Some((listings, at_ms)) => (listings, Some(at_ms)),
+            None => return Err((*e).clone()),
+        },
+    };
     let mut listings = (*listings).clone();
     // Ended matches stay listed for their retention; show the most recent few.
     let mut ended = 0;
@@ -129,7 +139,16 @@ pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, 
             m.viewers = viewers(&m.id);
         }
     }
-    let mut res = Json(serde_json::json!({ "matches": listings })).into_response();
+    let body = match stale_since {
+        None => serde_json::json!({ "matches": listings }),
+        Some(at_ms) => serde_json::json!({
+            "matches": listings,
+            "stale": true,
+            "stale_reason": "match log unavailable; the last listing read",
+            "listed_at_ms": at_ms,
+        }),
+    };
+    let mut res = Json(body).into_response();
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=1"),

@@ -20,6 +20,8 @@ use tower::ServiceExt;
 struct CountingLog {
     inner: MemoryLog,
     follows: AtomicUsize,
+    /// Set: listing the matches fails as a log in a leader election does.
+    down: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -40,6 +42,9 @@ impl MatchLog for CountingLog {
         self.inner.latest_keyframe(match_id).await
     }
     async fn match_ids(&self) -> Result<Vec<String>, LogError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(LogError::Unavailable("no stream leader".into()));
+        }
         self.inner.match_ids().await
     }
     async fn event_consumer(&self, name: &str) -> Result<Box<dyn EventConsumer>, LogError> {
@@ -57,6 +62,7 @@ async fn app() -> (axum::Router, Arc<CountingLog>) {
     let log = Arc::new(CountingLog {
         inner: MemoryLog::new(MemoryLogLimits::default()),
         follows: AtomicUsize::new(0),
+        down: Default::default(),
     });
     let record = |version, kind, body: Vec<u8>| LogRecord {
         match_id: "eu-1".into(),
@@ -332,4 +338,34 @@ async fn leaderboards_say_how_fresh_they_are_and_survive_a_store_outage() {
         (status, b["error"]["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
     );
+}
+
+/// While the log cannot list matches (a JetStream election), the last listing is served,
+/// marked stale, so a viewer whose match ended still finds the next one; with none read yet
+/// the answer is a 503.
+#[tokio::test]
+async fn the_match_listing_outlives_a_log_outage_marked_stale() {
+    let (app, log) = app().await;
+    let (status, fresh) = get_json(&app, "/v1/matches").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fresh["matches"][0]["id"], "eu-1");
+    assert!(fresh.get("stale").is_none(), "{fresh}");
+    log.down.store(true, Ordering::SeqCst);
+    // Past the listing cache's second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, stale) = get_json(&app, "/v1/matches").await;
+    assert_eq!(status, StatusCode::OK, "{stale}");
+    assert_eq!(stale["stale"], true, "{stale}");
+    assert_eq!(stale["matches"], fresh["matches"]);
+
+    let (cold, log) = app_with_log_down().await;
+    let (status, body) = get_json(&cold, "/v1/matches").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    drop(log);
+}
+
+async fn app_with_log_down() -> (axum::Router, Arc<CountingLog>) {
+    let (app, log) = app().await;
+    log.down.store(true, Ordering::SeqCst);
+    (app, log)
 }

@@ -432,14 +432,7 @@ impl ServedMatch {
             let Some(at) = self.feed.position() else {
                 break;
             };
-            let had = (at.epoch, at.version);
-            while self
-                .live_ahead
-                .first_key_value()
-                .is_some_and(|(k, _)| *k <= had)
-            {
-                self.live_ahead.pop_first();
-            }
+            self.drop_live_behind();
             let Some(next) = self.live_ahead.remove(&(at.epoch, at.version + 1)) else {
                 break;
             };
@@ -448,20 +441,26 @@ impl ServedMatch {
                 break;
             }
         }
-        if let Some(at) = self.feed.position() {
-            let had = (at.epoch, at.version);
-            while self
-                .live_ahead
-                .first_key_value()
-                .is_some_and(|(k, _)| *k <= had)
-            {
-                self.live_ahead.pop_first();
-            }
-        }
+        self.drop_live_behind();
         if self.live_ahead.is_empty() {
             self.live_gap_since = None;
         }
         flow
+    }
+
+    /// Forgets the waiting live records the feed has reached.
+    fn drop_live_behind(&mut self) {
+        let Some(at) = self.feed.position() else {
+            return;
+        };
+        let had = (at.epoch, at.version);
+        while self
+            .live_ahead
+            .first_key_value()
+            .is_some_and(|(k, _)| *k <= had)
+        {
+            self.live_ahead.pop_first();
+        }
     }
 
     /// A record of the live line: taken when it is the next version, kept when it is further

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt;
 use httpkit::ApiError;
@@ -244,12 +243,7 @@ pub(crate) async fn handle(State(gw): State<Gateway>, req: Request) -> Response 
                     })
                 }),
             );
-            Response::builder()
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .header("x-accel-buffering", "no")
-                .body(Body::from_stream(body))
-                .expect("static response parts")
+            crate::stream::sse_response(Body::from_stream(body))
         }
     }
 }
@@ -412,6 +406,11 @@ impl Multi {
         }
         let mut poll = tokio::time::interval(REGION_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An SSE comment every 15 s keeps proxies from timing out a quiet stream (a region
+        // with no live match); WebSocket viewers are pinged instead.
+        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        keepalive.tick().await;
+        let sse = self.wire.transport == Transport::Sse;
         loop {
             let queues: Vec<Arc<ViewerQueue>> =
                 self.followed.iter().map(|(_, q)| q.clone()).collect();
@@ -479,6 +478,11 @@ impl Multi {
                                 return;
                             }
                         }
+                    }
+                }
+                _ = keepalive.tick(), if sse => {
+                    if tx.send(Out::Bytes(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
+                        return;
                     }
                 }
                 _ = tx.closed() => return,

@@ -543,10 +543,15 @@ fn sse_viewer(gw: Gateway, queue: Arc<ViewerQueue>, admission: Admission) -> Res
             }
         }
     });
+    sse_response(Body::from_stream(body))
+}
+
+/// An SSE answer: never cached, never buffered by a proxy.
+pub(crate) fn sse_response(body: Body) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body))
+        .body(body)
         .expect("static response parts")
 }
