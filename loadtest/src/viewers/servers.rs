@@ -79,10 +79,26 @@ pub(super) fn start_server(
 }
 
 fn ensure_node_peers(dir: &PathBuf) -> anyhow::Result<()> {
-    if ["ws", "socket.io", "uwebsockets"]
-        .iter()
-        .all(|m| dir.join("node_modules").join(m).exists())
-    {
+    let installed = || {
+        ["ws", "socket.io", "uwebsockets"]
+            .iter()
+            .all(|m| dir.join("node_modules").join(m).exists())
+    };
+    if installed() {
+        return Ok(());
+    }
+    // One install at a time: `npm ci` starts by deleting node_modules, so a second run (another
+    // test of the same binary, on a fresh clone) would pull the peers from under the first.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".npm-ci.lock"))
+        .context("opening the npm lock file")?;
+    // SAFETY: flock on a file descriptor this function owns; released when `lock` drops.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    anyhow::ensure!(locked == 0, "locking {}", dir.display());
+    if installed() {
         return Ok(());
     }
     let status = Command::new("npm")
