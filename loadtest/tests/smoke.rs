@@ -105,7 +105,7 @@ fn viewers_scenario_fans_out_through_real_gateways() {
 /// and Grandstand's viewers receive fewer bytes.
 #[test]
 fn match_workload_replays_a_recorded_match() {
-    let (_, results) = loadtest(&[
+    let (stdout, results) = loadtest(&[
         "viewers",
         "--workload",
         "match",
@@ -125,7 +125,7 @@ fn match_workload_replays_a_recorded_match() {
         systems
             .iter()
             .find(|s| s["system"] == name)
-            .unwrap()
+            .unwrap_or_else(|| panic!("{name} was not measured:\n{stdout}"))
             .clone()
     };
     let (gs, uws) = (by("grandstand"), by("uws"));
