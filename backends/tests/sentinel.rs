@@ -155,6 +155,18 @@ async fn leaderboards_follow_a_sentinel_failover_without_losing_or_doubling_a_sc
             },
         )
         .await;
+        // And the other two Sentinels (they find each other through the primary every 2 s):
+        // without them no quorum agrees the primary is gone, and no failover starts.
+        until(
+            "every Sentinel knows the others",
+            Duration::from_secs(20),
+            async || {
+                query::<Vec<redis::Value>>(s, redis::cmd("SENTINEL").arg("sentinels").arg("gsm"))
+                    .await
+                    .is_ok_and(|r| r.len() >= 2)
+            },
+        )
+        .await;
     }
 
     let url = format!(
