@@ -456,6 +456,12 @@ pub struct SecretArgs {
     /// minute: rotate keys by replacing the file).
     #[arg(long, env = "GRANDSTAND_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// A JWKS URL (your identity provider's `jwks_uri`, http or https) with the RS256/ES256
+    /// public keys of JWTs your backend mints; re-read every minute, and early (at most every
+    /// 10 s) when a token names a key id not seen yet. Trusts --tls-ca-file besides the
+    /// system's roots.
+    #[arg(long, env = "GRANDSTAND_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
     /// The `iss` JWTs must carry, when set.
     #[arg(long, env = "GRANDSTAND_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -469,6 +475,8 @@ impl SecretArgs {
         httpkit::JwtConfig {
             secrets: self.jwt_secrets.clone(),
             jwks_file: self.jwt_jwks_file.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            ca_pem: backends::tls::private_ca_pem(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
         }

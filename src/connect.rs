@@ -103,7 +103,7 @@ pub async fn history(args: &HistoryArgs) -> anyhow::Result<Arc<SqlHistory>> {
 
 /// The signer of bearer tokens. Roles in separate processes must share a secret; every role
 /// in one process may make one up (tokens then die with the process).
-pub fn signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> {
+pub async fn signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> {
     let signer = own_signer(args, embedded)?;
     let jwt = args.jwt();
     if !jwt.enabled() {
@@ -115,7 +115,9 @@ pub fn signer(args: &SecretArgs, embedded: bool) -> anyhow::Result<TokenSigner> 
             short.len()
         );
     }
-    let verifier = httpkit::JwtVerifier::new(jwt).context("--jwt-jwks-file")?;
+    let verifier = httpkit::JwtVerifier::new(jwt)
+        .await
+        .context("the JWKS (--jwt-jwks-file, --jwt-jwks-url)")?;
     // Re-read until the process ends.
     verifier.keep_fresh(httpkit::Shutdown::new());
     tracing::info!("JWTs accepted as bearer tokens");

@@ -211,7 +211,7 @@ async fn all(args: AllArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let http = listen(&args.http, "all")?;
     let http_addr = http.local_addr()?;
-    let signer = connect::signer(&args.secret, embedded)?;
+    let signer = connect::signer(&args.secret, embedded).await?;
     let backends = Backends {
         log,
         ticks,
@@ -292,7 +292,7 @@ async fn game_server(args: GameServerArgs, shutdown: Shutdown) -> anyhow::Result
     game_server::register_metrics();
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "game-server")?;
-    let signer = connect::signer(&args.secret, false)?;
+    let signer = connect::signer(&args.secret, false).await?;
     let backends = Backends {
         log,
         ticks,
@@ -337,7 +337,7 @@ async fn gateway(args: GatewayArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let (log, ticks) = connect::match_log(&args.nats, false).await?;
     let http = listen(&args.http, "gateway")?;
     let http_addr = http.local_addr()?;
-    let signer = connect::signer(&args.secret, false)?;
+    let signer = connect::signer(&args.secret, false).await?;
     let backends = Backends {
         log,
         ticks,
@@ -453,7 +453,7 @@ async fn snapshot_api(args: ApiArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = connect::history(&args.history).await?;
     let history: Arc<dyn backends::History> = store.clone();
     let http = listen(&args.http, "snapshot-api")?;
-    let signer = connect::signer(&args.secret, false)?;
+    let signer = connect::signer(&args.secret, false).await?;
     let backends = Backends {
         log,
         ticks,

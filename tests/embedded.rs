@@ -76,6 +76,13 @@ async fn jwt_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_rotation() {
+    let backend = Backend::embedded();
+    scenarios::jwks_url_rotation(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_addr() {
     let backend = Backend::embedded();
     scenarios::internal_addr(&backend).await;

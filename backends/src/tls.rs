@@ -25,6 +25,11 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The private CA's PEM, for clients other than the backends' (the JWKS URL).
+pub fn private_ca_pem() -> Option<Vec<u8>> {
+    PRIVATE_CA.get().map(|(_, pem)| pem.clone())
+}
+
 pub(crate) fn private_ca() -> Option<&'static (PathBuf, Vec<u8>)> {
     PRIVATE_CA.get()
 }

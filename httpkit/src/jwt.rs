@@ -1,19 +1,27 @@
 //! Standard JWTs from a deployment's own backend, accepted wherever Grandstand's guest tokens
 //! are: HS256 with shared secrets (several at once, so a secret rotates without downtime) and
-//! RS256/ES256 with public keys from a JWKS file (re-read every minute, so keys rotate by
-//! replacing the file). `sub` is the player, `name` its display name (`sub` when absent), and
-//! `exp` is required and enforced; `iss`/`aud` when configured.
+//! RS256/ES256 with public keys from a JWKS file or URL (re-read every minute, so keys rotate
+//! by replacing the file or publishing a new set; a token naming a key id not known yet asks
+//! for an early re-read, at most one per [`JWKS_EARLY_REFRESH`]). `sub` is the player, `name`
+//! its display name (`sub` when absent), and `exp` is required and enforced; `iss`/`aud` when
+//! configured.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use protocol::{Claims, ExternalTokens, TokenError};
 use serde::Deserialize;
 
-/// How often the JWKS file is re-read.
+/// How often the JWKS file and URL are re-read.
 pub const JWKS_REFRESH: Duration = Duration::from_secs(60);
+/// The shortest time between two re-reads asked for by tokens naming an unknown key id (a
+/// flood of forged key ids costs the JWKS host one request per this interval).
+pub const JWKS_EARLY_REFRESH: Duration = Duration::from_secs(10);
+/// The largest JWKS document taken from a URL.
+pub const JWKS_MAX_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct JwtConfig {
@@ -21,13 +29,17 @@ pub struct JwtConfig {
     pub secrets: Vec<String>,
     /// A JWKS document with RS256/ES256 public keys.
     pub jwks_file: Option<PathBuf>,
+    /// The same, served over HTTP(S) (an identity provider's `jwks_uri`).
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for the JWKS URL besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
 }
 
 impl JwtConfig {
     pub fn enabled(&self) -> bool {
-        !self.secrets.is_empty() || self.jwks_file.is_some()
+        !self.secrets.is_empty() || self.jwks_file.is_some() || self.jwks_url.is_some()
     }
 }
 
@@ -42,6 +54,12 @@ pub struct JwtVerifier {
     config: JwtConfig,
     secrets: Vec<DecodingKey>,
     keys: RwLock<Vec<PublicKey>>,
+    http: Option<reqwest::Client>,
+    /// Wakes the refresher early: a token named a key id no key has.
+    unknown_kid: tokio::sync::Notify,
+    /// When the last early re-read was asked for (ms since `born`).
+    last_early_ms: AtomicU64,
+    born: Instant,
 }
 
 #[derive(Deserialize)]
@@ -59,13 +77,53 @@ pub enum JwksError {
     Parse(String, serde_json::Error),
     #[error("{0}: key {1:?}: {2}")]
     Key(String, Option<String>, String),
+    #[error("fetching {0}: {1}")]
+    Fetch(String, String),
 }
 
 fn load_jwks(path: &PathBuf) -> Result<Vec<PublicKey>, JwksError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| JwksError::Read(shown.clone(), e))?;
+    parse_jwks(&shown, &text)
+}
+
+async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<PublicKey>, JwksError> {
+    let fail = |e: String| JwksError::Fetch(url.to_string(), e);
+    let mut res = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| fail(error_chain(&e)))?;
+    if !res.status().is_success() {
+        return Err(fail(format!("HTTP {}", res.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+        if body.len() + chunk.len() > JWKS_MAX_BYTES {
+            return Err(fail(format!("larger than {JWKS_MAX_BYTES} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_jwks(url, &String::from_utf8_lossy(&body))
+}
+
+/// An error with its causes (reqwest's own message leaves out why a connection failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn parse_jwks(shown: &str, text: &str) -> Result<Vec<PublicKey>, JwksError> {
+    let shown = shown.to_string();
     let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&text).map_err(|e| JwksError::Parse(shown.clone(), e))?;
+        serde_json::from_str(text).map_err(|e| JwksError::Parse(shown.clone(), e))?;
     set.keys
         .iter()
         .map(|jwk| {
@@ -93,29 +151,47 @@ fn load_jwks(path: &PathBuf) -> Result<Vec<PublicKey>, JwksError> {
 }
 
 impl JwtVerifier {
-    /// Builds the verifier, reading the JWKS file once (an unreadable file is an error at
-    /// start; later, a failed re-read keeps the keys known so far).
-    pub fn new(config: JwtConfig) -> Result<Arc<JwtVerifier>, JwksError> {
-        let keys = match &config.jwks_file {
-            Some(path) => load_jwks(path)?,
-            None => Vec::new(),
+    /// Builds the verifier, reading the JWKS file and URL once (an unreadable one is an error
+    /// at start; later, a failed re-read keeps the keys known so far).
+    pub async fn new(config: JwtConfig) -> Result<Arc<JwtVerifier>, JwksError> {
+        let http = match &config.jwks_url {
+            Some(url) => Some(jwks_client(url, config.ca_pem.as_deref())?),
+            None => None,
         };
-        Ok(Arc::new(JwtVerifier {
+        let verifier = Arc::new(JwtVerifier {
             secrets: config
                 .secrets
                 .iter()
                 .map(|s| DecodingKey::from_secret(s.as_bytes()))
                 .collect(),
-            keys: RwLock::new(keys),
+            keys: RwLock::new(Vec::new()),
+            http,
+            unknown_kid: tokio::sync::Notify::new(),
+            last_early_ms: AtomicU64::new(0),
+            born: Instant::now(),
             config,
-        }))
+        });
+        *verifier.keys.write().unwrap() = verifier.load_keys().await?;
+        Ok(verifier)
     }
 
-    /// Re-reads the JWKS file every [`JWKS_REFRESH`] until `shutdown`.
-    pub fn keep_fresh(self: &Arc<Self>, shutdown: crate::Shutdown) {
-        let Some(path) = self.config.jwks_file.clone() else {
-            return;
+    async fn load_keys(&self) -> Result<Vec<PublicKey>, JwksError> {
+        let mut keys = match &self.config.jwks_file {
+            Some(path) => load_jwks(path)?,
+            None => Vec::new(),
         };
+        if let (Some(url), Some(http)) = (&self.config.jwks_url, &self.http) {
+            keys.extend(fetch_jwks(http, url).await?);
+        }
+        Ok(keys)
+    }
+
+    /// Re-reads the JWKS every [`JWKS_REFRESH`], and early when a token names an unknown key
+    /// id, until `shutdown`.
+    pub fn keep_fresh(self: &Arc<Self>, shutdown: crate::Shutdown) {
+        if self.config.jwks_file.is_none() && self.config.jwks_url.is_none() {
+            return;
+        }
         let verifier = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(JWKS_REFRESH);
@@ -123,9 +199,10 @@ impl JwtVerifier {
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
+                    _ = verifier.unknown_kid.notified() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                match load_jwks(&path) {
+                match verifier.load_keys().await {
                     Ok(keys) => *verifier.keys.write().unwrap() = keys,
                     Err(e) => {
                         tracing::warn!(error = %e, "re-reading the JWKS failed; keeping the last keys")
@@ -133,6 +210,20 @@ impl JwtVerifier {
                 }
             }
         });
+    }
+
+    /// Asks the refresher for an early re-read, at most once per [`JWKS_EARLY_REFRESH`].
+    fn unknown_key(&self) {
+        let now = self.born.elapsed().as_millis() as u64 + JWKS_EARLY_REFRESH.as_millis() as u64;
+        let last = self.last_early_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= JWKS_EARLY_REFRESH.as_millis() as u64
+            && self
+                .last_early_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.unknown_kid.notify_one();
+        }
     }
 
     fn validation(&self, algorithm: Algorithm, now_secs: u64) -> Validation {
@@ -199,10 +290,15 @@ impl ExternalTokens for JwtVerifier {
             alg @ (Algorithm::RS256 | Algorithm::ES256) => {
                 let keys = self.keys.read().unwrap();
                 let mut last = TokenError::BadSignature;
-                for k in keys
+                let mut candidates = keys
                     .iter()
                     .filter(|k| k.algorithm == alg && (header.kid.is_none() || k.kid == header.kid))
-                {
+                    .peekable();
+                if candidates.peek().is_none() && header.kid.is_some() {
+                    // Maybe a key published since the last read: refuse now, look again soon.
+                    self.unknown_key();
+                }
+                for k in candidates {
                     match self.claims(token, &k.key, alg, now_secs) {
                         Err(TokenError::BadSignature) => continue,
                         Err(e) => last = e,
@@ -216,6 +312,26 @@ impl ExternalTokens for JwtVerifier {
             _ => Err(TokenError::Malformed),
         }
     }
+}
+
+/// The HTTP client reading a JWKS URL: rustls with the system's roots plus `ca_pem`, short
+/// timeouts (a slow identity provider must not hold a start or a refresh for long).
+fn jwks_client(url: &str, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, JwksError> {
+    let fail = |e: String| JwksError::Fetch(url.to_string(), e);
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(fail("not an http:// or https:// URL".into()));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    if let Some(pem) = ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| fail(e.to_string()))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| fail(error_chain(&e)))
 }
 
 #[cfg(test)]
@@ -237,11 +353,15 @@ mod tests {
     }
 
     fn verifier(secrets: &[&str]) -> Arc<JwtVerifier> {
-        JwtVerifier::new(JwtConfig {
+        let config = JwtConfig {
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
-        })
-        .unwrap()
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(JwtVerifier::new(config))
+            .unwrap()
     }
 
     #[test]

@@ -261,32 +261,12 @@ pub async fn config_file(backend: &Backend) {
 /// of two rotating secrets, RS256 with a key from a JWKS file; expired, unknown-key and
 /// `alg: none` tokens get a 401 before any stream opens.
 pub async fn jwt_tokens(backend: &Backend) {
-    use base64::Engine;
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
     let dir = backend.data_dir().join("jwt-test");
     std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("rsa.pem");
-    let openssl = |args: &[&str]| stdout_of(std::process::Command::new("openssl").args(args));
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
-    let modulus = openssl(&["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"]);
-    let modulus = modulus.trim().trim_start_matches("Modulus=");
-    let n: Vec<u8> = (0..modulus.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&modulus[i..i + 2], 16).unwrap())
-        .collect();
-    let jwks = serde_json::json!({"keys": [{
-        "kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
-        "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n), "e": "AQAB"
-    }]});
+    let (rsa_key, jwk) = rsa_key(&dir, "k1");
+    let jwks = serde_json::json!({ "keys": [jwk] });
     let jwks_path = dir.join("jwks.json");
     std::fs::write(&jwks_path, jwks.to_string()).unwrap();
 
@@ -315,46 +295,8 @@ pub async fn jwt_tokens(backend: &Backend) {
         )
         .unwrap()
     };
-    let rsa_key = EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
-    let mut rs_header = Header::new(Algorithm::RS256);
-    rs_header.kid = Some("k1".into());
-    let rs = encode(
-        &rs_header,
-        &serde_json::json!({"sub": "acme-rs", "exp": now + 300}),
-        &rsa_key,
-    )
-    .unwrap();
-
-    let stream = |token: String| {
-        let app = &app;
-        let id = id.clone();
-        async move {
-            let r = app
-                .http
-                .get(app.url(&format!("/v1/matches/{id}/stream")))
-                .header("accept", "text/event-stream")
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            if status != 200 {
-                return (status, r.text().await.unwrap());
-            }
-            // Read until the snapshot (a `retry:` line may come first).
-            let mut r = r;
-            let mut text = String::new();
-            while !text.contains("event: snapshot") {
-                let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
-                    .await
-                    .expect("no snapshot within 5 s")
-                    .unwrap()
-                    .expect("the stream ended");
-                text.push_str(&String::from_utf8_lossy(&chunk));
-            }
-            (status, text)
-        }
-    };
+    let rs = rs256(&rsa_key, "k1", "acme-rs", now + 300);
+    let stream = |token: String| sse_with_token(&app, id.clone(), token);
     for (what, token) in [
         (
             "HS256, first secret",
@@ -402,6 +344,155 @@ pub async fn jwt_tokens(backend: &Backend) {
         assert_eq!(status, 401, "{what}: {body}");
         assert!(body.contains(says), "{what}: {body}");
     }
+    app.stop().await;
+}
+
+/// An RSA key made by openssl in `dir`, and its public half as a JWK named `kid`.
+fn rsa_key(dir: &std::path::Path, kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::Engine;
+    let key = dir.join(format!("{kid}.pem"));
+    let openssl = |args: &[&str]| stdout_of(std::process::Command::new("openssl").args(args));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let modulus = openssl(&["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"]);
+    let modulus = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..modulus.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&modulus[i..i + 2], 16).unwrap())
+        .collect();
+    let jwk = serde_json::json!({
+        "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+        "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n), "e": "AQAB"
+    });
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap();
+    (encoding, jwk)
+}
+
+fn rs256(key: &jsonwebtoken::EncodingKey, kid: &str, sub: &str, exp: u64) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &serde_json::json!({"sub": sub, "exp": exp}), key).unwrap()
+}
+
+/// Opens the match's SSE stream with `token`: the status, and the body up to the snapshot
+/// (or the error body).
+async fn sse_with_token(app: &App, id: String, token: String) -> (u16, String) {
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/matches/{id}/stream")))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status != 200 {
+        return (status, r.text().await.unwrap());
+    }
+    // Read until the snapshot (a `retry:` line may come first).
+    let mut r = r;
+    let mut text = String::new();
+    while !text.contains("event: snapshot") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+            .await
+            .expect("no snapshot within 5 s")
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (status, text)
+}
+
+/// Keys from an identity provider's JWKS URL: read at start (an unreachable URL stops the
+/// start with an error naming it), and a key published later is taken within seconds of the
+/// first token naming it, without a restart.
+pub async fn jwks_url_rotation(backend: &Backend) {
+    let dir = backend.data_dir().join("jwks-url-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first_key, first_jwk) = rsa_key(&dir, "first");
+    let (second_key, second_jwk) = rsa_key(&dir, "second");
+
+    // The identity provider: serves whatever set `published` holds, counting requests.
+    let published = std::sync::Arc::new(std::sync::Mutex::new(
+        serde_json::json!({ "keys": [first_jwk.clone()] }),
+    ));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let provider = {
+        let published = published.clone();
+        let fetches = fetches.clone();
+        axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let set = published.lock().unwrap().clone();
+                fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move { axum::Json(set) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, provider).await });
+
+    // Nothing listening there: the start fails, naming the JWKS and the URL.
+    let closed = format!(
+        "http://127.0.0.1:{}/jwks.json",
+        testkit::process::free_port().unwrap()
+    );
+    let (ok, out) =
+        crate::common::run_to_completion(backend, &["--matches", "1", "--jwt-jwks-url", &closed]);
+    assert!(!ok, "started with an unreachable JWKS: {out}");
+    assert!(out.contains("JWKS") && out.contains(&closed), "{out}");
+
+    let app = App::spawn(backend, &["--matches", "1", "--jwt-jwks-url", &url]).await;
+    let id = app.live_match_ids(1).await.remove(0);
+    let now = protocol::now_secs();
+    let (status, body) = sse_with_token(
+        &app,
+        id.clone(),
+        rs256(&first_key, "first", "idp-1", now + 300),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The provider rotates: the second key is published. The first token naming it is
+    // refused (not known yet) and asks for an early re-read; within seconds it is taken.
+    *published.lock().unwrap() = serde_json::json!({ "keys": [first_jwk, second_jwk] });
+    let second = rs256(&second_key, "second", "idp-2", now + 300);
+    let before = fetches.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = testkit::eventually(Duration::from_secs(8), || {
+        let (app, id, token) = (&app, id.clone(), second.clone());
+        async move {
+            let (status, _) = sse_with_token(app, id, token).await;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    // 8 s after the rotation: only an early re-read (the periodic one is every 60 s).
+    assert!(
+        accepted.is_some(),
+        "the rotated key was not taken within 8 s"
+    );
+    // A flood of unknown key ids costs the provider at most one early re-read per 10 s.
+    for _ in 0..50 {
+        let forged = rs256(&second_key, "nobody-knows-me", "idp-3", now + 300);
+        let (status, _) = sse_with_token(&app, id.clone(), forged).await;
+        assert_eq!(status, 401);
+    }
+    let extra = fetches.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        extra <= 2,
+        "{extra} JWKS fetches for one rotation and a flood"
+    );
     app.stop().await;
 }
 
