@@ -10,6 +10,7 @@ mod cli;
 mod config_file;
 mod connect;
 mod partners;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,20 +104,16 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", partners::run(command).await?);
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
-    match cli.log().log_format {
-        cli::LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .init(),
-        cli::LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_env_filter(filter)
-            .init(),
-    }
+    let role = match &cli.role {
+        None | Some(Role::All(_)) => "all",
+        Some(Role::GameServer(_)) => "game-server",
+        Some(Role::Gateway(_)) => "gateway",
+        Some(Role::Aggregator(_)) => "aggregator",
+        Some(Role::SnapshotApi(_)) => "snapshot-api",
+        Some(Role::Config(_)) | Some(Role::Partners(_)) => "tool",
+    };
+    // Flushes the last spans when main returns.
+    let _telemetry = telemetry::init(cli.log().log_format, role)?;
     let shutdown = Shutdown::new();
     match cli.role {
         None => all(cli.all, shutdown).await,

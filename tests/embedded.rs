@@ -83,6 +83,13 @@ async fn jwks_url_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_traces() {
+    let backend = Backend::embedded();
+    scenarios::otlp_traces(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_addr() {
     let backend = Backend::embedded();
     scenarios::internal_addr(&backend).await;

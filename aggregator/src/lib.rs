@@ -17,6 +17,7 @@ use backends::{
 };
 use httpkit::Shutdown;
 use protocol::{EventRecord, LogRecord, MatchEvent};
+use tracing::Instrument;
 
 mod metrics;
 pub use metrics::register as register_metrics;
@@ -328,51 +329,60 @@ async fn run_leaderboards(
         if events.is_empty() {
             continue;
         }
-        let scored: Vec<ScoredEvent> = events
-            .iter()
-            .map(|(d, e)| scored_event(&d.record, e, &config.retention, protocol::now_ms()))
-            .collect();
-        let started = std::time::Instant::now();
-        match boards.apply(&scored).await {
-            Ok(outcomes) => {
-                metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
-                for ((scored, (delivered, _)), outcome) in scored.iter().zip(&events).zip(outcomes)
-                {
-                    let result = match outcome {
-                        ApplyOutcome::Applied => {
-                            metrics::APPLIED.inc();
-                            ticker
-                                .pending
-                                .extend(scored.changes.iter().map(|c| c.board.clone()));
-                            consumer.ack(delivered).await
+        let span = tracing::info_span!(
+            target: "grandstand::trace",
+            "aggregator.leaderboard_batch",
+            events = events.len()
+        );
+        async {
+            let scored: Vec<ScoredEvent> = events
+                .iter()
+                .map(|(d, e)| scored_event(&d.record, e, &config.retention, protocol::now_ms()))
+                .collect();
+            let started = std::time::Instant::now();
+            match boards.apply(&scored).await {
+                Ok(outcomes) => {
+                    metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+                    for ((scored, (delivered, _)), outcome) in scored.iter().zip(&events).zip(outcomes)
+                    {
+                        let result = match outcome {
+                            ApplyOutcome::Applied => {
+                                metrics::APPLIED.inc();
+                                ticker
+                                    .pending
+                                    .extend(scored.changes.iter().map(|c| c.board.clone()));
+                                consumer.ack(delivered).await
+                            }
+                            ApplyOutcome::Duplicate => {
+                                metrics::DUPLICATES.inc();
+                                consumer.ack(delivered).await
+                            }
+                            ApplyOutcome::TooEarly => {
+                                metrics::TOO_EARLY.inc();
+                                consumer
+                                    .retry_later(delivered, Duration::from_millis(200))
+                                    .await
+                            }
+                        };
+                        if let Err(e) = result {
+                            // Not acked: it will be redelivered and then found to be a duplicate.
+                            tracing::warn!(error = %e, "ack failed");
                         }
-                        ApplyOutcome::Duplicate => {
-                            metrics::DUPLICATES.inc();
-                            consumer.ack(delivered).await
-                        }
-                        ApplyOutcome::TooEarly => {
-                            metrics::TOO_EARLY.inc();
-                            consumer
-                                .retry_later(delivered, Duration::from_millis(200))
-                                .await
-                        }
-                    };
-                    if let Err(e) = result {
-                        // Not acked: it will be redelivered and then found to be a duplicate.
-                        tracing::warn!(error = %e, "ack failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leaderboard store unavailable; batch will be redelivered");
+                    metrics::APPLY_ERRORS.inc();
+                    for (delivered, _) in &events {
+                        let _ = consumer
+                            .retry_later(delivered, Duration::from_secs(1))
+                            .await;
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "leaderboard store unavailable; batch will be redelivered");
-                metrics::APPLY_ERRORS.inc();
-                for (delivered, _) in &events {
-                    let _ = consumer
-                        .retry_later(delivered, Duration::from_secs(1))
-                        .await;
-                }
-            }
         }
+        .instrument(span)
+        .await;
     }
 }
 
@@ -393,41 +403,53 @@ async fn run_history(
         if events.is_empty() {
             continue;
         }
-        let records: Vec<HistoryRecord> = events
-            .iter()
-            .flat_map(|(d, e)| history_records(&d.record, e))
-            .collect();
-        // Retry the same batch until the store takes it: a history outage pauses this consumer
-        // only, and nothing is acked (so nothing is lost) until the write is durable.
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match history.write(&records).await {
-                Ok(()) => {
-                    metrics::HISTORY_WRITTEN.inc_by(records.len() as u64);
-                    for (d, _) in &events {
-                        if let Err(e) = consumer.ack(d).await {
-                            tracing::warn!(error = %e, "ack failed; the write is idempotent");
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    metrics::HISTORY_ERRORS.inc();
-                    tracing::warn!(error = %e, "history write failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => {
-                            // Hand the unwritten events back now, so the next aggregator gets
-                            // them at once instead of after the ack wait runs out.
-                            for (d, _) in &events {
-                                let _ = consumer.retry_later(d, Duration::ZERO).await;
+        let span = tracing::info_span!(
+            target: "grandstand::trace",
+            "aggregator.history_batch",
+            events = events.len()
+        );
+        let written = async {
+            let records: Vec<HistoryRecord> = events
+                .iter()
+                .flat_map(|(d, e)| history_records(&d.record, e))
+                .collect();
+            // Retry the same batch until the store takes it: a history outage pauses this consumer
+            // only, and nothing is acked (so nothing is lost) until the write is durable.
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match history.write(&records).await {
+                    Ok(()) => {
+                        metrics::HISTORY_WRITTEN.inc_by(records.len() as u64);
+                        for (d, _) in &events {
+                            if let Err(e) = consumer.ack(d).await {
+                                tracing::warn!(error = %e, "ack failed; the write is idempotent");
                             }
-                            return;
                         }
+                        return true;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    Err(e) => {
+                        metrics::HISTORY_ERRORS.inc();
+                        tracing::warn!(error = %e, "history write failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => {
+                                // Hand the unwritten events back now, so the next aggregator gets
+                                // them at once instead of after the ack wait runs out.
+                                for (d, _) in &events {
+                                    let _ = consumer.retry_later(d, Duration::ZERO).await;
+                                }
+                                return false;
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
                 }
             }
+        }
+        .instrument(span)
+        .await;
+        if !written {
+            return;
         }
     }
 }

@@ -208,7 +208,15 @@ impl Hub {
                 // A full delay line stops reading: the log holds what is not due yet.
                 item = stream.next(), if !line.is_full() => {
                     // Everything the log has ready is fanned out before any viewer is woken,
-                    // so a tick's events and its delta leave in one write.
+                    // so a tick's events and its delta leave in one write. One span per read
+                    // (per match, never per viewer).
+                    let span = tracing::info_span!(
+                        target: "grandstand::trace",
+                        "match_log.consume",
+                        match_id = %self.match_id,
+                        records = tracing::field::Empty
+                    )
+                    .entered();
                     let mut flow = self.take_item(item, &mut served, &mut line, &mut delay_us);
                     let mut more = 0;
                     while flow == Flow::Continue && more < READY_BATCH && !line.is_full() {
@@ -216,6 +224,8 @@ impl Hub {
                         flow = self.take_item(item, &mut served, &mut line, &mut delay_us);
                         more += 1;
                     }
+                    span.record("records", more + 1);
+                    drop(span);
                     if flow == Flow::Resubscribe {
                         served.wake_all();
                         line.clear();

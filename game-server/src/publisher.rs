@@ -12,6 +12,7 @@ use backends::MatchLog;
 use bytes::Bytes;
 use protocol::{Delta, EventRecord, LogKind, LogRecord, MatchEvent, SpectatorState};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::metrics;
 use httpkit::Shutdown;
@@ -181,7 +182,14 @@ async fn store(
         let mut backoff = Duration::from_millis(50);
         let failing_since = std::time::Instant::now();
         loop {
-            match log.publish(record.clone()).await {
+            let span = tracing::info_span!(
+                target: "grandstand::trace",
+                "match_log.publish",
+                match_id = %match_id,
+                kind = kind.as_str(),
+                version
+            );
+            match log.publish(record.clone()).instrument(span).await {
                 Ok(()) => {
                     metrics::PUBLISHED.with_label_values(&[kind.as_str()]).inc();
                     break;

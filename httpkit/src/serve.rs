@@ -163,6 +163,38 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) ->
 }
 
 /// [`serve`] with explicit connection limits.
+/// One span per HTTP request, named by its route (not its path: ids stay out of span names),
+/// for the OpenTelemetry exporter. A viewer's stream is one request: its span ends when the
+/// upgrade or the SSE response starts, so nothing is traced per viewer message.
+async fn request_span(
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        target: "grandstand::trace",
+        "http.request",
+        otel.name = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return next.run(request).await;
+    }
+    if let Some(route) = &route {
+        span.record(
+            "otel.name",
+            format!("{} {}", request.method(), route.as_str()),
+        );
+        span.record("http.route", route.as_str());
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
@@ -170,6 +202,11 @@ pub async fn serve_with(
     limits: ConnectionLimits,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let router = if router.has_routes() {
+        router.route_layer(axum::middleware::from_fn(request_span))
+    } else {
+        router
+    };
     let router = router.layer(axum::extract::DefaultBodyLimit::max(limits.max_body));
     let connections = TaskTracker::new();
     let limits = Arc::new(limits);

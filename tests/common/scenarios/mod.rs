@@ -20,7 +20,8 @@ pub use feed_v2::{feed_v2, filtered_streams};
 pub use http::http_errors;
 #[allow(unused_imports)]
 pub use ops::{
-    behind_a_proxy, config_file, internal_addr, jwks_url_rotation, jwt_tokens, readiness_and_drain,
+    behind_a_proxy, config_file, internal_addr, jwks_url_rotation, jwt_tokens, otlp_traces,
+    readiness_and_drain,
 };
 #[allow(unused_imports)]
 pub use players::{crash_recovery, matchmaking};

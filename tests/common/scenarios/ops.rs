@@ -496,6 +496,145 @@ pub async fn jwks_url_rotation(backend: &Backend) {
     app.stop().await;
 }
 
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans reach an OTLP/HTTP collector (served by the
+/// test, reading OTLP JSON): HTTP requests named by route, match log publishes and reads,
+/// aggregator batches; with ten viewers attached there is still no span per viewer message.
+pub async fn otlp_traces(backend: &Backend) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let collector = {
+        let bodies = bodies.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let bodies = bodies.clone();
+                async move {
+                    match serde_json::from_slice::<serde_json::Value>(&body) {
+                        Ok(v) => {
+                            bodies.lock().unwrap().push(v);
+                            axum::http::StatusCode::OK
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let app = App::spawn_with(
+        backend,
+        &["--matches", "1", "--bots", "8"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()),
+            ("OTEL_SERVICE_NAME", "grandstand-under-test".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+        None,
+    )
+    .await;
+    let id = app.live_match_ids(1).await.remove(0);
+    const TRACED_VIEWERS: usize = 10;
+    let mut viewers = Vec::new();
+    for _ in 0..TRACED_VIEWERS {
+        let offer = Offer {
+            extensions: None,
+            protocol: None,
+            token: Some(app.guest_token().await),
+        };
+        let mut ws = RawWs::connect(&app.base, &format!("/v1/matches/{id}/stream"), &offer)
+            .await
+            .unwrap()
+            .unwrap_or_else(|r| panic!("refused {}: {}", r.status, r.body));
+        ws.json(Duration::from_secs(5)).await.unwrap();
+        viewers.push(ws);
+    }
+    let (status, _) = app.get(&format!("/v1/matches/{id}/snapshot")).await;
+    assert_eq!(status, 200);
+
+    // Spans as the collector holds them: (service, name, attributes).
+    let spans = |bodies: &[serde_json::Value]| {
+        let mut out = Vec::new();
+        for body in bodies {
+            for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+                let service = rs["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["key"] == "service.name")
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in ss["spans"].as_array().into_iter().flatten() {
+                        let name = span["name"].as_str().unwrap_or_default().to_string();
+                        out.push((service.clone(), name, span["attributes"].clone()));
+                    }
+                }
+            }
+        }
+        out
+    };
+    let wanted = [
+        "GET /v1/matches/{id}/stream",
+        "GET /v1/matches/{id}/snapshot",
+        "POST /v1/auth/guest",
+        "match_log.publish",
+        "match_log.consume",
+        "aggregator.leaderboard_batch",
+        "aggregator.history_batch",
+    ];
+    let seen = testkit::eventually(Duration::from_secs(30), || {
+        let bodies = bodies.clone();
+        async move {
+            let all = spans(&bodies.lock().unwrap());
+            wanted
+                .iter()
+                .all(|w| all.iter().any(|(_, name, _)| name == w))
+                .then_some(all)
+        }
+    })
+    .await;
+    let Some(all) = seen else {
+        let names: std::collections::BTreeSet<String> = spans(&bodies.lock().unwrap())
+            .into_iter()
+            .map(|(_, n, _)| n)
+            .collect();
+        panic!("never saw all of {wanted:?}; saw {names:?}");
+    };
+    assert!(all
+        .iter()
+        .all(|(service, _, _)| service == "grandstand-under-test"));
+    // Nothing else is traced: no span per viewer message, no log event as a span.
+    for (_, name, _) in &all {
+        assert!(
+            wanted.contains(&name.as_str())
+                || name.starts_with("GET ")
+                || name.starts_with("POST "),
+            "unexpected span {name}"
+        );
+    }
+    let count = |n: &str| all.iter().filter(|(_, name, _)| name == n).count();
+    assert_eq!(count("GET /v1/matches/{id}/stream"), TRACED_VIEWERS);
+    // Each read of the log is one span per match, whatever the audience: at most one per
+    // record published (one per viewer would make that ten times more).
+    assert!(
+        count("match_log.consume") <= count("match_log.publish") + 5,
+        "{} reads for {} publishes",
+        count("match_log.consume"),
+        count("match_log.publish")
+    );
+    let publish = all
+        .iter()
+        .find(|(_, n, _)| n == "match_log.publish")
+        .unwrap();
+    assert!(publish.2.to_string().contains("match_id"), "{}", publish.2);
+    drop(viewers);
+    app.stop().await;
+}
+
 /// `--internal-addr` moves `/metrics` and `/readyz` off the public port (which keeps
 /// `/healthz`) onto a listener of their own.
 pub async fn internal_addr(backend: &Backend) {
