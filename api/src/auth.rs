@@ -10,14 +10,21 @@ use serde::Serialize;
 
 use crate::{metrics, ApiState};
 
-#[derive(Serialize)]
+/// A guest identity and its bearer token.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct GuestResponse {
     token: String,
     player: String,
     name: String,
+    /// Seconds since the Unix epoch.
     expires_at: u64,
 }
 
+/// A guest identity and its bearer token, rate limited per client address.
+#[utoipa::path(post, path = "/v1/auth/guest", tag = "auth", responses(
+    (status = 200, description = "The guest and its token", body = GuestResponse),
+    (status = 429, description = "Too many sign-ins from this address", body = httpkit::openapi::ErrorBody),
+))]
 pub(crate) async fn guest(
     State(s): State<ApiState>,
     request: axum::extract::Request,

@@ -91,17 +91,36 @@ where
 fn board_response(board: &str, page: &BoardPage, store_down_since: Option<u64>) -> Response {
     let now = protocol::now_ms();
     let reason = staleness(now, page, store_down_since);
-    Json(serde_json::json!({
-        "board": board,
-        "updated_at": page.updated_at_ms,
-        "age_ms": page.updated_at_ms.map(|u| now.saturating_sub(u)),
-        "stale": reason.is_some(),
-        "stale_reason": reason,
-        "behind_events": page.aggregator_backlog,
-        "total": page.total,
-        "entries": page.entries,
-    }))
+    Json(Board {
+        board,
+        updated_at: page.updated_at_ms,
+        age_ms: page.updated_at_ms.map(|u| now.saturating_sub(u)),
+        stale: reason.is_some(),
+        stale_reason: reason,
+        behind_events: page.aggregator_backlog,
+        total: page.total,
+        entries: &page.entries,
+    })
     .into_response()
+}
+
+/// A page of a leaderboard, with how fresh it is.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Board<'a> {
+    #[schema(example = "daily:2026-11-21")]
+    board: &'a str,
+    /// When an event was last applied (ms since the Unix epoch).
+    updated_at: Option<u64>,
+    age_ms: Option<u64>,
+    stale: bool,
+    /// Why the board is stale: the store is down (the last known value is served), the
+    /// aggregator is not reporting, or it is behind.
+    stale_reason: Option<String>,
+    /// Events the aggregator has yet to apply.
+    behind_events: Option<u64>,
+    /// Players on the board.
+    total: u64,
+    entries: &'a [backends::leaderboard::Entry],
 }
 
 /// Why a board read at `now_ms` is stale, if it is: the store is down and the last known value
@@ -135,6 +154,19 @@ pub fn resolve_board(board: &str, now_ms: u64) -> Result<(String, bool), ApiErro
     })
 }
 
+/// A page of a leaderboard (ranked by score, ties by who got there first), with its freshness.
+#[utoipa::path(get, path = "/v1/leaderboards/{board}", tag = "leaderboards",
+    params(
+        ("board" = String, Path, description = "global, daily, weekly, daily:<YYYY-MM-DD>, weekly:<YYYY-Www>, match:<id>, region:<region>"),
+        ("limit" = Option<u64>, Query, description = "1 to 1000 (default 100)"),
+        ("offset" = Option<u64>, Query, description = "0 to 1,000,000 (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "The page", body = Board),
+        (status = 400, description = "limit or offset out of range (named in the message)", body = httpkit::openapi::ErrorBody),
+        (status = 404, description = "No such leaderboard", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The leaderboard store does not answer and nothing is known yet", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn leaderboard(
     State(s): State<ApiState>,
     Path(board): Path<String>,
@@ -159,6 +191,19 @@ pub(crate) async fn leaderboard(
     }
 }
 
+/// A player's neighbourhood on a leaderboard.
+#[utoipa::path(get, path = "/v1/leaderboards/{board}/around/{player}", tag = "leaderboards",
+    params(
+        ("board" = String, Path, description = "As for the board's page"),
+        ("player" = String, Path, description = "The player id"),
+        ("radius" = Option<u64>, Query, description = "Rows above and below, 0 to 100 (default 10)"),
+    ),
+    responses(
+        (status = 200, description = "The neighbourhood", body = Board),
+        (status = 400, description = "radius out of range", body = httpkit::openapi::ErrorBody),
+        (status = 404, description = "No such leaderboard, or the player is not on it", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The leaderboard store does not answer and nothing is known yet", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn around(
     State(s): State<ApiState>,
     Path((board, player)): Path<(String, String)>,

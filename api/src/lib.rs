@@ -202,10 +202,48 @@ pub async fn run(
     httpkit::serve_with(listener, router, shutdown, limits).await
 }
 
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Grandstand API",
+        version = "1",
+        description = "Cold loads, leaderboards, players, results, guest tokens and matchmaking; \
+            viewer streams (WebSocket and Server-Sent Events) under /v1/matches/{id}/stream and \
+            /v1/streams, whose message contract is in docs/architecture.md. Errors are \
+            `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        auth::guest,
+        matches::list_matches,
+        matches::snapshot,
+        matches::results,
+        leaderboards::leaderboard,
+        leaderboards::around,
+        players::player,
+        openapi,
     )
-        .into_response()
+)]
+struct ApiDoc;
+
+/// The platform's public HTTP document: the API's routes, the gateway's streams and what every
+/// role serves (probes, metrics, matchmaking), generated from the handlers and their types.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = <ApiDoc as utoipa::OpenApi>::openapi();
+    doc.merge(fanout_gateway::openapi());
+    doc.merge(httpkit::openapi::openapi());
+    doc
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        openapi_document()
+            .to_json()
+            .expect("the document serializes")
+            .into()
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }

@@ -22,19 +22,20 @@ pub(crate) struct Snapshot {
     body: Bytes,
 }
 
-#[derive(Debug, Clone, Serialize)]
-struct ScoreLine {
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct ScoreLine {
     player: String,
     name: String,
     score: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct MatchListing {
     id: String,
     region: String,
     status: MatchStatus,
     players: usize,
+    /// Viewers on every live gateway (from their heartbeats).
     viewers: u64,
     epoch: u64,
     version: u64,
@@ -43,6 +44,31 @@ pub(crate) struct MatchListing {
     top: Vec<ScoreLine>,
     #[serde(skip_serializing_if = "is_zero")]
     broadcast_delay_ms: u64,
+}
+
+/// `GET /v1/matches`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MatchList {
+    /// Live matches first, then the most recent ended ones (at most 20).
+    matches: Vec<MatchListing>,
+    /// Present (true) when the match log does not answer and the last listing read is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale_reason: Option<String>,
+    /// When the served listing was read (ms since the Unix epoch), when stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listed_at_ms: Option<u64>,
+}
+
+/// `GET /v1/matches/{id}/snapshot`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MatchSnapshot<'a> {
+    #[serde(rename = "match")]
+    match_id: &'a str,
+    epoch: u64,
+    version: u64,
+    state: &'a SpectatorState,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -104,6 +130,12 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
     Ok(out)
 }
 
+/// Live matches, then the most recent ended ones; while the match log does not answer, the
+/// last listing read, marked stale.
+#[utoipa::path(get, path = "/v1/matches", tag = "matches", responses(
+    (status = 200, description = "The listing (Cache-Control: max-age=1)", body = MatchList),
+    (status = 503, description = "The match log does not answer and no listing was read yet", body = httpkit::openapi::ErrorBody),
+))]
 pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let inner = s.inner.clone();
     let read = s
@@ -139,14 +171,11 @@ pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, 
             m.viewers = viewers(&m.id);
         }
     }
-    let body = match stale_since {
-        None => serde_json::json!({ "matches": listings }),
-        Some(at_ms) => serde_json::json!({
-            "matches": listings,
-            "stale": true,
-            "stale_reason": "match log unavailable; the last listing read",
-            "listed_at_ms": at_ms,
-        }),
+    let body = MatchList {
+        matches: listings,
+        stale: stale_since.map(|_| true),
+        stale_reason: stale_since.map(|_| "match log unavailable; the last listing read".into()),
+        listed_at_ms: stale_since,
     };
     let mut res = Json(body).into_response();
     res.headers_mut().insert(
@@ -181,12 +210,12 @@ async fn load_snapshot(
             ),
         ));
     }
-    let body = serde_json::to_vec(&serde_json::json!({
-        "match": match_id,
-        "epoch": position.epoch,
-        "version": position.version,
-        "state": feed.state(),
-    }))
+    let body = serde_json::to_vec(&MatchSnapshot {
+        match_id,
+        epoch: position.epoch,
+        version: position.version,
+        state: feed.state(),
+    })
     .map_err(ApiError::internal)?;
     Ok(Arc::new(Snapshot {
         etag: HeaderValue::from_str(&format!("\"{position}\"")).map_err(ApiError::internal)?,
@@ -194,6 +223,21 @@ async fn load_snapshot(
     }))
 }
 
+/// The match state at its latest version (cached; ETag `"epoch:version"`).
+#[utoipa::path(get, path = "/v1/matches/{id}/snapshot", tag = "matches",
+    params(
+        ("id" = String, Path, description = "The match id"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The state (Cache-Control: public, max-age=1; private for a partner reading a delayed match live)", body = MatchSnapshot),
+        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 401, description = "A partner key that is unknown or revoked", body = httpkit::openapi::ErrorBody),
+        (status = 403, description = "A partner key that does not cover this match", body = httpkit::openapi::ErrorBody),
+        (status = 404, description = "No such match", body = httpkit::openapi::ErrorBody),
+        (status = 409, description = "delayed_broadcast: the match is broadcast behind the game; open its stream without `since` instead (its first message is a delayed snapshot)", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The match log does not answer", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn snapshot(
     State(s): State<ApiState>,
     Path(match_id): Path<String>,
@@ -268,6 +312,14 @@ pub(crate) fn history_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("history unavailable; retry")
 }
 
+/// The final results of an ended match, from the history.
+#[utoipa::path(get, path = "/v1/matches/{id}/results", tag = "matches",
+    params(("id" = String, Path, description = "The match id")),
+    responses(
+        (status = 200, description = "The results", body = backends::MatchSummary),
+        (status = 404, description = "No recorded match", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The history does not answer", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn results(
     State(s): State<ApiState>,
     Path(match_id): Path<String>,

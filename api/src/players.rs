@@ -9,6 +9,14 @@ use httpkit::ApiError;
 use crate::matches::history_error;
 use crate::ApiState;
 
+/// A player's kills, deaths, matches and most recent finished matches.
+#[utoipa::path(get, path = "/v1/players/{id}", tag = "players",
+    params(("id" = String, Path, description = "The player id")),
+    responses(
+        (status = 200, description = "The player's totals", body = backends::PlayerStats),
+        (status = 404, description = "No such player", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The history does not answer", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn player(
     State(s): State<ApiState>,
     Path(id): Path<String>,

@@ -76,6 +76,18 @@ impl Gateway {
     }
 }
 
+/// Leaderboard ticks (top 100, at most one a second, latest wins) over SSE (`event:
+/// leaderboard`) or WebSocket.
+#[utoipa::path(get, path = "/v1/leaderboards/{board}/stream", tag = "streams",
+    params(("board" = String, Path, description = "global, daily, weekly, daily:<YYYY-MM-DD>, weekly:<YYYY-Www>, match:<id>, region:<region>")),
+    responses(
+        (status = 101, description = "WebSocket"),
+        (status = 200, description = "Server-Sent Events", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such leaderboard", body = httpkit::openapi::ErrorBody),
+        (status = 406, description = "Neither a WebSocket upgrade nor `Accept: text/event-stream`", body = httpkit::openapi::ErrorBody),
+        (status = 429, description = "rate_limited or address_cap", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "The leaderboard ticks are unavailable", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn handle(
     State(gw): State<Gateway>,
     Path(board): Path<String>,

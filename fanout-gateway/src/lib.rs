@@ -408,10 +408,17 @@ fn hub_match(key: &str) -> &str {
 /// `GET /v1/matches/{id}/gateway`: where a viewer of this match should connect. Owners are a
 /// preference: every gateway serves every match, so a client that cannot reach the first tries
 /// the next (or any gateway) and resumes.
+#[utoipa::path(get, path = "/v1/matches/{id}/gateway", tag = "streams",
+    params(("id" = String, Path, description = "The match id")),
+    responses(
+        (status = 200, description = "The gateways that own the match, preferred first", body = GatewayChoice),
+        (status = 400, description = "Not a match id", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "No gateway is announced yet", body = httpkit::openapi::ErrorBody),
+    ))]
 async fn where_to_connect(
     State(gw): State<Gateway>,
     Path(match_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<GatewayChoice>, ApiError> {
     if !protocol::valid_match_id(&match_id) {
         return Err(ApiError::invalid("id", "not a match id"));
     }
@@ -419,9 +426,32 @@ async fn where_to_connect(
     if gateways.is_empty() {
         return Err(ApiError::unavailable("no gateway is announced yet"));
     }
-    Ok(Json(serde_json::json!({
-        "match": match_id,
-        "url": gateways[0],
-        "gateways": gateways,
-    })))
+    Ok(Json(GatewayChoice {
+        match_id,
+        url: gateways[0].clone(),
+        gateways,
+    }))
+}
+
+/// Where a viewer of a match should connect.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayChoice {
+    #[serde(rename = "match")]
+    pub match_id: String,
+    /// The preferred gateway's base URL.
+    pub url: String,
+    /// Every owner, preferred first: a client that cannot reach one tries the next.
+    pub gateways: Vec<String>,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(where_to_connect, stream::handle, multi::handle, boards::handle),
+    components(schemas(GatewayChoice))
+)]
+struct StreamsDoc;
+
+/// The document of the gateway's routes (merged into `/openapi.json` by the API).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <StreamsDoc as utoipa::OpenApi>::openapi()
 }

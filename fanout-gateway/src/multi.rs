@@ -136,6 +136,31 @@ fn scope_of(query: &StreamQuery, max: usize) -> Result<Scope, ApiError> {
 }
 
 /// `GET /v1/streams`.
+/// Several matches on one stream: every message names its match; the SSE id (and `since`)
+/// is every match's position, `match:epoch:version` comma separated.
+#[utoipa::path(get, path = "/v1/streams", tag = "streams",
+    security(("bearer" = [])),
+    params(
+        ("matches" = Option<String>, Query, description = "The matches to follow, comma separated (at most --max-matches-per-stream, 32 by default)"),
+        ("region" = Option<String>, Query, description = "Instead of matches: the region's live matches, joining as they start and leaving as they end, each announced with a message of type stream (status match_started or match_ended)"),
+        ("since" = Option<String>, Query, description = "Resume positions `match:epoch:version,...`"),
+        ("token" = Option<String>, Query, description = "Bearer token for clients that cannot set headers"),
+        ("format" = Option<String>, Query, description = "`v1` (default) or `v2`"),
+        ("types" = Option<String>, Query, description = "`delta,event`"),
+        ("kinds" = Option<String>, Query, description = "Event kinds"),
+        ("Last-Event-ID" = Option<String>, Header, description = "SSE resume positions `match:epoch:version,...`"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket (on an upgrade request; subprotocols grandstand.v1 and grandstand.v2; permessage-deflate when offered)"),
+        (status = 200, description = "Server-Sent Events (with `Accept: text/event-stream`)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A query parameter, subprotocol or `since` is malformed (the message names it)", body = httpkit::openapi::ErrorBody),
+        (status = 401, description = "Missing, forged or expired token", body = httpkit::openapi::ErrorBody),
+        (status = 403, description = "forbidden_origin (WebSocket from an origin not in --cors-origins) or forbidden (a partner key that does not cover this match)", body = httpkit::openapi::ErrorBody),
+        (status = 404, description = "No such match", body = httpkit::openapi::ErrorBody),
+        (status = 406, description = "Neither a WebSocket upgrade nor `Accept: text/event-stream`", body = httpkit::openapi::ErrorBody),
+        (status = 429, description = "rate_limited, user_cap or address_cap", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "unavailable (match log down) or behind (Retry-After)", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
     let query = match Query::<StreamQuery>::try_from_uri(&parts.uri) {

@@ -277,6 +277,33 @@ pub(crate) async fn admit(
     })
 }
 
+/// A viewer's stream of one match: a snapshot, then deltas and events in version order
+/// (resumable from a position; a gap or an older position gets a fresh snapshot). The
+/// message contract is in docs/architecture.md.
+#[utoipa::path(get, path = "/v1/matches/{id}/stream", tag = "streams",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The match id"),
+        ("since" = Option<String>, Query, description = "`<epoch>:<version>` to resume from"),
+        ("token" = Option<String>, Query, description = "Bearer token for clients that cannot set headers (it reaches proxy logs: prefer the header)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "SSE resume position `<epoch>:<version>`"),
+        ("format" = Option<String>, Query, description = "`v1` (default) or `v2`, the compact feed (WebSocket clients may ask with the subprotocol grandstand.v2)"),
+        ("types" = Option<String>, Query, description = "`delta,event`: which message types follow the snapshot (default both)"),
+        ("kinds" = Option<String>, Query, description = "Event kinds to send: match_started,player_joined,player_left,kill,match_ended (default all)"),
+        ("from" = Option<String>, Query, description = "`start`: replay the match from its first retained keyframe, then on into the live line; on an ended match the stream closes after match_ended (close 1000, reason: match ended)"),
+        ("pace" = Option<String>, Query, description = "With from=start: `read` (default, as fast as the viewer reads) or `realtime` (at match speed)"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket (on an upgrade request; subprotocols grandstand.v1 and grandstand.v2; permessage-deflate when offered)"),
+        (status = 200, description = "Server-Sent Events (with `Accept: text/event-stream`)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A query parameter, subprotocol or `since` is malformed (the message names it)", body = httpkit::openapi::ErrorBody),
+        (status = 401, description = "Missing, forged or expired token", body = httpkit::openapi::ErrorBody),
+        (status = 403, description = "forbidden_origin (WebSocket from an origin not in --cors-origins) or forbidden (a partner key that does not cover this match)", body = httpkit::openapi::ErrorBody),
+        (status = 404, description = "No such match", body = httpkit::openapi::ErrorBody),
+        (status = 406, description = "Neither a WebSocket upgrade nor `Accept: text/event-stream`", body = httpkit::openapi::ErrorBody),
+        (status = 429, description = "rate_limited (handshakes per address), user_cap/address_cap (concurrent streams) or replay_cap (every replay slot taken; Retry-After)", body = httpkit::openapi::ErrorBody),
+        (status = 503, description = "unavailable (match log down) or behind (this gateway has not reached the resume position yet; Retry-After)", body = httpkit::openapi::ErrorBody),
+    ))]
 pub(crate) async fn handle(
     State(gw): State<Gateway>,
     Path(match_id): Path<String>,

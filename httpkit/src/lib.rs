@@ -9,6 +9,7 @@ mod cors;
 mod jwt;
 mod limiter;
 mod matchmaking;
+pub mod openapi;
 mod partners;
 mod ready;
 
@@ -92,7 +93,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = openapi::ErrorBody {
+            error: openapi::ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut res = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
@@ -200,7 +206,7 @@ pub fn authenticate_caller(
 /// format, the process-wide registry); only `/healthz` when `readiness` is served elsewhere
 /// (an internal listener).
 pub fn ops_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
-    let healthz = get(|| async { Json(serde_json::json!({"status": "ok"})) });
+    let healthz = get(healthz);
     if readiness.is_served_elsewhere() {
         return Router::new().route("/healthz", healthz);
     }
@@ -210,6 +216,18 @@ pub fn ops_router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Rou
         .route("/metrics", get(metrics))
 }
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = openapi::Health)))]
+async fn healthz() -> Json<openapi::Health> {
+    Json(openapi::Health {
+        status: "ok".into(),
+    })
+}
+
+/// Prometheus metrics of the process (text format 0.0.4); on `--internal-addr` when set.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics() -> Response {
     let families = prometheus::gather();
     let mut out = String::new();

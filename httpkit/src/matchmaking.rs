@@ -15,9 +15,10 @@ use serde_json::Value;
 use crate::{authenticate, ApiError};
 
 /// Where a player should connect to play.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     /// The game server's UDP address.
+    #[schema(example = "127.0.0.1:7777")]
     pub server: String,
     #[serde(rename = "match")]
     pub match_id: String,
@@ -40,7 +41,7 @@ pub trait Matchmaking: Send + Sync + 'static {
 }
 
 #[derive(Clone)]
-struct MatchmakingState {
+pub(crate) struct MatchmakingState {
     mm: Arc<dyn Matchmaking>,
     signer: TokenSigner,
 }
@@ -54,7 +55,21 @@ pub fn matchmaking_router(mm: Arc<dyn Matchmaking>, signer: TokenSigner) -> Rout
 /// The highest skill rating accepted.
 pub const MAX_SKILL: u64 = 100_000;
 
-async fn join(
+/// Finds (or opens) a room for the caller in a region and skill bucket. Returns the game
+/// server's UDP address and a connect token bound to the player, the match and that server;
+/// it is accepted once per client address until it expires (players reconnect after a
+/// server crash with the same token).
+#[utoipa::path(post, path = "/v1/matchmaking/join", tag = "matchmaking",
+    request_body = crate::openapi::JoinRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Where to connect", body = Assignment),
+        (status = 400, description = "The body is not a JSON object, or a field is missing or invalid (the message starts with the field's name: region, skill or body)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No bearer token, or an invalid or expired one", body = crate::openapi::ErrorBody),
+        (status = 413, description = "A body over the size limit (body_too_large)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The room registry or the matchmaker is unavailable", body = crate::openapi::ErrorBody),
+    ))]
+pub(crate) async fn join(
     State(s): State<MatchmakingState>,
     headers: HeaderMap,
     body: axum::body::Bytes,

@@ -86,26 +86,41 @@ impl Readiness {
     }
 }
 
-async fn readyz(State(r): State<Readiness>) -> Response {
+/// Readiness: 200 only while this role's backends answer and it is not draining; on
+/// `--internal-addr` when set.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready: every check ok", body = crate::openapi::ReadyBody),
+    (status = 503, description = "Not ready: `checks` says which backend does not answer, or `draining`", body = crate::openapi::ReadyBody),
+))]
+pub(crate) async fn readyz(State(r): State<Readiness>) -> Response {
     let (ready, checks) = r.probe().await;
-    if ready {
-        Json(serde_json::json!({"ready": true, "checks": checks})).into_response()
-    } else {
-        let failing: Vec<String> = checks
+    let checks: std::collections::BTreeMap<String, String> = checks
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().unwrap_or("?").to_string()))
+        .collect();
+    let error = (!ready).then(|| crate::openapi::ErrorDetail {
+        code: "not_ready".into(),
+        message: checks
             .iter()
-            .filter(|(_, v)| v.as_str() != Some("ok"))
-            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("?")))
-            .collect();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({
-                "error": {"code": "not_ready", "message": failing.join("; ")},
-                "ready": false,
-                "checks": checks,
-            })),
-        )
-            .into_response()
-    }
+            .filter(|(_, v)| v.as_str() != "ok")
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(crate::openapi::ReadyBody {
+            ready,
+            checks,
+            error,
+        }),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

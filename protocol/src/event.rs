@@ -33,7 +33,7 @@ fn is_zero_u16(n: &u16) -> bool {
     *n == 0
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlayerResult {
     pub player: PlayerId,
     pub name: String,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PlayerId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchStatus {
     #[default]
@@ -20,7 +20,7 @@ pub enum MatchStatus {
 /// One player as spectators see them. Positions are quantized to tenths of an arena unit
 /// (the arena is 1000 x 1000 units) and angles to whole degrees, which is what viewers can
 /// render and keeps messages small.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlayerView {
     /// The player's small id within the match epoch (its game-server entity number), which the
     /// v2 viewer feed names players by; 0 in records of game servers older than v2.
@@ -39,12 +39,13 @@ pub struct PlayerView {
 }
 
 /// The full state a viewer needs to draw a match.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct SpectatorState {
     pub region: String,
     pub status: MatchStatus,
     pub tick: u64,
     pub arena: Arena,
+    /// Keyed by player id.
     pub players: BTreeMap<PlayerId, PlayerView>,
     /// How long after the live game viewers see it (competitive matches, against ghosting);
     /// gateways hold the stream back this long and the cold-load API does not serve it live.
@@ -64,7 +65,7 @@ fn is_zero_u16(n: &u16) -> bool {
     *n == 0
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Arena {
     pub width: i32,
     pub height: i32,

@@ -56,7 +56,7 @@ pub enum HistoryRecord {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MatchSummary {
     pub id: String,
     pub region: String,
@@ -66,7 +66,7 @@ pub struct MatchSummary {
     pub results: Vec<PlayerResult>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PlayerStats {
     pub player: String,
     pub name: String,
@@ -77,7 +77,7 @@ pub struct PlayerStats {
     pub recent: Vec<RecentMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RecentMatch {
     pub id: String,
     pub region: String,

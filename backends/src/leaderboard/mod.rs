@@ -85,7 +85,8 @@ pub enum ApplyOutcome {
     TooEarly,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = BoardEntry)]
 pub struct Entry {
     pub rank: u64,
     pub player: String,
