@@ -5,6 +5,7 @@ mod abuse;
 mod aggregator_bench;
 mod chaos;
 mod docs_report;
+mod drain;
 mod freshness;
 mod http_bench;
 mod players;
@@ -58,6 +59,9 @@ enum Scenario {
     Abuse(abuse::Args),
     /// Bytes per viewer per second on a real match, per feed format and transport.
     Wire(wire::Args),
+    /// A gateway's viewers when it gets SIGTERM: when each is closed and when it comes back
+    /// (close + retry hint), against `--drain-secs 0` in the same run.
+    Drain(drain::Args),
     /// Records a real match of bots (what its room publishes) for `viewers --workload match`.
     RecordMatch(viewers::feed::RecordArgs),
     /// Regenerates docs/benchmarks.md (tables and SVG plots) from a template and JSON results.
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Players(args) => players::run(args).await?,
         Scenario::Viewers(args) => viewers::run(args).await?,
         Scenario::Wire(args) => wire::run(args).await?,
+        Scenario::Drain(args) => drain::run(args).await?,
         Scenario::ReconnectStorm(args) => {
             viewers::run(args.with_storm(viewers::Storm::Reconnect)).await?
         }

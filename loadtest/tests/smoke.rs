@@ -97,6 +97,35 @@ fn viewers_scenario_fans_out_through_real_gateways() {
     );
 }
 
+/// The gateway with JSON logs and traces exported over OTLP (the observability comparison)
+/// holds its viewers like the plain one, and its spans reach the harness's sink.
+#[test]
+fn observed_gateway_exports_traces() {
+    let (_, results) = loadtest(&[
+        "viewers",
+        "--systems",
+        "grandstand-json-otlp",
+        "--viewers",
+        "10",
+        "--matches",
+        "2",
+        "--duration",
+        "3",
+    ]);
+    let notes = results["rows"][0]["notes"].as_str().unwrap();
+    assert!(
+        notes.contains("held 10/10") && notes.contains(" 0 gaps"),
+        "{notes}"
+    );
+    let exports: u64 = notes
+        .split("the sink took ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no OTLP figure: {notes}"));
+    assert!(exports > 0, "{notes}");
+}
+
 /// The peers of the side-by-side comparison (Node `ws`, Socket.IO, nats-server's WebSocket
 /// listener, the minimal Rust writer) each take the same viewers and deliver the same
 /// messages; `loadtest report` turns the run into tables, ratios and SVG plots.
@@ -140,6 +169,47 @@ fn match_workload_replays_a_recorded_match() {
         "{} vs {}",
         bytes(&gs),
         bytes(&uws)
+    );
+}
+
+/// SIGTERM with viewers attached: every viewer gets a close frame with a retry hint, and the
+/// drain spreads their returns (its busiest 100 ms holds fewer than closing all at once).
+#[test]
+fn drain_spreads_the_audience() {
+    let (_, results) = loadtest(&[
+        "drain",
+        "--viewers",
+        "200",
+        "--matches",
+        "2",
+        "--drain-secs",
+        "2",
+    ]);
+    let rows = results["rows"].as_array().unwrap();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {results}"))
+    };
+    for secs in [0, 2] {
+        let closed = row(&format!("--drain-secs {secs}: closed"));
+        assert_eq!(closed["throughput_per_s"], 200.0, "{closed}");
+        let back = row(&format!("--drain-secs {secs}: back"));
+        assert!(
+            back["notes"].as_str().unwrap().starts_with("200 of 200"),
+            "{back}"
+        );
+    }
+    let peak = |secs: u64| {
+        row(&format!("--drain-secs {secs}: back"))["throughput_per_s"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        peak(2) < peak(0),
+        "busiest 100 ms: {} drained vs {} at once",
+        peak(2),
+        peak(0)
     );
 }
 

@@ -158,6 +158,9 @@ impl Args {
 pub enum System {
     /// `grandstand gateway` processes.
     Grandstand,
+    /// The same gateways with JSON logs and OpenTelemetry traces exported over OTLP (to a
+    /// sink in the harness): what observability costs the fan-out.
+    GrandstandJsonOtlp,
     /// Node.js, the `ws` package, a loop over each match's sockets.
     NodeWs,
     /// Node.js, Socket.IO rooms.
@@ -171,9 +174,23 @@ pub enum System {
 }
 
 impl System {
+    fn is_grandstand(self) -> bool {
+        matches!(self, System::Grandstand | System::GrandstandJsonOtlp)
+    }
+
+    /// What the viewers of this system are (the observed gateway's are Grandstand's).
+    fn viewers_of(self) -> System {
+        if self.is_grandstand() {
+            System::Grandstand
+        } else {
+            self
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             System::Grandstand => "grandstand",
+            System::GrandstandJsonOtlp => "grandstand-json-otlp",
             System::NodeWs => "node-ws",
             System::Socketio => "socketio",
             System::NatsWs => "nats-ws",
@@ -319,7 +336,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 continue;
             }
         };
-        let transport = if system != System::Grandstand || args.sse <= 0.0 {
+        let transport = if !system.is_grandstand() || args.sse <= 0.0 {
             "WS".to_string()
         } else if args.sse >= 1.0 {
             "SSE".to_string()
@@ -352,7 +369,15 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 m.snapshots,
             ),
         });
-        if let (true, Some(row)) = (m.system == "grandstand", rows.last_mut()) {
+        if let (true, Some(row)) = (system == System::GrandstandJsonOtlp, rows.last_mut()) {
+            use std::sync::atomic::Ordering::Relaxed;
+            row.notes += &format!(
+                "; JSON logs, traces exported over OTLP: the sink took {} exports, {} KiB",
+                servers::OTLP_REQUESTS.load(Relaxed),
+                servers::OTLP_BYTES.load(Relaxed) / 1024
+            );
+        }
+        if let (true, Some(row)) = (system.is_grandstand(), rows.last_mut()) {
             row.notes += &format!(
                 "; encoding {:.3} cores (once per message per match); {:.2} messages per write",
                 m.encode_cpu_cores, m.messages_per_write
@@ -458,7 +483,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         }
     }
     anyhow::ensure!(
-        args.storm == Storm::None || system == System::Grandstand,
+        args.storm == Storm::None || system.is_grandstand(),
         "storms are measured on grandstand only (the peers have no resume)"
     );
     let api = if args.storm == Storm::ColdLoad {
@@ -504,7 +529,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         let first = w * args.viewers / workers_n;
         let last = (w + 1) * args.viewers / workers_n;
         let plan = WorkerPlan {
-            system,
+            system: system.viewers_of(),
             workload: args.workload,
             grandstand_wire: args.grandstand_wire,
             sample_every: args.latency_sample,
@@ -544,7 +569,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     let to = from + args.duration * 1_000_000;
     let start_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
-    let counters_before = if system == System::Grandstand {
+    let counters_before = if system.is_grandstand() {
         gateway_counters(&urls).await
     } else {
         (0.0, 0.0, 0.0)
@@ -562,7 +587,7 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
     tokio::time::sleep(Duration::from_micros(to - from)).await;
     bar.finish_and_clear();
     let end_usage: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
-    let counters_after = if system == System::Grandstand {
+    let counters_after = if system.is_grandstand() {
         gateway_counters(&urls).await
     } else {
         (0.0, 0.0, 0.0)

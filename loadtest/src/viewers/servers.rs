@@ -26,7 +26,7 @@ pub(super) fn start_server(
 ) -> anyhow::Result<Service> {
     let (log, file) = log_file(system.name())?;
     let mut cmd = match system {
-        System::Grandstand => {
+        System::Grandstand | System::GrandstandJsonOtlp => {
             let mut c = Command::new(bin);
             c.args(["gateway", "--http-addr", "127.0.0.1:0"])
                 .args(["--nats-stream", stream, "--nats-subject-root", root])
@@ -45,6 +45,11 @@ pub(super) fn start_server(
                 })
                 .env("GRANDSTAND_TOKEN_SECRET", SECRET)
                 .env("RUST_LOG", "warn,grandstand=info");
+            if system == System::GrandstandJsonOtlp {
+                c.args(["--log-format", "json"])
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_sink()?)
+                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+            }
             c
         }
         System::NodeWs | System::Socketio | System::Uws => {
@@ -76,6 +81,34 @@ pub(super) fn start_server(
         .spawn()
         .with_context(|| format!("starting {}", system.name()))?;
     wait_listening(child, log)
+}
+
+/// What the harness's OTLP sink has received: export requests and their bytes.
+pub(super) static OTLP_REQUESTS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+pub(super) static OTLP_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A collector stand-in that takes OTLP/HTTP exports and counts them (started once).
+fn otlp_sink() -> anyhow::Result<String> {
+    static SINK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(url) = SINK.get() {
+        return Ok(url.clone());
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            OTLP_REQUESTS.fetch_add(1, Relaxed);
+            OTLP_BYTES.fetch_add(body.len() as u64, Relaxed);
+            axum::http::StatusCode::OK
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(SINK.get_or_init(|| url).clone())
 }
 
 fn ensure_node_peers(dir: &PathBuf) -> anyhow::Result<()> {

@@ -74,7 +74,7 @@ impl tokio::io::AsyncWrite for Counted {
 /// How long a worker waits for its viewers to connect before it reports who did.
 const CONNECT_LIMIT: Duration = Duration::from_secs(300);
 
-pub(super) fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
@@ -228,7 +228,9 @@ async fn websocket_viewer(slot: Slot) {
     } = slot;
     let base = gateway.replacen("http://", "ws://", 1);
     let url = match system {
-        System::Grandstand => format!("{base}/v1/matches/{match_id}/stream"),
+        System::Grandstand | System::GrandstandJsonOtlp => {
+            format!("{base}/v1/matches/{match_id}/stream")
+        }
         System::NodeWs | System::Raw | System::Uws => format!("{base}/?match={match_id}"),
         System::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket"),
         System::NatsWs => format!("{base}/"),
