@@ -197,10 +197,11 @@ pub(crate) async fn leaderboard(
         ("board" = String, Path, description = "As for the board's page"),
         ("player" = String, Path, description = "The player id"),
         ("radius" = Option<u64>, Query, description = "Rows above and below, 0 to 100 (default 10)"),
+        ("if_absent" = Option<String>, Query, description = "`empty`: a player not on an existing board gets 200 with no entries instead of 404 (a page showing its viewer's neighbourhood then asks without provoking an error)"),
     ),
     responses(
         (status = 200, description = "The neighbourhood", body = Board),
-        (status = 400, description = "radius out of range", body = httpkit::openapi::ErrorBody),
+        (status = 400, description = "radius or if_absent invalid", body = httpkit::openapi::ErrorBody),
         (status = 404, description = "No such leaderboard, or the player is not on it", body = httpkit::openapi::ErrorBody),
         (status = 503, description = "The leaderboard store does not answer and nothing is known yet", body = httpkit::openapi::ErrorBody),
     ))]
@@ -210,6 +211,16 @@ pub(crate) async fn around(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let radius = bounded(&q, "radius", 10, 0, MAX_RADIUS)?;
+    let empty_if_absent = match q.get("if_absent").map(String::as_str) {
+        None => false,
+        Some("empty") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "if_absent",
+                format!("{other:?}: the only value is empty"),
+            ))
+        }
+    };
     let (board, _) = resolve_board(&board, protocol::now_ms())?;
     let key = format!("around:{board}:{player}:{radius}");
     let (boards, name, who) = (s.inner.boards.clone(), board.clone(), player.clone());
@@ -221,6 +232,16 @@ pub(crate) async fn around(
     .await?;
     match &*page {
         Some(page) => Ok(board_response(&board, page, down)),
+        None if empty_if_absent => {
+            // The board's own figures (total, freshness), without rows.
+            let key = format!("top:{board}:0:1");
+            let (boards, name) = (s.inner.boards.clone(), board.clone());
+            let (page, down) =
+                read_board(&s, key, async move { boards.top(&name, 0, 1).await }).await?;
+            let mut page = (*page).clone().unwrap_or_default();
+            page.entries.clear();
+            Ok(board_response(&board, &page, down))
+        }
         None => Err(ApiError::not_found(format!(
             "{player:?} is not on leaderboard {board:?}"
         ))),

@@ -242,6 +242,21 @@ try {
   const pinned = await page.locator('[data-testid=pinned]').innerText();
   check(pinned.includes("(you)") && pinned.includes(me.name), `the viewer's own row is pinned: ${pinned.replace(/\s+/g, " ")}`);
   await page.screenshot({ path: `${ARTIFACTS}/07-leaderboards.png` });
+  // Every name on the board is told apart (bots of different matches share their names).
+  const shown = await page.locator("[data-testid=top] .board-row a").allInnerTexts();
+  check(new Set(shown).size === shown.length, `every name on the board is distinct (${shown.length} rows)`);
+
+  // As a guest, on no board yet: one line saying so, words where "Around you" would be, and
+  // no failed request (the console check at the end counts every 4xx).
+  await page.goto(`${proxy.url}/#/leaderboards?board=global`);
+  await page.waitForSelector("[data-testid=around-empty]", { timeout: 20_000 });
+  const note = page.locator("[data-testid=pinned] .pinned-note");
+  const noteBox = await note.boundingBox();
+  const noteText = await note.innerText();
+  check(noteText.includes("not ranked") && noteBox.height < 40, `a guest's pinned box is one line saying so (${noteBox.height}px: ${noteText})`);
+  const emptyText = await page.locator("[data-testid=around-empty]").innerText();
+  check(emptyText.includes("not on this board"), `"Around you" says why it is empty (${emptyText})`);
+  await page.screenshot({ path: `${ARTIFACTS}/07b-leaderboards-guest.png` });
 
   // Scrolling 10,000 rows.
   await page.goto(`${proxy.url}/#/bench/board?rows=10000`);

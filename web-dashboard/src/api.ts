@@ -51,12 +51,15 @@ export interface BoardEntry {
   score: number;
 }
 
+/** A leaderboard page as `GET /v1/leaderboards/{board}` sends it (schema `Board` in /openapi.json). */
 export interface Board {
   board: string;
   updated_at: number | null;
-  age_ms?: number;
-  stale?: string | null;
-  total?: number;
+  age_ms: number | null;
+  stale: boolean;
+  stale_reason: string | null;
+  behind_events: number | null;
+  total: number;
   entries: BoardEntry[];
 }
 

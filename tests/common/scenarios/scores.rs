@@ -145,6 +145,23 @@ pub async fn scores_and_history(backend: &Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(around["entries"][0]["player"], top);
+    // Someone not on the board: 404, or with if_absent=empty no rows and the board's total.
+    let (status, _) = app.get("/v1/leaderboards/global/around/nobody-here").await;
+    assert_eq!(status, 404);
+    let (status, absent) = app
+        .get("/v1/leaderboards/global/around/nobody-here?if_absent=empty")
+        .await;
+    assert_eq!(status, 200, "{absent}");
+    assert_eq!(
+        absent["entries"].as_array().map(Vec::len),
+        Some(0),
+        "{absent}"
+    );
+    assert!(absent["total"].as_u64().unwrap() > 0, "{absent}");
+    let (status, _) = app
+        .get("/v1/leaderboards/global/around/nobody-here?if_absent=maybe")
+        .await;
+    assert_eq!(status, 400);
 
     // Restart on the same store: the history is still there.
     let args = app.stop().await;

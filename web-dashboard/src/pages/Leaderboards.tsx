@@ -1,8 +1,9 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useVirtualizer } from "@tanstack/react-virtual";
-import { useEffect, useRef, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import { getJson, viewer, type Board, type BoardEntry } from "../api";
 import { Age } from "./Age";
+import { displayNames, staleText } from "./staleness";
 
 export const BOARDS = ["global", "daily", "weekly"];
 
@@ -10,6 +11,7 @@ export const BOARDS = ["global", "daily", "weekly"];
 export function BoardTable({ entries, me, testId }: { entries: BoardEntry[]; me?: string; testId: string }) {
   const parent = useRef<HTMLDivElement>(null);
   const v = useVirtualizer({ count: entries.length, getScrollElement: () => parent.current, estimateSize: () => 28, overscan: 10 });
+  const names = useMemo(() => displayNames(entries), [entries]);
   return (
     <div className="board" ref={parent} data-testid={testId}>
       <div style={{ height: v.getTotalSize(), position: "relative" }}>
@@ -22,7 +24,7 @@ export function BoardTable({ entries, me, testId }: { entries: BoardEntry[]; me?
               style={{ position: "absolute", top: 0, left: 0, right: 0, height: item.size, transform: `translateY(${item.start}px)` }}
             >
               <span className="rank">#{e.rank}</span>
-              <a href={`#/player/${encodeURIComponent(e.player)}`}>{e.name}</a>
+              <a href={`#/player/${encodeURIComponent(e.player)}`}>{names.get(e.player) ?? e.name}</a>
               <span className="score">{e.score}</span>
             </div>
           );
@@ -48,7 +50,9 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
     queryKey: ["board", board, "around", me],
     enabled: !!me,
     retry: false,
-    queryFn: () => getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}/around/${encodeURIComponent(me!)}?radius=10`),
+    // A viewer not on the board yet gets an empty page, not a 404 (which browsers log).
+    queryFn: () =>
+      getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}/around/${encodeURIComponent(me!)}?radius=10&if_absent=empty`),
     refetchInterval: 10_000,
   });
   // Live: the board's stream ticks at most once a second; each tick refreshes both views.
@@ -70,7 +74,11 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
       <h2>
         Leaderboards <span className={`badge ${live ? "ok" : "muted"}`}>{live ? "● live" : "polling"}</span>{" "}
         <Age updatedAt={top.dataUpdatedAt} failing={top.isError} staleAfterMs={15_000} />
-        {top.data?.stale && <span className="badge warn" data-testid="stale">{top.data.stale}</span>}
+        {staleText(top.data) && (
+          <span className="badge warn" data-testid="stale-reason">
+            {staleText(top.data)}
+          </span>
+        )}
       </h2>
       <nav className="tabs">
         {[...BOARDS, ...(board.startsWith("match:") ? [board] : [])].map((b) => (
@@ -87,7 +95,7 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
             <span className="score">{mine.score}</span>
           </div>
         ) : (
-          <div className="board-row muted">{me ? `${me} (you): not ranked on this board yet` : "…"}</div>
+          <p className="pinned-note muted">{me ? "You: not ranked on this board yet" : "…"}</p>
         )}
       </div>
       {top.isError && !top.data && <p className="bad">leaderboard unavailable: {top.error.message}</p>}
@@ -98,7 +106,13 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
         </div>
         <div>
           <h3>Around you</h3>
-          <BoardTable entries={around.data?.entries ?? []} me={me} testId="around" />
+          {around.data && around.data.entries.length === 0 ? (
+            <p className="empty muted" data-testid="around-empty">
+              Nobody around you yet: you are not on this board.
+            </p>
+          ) : (
+            <BoardTable entries={around.data?.entries ?? []} me={me} testId="around" />
+          )}
         </div>
       </div>
     </section>
