@@ -83,6 +83,13 @@ describe("applyMessage", () => {
     expect(applyMessage(null, delta(1, 1)).kind).toBe("gap");
   });
 
+  it("refuses a snapshot of an older epoch (never back in time)", () => {
+    const v = (applyMessage(null, snapshot(3, 10)) as { view: MatchView }).view;
+    expect(applyMessage(v, snapshot(2, 50)).kind).toBe("duplicate");
+    expect(applyMessage(v, snapshot(3, 9)).kind).toBe("duplicate");
+    expect(applyMessage(v, snapshot(4, 0)).kind).toBe("applied");
+  });
+
   it("lets a snapshot replace any run of deltas and start a new epoch", () => {
     const v = applied(applyMessage(null, snapshot(1, 10)));
     expect(applied(applyMessage(v, snapshot(1, 40))).version).toBe(40);

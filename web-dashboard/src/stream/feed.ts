@@ -20,7 +20,9 @@ export function parsePosition(s: string): { epoch: number; version: number } | n
 
 export function applyMessage(view: MatchView | null, msg: StreamMessage): Applied {
   if (msg.type === "snapshot") {
-    if (view && msg.epoch === view.epoch && msg.version < view.version) {
+    // Never back in time: a snapshot of an older epoch (a lagging gateway) or an older
+    // version of this one is old news.
+    if (view && (msg.epoch < view.epoch || (msg.epoch === view.epoch && msg.version < view.version))) {
       return { kind: "duplicate" };
     }
     return {

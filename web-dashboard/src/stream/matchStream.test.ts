@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { MatchStream, type StreamStatus, type WebSocketLike } from "./matchStream";
+import { MatchStream, type StreamEnv, type StreamStatus, type WebSocketLike } from "./matchStream";
 import type { SpectatorState, StreamMessage } from "./types";
 
 class FakeSocket implements WebSocketLike {
@@ -33,7 +33,7 @@ const state = (tick: number): SpectatorState => ({
 });
 
 /** A stream over fake sockets and a fake clock whose timers run when the test says. */
-function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v2" = "v1") {
+function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v2" = "v1", env: Partial<StreamEnv> = {}) {
   const sockets: FakeSocket[] = [];
   const timers: { at: number; f: () => void }[] = [];
   const statuses: StreamStatus[] = [];
@@ -64,6 +64,8 @@ function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v
         const i = timers.indexOf(t as (typeof timers)[number]);
         if (i >= 0) timers.splice(i, 1);
       },
+      onWake: () => () => {},
+      ...env,
     },
   });
   const advance = async (ms: number) => {
@@ -177,5 +179,74 @@ describe("MatchStream", () => {
     expect(h.stream.current?.version).toBe(11);
     expect(h.stream.current?.state.players.a).toMatchObject({ x: 105, y: 193, angle: 90, hp: 100 });
     expect(h.stream.current?.state.tick).toBe(33);
+  });
+});
+
+describe("MatchStream liveness and waking", () => {
+  it("replaces a live connection that went silent for two ping intervals", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 1, version: 5, state: state(15) } });
+    await h.stream.start();
+    await h.settle();
+    h.sockets[0].open();
+    h.sockets[0].send(delta(1, 6));
+    await h.advance(20_000);
+    h.sockets[0].send(delta(1, 7));
+    // 39.9 s after the last message: still trusted.
+    await h.advance(39_900);
+    expect(h.sockets).toHaveLength(1);
+    await h.advance(100);
+    await h.settle();
+    expect(h.sockets[0].closed).toBe(true);
+    expect(h.sockets[1].url).toContain("since=1:7");
+  });
+
+  it("lets an ended match stay silent", async () => {
+    const ended = { ...state(15), status: "ended" as const };
+    const h = harness({ status: 200, body: { match: "m1", epoch: 1, version: 5, state: ended } });
+    await h.stream.start();
+    await h.settle();
+    h.sockets[0].open();
+    h.sockets[0].send({ type: "event", match: "m1", epoch: 1, version: 6, kind: "match_ended" } as unknown as StreamMessage);
+    await h.advance(120_000);
+    expect(h.sockets).toHaveLength(1);
+  });
+
+  it("backs off when gaps repeat instead of resuming at once every time", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 1, version: 5, state: state(15) } });
+    await h.stream.start();
+    await h.settle();
+    h.sockets[0].open();
+    h.sockets[0].send(delta(1, 7));
+    await h.advance(0);
+    await h.settle();
+    expect(h.sockets).toHaveLength(2);
+    h.sockets[1].open();
+    h.sockets[1].send(delta(1, 9));
+    expect(h.last().gaps).toBe(2);
+    // The second gap within 10 s waits out a backoff step.
+    await h.advance(0);
+    await h.settle();
+    expect(h.sockets).toHaveLength(2);
+    expect(h.last().retryAt! - h.last().lastMessageAt!).toBeGreaterThanOrEqual(1000);
+  });
+
+  it("reconnects at once when the network comes back instead of waiting out the backoff", async () => {
+    let wake: (() => void) | null = null;
+    const h = harness({ status: 503 }, "v1", { onWake: (f) => ((wake = f), () => (wake = null)) });
+    await h.stream.start();
+    await h.settle();
+    for (let i = 0; i < 3; i++) {
+      h.sockets[i].drop();
+      await h.advance(h.last().retryAt! - 1000);
+      await h.settle();
+    }
+    h.sockets[3].drop();
+    expect(h.last().connection).not.toBe("live");
+    expect(h.sockets).toHaveLength(4);
+    wake!();
+    await h.settle();
+    expect(h.sockets).toHaveLength(5);
+    h.stream.stop();
+    expect(wake).toBeNull();
   });
 });

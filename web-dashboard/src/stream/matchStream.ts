@@ -51,6 +51,9 @@ export interface StreamEnv {
   random: () => number;
   setTimeout: (f: () => void, ms: number) => unknown;
   clearTimeout: (t: unknown) => void;
+  /** Calls `f` when the network comes back or the page becomes visible again (a laptop
+   * waking up); returns how to stop listening. */
+  onWake: (f: () => void) => () => void;
 }
 
 export interface MatchStreamOptions {
@@ -70,8 +73,14 @@ export interface MatchStreamOptions {
   onStatus?: (status: StreamStatus) => void;
   /** An outage longer than this is shown as "paused" rather than "reconnecting". */
   pauseAfterMs?: number;
+  /** A live connection silent this long is presumed dead (a half-open socket after a sleep)
+   * and replaced: two of the gateway's 20 s ping intervals by default. */
+  livenessMs?: number;
   env?: Partial<StreamEnv>;
 }
+
+/** Gaps closer together than this back off instead of resuming at once. */
+export const GAP_WINDOW_MS = 10_000;
 
 function browserEnv(): StreamEnv {
   return {
@@ -82,6 +91,22 @@ function browserEnv(): StreamEnv {
     random: () => Math.random(),
     setTimeout: (f, ms) => globalThis.setTimeout(f, ms),
     clearTimeout: (t) => globalThis.clearTimeout(t as number),
+    onWake: (f) => {
+      const g = globalThis as unknown as {
+        addEventListener?: (t: string, f: () => void) => void;
+        removeEventListener?: (t: string, f: () => void) => void;
+        document?: { visibilityState?: string; addEventListener?: (t: string, f: () => void) => void; removeEventListener?: (t: string, f: () => void) => void };
+      };
+      const visible = () => {
+        if (g.document?.visibilityState === "visible") f();
+      };
+      g.addEventListener?.("online", f);
+      g.document?.addEventListener?.("visibilitychange", visible);
+      return () => {
+        g.removeEventListener?.("online", f);
+        g.document?.removeEventListener?.("visibilitychange", visible);
+      };
+    },
   };
 }
 
@@ -96,6 +121,9 @@ export class MatchStream {
   private pauseTimer: unknown = null;
   private downSince: number | null = null;
   private neverOpened = 0;
+  private lastGapAt: number | null = null;
+  private livenessTimer: unknown = null;
+  private unlistenWake: (() => void) | null = null;
   private stopped = false;
   private generation = 0;
   readonly status: StreamStatus;
@@ -126,6 +154,7 @@ export class MatchStream {
   }
 
   async start(): Promise<void> {
+    this.unlistenWake = this.env.onWake(() => this.wake());
     await this.coldLoad();
     this.connect();
   }
@@ -136,6 +165,46 @@ export class MatchStream {
     this.closeTransport();
     if (this.retryTimer !== null) this.env.clearTimeout(this.retryTimer);
     if (this.pauseTimer !== null) this.env.clearTimeout(this.pauseTimer);
+    if (this.livenessTimer !== null) this.env.clearTimeout(this.livenessTimer);
+    this.unlistenWake?.();
+  }
+
+  /** The network is back or the page visible again: waiting out a backoff is pointless, and
+   * a connection that went silent meanwhile is checked now rather than at its deadline. */
+  private wake(): void {
+    if (this.stopped) return;
+    if (this.retryTimer !== null) {
+      this.env.clearTimeout(this.retryTimer);
+      this.connect();
+    } else if (this.status.connection === "live") {
+      this.checkLiveness();
+    }
+  }
+
+  private livenessMs(): number {
+    return this.opts.livenessMs ?? 40_000;
+  }
+
+  /** Arms the silence deadline of a live connection (one timer, not one per message: when
+   * it fires it looks at the last message and re-arms for the time left). */
+  private armLiveness(delay = this.livenessMs()): void {
+    if (this.livenessTimer !== null || this.stopped) return;
+    this.livenessTimer = this.env.setTimeout(() => {
+      this.livenessTimer = null;
+      this.checkLiveness();
+    }, delay);
+  }
+
+  private checkLiveness(): void {
+    const last = this.status.lastMessageAt;
+    // An ended match may stay silent for good.
+    if (this.status.connection !== "live" || last === null || this.view?.state.status === "ended") return;
+    const silent = this.env.now() - last;
+    if (silent >= this.livenessMs()) {
+      this.scheduleReconnect(this.generation, 0, true);
+    } else {
+      this.armLiveness(this.livenessMs() - silent);
+    }
   }
 
   /** The cached snapshot, so the page draws before the stream is up. A match broadcast with a
@@ -232,9 +301,13 @@ export class MatchStream {
       return;
     }
     if (!this.handle(msg)) {
-      // A missing version: resume at once from the last one we hold.
+      // A missing version: resume at once from the last one we hold; a gap again soon after
+      // backs off like any failed attempt (a gateway that keeps skipping is not hammered).
       this.status.gaps++;
-      this.scheduleReconnect(generation, 0, true);
+      const now = this.env.now();
+      const again = this.lastGapAt !== null && now - this.lastGapAt < GAP_WINDOW_MS;
+      this.lastGapAt = now;
+      this.scheduleReconnect(generation, 0, !again);
     }
   }
 
@@ -249,6 +322,7 @@ export class MatchStream {
       this.status.attempt = 0;
       this.downSince = null;
     }
+    if (this.socket || this.source) this.armLiveness();
     if (r.kind === "duplicate") return true;
     const epochChanged = this.view !== null && this.view.epoch !== r.view.epoch;
     if (epochChanged) this.lag.reset();
@@ -287,6 +361,8 @@ export class MatchStream {
     if (generation !== this.generation || this.stopped) return;
     this.generation++;
     this.closeTransport();
+    if (this.livenessTimer !== null) this.env.clearTimeout(this.livenessTimer);
+    this.livenessTimer = null;
     const now = this.env.now();
     this.downSince ??= now;
     const delay = immediate ? 0 : backoffDelay(this.status.attempt, this.env.random, retryAfterMs);
