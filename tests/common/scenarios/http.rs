@@ -137,7 +137,45 @@ pub async fn http_errors(backend: &Backend) {
         .to_str()
         .unwrap()
         .contains("immutable"));
-    assert!(r.bytes().await.unwrap().len() > 10_000);
+    let identity = r.bytes().await.unwrap();
+    assert!(identity.len() > 10_000);
+    // Compressed once at build time: brotli to browsers that take it, else gzip, else as is.
+    let get = |encoding: &'static str| {
+        let (http, url) = (app.http.clone(), app.url(script));
+        async move {
+            let r = http
+                .get(url)
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            let coding = r
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+            let vary = r
+                .headers()
+                .get("vary")
+                .map(|v| v.to_str().unwrap().to_string());
+            (coding, vary, r.bytes().await.unwrap())
+        }
+    };
+    let (coding, vary, br) = get("gzip, deflate, br").await;
+    assert_eq!(coding.as_deref(), Some("br"));
+    assert_eq!(vary.as_deref(), Some("accept-encoding"));
+    assert!(
+        br.len() < identity.len() / 3,
+        "{} of {}",
+        br.len(),
+        identity.len()
+    );
+    let (coding, _, gz) = get("gzip").await;
+    assert_eq!(coding.as_deref(), Some("gzip"));
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut inflated).unwrap();
+    assert_eq!(inflated, identity.to_vec(), "gzip form is the same script");
+    let (coding, _, plain) = get("identity").await;
+    assert_eq!((coding, plain.len()), (None, identity.len()));
     let (status, body) = app.get("/assets/nope.js").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
