@@ -30,7 +30,10 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // (route, identity, brotli, gzip): the compressed forms empty when compressing would not
     // pay (images, fonts) or would not shrink the file.
-    let mut code = String::from("pub static DASHBOARD: &[(&str, &[u8], &[u8], &[u8])] = &[\n");
+    let mut code = String::from(
+        "pub type Embedded = (&'static str, &'static [u8], &'static [u8], &'static [u8]);\n\
+         pub static DASHBOARD: &[Embedded] = &[\n",
+    );
     for (i, f) in found.iter().enumerate() {
         let rel = f.strip_prefix(&dist).expect("under dist");
         let route = format!("/{}", rel.to_string_lossy().replace('\\', "/"));
