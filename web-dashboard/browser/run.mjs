@@ -101,7 +101,17 @@ let outage = false;
 const consoleErrors = [];
 const outageErrors = [];
 try {
+  // A viewer's page keeps no measurements and exposes none.
+  const plain = await browser.newPage();
+  await plain.goto(`${proxy.url}/`);
+  await plain.waitForSelector("[data-testid=matches]", { timeout: 20_000 });
+  const exposed = await plain.evaluate(() => typeof window.__grandstand);
+  check(exposed === "undefined", `no test instrumentation in a viewer's page (window.__grandstand: ${exposed})`);
+  await plain.close();
+
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // The measurements below are read from the page's instrumentation, switched on for it.
+  await page.addInitScript(() => localStorage.setItem("grandstand.instrument", "1"));
   page.on("console", (m) => {
     if (m.type() === "error") (outage ? outageErrors : consoleErrors).push(m.text());
   });

@@ -1,4 +1,15 @@
 // Measurements the browser tests read (window.__grandstand): bounded rings, never growing.
+// Off unless the page is asked for them (localStorage "grandstand.instrument" = "1", which the
+// browser tests set): a viewer's page keeps no message log and exposes nothing.
+
+/** Whether this page records measurements for the browser tests. */
+export const instrumented: boolean = (() => {
+  try {
+    return typeof localStorage !== "undefined" && localStorage.getItem("grandstand.instrument") === "1";
+  } catch {
+    return false;
+  }
+})();
 
 const CAP = 5000;
 
@@ -21,9 +32,10 @@ export const pageMetrics = {
   versions: [] as string[],
   gaps: 0,
   record(name: "tickToPixel" | "frameTimes", v: number) {
-    push(this[name], v);
+    if (instrumented) push(this[name], v);
   },
   version(line: string) {
+    if (!instrumented) return;
     this.versions.push(line);
     if (this.versions.length > 20_000) this.versions.splice(0, 10_000);
   },
@@ -35,4 +47,4 @@ declare global {
   }
 }
 
-if (typeof window !== "undefined") window.__grandstand = pageMetrics;
+if (instrumented && typeof window !== "undefined") window.__grandstand = pageMetrics;
