@@ -3,7 +3,7 @@
 // Writes screenshots and measurements to ARTIFACTS; exits non-zero on the first failed check.
 
 import { execSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import net from "node:net";
 import { chromium } from "playwright-core";
@@ -96,7 +96,19 @@ const browser = await chromium.launch({
     "--disable-sync",
   ],
 });
-const results = { base: BASE };
+const results = { base: BASE, axe: {} };
+const axeSource = readFileSync(new URL("../node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+
+/** axe-core on the page as it is: no serious or critical violation; all of them recorded. */
+async function axeCheck(page, name) {
+  await page.addScriptTag({ content: axeSource });
+  const found = await page.evaluate(async () =>
+    (await window.axe.run(document, { resultTypes: ["violations"] })).violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length })),
+  );
+  results.axe[name] = found;
+  const bad = found.filter((v) => v.impact === "serious" || v.impact === "critical");
+  check(bad.length === 0, `axe on ${name}: no serious or critical violation (all: ${JSON.stringify(found)})`);
+}
 let outage = false;
 const consoleErrors = [];
 const outageErrors = [];
@@ -126,6 +138,8 @@ try {
   const live = await page.locator('[data-testid=matches] tr[data-status=live]').count();
   check(live >= 1, `the match list shows live matches (${live})`);
   await page.screenshot({ path: `${ARTIFACTS}/01-matches.png` });
+  await axeCheck(page, "match list");
+  check((await page.title()).startsWith("Live matches"), `the match list has its own title (${await page.title()})`);
 
   // A live match: the arena moves.
   await page.locator('[data-testid=matches] tr[data-status=live] a').first().click();
@@ -138,6 +152,10 @@ try {
   const b = await arena.screenshot({ path: `${ARTIFACTS}/03-arena-b.png` });
   check(!a.equals(b), "players move: two screenshots of the arena differ");
   await page.screenshot({ path: `${ARTIFACTS}/04-match.png` });
+  await axeCheck(page, "match");
+  const liveRegion = await page.locator("[role=status][aria-live=polite] [data-testid=connection]").count();
+  check(liveRegion === 1, "the connection state is a live region");
+  check((await page.locator("[role=log][data-testid=feed]").count()) === 1, "the kill feed is a log");
 
   // Measure while streaming.
   await page.evaluate(() => {
@@ -252,6 +270,9 @@ try {
   const pinned = await page.locator('[data-testid=pinned]').innerText();
   check(pinned.includes("(you)") && pinned.includes(me.name), `the viewer's own row is pinned: ${pinned.replace(/\s+/g, " ")}`);
   await page.screenshot({ path: `${ARTIFACTS}/07-leaderboards.png` });
+  await axeCheck(page, "leaderboards");
+  const rowcount = await page.locator("[data-testid=top][role=table]").getAttribute("aria-rowcount");
+  check(Number(rowcount) === board.entries.length || Number(rowcount) > 0, `the board is a table with its row count (${rowcount})`);
   // Every name on the board is told apart (bots of different matches share their names).
   const shown = await page.locator("[data-testid=top] .board-row a").allInnerTexts();
   check(new Set(shown).size === shown.length, `every name on the board is distinct (${shown.length} rows)`);
@@ -267,6 +288,18 @@ try {
   const emptyText = await page.locator("[data-testid=around-empty]").innerText();
   check(emptyText.includes("not on this board"), `"Around you" says why it is empty (${emptyText})`);
   await page.screenshot({ path: `${ARTIFACTS}/07b-leaderboards-guest.png` });
+  await axeCheck(page, "leaderboards as a guest");
+
+  // A phone: one column, nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const [name, route] of [["leaderboards", "#/leaderboards?board=global"], ["match", `#/match/${liveMatch.id}`], ["match list", "#/"]]) {
+    await page.goto(`${proxy.url}/${route}`);
+    await page.waitForTimeout(800);
+    const widths = await page.evaluate(() => ({ content: document.documentElement.scrollWidth, screen: window.innerWidth }));
+    check(widths.content <= widths.screen, `${name} fits a phone's width (${widths.content} px of ${widths.screen})`);
+    await page.screenshot({ path: `${ARTIFACTS}/09-phone-${name.replace(/ /g, "-")}.png` });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   // Scrolling 10,000 rows.
   await page.goto(`${proxy.url}/#/bench/board?rows=10000`);

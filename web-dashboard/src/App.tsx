@@ -23,25 +23,33 @@ function useRoute(): { path: string[]; params: URLSearchParams } {
 export function App() {
   const { path, params } = useRoute();
   let page;
+  let title = "Live matches";
   if (path[0] === "match" && path[1]) {
+    title = `Match ${path[1]}`;
     const t = params.get("transport");
     page = <MatchPage key={path[1]} id={path[1]} transport={t === "sse" || t === "ws" ? t : "auto"} />;
   } else if (path[0] === "leaderboards") {
+    title = `Leaderboard: ${params.get("board") ?? "global"}`;
     page = <Leaderboards board={params.get("board") ?? "global"} me={params.get("me") ?? undefined} />;
   } else if (path[0] === "player" && path[1]) {
+    title = `Player ${path[1]}`;
     page = <PlayerPage id={path[1]} />;
   } else if (path[0] === "bench" && path[1] === "board") {
+    title = "Board benchmark";
     page = <BigBoard rows={Number(params.get("rows") ?? 10_000)} />;
   } else {
     page = <MatchList />;
   }
+  useEffect(() => {
+    document.title = `${title} · Grandstand`;
+  }, [title]);
   return (
     <>
       <header>
         <a href="#/" className="brand">
           Grandstand
         </a>
-        <nav>
+        <nav aria-label="Main">
           <a href="#/">matches</a>
           <a href="#/leaderboards">leaderboards</a>
         </nav>

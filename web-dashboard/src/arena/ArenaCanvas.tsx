@@ -91,5 +91,5 @@ export function ArenaCanvas({ live }: { live: RefObject<LiveMatch | null> }) {
     return () => cancelAnimationFrame(raf);
   }, [live]);
 
-  return <canvas ref={canvas} className="arena" data-testid="arena" />;
+  return <canvas ref={canvas} className="arena" data-testid="arena" role="img" aria-label="The arena: every player's position, live" />;
 }

@@ -5,7 +5,16 @@ import type { StreamStatus } from "../stream";
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
 
+/** The connection state, announced to screen readers as it changes. */
 export function ConnectionBadge({ status }: { status: StreamStatus | null }) {
+  return (
+    <span role="status" aria-live="polite" className="status">
+      <Badge status={status} />
+    </span>
+  );
+}
+
+function Badge({ status }: { status: StreamStatus | null }) {
   if (!status) return <span className="badge muted">connecting…</span>;
   const now = Date.now();
   const age = status.lastMessageAt ? now - status.lastMessageAt : null;

@@ -8,24 +8,32 @@ import { displayNames, staleText } from "./staleness";
 export const BOARDS = ["global", "daily", "weekly"];
 
 /** Any number of rows, of which only the visible ones (plus a few) are in the DOM. */
-export function BoardTable({ entries, me, testId }: { entries: BoardEntry[]; me?: string; testId: string }) {
+export function BoardTable({ entries, me, testId, label }: { entries: BoardEntry[]; me?: string; testId: string; label: string }) {
   const parent = useRef<HTMLDivElement>(null);
   const v = useVirtualizer({ count: entries.length, getScrollElement: () => parent.current, estimateSize: () => 28, overscan: 10 });
   const names = useMemo(() => displayNames(entries), [entries]);
   return (
-    <div className="board" ref={parent} data-testid={testId}>
-      <div style={{ height: v.getTotalSize(), position: "relative" }}>
+    <div className="board" ref={parent} data-testid={testId} role="table" aria-label={label} aria-rowcount={entries.length} tabIndex={0}>
+      <div style={{ height: v.getTotalSize(), position: "relative" }} role="rowgroup">
         {v.getVirtualItems().map((item) => {
           const e = entries[item.index];
           return (
             <div
               key={e.player}
+              role="row"
+              aria-rowindex={item.index + 1}
               className={`board-row${e.player === me ? " me" : ""}`}
               style={{ position: "absolute", top: 0, left: 0, right: 0, height: item.size, transform: `translateY(${item.start}px)` }}
             >
-              <span className="rank">#{e.rank}</span>
-              <a href={`#/player/${encodeURIComponent(e.player)}`}>{names.get(e.player) ?? e.name}</a>
-              <span className="score">{e.score}</span>
+              <span className="rank" role="cell">
+                #{e.rank}
+              </span>
+              <span role="cell">
+                <a href={`#/player/${encodeURIComponent(e.player)}`}>{names.get(e.player) ?? e.name}</a>
+              </span>
+              <span className="score" role="cell">
+                {e.score}
+              </span>
             </div>
           );
         })}
@@ -71,7 +79,7 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
   const mine = around.data?.entries.find((e) => e.player === me);
   return (
     <section>
-      <h2>
+      <h1>
         Leaderboards <span className={`badge ${live ? "ok" : "muted"}`}>{live ? "● live" : "polling"}</span>{" "}
         <Age updatedAt={top.dataUpdatedAt} failing={top.isError} staleAfterMs={15_000} />
         {staleText(top.data) && (
@@ -79,8 +87,8 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
             {staleText(top.data)}
           </span>
         )}
-      </h2>
-      <nav className="tabs">
+      </h1>
+      <nav className="tabs" aria-label="Boards">
         {[...BOARDS, ...(board.startsWith("match:") ? [board] : [])].map((b) => (
           <a key={b} href={`#/leaderboards?board=${encodeURIComponent(b)}${meParam ? `&me=${encodeURIComponent(meParam)}` : ""}`} className={b === board ? "active" : ""}>
             {b}
@@ -101,17 +109,17 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
       {top.isError && !top.data && <p className="bad">leaderboard unavailable: {top.error.message}</p>}
       <div className="boards">
         <div>
-          <h3>Top 100</h3>
-          <BoardTable entries={top.data?.entries ?? []} me={me} testId="top" />
+          <h2 className="sub">Top 100</h2>
+          <BoardTable entries={top.data?.entries ?? []} me={me} testId="top" label="Top 100" />
         </div>
         <div>
-          <h3>Around you</h3>
+          <h2 className="sub">Around you</h2>
           {around.data && around.data.entries.length === 0 ? (
             <p className="empty muted" data-testid="around-empty">
               Nobody around you yet: you are not on this board.
             </p>
           ) : (
-            <BoardTable entries={around.data?.entries ?? []} me={me} testId="around" />
+            <BoardTable entries={around.data?.entries ?? []} me={me} testId="around" label="Around you" />
           )}
         </div>
       </div>
@@ -126,8 +134,8 @@ export function BigBoard({ rows }: { rows: number }) {
   );
   return (
     <section>
-      <h2>{rows.toLocaleString()} rows (synthetic, for scroll measurements)</h2>
-      <BoardTable entries={entries.current} testId="big-board" />
+      <h1>{rows.toLocaleString()} rows (synthetic, for scroll measurements)</h1>
+      <BoardTable entries={entries.current} testId="big-board" label="Synthetic board" />
     </section>
   );
 }

@@ -10,9 +10,9 @@ export function MatchList() {
   });
   return (
     <section>
-      <h2>
+      <h1>
         Matches <Age updatedAt={q.dataUpdatedAt} failing={q.isError} />
-      </h2>
+      </h1>
       {q.isPending && <p className="muted">loading…</p>}
       {q.isError && !q.data && <p className="bad">matches unavailable: {String(q.error.message)}</p>}
       <table className="matches" data-testid="matches">

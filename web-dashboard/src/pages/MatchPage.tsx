@@ -28,7 +28,7 @@ function KillFeed({ feed, names }: { feed: EventMessage[]; names: (id: unknown) 
   const rows = feed.length;
   const v = useVirtualizer({ count: rows, getScrollElement: () => parent.current, estimateSize: () => 24, overscan: 8 });
   return (
-    <div className="feed" ref={parent} data-testid="feed">
+    <div className="feed" ref={parent} data-testid="feed" role="log" aria-label="Kill feed" tabIndex={0}>
       <div style={{ height: v.getTotalSize(), position: "relative" }}>
         {v.getVirtualItems().map((item) => {
           const e = feed[rows - 1 - item.index];
@@ -50,9 +50,9 @@ export function MatchPage({ id, transport }: { id: string; transport: "ws" | "ss
   const names = (pid: unknown) => state?.players[String(pid)]?.name ?? String(pid);
   return (
     <section className="match">
-      <h2>
+      <h1>
         {id} <ConnectionBadge status={frame.status} />
-      </h2>
+      </h1>
       <p className="muted" data-testid="position">
         {frame.view ? `epoch ${frame.view.epoch} · version ${frame.view.version} · tick ${state?.tick}` : "waiting for the match…"}
         {state?.status === "ended" ? " · ended" : ""}
@@ -85,7 +85,7 @@ export function MatchPage({ id, transport }: { id: string; transport: "ws" | "ss
               ))}
             </tbody>
           </table>
-          <h3>Feed</h3>
+          <h2 className="sub">Feed</h2>
           <KillFeed feed={frame.feed} names={names} />
           <p>
             <a href={`#/leaderboards?board=${encodeURIComponent(`match:${id}`)}`}>match leaderboard</a>

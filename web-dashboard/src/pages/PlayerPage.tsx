@@ -15,7 +15,7 @@ export function PlayerPage({ id }: { id: string }) {
   const s = q.data;
   return (
     <section>
-      <h2>{s?.name ?? id}</h2>
+      <h1>{s?.name ?? id}</h1>
       {q.isPending && <p className="muted">loading…</p>}
       {q.isError && <p className="bad">{q.error.message}</p>}
       {s && (
