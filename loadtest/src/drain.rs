@@ -12,7 +12,9 @@ use anyhow::Context;
 use futures::StreamExt;
 use testkit::wsclient::{Offer, RawWs, Received};
 
-use crate::process::{log_file, open_socket, spawn_logged, wait_listening};
+use crate::process::{
+    embedded_grandstand, live_match_ids, log_file, open_socket, spawn_logged, wait_listening,
+};
 use crate::report::{machine, Latency, Results, Row};
 
 const SECRET: &str = "loadtest-drain-secret-0123456789";
@@ -58,7 +60,7 @@ async fn run_once(args: &Args, drain_secs: u64) -> anyhow::Result<Run> {
         std::process::id()
     ));
     let (log, _) = log_file("drain")?;
-    let mut cmd = std::process::Command::new(testkit::grandstand_bin());
+    let mut cmd = embedded_grandstand(&data);
     cmd.args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
         .args(["--matches", &args.matches.to_string(), "--bots", "4"])
         .args(["--drain-secs", &drain_secs.to_string()])
@@ -66,34 +68,11 @@ async fn run_once(args: &Args, drain_secs: u64) -> anyhow::Result<Run> {
         .arg((args.viewers + 1).to_string())
         .args(["--handshakes-per-sec", "1000000"])
         .args(["--max-connections", "1000000"])
-        .arg("--data-dir")
-        .arg(&data)
         .env("GRANDSTAND_TOKEN_SECRET", SECRET)
-        .env("RUST_LOG", "warn,grandstand=info")
-        .env_remove("NATS_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL");
+        .env("RUST_LOG", "warn,grandstand=info");
     let mut server = wait_listening(spawn_logged(&mut cmd, &log)?, log)?;
     let http = reqwest::Client::new();
-    let matches: Vec<String> = loop {
-        let list: serde_json::Value = http
-            .get(format!("{}/v1/matches", server.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let ids: Vec<String> = list["matches"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["status"] == "live")
-            .filter_map(|m| m["id"].as_str().map(String::from))
-            .collect();
-        if ids.len() >= args.matches {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let matches = live_match_ids(&http, &server.url, args.matches).await?;
     let signer = protocol::TokenSigner::new(SECRET.as_bytes());
     let host = server.url.trim_start_matches("http://").to_string();
     let started = Instant::now();

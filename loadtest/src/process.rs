@@ -38,3 +38,42 @@ pub async fn open_socket(source: &str, gateway: &str) -> anyhow::Result<TcpStrea
     let addr = gateway.trim_start_matches("http://").parse()?;
     Ok(socket.connect(addr).await?)
 }
+
+/// `grandstand` (every role) on its embedded backends, keeping its files in `data`: the
+/// backend URLs of the harness's own environment are not passed on.
+pub fn embedded_grandstand(data: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(testkit::grandstand_bin());
+    cmd.arg("--data-dir")
+        .arg(data)
+        .env_remove("NATS_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL");
+    cmd
+}
+
+/// The ids of `n` live matches of the server at `base`, once it has that many.
+pub async fn live_match_ids(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    loop {
+        let list: serde_json::Value = http
+            .get(format!("{base}/v1/matches"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ids: Vec<String> = list["matches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["status"] == "live")
+            .filter_map(|m| m["id"].as_str().map(String::from))
+            .collect();
+        if ids.len() >= n.max(1) {
+            return Ok(ids);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

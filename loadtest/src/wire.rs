@@ -13,7 +13,7 @@ use serde_json::json;
 use testkit::wsclient::{Offer, RawWs, Received, BROWSER_DEFLATE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::{log_file, spawn_logged, wait_listening};
+use crate::process::{embedded_grandstand, live_match_ids, log_file, spawn_logged, wait_listening};
 use crate::report::{machine, Latency, Results, Row};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -146,15 +146,10 @@ async fn watch_sse(base: &str, path: &str, token: &str, secs: u64) -> anyhow::Re
 pub async fn run(args: Args) -> anyhow::Result<Results> {
     let data = std::env::temp_dir().join(format!("gs-loadtest-wire-{}", std::process::id()));
     let (log, _) = log_file("wire")?;
-    let mut cmd = std::process::Command::new(testkit::grandstand_bin());
+    let mut cmd = embedded_grandstand(&data);
     cmd.args(["--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"])
         .args(["--matches", "1", "--bots", &args.bots.to_string()])
-        .args(["--spectator-hz", &args.spectator_hz.to_string()])
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("NATS_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL");
+        .args(["--spectator-hz", &args.spectator_hz.to_string()]);
     let server = wait_listening(spawn_logged(&mut cmd, &log)?, log)?;
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
@@ -167,18 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         .as_str()
         .context("a guest token")?
         .to_string();
-    let match_id = loop {
-        let list: serde_json::Value = http
-            .get(format!("{}/v1/matches", server.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(id) = list["matches"][0]["id"].as_str() {
-            break id.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let match_id = live_match_ids(&http, &server.url, 1).await?.remove(0);
     let watchers = KINDS.iter().map(|kind| {
         let (base, token) = (server.url.clone(), token.clone());
         let path = format!("/v1/matches/{match_id}/stream{}", kind.query);

@@ -212,22 +212,9 @@ pub async fn run(args: Args, json: Option<std::path::PathBuf>) -> anyhow::Result
         .context("starting grandstand")?;
     let server: Service = wait_listening(child, log)?;
     let http = reqwest::Client::new();
-    let match_id = loop {
-        let body: Value = http
-            .get(format!("{}/v1/matches", server.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(id) = body["matches"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["status"] == "live"))
-            .and_then(|m| m["id"].as_str())
-        {
-            break id.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let match_id = crate::process::live_match_ids(&http, &server.url, 1)
+        .await?
+        .remove(0);
     let target = Arc::new(Target {
         http: server.url.clone(),
         addr: server.url.trim_start_matches("http://").parse()?,

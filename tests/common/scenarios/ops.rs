@@ -12,6 +12,29 @@ use crate::common::{App, Backend};
 
 const VIEWERS: usize = 30;
 
+/// `n` WebSocket viewers of match `id`, each past its snapshot; one guest per viewer (a single
+/// user is held to a few concurrent streams).
+async fn ws_viewers(app: &App, id: &str, n: usize) -> Vec<RawWs> {
+    let mut viewers = Vec::new();
+    for _ in 0..n {
+        let offer = Offer {
+            extensions: None,
+            protocol: None,
+            token: Some(app.guest_token().await),
+        };
+        let mut ws = RawWs::connect(&app.base, &format!("/v1/matches/{id}/stream"), &offer)
+            .await
+            .unwrap()
+            .unwrap_or_else(|r| panic!("refused {}: {}", r.status, r.body));
+        assert_eq!(
+            ws.json(Duration::from_secs(10)).await.unwrap()["type"],
+            "snapshot"
+        );
+        viewers.push(ws);
+    }
+    viewers
+}
+
 pub async fn readiness_and_drain(backend: &Backend) {
     let app = App::spawn_with(
         backend,
@@ -45,24 +68,7 @@ pub async fn readiness_and_drain(backend: &Backend) {
     );
 
     let id = app.live_match_ids(1).await.remove(0);
-    let mut viewers = Vec::new();
-    for _ in 0..VIEWERS {
-        // One guest per viewer: a single user is held to a few concurrent streams.
-        let offer = Offer {
-            extensions: None,
-            protocol: None,
-            token: Some(app.guest_token().await),
-        };
-        let mut ws = RawWs::connect(&app.base, &format!("/v1/matches/{id}/stream"), &offer)
-            .await
-            .unwrap()
-            .unwrap_or_else(|r| panic!("refused {}: {}", r.status, r.body));
-        assert_eq!(
-            ws.json(Duration::from_secs(10)).await.unwrap()["type"],
-            "snapshot"
-        );
-        viewers.push(ws);
-    }
+    let viewers = ws_viewers(&app, &id, VIEWERS).await;
 
     let signalled = Instant::now();
     app.terminate();
@@ -537,20 +543,7 @@ pub async fn otlp_traces(backend: &Backend) {
     .await;
     let id = app.live_match_ids(1).await.remove(0);
     const TRACED_VIEWERS: usize = 10;
-    let mut viewers = Vec::new();
-    for _ in 0..TRACED_VIEWERS {
-        let offer = Offer {
-            extensions: None,
-            protocol: None,
-            token: Some(app.guest_token().await),
-        };
-        let mut ws = RawWs::connect(&app.base, &format!("/v1/matches/{id}/stream"), &offer)
-            .await
-            .unwrap()
-            .unwrap_or_else(|r| panic!("refused {}: {}", r.status, r.body));
-        ws.json(Duration::from_secs(5)).await.unwrap();
-        viewers.push(ws);
-    }
+    let viewers = ws_viewers(&app, &id, TRACED_VIEWERS).await;
     let (status, _) = app.get(&format!("/v1/matches/{id}/snapshot")).await;
     assert_eq!(status, 200);
 
