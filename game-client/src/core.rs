@@ -15,9 +15,10 @@ use std::collections::VecDeque;
 use arena::physics::{self, Body};
 use protocol::net::acks::{ReceivedPackets, SentPackets};
 use protocol::net::reliable::{ReliableReceiver, ReliableSender};
+use protocol::net::urgent::UrgentReceiver;
 use protocol::net::{
     ClientPacket, DenyReason, EntityState, Header, Input, Message, NetError, Packet, ReliableBlock,
-    ServerPacket, MAX_INPUTS,
+    ServerPacket, UrgentAck, MAX_INPUTS,
 };
 
 /// Snapshots kept for baselines and interpolation.
@@ -39,7 +40,8 @@ pub enum ClientEvent {
         entity: u16,
     },
     Denied(DenyReason),
-    /// A reliable message, in order, once.
+    /// A message, once: roster, chat and the end of the match in order; fire, hit, death and
+    /// pickup as soon as the first copy arrives.
     Message(Message),
     /// A snapshot was applied (its server tick).
     Snapshot(u32),
@@ -81,6 +83,7 @@ pub struct ClientCore {
     sent: SentPackets<()>,
     reliable_out: ReliableSender,
     reliable_in: ReliableReceiver,
+    urgent_in: UrgentReceiver,
     next_input: u32,
     /// Inputs sent, with the body predicted after each, not yet acknowledged by a snapshot.
     pending: VecDeque<(Input, Body)>,
@@ -116,6 +119,7 @@ impl ClientCore {
             sent: SentPackets::default(),
             reliable_out: ReliableSender::default(),
             reliable_in: ReliableReceiver::default(),
+            urgent_in: UrgentReceiver::default(),
             next_input: 1,
             pending: VecDeque::new(),
             predicted: Body::default(),
@@ -138,6 +142,7 @@ impl ClientCore {
         self.sent = SentPackets::default();
         self.reliable_out = ReliableSender::default();
         self.reliable_in = ReliableReceiver::default();
+        self.urgent_in = UrgentReceiver::default();
         self.snapshots.clear();
         self.clock = None;
         self.newest_seq = None;
@@ -259,6 +264,12 @@ impl ClientCore {
         }
         self.reliable_out.on_ack(p.reliable.ack_next);
         let mut events = Vec::new();
+        // Urgent events first: they are the time-critical ones, delivered on first sight.
+        for (id, m) in std::mem::take(&mut p.urgent) {
+            if let Some(m) = self.urgent_in.receive(id, m) {
+                events.push(ClientEvent::Message(m));
+            }
+        }
         for (id, m) in std::mem::take(&mut p.reliable.messages) {
             for m in self.reliable_in.receive(id, m) {
                 events.push(ClientEvent::Message(m));
@@ -390,6 +401,10 @@ impl ClientCore {
             reliable: ReliableBlock {
                 ack_next: self.reliable_in.ack_next(),
                 messages: self.reliable_out.outgoing(now_ms, resend, 300),
+            },
+            urgent_ack: {
+                let (latest, bits) = self.urgent_in.ack_fields();
+                UrgentAck { latest, bits }
             },
         })
         .encode();

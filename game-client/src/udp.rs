@@ -29,7 +29,7 @@ pub struct UdpClient {
     last_heard: Instant,
     buf: Vec<u8>,
     /// Events that arrived while handshaking, handed out by the next `step`.
-    backlog: Vec<ClientEvent>,
+    backlog: Vec<(Instant, ClientEvent)>,
 }
 
 impl UdpClient {
@@ -73,11 +73,11 @@ impl UdpClient {
             let until = (Instant::now() + Duration::from_millis(250)).min(deadline);
             let events = self.pump_until(until, true).await?;
             let mut outcome = None;
-            for e in events {
+            for (at, e) in events {
                 match e {
                     ClientEvent::Connected { .. } => outcome = Some(Ok(())),
                     ClientEvent::Denied(r) => outcome = Some(Err(ClientError::Denied(r))),
-                    e => self.backlog.push(e),
+                    e => self.backlog.push((at, e)),
                 }
             }
             if let Some(o) = outcome {
@@ -106,6 +106,20 @@ impl UdpClient {
 
     /// Sends one tick of input, then handles what arrives until the next tick is due.
     pub async fn step(&mut self, intent: Intent) -> Result<Vec<ClientEvent>, ClientError> {
+        Ok(self
+            .step_timed(intent)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// [`UdpClient::step`], each event with the moment its datagram arrived (came off the
+    /// link): what a latency measurement must use, not the end of the step.
+    pub async fn step_timed(
+        &mut self,
+        intent: Intent,
+    ) -> Result<Vec<(Instant, ClientEvent)>, ClientError> {
         let until = Instant::now() + self.tick_period();
         let now = self.now_ms();
         let packet = self.core.input_packet(intent, now);
@@ -130,7 +144,7 @@ impl UdpClient {
         &mut self,
         until: Instant,
         handshaking: bool,
-    ) -> Result<Vec<ClientEvent>, ClientError> {
+    ) -> Result<Vec<(Instant, ClientEvent)>, ClientError> {
         let mut events = Vec::new();
         loop {
             let now = Instant::now();
@@ -139,18 +153,19 @@ impl UdpClient {
                 let _ = self.socket.try_send_to(&b, self.server);
             }
             while let Some(b) = self.down.pop_due(now) {
-                self.last_heard = Instant::now();
+                let arrived = Instant::now();
+                self.last_heard = arrived;
                 let at = self.now_ms();
                 // A datagram the client cannot read (say, a delta on a baseline it lacks) is
                 // skipped; the next one repairs the state.
                 if let Ok(ev) = self.core.on_datagram(&b, at) {
-                    events.extend(ev);
+                    events.extend(ev.into_iter().map(|e| (arrived, e)));
                 }
             }
             let answered = handshaking
-                && events
-                    .iter()
-                    .any(|e| matches!(e, ClientEvent::Connected { .. } | ClientEvent::Denied(_)));
+                && events.iter().any(|(_, e)| {
+                    matches!(e, ClientEvent::Connected { .. } | ClientEvent::Denied(_))
+                });
             if now >= until || answered {
                 return Ok(events);
             }

@@ -157,6 +157,49 @@ async fn reliable_chat_arrives_once_in_order_under_20_percent_loss() {
     assert_eq!(got, want);
 }
 
+/// Fire rides the urgent channel: repeated in every packet until acknowledged, handed on at
+/// first sight. Over a link losing 20% each way, every shot a player fires comes back to it
+/// exactly once (the shooter is always told of its own shots), and none waits for a resend
+/// timer: each arrives within the round trip, a tick, and a few packet intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shot_is_told_once_and_promptly_over_a_lossy_link() {
+    let h = Harness::start(0).await;
+    let lossy = LinkConditioner::new(60, 10, 0.2);
+    let mut c = h.join("p-fire", lossy, 11).await;
+    let mut fired = Vec::new();
+    let mut told = Vec::new();
+    for step in 0..400u32 {
+        // Every 20 steps (0.67 s): past the weapon's cooldown, so each one is a real shot.
+        let fire = step % 20 == 5 && step < 340;
+        if fire {
+            fired.push(std::time::Instant::now());
+        }
+        let intent = Intent {
+            fire,
+            ..circling(step)
+        };
+        for (at, e) in c.step_timed(intent).await.unwrap() {
+            if let ClientEvent::Message(Message::Fire { entity, .. }) = e {
+                assert_eq!(entity, c.core.entity, "no one else is in the room");
+                told.push(at);
+            }
+        }
+    }
+    assert_eq!(told.len(), fired.len(), "each shot told exactly once");
+    let slowest = fired
+        .iter()
+        .zip(&told)
+        .map(|(f, t)| t.duration_since(*f))
+        .max()
+        .unwrap();
+    // Floor: 60 ms round trip + 20 ms jitter + a tick. Each loss, up or down, costs a packet
+    // interval; seven of them for one shot is a 1-in-15,000 event at 20% loss.
+    assert!(
+        slowest < Duration::from_millis(80 + 34 + 7 * 34),
+        "slowest shot {slowest:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_out_of_view_are_never_sent() {
     let h = Harness::start(14).await;

@@ -88,6 +88,29 @@ pub static TICK_BUSY_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static TICK_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "gs_tick_cpu_seconds_total",
+        "CPU time of the threads running ticks, counted only while a tick runs (unlike the busy \
+         time, not inflated by other work preempting the thread)"
+    )
+    .unwrap()
+});
+pub static PORT_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "gs_port_cpu_seconds_total",
+        "CPU time the player port spends reading, decoding and routing datagrams"
+    )
+    .unwrap()
+});
+pub static URGENT_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gs_urgent_dropped_total",
+        "Urgent events (fire, hit, death, pickup) given up on unacknowledged: too old, or past \
+         the ack window"
+    )
+    .unwrap()
+});
 pub static CONNECTED_PLAYERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("gs_connected_players", "Real players connected over UDP").unwrap()
 });
@@ -125,7 +148,26 @@ pub fn register() {
     LazyLock::force(&SNAPSHOTS_SENT);
     LazyLock::force(&PLAYER_TICKS);
     LazyLock::force(&TICK_BUSY_SECONDS);
+    LazyLock::force(&TICK_CPU_SECONDS);
+    LazyLock::force(&PORT_CPU_SECONDS);
+    LazyLock::force(&URGENT_DROPPED);
     LazyLock::force(&CONNECTED_PLAYERS);
     LazyLock::force(&REWINDS);
     LazyLock::force(&CHECKPOINTS);
+}
+
+/// CPU time the calling thread has used so far. Differences of it around synchronous work
+/// measure that work's own CPU: unlike wall time, it does not count the time another process
+/// (the load generator on the same cores) held the CPU.
+pub fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

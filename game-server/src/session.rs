@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use protocol::net::acks::{ReceivedPackets, SentPackets};
 use protocol::net::reliable::{ReliableReceiver, ReliableSender};
+use protocol::net::urgent::UrgentSender;
 use protocol::net::{ClientPacket, EntityState, Header, Input, Message};
 
 /// Inputs waiting to be simulated; a client far ahead of the server loses its oldest.
@@ -29,6 +30,8 @@ pub struct Client {
     pub rtt_ms: f32,
     pub visible: Vec<u16>,
     pub reliable_out: ReliableSender,
+    /// Fire, hit, death, pickup: repeated in every packet until acknowledged.
+    pub urgent_out: UrgentSender,
     next_seq: u16,
     received: ReceivedPackets,
     sent: SentPackets<u32>,
@@ -57,6 +60,7 @@ impl Client {
             rtt_ms: 100.0,
             visible: Vec::new(),
             reliable_out: ReliableSender::default(),
+            urgent_out: UrgentSender::default(),
             next_seq: 0,
             received: ReceivedPackets::default(),
             sent: SentPackets::default(),
@@ -82,6 +86,8 @@ impl Client {
             }
         }
         self.reliable_out.on_ack(p.reliable.ack_next);
+        self.urgent_out
+            .on_ack(p.urgent_ack.latest, p.urgent_ack.bits);
         for input in p.inputs {
             if input.seq > self.newest_input {
                 self.newest_input = input.seq;

@@ -3,7 +3,10 @@
 //! histograms: input -> acknowledged round trip, input -> seen by the other clients (a shot
 //! fired, delivered as a reliable `Fire` event to everyone who has the shooter in view),
 //! downstream bytes per player per second, prediction corrections, and the server's tick
-//! duration and busy time per player-tick (from its own metrics). With `--compare`, the same
+//! duration, and its CPU per player-tick: the thread CPU time of its ticks and of its port
+//! (from its own metrics; the wall-clock busy time, which counts whatever else held the two
+//! cores meanwhile, is kept next to it). Fire latencies are stamped when the datagram comes off
+//! the link, not when the client's step ends. With `--compare`, the same
 //! load runs again without area of interest and/or without delta compression.
 
 use std::collections::HashMap;
@@ -59,6 +62,8 @@ struct Variant {
 #[derive(Default, Clone, Copy)]
 struct ServerCounters {
     busy_s: f64,
+    tick_cpu_s: f64,
+    port_cpu_s: f64,
     player_ticks: f64,
     ticks: f64,
     bytes_out: f64,
@@ -73,6 +78,8 @@ fn counters() -> (ServerCounters, Vec<(f64, u64)>) {
         let Some(first) = m.first() else { continue };
         match mf.name() {
             "gs_tick_busy_seconds_total" => c.busy_s = first.get_counter().value(),
+            "gs_tick_cpu_seconds_total" => c.tick_cpu_s = first.get_counter().value(),
+            "gs_port_cpu_seconds_total" => c.port_cpu_s = first.get_counter().value(),
             "gs_player_ticks_total" => c.player_ticks = first.get_counter().value(),
             "gs_ticks_total" => c.ticks = first.get_counter().value(),
             "gs_udp_bytes_out_total" => c.bytes_out = first.get_counter().value(),
@@ -282,10 +289,10 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
                     aim: (step * 2000) as u16,
                     fire,
                 };
-                let Ok(events) = c.step(intent).await else {
+                let Ok(events) = c.step_timed(intent).await else {
                     break;
                 };
-                for e in events {
+                for (arrived, e) in events {
                     if let ClientEvent::Message(Message::Fire { entity, .. }) = e {
                         if entity == c.core.entity {
                             continue;
@@ -296,7 +303,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
                             .get(&(match_id.clone(), entity))
                             .copied();
                         if let (Some(t), true) = (at, measuring) {
-                            let us = t.elapsed().as_micros() as u64;
+                            let us = arrived.saturating_duration_since(t).as_micros() as u64;
                             if us < 1_000_000 {
                                 let _ = seen.lock().unwrap().record(us.max(1));
                             }
@@ -346,13 +353,16 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
 
     let player_ticks = (after.player_ticks - before.player_ticks).max(1.0);
     let busy_us_per_player_tick = (after.busy_s - before.busy_s) * 1e6 / player_ticks;
+    let cpu_us_per_player_tick =
+        ((after.tick_cpu_s - before.tick_cpu_s) + (after.port_cpu_s - before.port_cpu_s)) * 1e6
+            / player_ticks;
     let per_player_bps = down_bytes as f64 / secs / args.players.max(1) as f64;
     let server_bps_per_player =
         (after.bytes_out - before.bytes_out) / secs / args.players.max(1) as f64;
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server busy {:.2} us per player-tick; tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
         args.players,
         args.room_size,
         {
@@ -363,6 +373,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         args.tick_hz,
         per_player_bps,
         server_bps_per_player,
+        cpu_us_per_player_tick,
         busy_us_per_player_tick,
         tick_p50,
         tick_p99,

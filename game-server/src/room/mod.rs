@@ -211,12 +211,10 @@ impl Room {
         }
     }
 
-    fn send_to(&mut self, entity: u16, m: Message) {
+    /// Queues a time-critical event for one player (unordered, repeated until acked).
+    fn send_urgent(&mut self, entity: u16, m: Message) {
         if let Some(c) = self.roster.by_entity_mut(entity) {
-            if c.reliable_out.send(m).is_err() {
-                let addr = c.addr;
-                self.leave(addr);
-            }
+            c.urgent_out.send(m, now_ms());
         }
     }
 
@@ -368,7 +366,10 @@ impl Room {
                         killer: k,
                         victim: v,
                     });
-                    self.broadcast(Message::Death { victim, killer });
+                    let now = now_ms();
+                    for c in self.roster.iter_mut() {
+                        c.urgent_out.send(Message::Death { victim, killer }, now);
+                    }
                 }
                 SimEvent::Shot {
                     from,
@@ -402,7 +403,7 @@ impl Room {
                         .map(|c| c.entity)
                         .collect();
                     for w in watchers {
-                        self.send_to(w, fire.clone());
+                        self.send_urgent(w, fire.clone());
                     }
                     if let Some(v) = victim {
                         let hit = Message::Hit {
@@ -410,11 +411,11 @@ impl Room {
                             victim: v,
                             damage: arena::world::DAMAGE,
                         };
-                        self.send_to(from, hit.clone());
-                        self.send_to(v, hit);
+                        self.send_urgent(from, hit.clone());
+                        self.send_urgent(v, hit);
                     }
                 }
-                SimEvent::Pickup { entity } => self.send_to(entity, Message::Pickup { entity }),
+                SimEvent::Pickup { entity } => self.send_urgent(entity, Message::Pickup { entity }),
             }
         }
     }
@@ -447,7 +448,9 @@ impl Room {
             let Some(me) = self.world.player(c.entity) else {
                 continue;
             };
-            if let Some(bytes) = tick.packet_for(c, me) {
+            let bytes = tick.packet_for(c, me);
+            metrics::URGENT_DROPPED.inc_by(std::mem::take(&mut c.urgent_out.dropped));
+            if let Some(bytes) = bytes {
                 metrics::SNAPSHOTS_SENT.inc();
                 self.datagrams.push((c.addr, bytes));
             }

@@ -16,6 +16,8 @@ use crate::session::Client;
 
 /// Bytes of reliable messages allowed in one snapshot packet.
 pub const RELIABLE_BUDGET: usize = 400;
+/// Bytes of urgent events allowed in one packet (about 20 fires).
+pub const URGENT_BUDGET: usize = 360;
 
 /// What every player's snapshot of one tick is built from, computed once per tick.
 pub struct SnapshotTick<'a> {
@@ -85,14 +87,20 @@ impl SnapshotTick<'_> {
                     .reliable_out
                     .outgoing(self.now_ms, resend, RELIABLE_BUDGET),
             },
+            urgent: client.urgent_out.outgoing(self.now_ms, URGENT_BUDGET),
         };
         let bytes = Packet::Server(packet.clone()).encode();
         if bytes.len() <= MAX_PACKET {
             return Some(bytes);
         }
         // Too much at once for one datagram: the reliable messages wait for the next packet
-        // (they are resent until acknowledged).
+        // (they are resent until acknowledged), then the urgent ones (repeated anyway).
         packet.reliable.messages.clear();
+        let bytes = Packet::Server(packet.clone()).encode();
+        if bytes.len() <= MAX_PACKET {
+            return Some(bytes);
+        }
+        packet.urgent.clear();
         let bytes = Packet::Server(packet).encode();
         (bytes.len() <= MAX_PACKET).then_some(bytes)
     }

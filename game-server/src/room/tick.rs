@@ -87,6 +87,7 @@ pub async fn run_room(
             _ = shutdown.cancelled() => break,
         }
         let now = Instant::now();
+        let cpu_at_start = metrics::thread_cpu();
         // A gap of more than one and a half periods means ticks were skipped: count them.
         let late = now.duration_since(last_tick_at);
         if late > period + period / 2 {
@@ -130,6 +131,12 @@ pub async fn run_room(
         let busy = now.elapsed().as_secs_f64();
         metrics::TICK_SECONDS.observe(busy);
         metrics::TICK_BUSY_SECONDS.inc_by(busy);
+        // Nothing above awaits, so the thread ran only this tick in between.
+        metrics::TICK_CPU_SECONDS.inc_by(
+            metrics::thread_cpu()
+                .saturating_sub(cpu_at_start)
+                .as_secs_f64(),
+        );
     }
     end_match(&mut room, &tx).await;
     // Ended, cleanly: nothing left to take over.

@@ -10,12 +10,14 @@ pub mod acks;
 mod codec;
 pub mod reliable;
 pub mod snapshot;
+pub mod urgent;
 
 use codec::{Reader, Writer};
 pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
 pub const MAGIC: [u8; 2] = *b"GS";
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: time-critical events on their own unordered channel ([`urgent`]).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
 pub const MAX_PACKET: usize = 1200;
 /// Connect requests are padded to exactly this size and every reply is smaller, so a forged
@@ -109,7 +111,9 @@ pub struct OwnState {
     pub alive: bool,
 }
 
-/// Events that must arrive exactly once and in order.
+/// Events and notices between server and client. The roster, chat and the end of the match go
+/// on the ordered channel (exactly once, in order); fire, hit, death and pickup on the urgent
+/// one (once, as soon as possible, in any order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     PlayerInfo {
@@ -155,6 +159,23 @@ pub struct ReliableBlock {
     pub messages: Vec<(u16, Message)>,
 }
 
+/// Which urgent events a side has received: the newest id and a bit for each of the 32 before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UrgentAck {
+    pub latest: u16,
+    pub bits: u32,
+}
+
+impl Default for UrgentAck {
+    /// Nothing received yet.
+    fn default() -> UrgentAck {
+        UrgentAck {
+            latest: u16::MAX,
+            bits: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientPacket {
     pub session: u64,
@@ -162,6 +183,7 @@ pub struct ClientPacket {
     /// Newest last; at most `MAX_INPUTS`.
     pub inputs: Vec<Input>,
     pub reliable: ReliableBlock,
+    pub urgent_ack: UrgentAck,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +195,8 @@ pub struct ServerPacket {
     pub own: OwnState,
     pub snapshot: SnapshotDelta,
     pub reliable: ReliableBlock,
+    /// Unacknowledged urgent events, each with its id, repeated until acked.
+    pub urgent: Vec<(u16, Message)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +278,8 @@ impl Packet {
                     w.u8(input.view_frac);
                 }
                 write_reliable(&mut w, &p.reliable);
+                w.u16(p.urgent_ack.latest);
+                w.u32(p.urgent_ack.bits);
             }
             Packet::Server(p) => {
                 w.u8(T_SERVER);
@@ -268,6 +294,7 @@ impl Packet {
                 w.u8(p.own.alive as u8);
                 p.snapshot.write(&mut w);
                 write_reliable(&mut w, &p.reliable);
+                write_urgent(&mut w, &p.urgent);
             }
             Packet::Disconnect { session } => {
                 w.u8(T_DISCONNECT);
@@ -355,6 +382,10 @@ impl Packet {
                     header,
                     inputs,
                     reliable: read_reliable(&mut r)?,
+                    urgent_ack: UrgentAck {
+                        latest: r.u16()?,
+                        bits: r.u32()?,
+                    },
                 })
             }
             T_SERVER => {
@@ -377,6 +408,7 @@ impl Packet {
                     own,
                     snapshot: SnapshotDelta::read(&mut r)?,
                     reliable: read_reliable(&mut r)?,
+                    urgent: read_urgent(&mut r)?,
                 })
             }
             T_DISCONNECT => Packet::Disconnect { session: r.u64()? },
@@ -543,6 +575,28 @@ fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
         messages.push((id, read_message(r)?));
     }
     Ok(ReliableBlock { ack_next, messages })
+}
+
+fn write_urgent(w: &mut Writer, events: &[(u16, Message)]) {
+    let n = events.len().min(urgent::MAX_URGENT);
+    w.u8(n as u8);
+    for (id, m) in &events[..n] {
+        w.u16(*id);
+        write_message(w, m);
+    }
+}
+
+fn read_urgent(r: &mut Reader) -> Result<Vec<(u16, Message)>, NetError> {
+    let n = r.u8()? as usize;
+    if n > urgent::MAX_URGENT {
+        return Err(NetError::Invalid("too many urgent events"));
+    }
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.u16()?;
+        events.push((id, read_message(r)?));
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

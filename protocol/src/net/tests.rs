@@ -116,19 +116,23 @@ fn packet() -> impl Strategy<Value = Packet> {
             header(),
             any::<u32>(),
             proptest::collection::vec(input(), 0..=MAX_INPUTS),
-            reliable()
+            reliable(),
+            any::<(u16, u32)>(),
         )
-            .prop_map(|(session, header, first, mut inputs, reliable)| {
-                for (i, input) in inputs.iter_mut().enumerate() {
-                    input.seq = first.wrapping_add(i as u32);
+            .prop_map(
+                |(session, header, first, mut inputs, reliable, (latest, bits))| {
+                    for (i, input) in inputs.iter_mut().enumerate() {
+                        input.seq = first.wrapping_add(i as u32);
+                    }
+                    Packet::Client(ClientPacket {
+                        session,
+                        header,
+                        inputs,
+                        reliable,
+                        urgent_ack: UrgentAck { latest, bits },
+                    })
                 }
-                Packet::Client(ClientPacket {
-                    session,
-                    header,
-                    inputs,
-                    reliable,
-                })
-            }),
+            ),
         (
             any::<u64>(),
             header(),
@@ -136,25 +140,29 @@ fn packet() -> impl Strategy<Value = Packet> {
             (-1e4f32..1e4, -1e4f32..1e4, -500f32..500.0, any::<bool>()),
             entities(),
             entities(),
-            reliable()
+            reliable(),
+            proptest::collection::vec((any::<u16>(), message()), 0..=urgent::MAX_URGENT),
         )
-            .prop_map(|(session, header, (tick, lpi), own, base, cur, reliable)| {
-                Packet::Server(ServerPacket {
-                    session,
-                    header,
-                    tick,
-                    last_processed_input: lpi,
-                    own: OwnState {
-                        x: own.0,
-                        y: own.1,
-                        vx: own.2,
-                        vy: -own.2,
-                        alive: own.3,
-                    },
-                    snapshot: SnapshotDelta::between(Some(tick.wrapping_sub(3)), &base, &cur),
-                    reliable,
-                })
-            }),
+            .prop_map(
+                |(session, header, (tick, lpi), own, base, cur, reliable, urgent)| {
+                    Packet::Server(ServerPacket {
+                        session,
+                        header,
+                        tick,
+                        last_processed_input: lpi,
+                        own: OwnState {
+                            x: own.0,
+                            y: own.1,
+                            vx: own.2,
+                            vy: -own.2,
+                            alive: own.3,
+                        },
+                        snapshot: SnapshotDelta::between(Some(tick.wrapping_sub(3)), &base, &cur),
+                        reliable,
+                        urgent,
+                    })
+                }
+            ),
         any::<u64>().prop_map(|session| Packet::Disconnect { session }),
     ]
 }
@@ -183,7 +191,7 @@ proptest! {
     #[test]
     fn hostile_bytes_never_panic(junk in proptest::collection::vec(any::<u8>(), 0..1300)) {
         let _ = Packet::decode(&junk);
-        let mut prefixed = b"GS\x01".to_vec();
+        let mut prefixed = b"GS\x02".to_vec();
         prefixed.extend_from_slice(&junk);
         let _ = Packet::decode(&prefixed);
     }
@@ -238,7 +246,7 @@ fn specific_rejections() {
     assert_eq!(Packet::decode(b"XX\x01\x01"), Err(NetError::BadMagic));
     assert_eq!(Packet::decode(b"GS\x09\x01"), Err(NetError::BadVersion(9)));
     assert_eq!(
-        Packet::decode(b"GS\x01\x63"),
+        Packet::decode(b"GS\x02\x63"),
         Err(NetError::UnknownType(0x63))
     );
     assert_eq!(
@@ -262,19 +270,21 @@ fn specific_rejections() {
         own: OwnState::default(),
         snapshot: SnapshotDelta::default(),
         reliable: ReliableBlock::default(),
+        urgent: Vec::new(),
     })
     .encode();
-    let at = forged.len() - 3 - 1 - 1; // before: removed count, reliable ack (2) + count (1)
+    // Before: removed count, reliable ack (2) + count (1), urgent count (1).
+    let at = forged.len() - 1 - 3 - 1 - 1;
     forged[at] = 0xff;
     forged.insert(at + 1, 0x7f);
     assert!(Packet::decode(&forged).is_err());
 }
 
 /// Found by `cargo fuzz run packet`: an entity-id delta near u64::MAX overflowed the id sum
-/// (a panic in debug builds, a wrapped id in release).
+/// (a panic in debug builds, a wrapped id in release). (Its version byte follows the protocol.)
 #[test]
 fn fuzz_regression_entity_id_delta_overflow() {
-    let hex = "475301052a2a2a2a2a6a2a2a4753019b00000000005a5a2a2a2a2a2a2a2a2a2a2a2a2a6a2a2a4753019b000000002a090909090909090909090909092709090909090909090909090909090947530106018000cb2a2a2a2a2a09f7ffffffffffffffff0909f3fffff3ff53";
+    let hex = "475302052a2a2a2a2a6a2a2a4753019b00000000005a5a2a2a2a2a2a2a2a2a2a2a2a2a6a2a2a4753019b000000002a090909090909090909090909092709090909090909090909090909090947530106018000cb2a2a2a2a2a09f7ffffffffffffffff0909f3fffff3ff53";
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
