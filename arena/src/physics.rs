@@ -55,6 +55,24 @@ pub fn move_body(b: &mut Body, want: (f32, f32), dt: f32) {
     } else {
         (b.vx, b.vy) = (0.0, 0.0);
     }
+    snap(b);
+}
+
+/// Puts a body on the grid the player protocol carries exactly: positions in 64ths of a unit,
+/// velocities in 128ths of a unit per second (both exact in an f32 over the arena and the
+/// speed range). Server and client both snap after every move, so the own body a snapshot
+/// carries in 8 bytes is the server's state bit for bit and prediction replays from it with
+/// no error.
+pub fn snap(b: &mut Body) {
+    b.x = snap_position(b.x);
+    b.y = snap_position(b.y);
+    b.vx = (b.vx * 128.0).round() / 128.0;
+    b.vy = (b.vy * 128.0).round() / 128.0;
+}
+
+/// A position on the protocol's grid (64ths of a unit).
+pub fn snap_position(v: f32) -> f32 {
+    (v * 64.0).round() / 64.0
 }
 
 /// The movement an input asks for, clamped to unit length.

@@ -200,6 +200,8 @@ impl World {
         loop {
             let x = 40.0 + self.rng.unit() * (ARENA - 80.0);
             let y = 40.0 + self.rng.unit() * (ARENA - 80.0);
+            // On the protocol's grid from the first tick (see `physics::snap`).
+            let (x, y) = (physics::snap_position(x), physics::snap_position(y));
             if !blocked(x, y) {
                 return (x, y);
             }
@@ -578,8 +580,8 @@ impl World {
 pub fn place(world: &mut World, entity: u16, x: f32, y: f32) {
     if let Some(p) = world.player_mut(entity) {
         p.body = Body {
-            x,
-            y,
+            x: physics::snap_position(x),
+            y: physics::snap_position(y),
             ..Body::default()
         };
     }

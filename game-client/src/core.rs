@@ -209,7 +209,9 @@ impl ClientCore {
                 self.phase = Phase::Denied(reason);
                 Ok(vec![ClientEvent::Denied(reason)])
             }
-            Packet::Server(p) if p.session == self.session && self.phase == Phase::Connected => {
+            Packet::Server(p)
+                if p.session == self.session as u32 && self.phase == Phase::Connected =>
+            {
                 self.on_server_packet(p, now_ms)
             }
             _ => Ok(Vec::new()),

@@ -75,7 +75,7 @@ impl SnapshotTick<'_> {
         let header = client.next_header(self.tick, Arc::new(entities), self.now_ms);
         let resend = client.resend_after_ms();
         let mut packet = ServerPacket {
-            session: client.session,
+            session: client.session as u32,
             header,
             tick: self.tick,
             last_processed_input: me.last_input,

@@ -3,8 +3,9 @@
 //! malformed, truncated or oversized input with an error instead of panicking or allocating
 //! what a hostile count asks for.
 //!
-//! Layout: every datagram starts with `"GS"`, the protocol version and a packet type. Integers
-//! are little-endian; counts, ids and deltas are LEB128 varints (zigzag for signed values).
+//! Layout: every datagram starts with `'G'` and a byte holding the protocol version (high
+//! nibble) and the packet type (low nibble). Integers are little-endian; counts and ticks are
+//! LEB128 varints; entity updates are bit-packed ([`snapshot`]).
 
 pub mod acks;
 mod codec;
@@ -15,8 +16,9 @@ pub mod urgent;
 use codec::{Reader, Writer};
 pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
-pub const MAGIC: [u8; 2] = *b"GS";
-/// 2: time-critical events on their own unordered channel ([`urgent`]).
+pub const MAGIC: u8 = b'G';
+/// 2: time-critical events on their own unordered channel ([`urgent`]); a two-byte prefix, a
+/// 32-bit session tag, quantized own body and bit-packed entity updates in server packets.
 pub const PROTOCOL_VERSION: u8 = 2;
 /// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
 pub const MAX_PACKET: usize = 1200;
@@ -100,8 +102,10 @@ pub struct Input {
     pub view_frac: u8,
 }
 
-/// The receiving player's own body at full precision, after `last_processed_input`, so client
-/// prediction can reconcile without quantization error.
+/// The receiving player's own body after `last_processed_input`. The simulation keeps bodies on
+/// a grid (positions in 64ths of a unit, velocities in 128ths of a unit per second: see
+/// `arena::physics`), so this is exact on the wire and client prediction reconciles without
+/// quantization error.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OwnState {
     pub x: f32,
@@ -188,7 +192,9 @@ pub struct ClientPacket {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerPacket {
-    pub session: u64,
+    /// The session's low 32 bits: the client also checks the source address, so a forger
+    /// would have to guess both.
+    pub session: u32,
     pub header: Header,
     pub tick: u32,
     pub last_processed_input: u32,
@@ -230,12 +236,12 @@ const T_DISCONNECT: u8 = 6;
 impl Packet {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256);
-        w.buf.extend_from_slice(&MAGIC);
-        w.u8(PROTOCOL_VERSION);
+        w.u8(MAGIC);
+        let prefix = |t: u8| (PROTOCOL_VERSION << 4) | t;
         match self {
             Packet::ConnectRequest { token } => {
-                w.u8(T_CONNECT);
-                let t = &token.as_bytes()[..token.len().min(CONNECT_REQUEST_LEN - 6)];
+                w.u8(prefix(T_CONNECT));
+                let t = &token.as_bytes()[..token.len().min(CONNECT_REQUEST_LEN - 4)];
                 w.u16(t.len() as u16);
                 w.buf.extend_from_slice(t);
                 w.buf.resize(CONNECT_REQUEST_LEN, 0);
@@ -246,18 +252,18 @@ impl Packet {
                 tick_hz,
                 tick,
             } => {
-                w.u8(T_ACCEPTED);
+                w.u8(prefix(T_ACCEPTED));
                 w.u64(*session);
                 w.u16(*entity);
                 w.u8(*tick_hz);
                 w.u32(*tick);
             }
             Packet::ConnectDenied { reason } => {
-                w.u8(T_DENIED);
+                w.u8(prefix(T_DENIED));
                 w.u8(*reason as u8);
             }
             Packet::Client(p) => {
-                w.u8(T_CLIENT);
+                w.u8(prefix(T_CLIENT));
                 w.u64(p.session);
                 write_header(&mut w, &p.header);
                 w.u8(p.inputs.len().min(MAX_INPUTS) as u8);
@@ -282,22 +288,29 @@ impl Packet {
                 w.u32(p.urgent_ack.bits);
             }
             Packet::Server(p) => {
-                w.u8(T_SERVER);
-                w.u64(p.session);
+                w.u8(prefix(T_SERVER));
+                w.u32(p.session);
                 write_header(&mut w, &p.header);
-                w.u32(p.tick);
-                w.u32(p.last_processed_input);
-                w.f32(p.own.x);
-                w.f32(p.own.y);
-                w.f32(p.own.vx);
-                w.f32(p.own.vy);
-                w.u8(p.own.alive as u8);
-                p.snapshot.write(&mut w);
-                write_reliable(&mut w, &p.reliable);
-                write_urgent(&mut w, &p.urgent);
+                w.varint(u64::from(p.tick));
+                w.varint(u64::from(p.last_processed_input));
+                w.u16((p.own.x * 64.0).round().clamp(0.0, 65535.0) as u16);
+                w.u16((p.own.y * 64.0).round().clamp(0.0, 65535.0) as u16);
+                w.u16((p.own.vx * 128.0).round().clamp(-32768.0, 32767.0) as i16 as u16);
+                w.u16((p.own.vy * 128.0).round().clamp(-32768.0, 32767.0) as i16 as u16);
+                let has_reliable = !p.reliable.messages.is_empty();
+                let has_urgent = !p.urgent.is_empty();
+                w.u8(p.own.alive as u8 | (has_reliable as u8) << 1 | (has_urgent as u8) << 2);
+                p.snapshot.write(&mut w, p.tick);
+                w.u16(p.reliable.ack_next);
+                if has_reliable {
+                    write_messages(&mut w, &p.reliable.messages, MAX_MESSAGES);
+                }
+                if has_urgent {
+                    write_messages(&mut w, &p.urgent, urgent::MAX_URGENT);
+                }
             }
             Packet::Disconnect { session } => {
-                w.u8(T_DISCONNECT);
+                w.u8(prefix(T_DISCONNECT));
                 w.u64(*session);
             }
         }
@@ -309,14 +322,14 @@ impl Packet {
             return Err(NetError::TooLarge);
         }
         let mut r = Reader::new(buf);
-        if r.bytes(2)? != MAGIC {
+        if r.u8()? != MAGIC {
             return Err(NetError::BadMagic);
         }
-        let version = r.u8()?;
-        if version != PROTOCOL_VERSION {
-            return Err(NetError::BadVersion(version));
+        let prefix = r.u8()?;
+        if prefix >> 4 != PROTOCOL_VERSION {
+            return Err(NetError::BadVersion(prefix >> 4));
         }
-        let packet = match r.u8()? {
+        let packet = match prefix & 0x0f {
             T_CONNECT => {
                 if buf.len() != CONNECT_REQUEST_LEN {
                     return Err(NetError::Invalid("connect request not padded"));
@@ -389,16 +402,35 @@ impl Packet {
                 })
             }
             T_SERVER => {
-                let session = r.u64()?;
+                let session = r.u32()?;
                 let header = read_header(&mut r)?;
-                let tick = r.u32()?;
-                let last_processed_input = r.u32()?;
+                let tick = u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("tick"))?;
+                let last_processed_input =
+                    u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("input seq"))?;
+                let (x, y) = (r.u16()?, r.u16()?);
+                let (vx, vy) = (r.u16()? as i16, r.u16()? as i16);
+                let flags = r.u8()?;
+                if flags & !0b111 != 0 {
+                    return Err(NetError::Invalid("server packet flags"));
+                }
                 let own = OwnState {
-                    x: r.f32()?,
-                    y: r.f32()?,
-                    vx: r.f32()?,
-                    vy: r.f32()?,
-                    alive: r.u8()? != 0,
+                    x: f32::from(x) / 64.0,
+                    y: f32::from(y) / 64.0,
+                    vx: f32::from(vx) / 128.0,
+                    vy: f32::from(vy) / 128.0,
+                    alive: flags & 1 != 0,
+                };
+                let snapshot = SnapshotDelta::read(&mut r, tick)?;
+                let ack_next = r.u16()?;
+                let messages = if flags & 2 != 0 {
+                    read_messages(&mut r, MAX_MESSAGES)?
+                } else {
+                    Vec::new()
+                };
+                let urgent = if flags & 4 != 0 {
+                    read_messages(&mut r, urgent::MAX_URGENT)?
+                } else {
+                    Vec::new()
                 };
                 Packet::Server(ServerPacket {
                     session,
@@ -406,9 +438,9 @@ impl Packet {
                     tick,
                     last_processed_input,
                     own,
-                    snapshot: SnapshotDelta::read(&mut r)?,
-                    reliable: read_reliable(&mut r)?,
-                    urgent: read_urgent(&mut r)?,
+                    snapshot,
+                    reliable: ReliableBlock { ack_next, messages },
+                    urgent,
                 })
             }
             T_DISCONNECT => Packet::Disconnect { session: r.u64()? },
@@ -556,17 +588,28 @@ fn read_message(r: &mut Reader) -> Result<Message, NetError> {
 
 fn write_reliable(w: &mut Writer, b: &ReliableBlock) {
     w.u16(b.ack_next);
-    w.u8(b.messages.len().min(MAX_MESSAGES) as u8);
-    for (id, m) in b.messages.iter().take(MAX_MESSAGES) {
+    write_messages(w, &b.messages, MAX_MESSAGES);
+}
+
+fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
+    let ack_next = r.u16()?;
+    let messages = read_messages(r, MAX_MESSAGES)?;
+    Ok(ReliableBlock { ack_next, messages })
+}
+
+/// A count (at most `max`), then each message with its id.
+fn write_messages(w: &mut Writer, messages: &[(u16, Message)], max: usize) {
+    let n = messages.len().min(max);
+    w.u8(n as u8);
+    for (id, m) in &messages[..n] {
         w.u16(*id);
         write_message(w, m);
     }
 }
 
-fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
-    let ack_next = r.u16()?;
+fn read_messages(r: &mut Reader, max: usize) -> Result<Vec<(u16, Message)>, NetError> {
     let n = r.u8()? as usize;
-    if n > MAX_MESSAGES {
+    if n > max {
         return Err(NetError::Invalid("too many messages"));
     }
     let mut messages = Vec::with_capacity(n);
@@ -574,29 +617,7 @@ fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
         let id = r.u16()?;
         messages.push((id, read_message(r)?));
     }
-    Ok(ReliableBlock { ack_next, messages })
-}
-
-fn write_urgent(w: &mut Writer, events: &[(u16, Message)]) {
-    let n = events.len().min(urgent::MAX_URGENT);
-    w.u8(n as u8);
-    for (id, m) in &events[..n] {
-        w.u16(*id);
-        write_message(w, m);
-    }
-}
-
-fn read_urgent(r: &mut Reader) -> Result<Vec<(u16, Message)>, NetError> {
-    let n = r.u8()? as usize;
-    if n > urgent::MAX_URGENT {
-        return Err(NetError::Invalid("too many urgent events"));
-    }
-    let mut events = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = r.u16()?;
-        events.push((id, read_message(r)?));
-    }
-    Ok(events)
+    Ok(messages)
 }
 
 #[cfg(test)]

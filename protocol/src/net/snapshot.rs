@@ -2,8 +2,17 @@
 //! style): unchanged entities cost nothing, a changed one costs its id, a field mask and the
 //! changed fields (positions as small signed deltas), and a new one its full quantized state.
 //! With no baseline every entity is sent in full.
+//!
+//! On the wire: the baseline as ticks back from the packet's tick plus one (a varint, 0 for
+//! none), then bit-packed: the change count; per change the id (the first in full, then the
+//! gap to the previous id minus one, in 3-bit groups), a "full" bit, then either the whole
+//! state (x, y 16 bits each, angle, hp, flags 8, score in 6-bit groups) or a 6-bit field mask
+//! and the fields it names (moves and the score change as signed values in a 5/9/13/32-bit
+//! size class, angle, hp and flags 8 bits); then the removed count and ids the same way; zero
+//! bits to the byte. A player moving at full speed against a baseline a tick or two old costs
+//! about 5 bytes.
 
-use super::codec::{Reader, Writer};
+use super::codec::{BitReader, BitWriter, Reader, Writer};
 use super::{NetError, MAX_ENTITIES};
 
 pub const FLAG_ALIVE: u8 = 1;
@@ -59,7 +68,6 @@ const B_ANGLE: u8 = 4;
 const B_HP: u8 = 8;
 const B_FLAGS: u8 = 16;
 const B_SCORE: u8 = 32;
-const B_FULL: u8 = 128;
 
 /// A snapshot as sent: what changed since `baseline` (a tick the client holds), or everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,29 +222,30 @@ impl SnapshotDelta {
         Ok(out)
     }
 
-    pub(crate) fn write(&self, w: &mut Writer) {
+    /// Writes the delta of the snapshot of `tick`: the baseline as how many ticks back it is
+    /// (a byte or two), then the changes bit-packed (see the module docs for the layout).
+    pub(crate) fn write(&self, w: &mut Writer, tick: u32) {
         match self.baseline {
-            Some(t) => {
-                w.u8(1);
-                w.u32(t);
-            }
-            None => w.u8(0),
+            Some(t) => w.varint(u64::from(tick.wrapping_sub(t)) + 1),
+            None => w.varint(0),
         }
-        w.varint(self.changes.len() as u64);
+        let mut bits = BitWriter::new(&mut w.buf);
+        bits.uvar(self.changes.len() as u32, 4);
         let mut prev = 0u16;
         for (n, c) in self.changes.iter().enumerate() {
             let id = c.id();
-            w.varint(u64::from(if n == 0 { id } else { id - prev }));
+            // Ids ascend: after the first, the gap (at least 1) minus one.
+            bits.uvar(u32::from(if n == 0 { id } else { id - prev - 1 }), 3);
             prev = id;
             match *c {
                 EntityChange::Full(_, s) => {
-                    w.u8(B_FULL);
-                    w.u16(s.x);
-                    w.u16(s.y);
-                    w.u8(s.angle);
-                    w.u8(s.hp);
-                    w.u8(s.flags);
-                    w.varint(u64::from(s.score));
+                    bits.flag(true);
+                    bits.bits(u32::from(s.x), 16);
+                    bits.bits(u32::from(s.y), 16);
+                    bits.bits(u32::from(s.angle), 8);
+                    bits.bits(u32::from(s.hp), 8);
+                    bits.bits(u32::from(s.flags), 8);
+                    bits.uvar(u32::from(s.score), 6);
                 }
                 EntityChange::Fields {
                     mask,
@@ -248,101 +257,99 @@ impl SnapshotDelta {
                     dscore,
                     ..
                 } => {
-                    w.u8(mask);
+                    bits.flag(false);
+                    bits.bits(u32::from(mask), 6);
                     if mask & B_X != 0 {
-                        w.zigzag(i64::from(dx));
+                        bits.svar(dx);
                     }
                     if mask & B_Y != 0 {
-                        w.zigzag(i64::from(dy));
+                        bits.svar(dy);
                     }
                     if mask & B_ANGLE != 0 {
-                        w.u8(angle);
+                        bits.bits(u32::from(angle), 8);
                     }
                     if mask & B_HP != 0 {
-                        w.u8(hp);
+                        bits.bits(u32::from(hp), 8);
                     }
                     if mask & B_FLAGS != 0 {
-                        w.u8(flags);
+                        bits.bits(u32::from(flags), 8);
                     }
                     if mask & B_SCORE != 0 {
-                        w.zigzag(i64::from(dscore));
+                        bits.svar(dscore);
                     }
                 }
             }
         }
-        w.varint(self.removed.len() as u64);
+        bits.uvar(self.removed.len() as u32, 3);
         let mut prev = 0u16;
         for (n, &id) in self.removed.iter().enumerate() {
-            w.varint(u64::from(if n == 0 { id } else { id - prev }));
+            bits.uvar(u32::from(if n == 0 { id } else { id - prev - 1 }), 3);
             prev = id;
         }
+        bits.finish();
     }
 
-    pub(crate) fn read(r: &mut Reader) -> Result<SnapshotDelta, NetError> {
-        let baseline = match r.u8()? {
+    pub(crate) fn read(r: &mut Reader, tick: u32) -> Result<SnapshotDelta, NetError> {
+        let baseline = match r.varint()? {
             0 => None,
-            1 => Some(r.u32()?),
-            _ => return Err(NetError::Invalid("baseline flag")),
+            back => {
+                let back = u32::try_from(back - 1).map_err(|_| NetError::Invalid("baseline"))?;
+                Some(tick.wrapping_sub(back))
+            }
         };
-        let ids = |r: &mut Reader, n: usize, prev: &mut u16| -> Result<u16, NetError> {
-            let d = r.varint()?;
-            let id = if n == 0 {
-                d
-            } else {
-                if d == 0 {
-                    return Err(NetError::Invalid("entity ids not ascending"));
-                }
-                u64::from(*prev)
-                    .checked_add(d)
-                    .ok_or(NetError::Invalid("entity id"))?
-            };
+        let mut bits = BitReader::new(r.rest());
+        let ids = |bits: &mut BitReader, n: usize, prev: &mut u16| -> Result<u16, NetError> {
+            let d = u64::from(bits.uvar(3)?);
+            let id = if n == 0 { d } else { u64::from(*prev) + d + 1 };
             let id = u16::try_from(id).map_err(|_| NetError::Invalid("entity id"))?;
             *prev = id;
             Ok(id)
         };
-        let small = |v: i64| i32::try_from(v).map_err(|_| NetError::Invalid("delta out of range"));
-        let n = r.count(MAX_ENTITIES)?;
+        let n = bits.uvar(4)? as usize;
+        if n > MAX_ENTITIES {
+            return Err(NetError::Invalid("count over limit"));
+        }
         let mut changes = Vec::with_capacity(n);
         let mut prev = 0;
         for k in 0..n {
-            let id = ids(r, k, &mut prev)?;
-            let mask = r.u8()?;
-            if mask == B_FULL {
+            let id = ids(&mut bits, k, &mut prev)?;
+            if bits.flag()? {
                 changes.push(EntityChange::Full(
                     id,
                     EntityState {
-                        x: r.u16()?,
-                        y: r.u16()?,
-                        angle: r.u8()?,
-                        hp: r.u8()?,
-                        flags: r.u8()?,
-                        score: u16::try_from(r.varint()?)
+                        x: bits.bits(16)? as u16,
+                        y: bits.bits(16)? as u16,
+                        angle: bits.bits(8)? as u8,
+                        hp: bits.bits(8)? as u8,
+                        flags: bits.bits(8)? as u8,
+                        score: u16::try_from(bits.uvar(6)?)
                             .map_err(|_| NetError::Invalid("score"))?,
                     },
                 ));
                 continue;
             }
-            if mask == 0 || mask & !(B_X | B_Y | B_ANGLE | B_HP | B_FLAGS | B_SCORE) != 0 {
+            let mask = bits.bits(6)? as u8;
+            if mask == 0 {
                 return Err(NetError::Invalid("field mask"));
             }
             let mut c = (0, 0, 0, 0, 0, 0);
             if mask & B_X != 0 {
-                c.0 = small(r.zigzag()?)?;
+                c.0 = bits.svar()?;
             }
             if mask & B_Y != 0 {
-                c.1 = small(r.zigzag()?)?;
+                c.1 = bits.svar()?;
             }
             if mask & B_ANGLE != 0 {
-                c.2 = r.u8()?;
+                c.2 = bits.bits(8)? as u8;
             }
             if mask & B_HP != 0 {
-                c.3 = r.u8()?;
+                c.3 = bits.bits(8)? as u8;
             }
             if mask & B_FLAGS != 0 {
-                c.4 = r.u8()?;
+                c.4 = bits.bits(8)? as u8;
             }
             if mask & B_SCORE != 0 {
-                c.5 = small(r.zigzag()?)?;
+                c.5 = bits.svar()?;
             }
             changes.push(EntityChange::Fields {
                 id,
@@ -355,12 +362,17 @@ impl SnapshotDelta {
                 dscore: c.5,
             });
         }
-        let n = r.count(MAX_ENTITIES)?;
+        let n = bits.uvar(3)? as usize;
+        if n > MAX_ENTITIES {
+            return Err(NetError::Invalid("count over limit"));
+        }
         let mut removed = Vec::with_capacity(n);
         let mut prev = 0;
         for k in 0..n {
-            removed.push(ids(r, k, &mut prev)?);
+            removed.push(ids(&mut bits, k, &mut prev)?);
         }
+        let used = bits.finish()?;
+        r.bytes(used)?;
         Ok(SnapshotDelta {
             baseline,
             changes,
