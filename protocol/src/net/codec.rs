@@ -230,7 +230,7 @@ impl<'a> BitReader<'a> {
     /// one encoding).
     pub fn finish(self) -> Result<usize, NetError> {
         let used = self.pos.div_ceil(8);
-        if self.pos % 8 != 0 && self.buf[used - 1] >> (self.pos % 8) != 0 {
+        if !self.pos.is_multiple_of(8) && self.buf[used - 1] >> (self.pos % 8) != 0 {
             return Err(NetError::Invalid("padding bits are not zero"));
         }
         Ok(used)
