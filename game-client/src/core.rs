@@ -17,8 +17,8 @@ use protocol::net::acks::{ReceivedPackets, SentPackets};
 use protocol::net::reliable::{ReliableReceiver, ReliableSender};
 use protocol::net::urgent::UrgentReceiver;
 use protocol::net::{
-    ClientPacket, DenyReason, EntityState, Header, Input, Message, NetError, Packet, ReliableBlock,
-    ServerPacket, UrgentAck, MAX_INPUTS,
+    ClientPacket, DenyReason, EntityState, EventsPacket, Header, Input, Message, NetError, Packet,
+    ReliableBlock, ServerPacket, UrgentAck, MAX_INPUTS,
 };
 
 /// Snapshots kept for baselines and interpolation.
@@ -54,7 +54,9 @@ pub struct ClientStats {
     /// 4096 are kept.
     pub rtt_samples: Vec<u32>,
     pub snapshots: u64,
-    /// Snapshots the server sent that never arrived (from sequence gaps).
+    /// Server packets (snapshots and events) received.
+    pub packets: u64,
+    /// Server packets (snapshots and events) that never arrived (from sequence gaps).
     pub snapshots_lost: u64,
     pub corrections: u64,
     pub max_correction: f32,
@@ -100,7 +102,9 @@ pub struct ClientCore {
     seq_span: u64,
     /// Loss accounting of earlier sessions.
     lost_before: u64,
-    snapshots_before: u64,
+    /// Server packets received (snapshots and events), this session and before it.
+    packets: u64,
+    packets_before: u64,
     pub stats: ClientStats,
 }
 
@@ -131,7 +135,8 @@ impl ClientCore {
             newest_seq: None,
             seq_span: 0,
             lost_before: 0,
-            snapshots_before: 0,
+            packets: 0,
+            packets_before: 0,
             stats: ClientStats::default(),
         }
     }
@@ -147,7 +152,7 @@ impl ClientCore {
         self.clock = None;
         self.newest_seq = None;
         self.lost_before = self.stats.snapshots_lost;
-        self.snapshots_before = self.stats.snapshots;
+        self.packets_before = self.packets;
         self.seq_span = 0;
         self.last_processed = 0;
         self.synced = false;
@@ -214,6 +219,11 @@ impl ClientCore {
             {
                 self.on_server_packet(p, now_ms)
             }
+            Packet::Events(p)
+                if p.session == self.session as u32 && self.phase == Phase::Connected =>
+            {
+                Ok(self.on_events_packet(p, now_ms))
+            }
             _ => Ok(Vec::new()),
         }
     }
@@ -236,42 +246,11 @@ impl ClientCore {
         if !self.received.record(p.header.seq) {
             return Ok(Vec::new());
         }
-        // Loss is the sequence span seen minus the distinct packets received (a packet
-        // reordered by jitter is late, not lost).
-        match self.newest_seq {
-            None => {
-                self.newest_seq = Some(p.header.seq);
-                self.seq_span = 1;
-            }
-            Some(prev) if protocol::net::acks::seq_newer(p.header.seq, prev) => {
-                self.seq_span += u64::from(p.header.seq.wrapping_sub(prev));
-                self.newest_seq = Some(p.header.seq);
-            }
-            Some(_) => {}
-        }
         self.stats.snapshots += 1;
-        self.stats.snapshots_lost = self.lost_before
-            + self
-                .seq_span
-                .saturating_sub(self.stats.snapshots - self.snapshots_before);
-        for (_, _, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
-            if self.stats.rtt_samples.len() < 4096 {
-                self.stats.rtt_samples.push(rtt as u32);
-            }
-            self.stats.rtt_ms = if self.stats.rtt_ms == 0.0 {
-                rtt as f64
-            } else {
-                self.stats.rtt_ms * 0.9 + rtt as f64 * 0.1
-            };
-        }
+        self.on_packet_header(&p.header, now_ms);
         self.reliable_out.on_ack(p.reliable.ack_next);
         let mut events = Vec::new();
-        // Urgent events first: they are the time-critical ones, delivered on first sight.
-        for (id, m) in std::mem::take(&mut p.urgent) {
-            if let Some(m) = self.urgent_in.receive(id, m) {
-                events.push(ClientEvent::Message(m));
-            }
-        }
+        self.take_urgent(std::mem::take(&mut p.urgent), &mut events);
         for (id, m) in std::mem::take(&mut p.reliable.messages) {
             for m in self.reliable_in.receive(id, m) {
                 events.push(ClientEvent::Message(m));
@@ -294,6 +273,59 @@ impl ClientCore {
         }
         events.push(ClientEvent::Snapshot(p.tick));
         Ok(events)
+    }
+
+    /// Urgent events: each handed on the first time it arrives, in arrival order.
+    fn take_urgent(&mut self, urgent: Vec<(u16, Message)>, events: &mut Vec<ClientEvent>) {
+        for (id, m) in urgent {
+            if let Some(m) = self.urgent_in.receive(id, m) {
+                events.push(ClientEvent::Message(m));
+            }
+        }
+    }
+
+    /// Urgent events sent between snapshots.
+    fn on_events_packet(&mut self, p: EventsPacket, now_ms: u64) -> Vec<ClientEvent> {
+        if !self.received.record(p.header.seq) {
+            return Vec::new();
+        }
+        self.on_packet_header(&p.header, now_ms);
+        let mut events = Vec::new();
+        self.take_urgent(p.urgent, &mut events);
+        events
+    }
+
+    /// What every server packet's header tells: loss (from sequence gaps) and round trips.
+    fn on_packet_header(&mut self, header: &Header, now_ms: u64) {
+        // Loss is the sequence span seen minus the distinct packets received (a packet
+        // reordered by jitter is late, not lost).
+        match self.newest_seq {
+            None => {
+                self.newest_seq = Some(header.seq);
+                self.seq_span = 1;
+            }
+            Some(prev) if protocol::net::acks::seq_newer(header.seq, prev) => {
+                self.seq_span += u64::from(header.seq.wrapping_sub(prev));
+                self.newest_seq = Some(header.seq);
+            }
+            Some(_) => {}
+        }
+        self.packets += 1;
+        self.stats.packets += 1;
+        self.stats.snapshots_lost = self.lost_before
+            + self
+                .seq_span
+                .saturating_sub(self.packets - self.packets_before);
+        for (_, _, rtt) in self.sent.on_ack(header.ack, header.ack_bits, now_ms) {
+            if self.stats.rtt_samples.len() < 4096 {
+                self.stats.rtt_samples.push(rtt as u32);
+            }
+            self.stats.rtt_ms = if self.stats.rtt_ms == 0.0 {
+                rtt as f64
+            } else {
+                self.stats.rtt_ms * 0.9 + rtt as f64 * 0.1
+            };
+        }
     }
 
     fn reconcile(&mut self, p: &ServerPacket) {

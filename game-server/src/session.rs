@@ -34,7 +34,8 @@ pub struct Client {
     pub urgent_out: UrgentSender,
     next_seq: u16,
     received: ReceivedPackets,
-    sent: SentPackets<u32>,
+    /// The snapshot tick each packet carried (`None`: an events packet).
+    sent: SentPackets<Option<u32>>,
     reliable_in: ReliableReceiver,
     inputs: VecDeque<Input>,
     newest_input: u32,
@@ -81,6 +82,7 @@ impl Client {
         }
         for (_, tick, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
             self.rtt_ms = self.rtt_ms * 0.9 + rtt as f32 * 0.1;
+            let Some(tick) = tick else { continue };
             if self.acked_tick.is_none_or(|t| tick > t) {
                 self.acked_tick = Some(tick);
             }
@@ -131,13 +133,23 @@ impl Client {
 
     /// The header of the next packet, recording that it carries the snapshot of `tick`.
     pub fn next_header(&mut self, tick: u32, entities: Entities, now_ms: u64) -> Header {
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
-        self.sent.record(seq, now_ms, tick);
         if self.snapshots.len() >= SNAPSHOT_RING {
             self.snapshots.pop_front();
         }
         self.snapshots.push_back((tick, entities));
+        self.header_recording(Some(tick), now_ms)
+    }
+
+    /// The header of the next packet, one without a snapshot (urgent events between
+    /// snapshots).
+    pub fn next_events_header(&mut self, now_ms: u64) -> Header {
+        self.header_recording(None, now_ms)
+    }
+
+    fn header_recording(&mut self, snapshot: Option<u32>, now_ms: u64) -> Header {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.sent.record(seq, now_ms, snapshot);
         let (ack, ack_bits) = self.received.ack_fields();
         Header { seq, ack, ack_bits }
     }

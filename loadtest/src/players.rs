@@ -37,6 +37,10 @@ pub struct Args {
     duration: u64,
     #[arg(long, default_value_t = 30)]
     tick_hz: u32,
+    /// Snapshots per second to each player (at most the tick rate; urgent events leave on
+    /// the tick they happen either way). Defaults to the game server's default.
+    #[arg(long, default_value_t = GameServerConfig::default().snapshot_hz)]
+    snapshot_hz: u32,
     /// Round trip added by the link conditioner, ms.
     #[arg(long, default_value_t = 50)]
     rtt_ms: u64,
@@ -166,11 +170,12 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         scenario: "players".into(),
         machine: machine(),
         command: format!(
-            "loadtest players --players {} --room-size {} --duration {} --tick-hz {} --rtt-ms {} --jitter-ms {} --loss {}{}",
+            "loadtest players --players {} --room-size {} --duration {} --tick-hz {} --snapshot-hz {} --rtt-ms {} --jitter-ms {} --loss {}{}",
             args.players,
             args.room_size,
             args.duration,
             args.tick_hz,
+            args.snapshot_hz.min(args.tick_hz),
             args.rtt_ms,
             args.jitter_ms,
             args.loss,
@@ -199,7 +204,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         bots_per_match: 0,
         seats: args.room_size.max(1),
         tick_hz: args.tick_hz,
-        snapshot_hz: args.tick_hz,
+        snapshot_hz: args.snapshot_hz.min(args.tick_hz),
         match_duration: Duration::from_secs(args.duration + 60),
         checkpoints: false,
         interest,
@@ -323,6 +328,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
             game_client::ClientStats {
                 snapshots: s.snapshots - base.snapshots,
                 snapshots_lost: s.snapshots_lost - base.snapshots_lost,
+                packets: s.packets - base.packets,
                 corrections: s.corrections - base.corrections,
                 bytes_in: s.bytes_in - base.bytes_in,
                 ..s
@@ -332,6 +338,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let mut corrections = 0u64;
     let mut snapshots = 0u64;
     let mut lost = 0u64;
+    let mut packets = 0u64;
     let mut down_bytes = 0u64;
     let warm_end = Instant::now() + Duration::from_secs(1);
     let _ = window.set((warm_end, warm_end + Duration::from_secs(args.duration)));
@@ -344,6 +351,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         corrections += s.corrections;
         snapshots += s.snapshots;
         lost += s.snapshots_lost;
+        packets += s.packets;
         down_bytes += bytes;
     }
     let (after, buckets_after) = counters();
@@ -362,7 +370,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; snapshot loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
         args.players,
         args.room_size,
         {
@@ -371,6 +379,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
             sizes
         },
         args.tick_hz,
+        args.snapshot_hz.min(args.tick_hz),
         per_player_bps,
         server_bps_per_player,
         cpu_us_per_player_tick,
@@ -378,7 +387,8 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         tick_p50,
         tick_p99,
         corrections,
-        100.0 * lost as f64 / (snapshots + lost).max(1) as f64
+        snapshots,
+        100.0 * lost as f64 / (packets + lost).max(1) as f64
     );
     let rtt = rtt.lock().unwrap().clone();
     let seen = seen.lock().unwrap().clone();

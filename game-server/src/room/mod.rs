@@ -457,6 +457,18 @@ impl Room {
         }
     }
 
+    /// Queues an events datagram for every player with an urgent event no packet has carried
+    /// yet (a tick without a snapshot).
+    fn send_events(&mut self) {
+        let (tick, now) = (self.world.tick as u32, now_ms());
+        for c in self.roster.iter_mut() {
+            if let Some(bytes) = snapshots::events_packet_for(c, tick, now) {
+                metrics::URGENT_DROPPED.inc_by(std::mem::take(&mut c.urgent_out.dropped));
+                self.datagrams.push((c.addr, bytes));
+            }
+        }
+    }
+
     fn expire_quiet_players(&mut self) {
         let now = Instant::now();
         for addr in self.roster.quiet(now) {

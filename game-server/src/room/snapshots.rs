@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arena::aoi::{self, Grid, InterestConfig};
 use arena::Player;
 use protocol::net::{
-    EntityState, OwnState, Packet, ReliableBlock, ServerPacket, SnapshotDelta, MAX_PACKET,
+    EntityState, EventsPacket, OwnState, Packet, ReliableBlock, ServerPacket, SnapshotDelta,
+    MAX_PACKET,
 };
 
 use crate::session::Client;
@@ -104,6 +105,25 @@ impl SnapshotTick<'_> {
         let bytes = Packet::Server(packet).encode();
         (bytes.len() <= MAX_PACKET).then_some(bytes)
     }
+}
+
+/// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
+/// has not been sent yet (repeats alone wait for the next snapshot: they were sent once).
+pub fn events_packet_for(client: &mut Client, tick: u32, now_ms: u64) -> Option<Vec<u8>> {
+    if !client.urgent_out.has_unsent() {
+        return None;
+    }
+    let urgent = client.urgent_out.outgoing(now_ms, URGENT_BUDGET);
+    let header = client.next_events_header(now_ms);
+    Some(
+        Packet::Events(EventsPacket {
+            session: client.session as u32,
+            header,
+            tick,
+            urgent,
+        })
+        .encode(),
+    )
 }
 
 #[cfg(test)]

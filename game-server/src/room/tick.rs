@@ -32,6 +32,17 @@ fn hand_on(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
     });
 }
 
+/// Whether the tick is a snapshot tick: `snapshot_hz` of every `tick_hz` ticks, spread evenly
+/// (20 of 30: two ticks in every three), so any rate up to the tick rate is honoured, not
+/// only its divisors.
+fn snapshot_due(tick: u64, tick_hz: u32, snapshot_hz: u32) -> bool {
+    let (tick_hz, snapshot_hz) = (u64::from(tick_hz.max(1)), u64::from(snapshot_hz.max(1)));
+    if snapshot_hz >= tick_hz {
+        return true;
+    }
+    tick * snapshot_hz / tick_hz != tick.saturating_sub(1) * snapshot_hz / tick_hz
+}
+
 /// Runs one match to its end (or until shutdown, which ends it early with results).
 pub async fn run_room(
     config: RoomConfig,
@@ -76,7 +87,6 @@ pub async fn run_room(
 
     let period = Duration::from_secs_f64(1.0 / config.tick_hz as f64);
     let ticks_per_frame = u64::from((config.tick_hz / config.spectator_hz.max(1)).max(1));
-    let ticks_per_snapshot = u64::from((config.tick_hz / config.snapshot_hz.max(1)).max(1));
     let total_ticks = (config.duration.as_secs_f64() * config.tick_hz as f64) as u64;
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -109,8 +119,11 @@ pub async fn run_room(
         room.apply_inputs();
         let events = room.world.step();
         room.on_sim_events(events);
-        if room.world.tick.is_multiple_of(ticks_per_snapshot) {
+        if snapshot_due(room.world.tick, config.tick_hz, config.snapshot_hz) {
             room.send_snapshots();
+        } else {
+            // Between snapshots, urgent events still leave on the tick they happen.
+            room.send_events();
         }
         if room.world.tick.is_multiple_of(ticks_per_frame) {
             let next = room.world.spectator_state(&config.region);
@@ -177,5 +190,27 @@ async fn end_match(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
         if tx.send(out).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn snapshot_ticks_honour_any_rate_up_to_the_tick_rate_spread_evenly() {
+        for (tick_hz, snapshot_hz) in [(30, 30), (30, 20), (30, 15), (30, 10), (60, 20), (60, 45)] {
+            let due: Vec<u64> = (1..=u64::from(tick_hz) * 4)
+                .filter(|&t| snapshot_due(t, tick_hz, snapshot_hz))
+                .collect();
+            assert_eq!(due.len() as u32, snapshot_hz * 4, "{tick_hz}/{snapshot_hz}");
+            let most_apart = due.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+            let period = u64::from(tick_hz.div_ceil(snapshot_hz));
+            assert!(most_apart <= period, "{tick_hz}/{snapshot_hz}: {due:?}");
+        }
+        assert!(
+            (1..100).all(|t| snapshot_due(t, 30, 60)),
+            "capped at the tick rate"
+        );
     }
 }

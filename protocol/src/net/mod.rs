@@ -205,6 +205,17 @@ pub struct ServerPacket {
     pub urgent: Vec<(u16, Message)>,
 }
 
+/// Urgent events between snapshots: sent on the tick they happen when it is not a snapshot
+/// tick, so a lower snapshot rate never delays them. It takes a packet sequence number like a
+/// snapshot (acks and round trips cover it) but carries no snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPacket {
+    pub session: u32,
+    pub header: Header,
+    pub tick: u32,
+    pub urgent: Vec<(u16, Message)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet {
     ConnectRequest {
@@ -221,6 +232,7 @@ pub enum Packet {
     },
     Client(ClientPacket),
     Server(ServerPacket),
+    Events(EventsPacket),
     Disconnect {
         session: u64,
     },
@@ -232,6 +244,7 @@ const T_DENIED: u8 = 3;
 const T_CLIENT: u8 = 4;
 const T_SERVER: u8 = 5;
 const T_DISCONNECT: u8 = 6;
+const T_EVENTS: u8 = 7;
 
 impl Packet {
     pub fn encode(&self) -> Vec<u8> {
@@ -308,6 +321,13 @@ impl Packet {
                 if has_urgent {
                     write_messages(&mut w, &p.urgent, urgent::MAX_URGENT);
                 }
+            }
+            Packet::Events(p) => {
+                w.u8(prefix(T_EVENTS));
+                w.u32(p.session);
+                write_header(&mut w, &p.header);
+                w.varint(u64::from(p.tick));
+                write_messages(&mut w, &p.urgent, urgent::MAX_URGENT);
             }
             Packet::Disconnect { session } => {
                 w.u8(prefix(T_DISCONNECT));
@@ -443,6 +463,12 @@ impl Packet {
                     urgent,
                 })
             }
+            T_EVENTS => Packet::Events(EventsPacket {
+                session: r.u32()?,
+                header: read_header(&mut r)?,
+                tick: u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("tick"))?,
+                urgent: read_messages(&mut r, urgent::MAX_URGENT)?,
+            }),
             T_DISCONNECT => Packet::Disconnect { session: r.u64()? },
             t => return Err(NetError::UnknownType(t)),
         };

@@ -163,6 +163,20 @@ fn packet() -> impl Strategy<Value = Packet> {
                     })
                 }
             ),
+        (
+            any::<u32>(),
+            header(),
+            any::<u32>(),
+            proptest::collection::vec((any::<u16>(), message()), 0..=urgent::MAX_URGENT),
+        )
+            .prop_map(
+                |(session, header, tick, urgent)| Packet::Events(EventsPacket {
+                    session,
+                    header,
+                    tick,
+                    urgent
+                })
+            ),
         any::<u64>().prop_map(|session| Packet::Disconnect { session }),
     ]
 }

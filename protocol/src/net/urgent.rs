@@ -32,6 +32,8 @@ struct Pending {
     msg: Message,
     len: usize,
     queued_ms: u64,
+    /// Not in any packet yet.
+    unsent: bool,
 }
 
 /// The sending side: events not yet acknowledged.
@@ -56,6 +58,7 @@ impl UrgentSender {
             msg,
             len,
             queued_ms: now_ms,
+            unsent: true,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -94,14 +97,21 @@ impl UrgentSender {
         }
         let mut used = 0;
         let mut out = Vec::new();
-        for p in &self.pending {
+        for p in self.pending.iter_mut() {
             if used + p.len > budget {
                 break;
             }
             used += p.len;
+            p.unsent = false;
             out.push((p.id, p.msg.clone()));
         }
         out
+    }
+
+    /// Whether an event waits that no packet has carried yet (the room then sends it at once,
+    /// between snapshots if need be).
+    pub fn has_unsent(&self) -> bool {
+        self.pending.iter().any(|p| p.unsent)
     }
 
     /// Events sent but not yet acknowledged.
@@ -254,12 +264,15 @@ mod tests {
             tx.send(pickup(i), 0);
         }
         let one = pickup(0).encoded_len();
+        assert!(tx.has_unsent());
         assert_eq!(tx.outgoing(0, 4 * one).len(), 4);
+        assert!(tx.has_unsent(), "six never went");
         assert_eq!(
             tx.outgoing(0, 10_000).len(),
             10,
             "all again: repeated until acked"
         );
+        assert!(!tx.has_unsent());
         let mut rx = UrgentReceiver::default();
         assert_eq!(rx.receive(5, pickup(5)), Some(pickup(5)));
         assert_eq!(rx.receive(5, pickup(5)), None);
