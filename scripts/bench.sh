@@ -50,6 +50,10 @@ if want players; then
   for hz in 30 60 128; do
     lt --json "$out/players-tick$hz.json" players --players 50 --room-size 50 --duration 8 --tick-hz "$hz"
   done
+  for hz in 20 15; do
+    lt --json "$out/players-snapshot$hz.json" players --players 50 --room-size 50 --duration 8 --snapshot-hz "$hz"
+  done
+  lt --json "$out/players-sends.json" players --players 50 --room-size 50 --duration 8 --compare-sends
 fi
 
 if want viewers; then

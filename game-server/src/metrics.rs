@@ -96,6 +96,14 @@ pub static TICK_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static SEND_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    prometheus::register_counter!(
+        "gs_send_cpu_seconds_total",
+        "CPU time rooms spend handing datagrams to the kernel (part of gs_tick_cpu_seconds_total; \
+         on loopback it includes delivering them to the receiving socket)"
+    )
+    .unwrap()
+});
 pub static PORT_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     prometheus::register_counter!(
         "gs_port_cpu_seconds_total",
@@ -150,6 +158,7 @@ pub fn register() {
     LazyLock::force(&TICK_BUSY_SECONDS);
     LazyLock::force(&TICK_CPU_SECONDS);
     LazyLock::force(&PORT_CPU_SECONDS);
+    LazyLock::force(&SEND_CPU_SECONDS);
     LazyLock::force(&URGENT_DROPPED);
     LazyLock::force(&CONNECTED_PLAYERS);
     LazyLock::force(&REWINDS);

@@ -53,6 +53,9 @@ pub struct Args {
     /// Also run without AOI, without delta compression, and without both.
     #[arg(long)]
     compare: bool,
+    /// Also run with one `sendto` per datagram instead of batched `sendmmsg`.
+    #[arg(long)]
+    compare_sends: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -60,6 +63,7 @@ struct Variant {
     name: &'static str,
     aoi: bool,
     delta: bool,
+    batch_sends: bool,
 }
 
 /// The server's counters, read from its Prometheus registry (same process).
@@ -68,6 +72,7 @@ struct ServerCounters {
     busy_s: f64,
     tick_cpu_s: f64,
     port_cpu_s: f64,
+    send_cpu_s: f64,
     player_ticks: f64,
     ticks: f64,
     bytes_out: f64,
@@ -84,6 +89,7 @@ fn counters() -> (ServerCounters, Vec<(f64, u64)>) {
             "gs_tick_busy_seconds_total" => c.busy_s = first.get_counter().value(),
             "gs_tick_cpu_seconds_total" => c.tick_cpu_s = first.get_counter().value(),
             "gs_port_cpu_seconds_total" => c.port_cpu_s = first.get_counter().value(),
+            "gs_send_cpu_seconds_total" => c.send_cpu_s = first.get_counter().value(),
             "gs_player_ticks_total" => c.player_ticks = first.get_counter().value(),
             "gs_ticks_total" => c.ticks = first.get_counter().value(),
             "gs_udp_bytes_out_total" => c.bytes_out = first.get_counter().value(),
@@ -142,22 +148,34 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         name: "AOI + delta",
         aoi: true,
         delta: true,
+        batch_sends: true,
     }];
+    if args.compare_sends {
+        variants.push(Variant {
+            name: "AOI + delta, one sendto per datagram",
+            aoi: true,
+            delta: true,
+            batch_sends: false,
+        });
+    }
     if args.compare {
         variants.push(Variant {
             name: "delta only (no AOI)",
             aoi: false,
             delta: true,
+            batch_sends: true,
         });
         variants.push(Variant {
             name: "AOI only (no delta)",
             aoi: true,
             delta: false,
+            batch_sends: true,
         });
         variants.push(Variant {
             name: "neither (full world, full state)",
             aoi: false,
             delta: false,
+            batch_sends: true,
         });
     }
     let mut rows = Vec::new();
@@ -179,7 +197,12 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             args.rtt_ms,
             args.jitter_ms,
             args.loss,
-            if args.compare { " --compare" } else { "" }
+            match (args.compare, args.compare_sends) {
+                (true, true) => " --compare --compare-sends",
+                (true, false) => " --compare",
+                (false, true) => " --compare-sends",
+                (false, false) => "",
+            }
         ),
         rows,
     })
@@ -209,6 +232,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         checkpoints: false,
         interest,
         delta: v.delta,
+        batch_sends: v.batch_sends,
         ..Default::default()
     };
     let stores = GameServerStores {
@@ -364,13 +388,15 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let cpu_us_per_player_tick =
         ((after.tick_cpu_s - before.tick_cpu_s) + (after.port_cpu_s - before.port_cpu_s)) * 1e6
             / player_ticks;
+    let send_us_per_player_tick = (after.send_cpu_s - before.send_cpu_s) * 1e6 / player_ticks;
+    let port_us_per_player_tick = (after.port_cpu_s - before.port_cpu_s) * 1e6 / player_ticks;
     let per_player_bps = down_bytes as f64 / secs / args.players.max(1) as f64;
     let server_bps_per_player =
         (after.bytes_out - before.bytes_out) / secs / args.players.max(1) as f64;
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port, of which sending {:.2} us and the port {:.2} us; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
         args.players,
         args.room_size,
         {
@@ -383,6 +409,8 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         per_player_bps,
         server_bps_per_player,
         cpu_us_per_player_tick,
+        send_us_per_player_tick,
+        port_us_per_player_tick,
         busy_us_per_player_tick,
         tick_p50,
         tick_p99,
