@@ -41,11 +41,22 @@ fn cell_of(v: f32) -> usize {
 
 impl Grid {
     pub fn build(entities: impl IntoIterator<Item = (u16, f32, f32)>) -> Grid {
-        let mut cells = vec![Vec::new(); COLS * COLS];
-        for (id, x, y) in entities {
-            cells[cell_of(y) * COLS + cell_of(x)].push((id, x, y));
+        let mut grid = Grid {
+            cells: vec![Vec::new(); COLS * COLS],
+        };
+        grid.rebuild(entities);
+        grid
+    }
+
+    /// Refills the grid in place, keeping every cell's buffer (no allocation once the cells
+    /// have grown to their usual occupancy).
+    pub fn rebuild(&mut self, entities: impl IntoIterator<Item = (u16, f32, f32)>) {
+        for cell in &mut self.cells {
+            cell.clear();
         }
-        Grid { cells }
+        for (id, x, y) in entities {
+            self.cells[cell_of(y) * COLS + cell_of(x)].push((id, x, y));
+        }
     }
 
     /// Entities within `r` of (x, y), with their squared distance.
@@ -86,11 +97,39 @@ pub fn interest(
     snapshot_no: u64,
     config: &InterestConfig,
 ) -> Interest {
-    let mut around = Vec::new();
-    grid.within(x, y, config.radius + config.margin, &mut around);
-    let mut visible = Vec::with_capacity(around.len());
-    let mut refresh = Vec::with_capacity(around.len());
-    for (id, d2) in around {
+    let mut out = Interest::default();
+    interest_into(
+        grid,
+        me,
+        (x, y),
+        previous,
+        snapshot_no,
+        config,
+        &mut Vec::new(),
+        &mut out,
+    );
+    out
+}
+
+/// [`interest`] into `out`, with `around` as scratch: both keep their buffers, so a room
+/// computing every player's interest each snapshot does not allocate once they have grown.
+#[allow(clippy::too_many_arguments)]
+pub fn interest_into(
+    grid: &Grid,
+    me: u16,
+    (x, y): (f32, f32),
+    previous: &[u16],
+    snapshot_no: u64,
+    config: &InterestConfig,
+    around: &mut Vec<(u16, f32)>,
+    out: &mut Interest,
+) {
+    around.clear();
+    grid.within(x, y, config.radius + config.margin, around);
+    let Interest { visible, refresh } = out;
+    visible.clear();
+    refresh.clear();
+    for &(id, d2) in around.iter() {
         let inner = d2 <= config.radius * config.radius;
         if id != me && !inner && previous.binary_search(&id).is_err() {
             continue;
@@ -103,7 +142,6 @@ pub fn interest(
     }
     visible.sort_unstable();
     refresh.sort_unstable();
-    Interest { visible, refresh }
 }
 
 #[cfg(test)]

@@ -80,13 +80,15 @@ impl Client {
         if !self.received.record(p.header.seq) {
             return Vec::new();
         }
-        for (_, tick, rtt) in self.sent.on_ack(p.header.ack, p.header.ack_bits, now_ms) {
-            self.rtt_ms = self.rtt_ms * 0.9 + rtt as f32 * 0.1;
-            let Some(tick) = tick else { continue };
-            if self.acked_tick.is_none_or(|t| tick > t) {
-                self.acked_tick = Some(tick);
-            }
-        }
+        let (rtt_ms, acked_tick) = (&mut self.rtt_ms, &mut self.acked_tick);
+        self.sent
+            .on_ack_each(p.header.ack, p.header.ack_bits, now_ms, |_, tick, rtt| {
+                *rtt_ms = *rtt_ms * 0.9 + rtt as f32 * 0.1;
+                let Some(tick) = tick else { return };
+                if acked_tick.is_none_or(|t| tick > t) {
+                    *acked_tick = Some(tick);
+                }
+            });
         self.reliable_out.on_ack(p.reliable.ack_next);
         self.urgent_out
             .on_ack(p.urgent_ack.latest, p.urgent_ack.bits);
@@ -108,9 +110,9 @@ impl Client {
 
     /// The inputs to simulate this tick, oldest first: one per tick, more to catch up after a
     /// late packet, within the credit real time has given.
-    pub fn take_inputs(&mut self) -> Vec<Input> {
+    pub fn take_inputs(&mut self, out: &mut Vec<Input>) {
         self.credit = (self.credit + 1.0).min(MAX_INPUT_CREDIT);
-        let mut out = Vec::new();
+        out.clear();
         while self.credit >= 1.0 {
             let Some(i) = self.inputs.pop_front() else {
                 break;
@@ -118,7 +120,6 @@ impl Client {
             self.credit -= 1.0;
             out.push(i);
         }
-        out
     }
 
     /// The newest acknowledged snapshot still held: the baseline for the next delta.
@@ -129,6 +130,21 @@ impl Client {
             .rev()
             .find(|(tick, _)| *tick == t)
             .map(|(tick, e)| (*tick, e.clone()))
+    }
+
+    /// An empty buffer for the next snapshot's entities, held by no one else: the oldest
+    /// snapshot's, when the ring is full and no one else holds it (the steady state), else a
+    /// new one.
+    pub fn recycled_entities(&mut self) -> Entities {
+        if self.snapshots.len() >= SNAPSHOT_RING {
+            if let Some((_, mut oldest)) = self.snapshots.pop_front() {
+                if let Some(v) = Arc::get_mut(&mut oldest) {
+                    v.clear();
+                    return oldest;
+                }
+            }
+        }
+        Arc::new(Vec::new())
     }
 
     /// The header of the next packet, recording that it carries the snapshot of `tick`.

@@ -3,7 +3,6 @@
 //! far ones in turn), delta-compressed against the newest snapshot the player acknowledged,
 //! its own body at full precision, and as many reliable messages as fit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arena::aoi::{self, Grid, InterestConfig};
@@ -27,84 +26,119 @@ pub struct SnapshotTick<'a> {
     pub tick: u32,
     pub now_ms: u64,
     pub grid: &'a Grid,
-    pub current: &'a HashMap<u16, EntityState>,
+    /// Every entity's state now, by entity id.
+    pub current: &'a [Option<EntityState>],
     pub interest: &'a InterestConfig,
     /// Delta-compress against the acknowledged baseline (off: every snapshot is full).
     pub delta: bool,
 }
 
 impl SnapshotTick<'_> {
-    /// The datagram for `client`, whose body is `me`, updating its session (what it sees, the
-    /// snapshot recorded as a future baseline, reliable messages marked sent). `None` when even
-    /// without reliable messages the snapshot does not fit a datagram: it is skipped, and the
-    /// next one, against the same baseline, replaces it.
-    pub fn packet_for(&self, client: &mut Client, me: &Player) -> Option<Vec<u8>> {
-        let interest = aoi::interest(
+    /// The datagram for `client`, whose body is `me`, encoded into `out`, updating its
+    /// session (what it sees, the snapshot recorded as a future baseline, reliable messages
+    /// marked sent). False when even without messages the snapshot does not fit a datagram:
+    /// it is skipped, and the next one, against the same baseline, replaces it. Works in
+    /// `scratch` and `out`, whose buffers outlive the call, so the steady state allocates
+    /// little.
+    pub fn packet_for(
+        &self,
+        client: &mut Client,
+        me: &Player,
+        scratch: &mut Scratch,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        aoi::interest_into(
             self.grid,
             client.entity,
-            me.body.x,
-            me.body.y,
+            (me.body.x, me.body.y),
             &client.visible,
             self.number,
             self.interest,
+            &mut scratch.around,
+            &mut scratch.interest,
         );
+        let interest = &scratch.interest;
         let baseline = if self.delta { client.baseline() } else { None };
         let base: &[(u16, EntityState)] = baseline.as_ref().map_or(&[], |(_, b)| b);
         // Entities not due for a refresh keep the state the client already has.
-        let entities: Vec<(u16, EntityState)> = interest
-            .visible
-            .iter()
-            .filter_map(|&id| {
-                let due = interest.refresh.binary_search(&id).is_ok();
-                let kept = (!due)
-                    .then(|| base.binary_search_by_key(&id, |e| e.0).ok())
-                    .flatten()
-                    .map(|i| base[i].1);
-                kept.or_else(|| self.current.get(&id).copied())
-                    .map(|s| (id, s))
-            })
-            .collect();
-        let delta = SnapshotDelta::between(baseline.as_ref().map(|b| b.0), base, &entities);
-        client.visible = interest.visible;
-        let own = OwnState {
-            x: me.body.x,
-            y: me.body.y,
-            vx: me.body.vx,
-            vy: me.body.vy,
-            alive: me.alive,
-        };
-        let header = client.next_header(self.tick, Arc::new(entities), self.now_ms);
-        let resend = client.resend_after_ms();
+        let mut held = client.recycled_entities();
+        let entities = Arc::get_mut(&mut held).expect("a recycled buffer is held by no one else");
+        entities.extend(interest.visible.iter().filter_map(|&id| {
+            let due = interest.refresh.binary_search(&id).is_ok();
+            let kept = (!due)
+                .then(|| base.binary_search_by_key(&id, |e| e.0).ok())
+                .flatten()
+                .map(|i| base[i].1);
+            kept.or_else(|| self.current.get(usize::from(id)).copied().flatten())
+                .map(|s| (id, s))
+        }));
         let mut packet = ServerPacket {
             session: client.session as u32,
-            header,
+            header: Default::default(),
             tick: self.tick,
             last_processed_input: me.last_input,
-            own,
-            snapshot: delta,
-            reliable: ReliableBlock {
-                ack_next: client.reliable_ack_next(),
-                messages: client
-                    .reliable_out
-                    .outgoing(self.now_ms, resend, RELIABLE_BUDGET),
+            own: OwnState {
+                x: me.body.x,
+                y: me.body.y,
+                vx: me.body.vx,
+                vy: me.body.vy,
+                alive: me.alive,
             },
-            urgent: client.urgent_out.outgoing(self.now_ms, URGENT_BUDGET),
+            snapshot: std::mem::take(&mut scratch.delta),
+            reliable: ReliableBlock::default(),
+            urgent: std::mem::take(&mut scratch.urgent),
         };
-        let bytes = Packet::Server(packet.clone()).encode();
-        if bytes.len() <= MAX_PACKET {
-            return Some(bytes);
-        }
+        packet
+            .snapshot
+            .set_between(baseline.as_ref().map(|b| b.0), base, entities);
+        drop(baseline);
+        // The client's view becomes this snapshot's; its old buffer is the next one's scratch.
+        std::mem::swap(&mut client.visible, &mut scratch.interest.visible);
+        packet.header = client.next_header(self.tick, held, self.now_ms);
+        let resend = client.resend_after_ms();
+        packet.reliable = ReliableBlock {
+            ack_next: client.reliable_ack_next(),
+            messages: client
+                .reliable_out
+                .outgoing(self.now_ms, resend, RELIABLE_BUDGET),
+        };
+        client
+            .urgent_out
+            .outgoing_into(self.now_ms, URGENT_BUDGET, &mut packet.urgent);
+        let mut packet = Packet::Server(packet);
+        packet.encode_into(out);
+        let Packet::Server(p) = &mut packet else {
+            unreachable!("built above")
+        };
         // Too much at once for one datagram: the reliable messages wait for the next packet
         // (they are resent until acknowledged), then the urgent ones (repeated anyway).
-        packet.reliable.messages.clear();
-        let bytes = Packet::Server(packet.clone()).encode();
-        if bytes.len() <= MAX_PACKET {
-            return Some(bytes);
+        if out.len() > MAX_PACKET {
+            p.reliable.messages.clear();
+            packet.encode_into(out);
         }
-        packet.urgent.clear();
-        let bytes = Packet::Server(packet).encode();
-        (bytes.len() <= MAX_PACKET).then_some(bytes)
+        let Packet::Server(p) = &mut packet else {
+            unreachable!("built above")
+        };
+        if out.len() > MAX_PACKET {
+            p.urgent.clear();
+            packet.encode_into(out);
+        }
+        let Packet::Server(p) = packet else {
+            unreachable!("built above")
+        };
+        scratch.delta = p.snapshot;
+        scratch.urgent = p.urgent;
+        out.len() <= MAX_PACKET
     }
+}
+
+/// Buffers one room reuses for every player's snapshot, tick after tick.
+#[derive(Default)]
+pub struct Scratch {
+    around: Vec<(u16, f32)>,
+    interest: aoi::Interest,
+    delta: SnapshotDelta,
+    urgent: Vec<(u16, protocol::net::Message)>,
 }
 
 /// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
@@ -146,7 +180,7 @@ mod tests {
     fn tick_of<'a>(
         world: &World,
         grid: &'a Grid,
-        current: &'a HashMap<u16, EntityState>,
+        current: &'a [Option<EntityState>],
         interest: &'a InterestConfig,
         number: u64,
     ) -> SnapshotTick<'a> {
@@ -159,6 +193,20 @@ mod tests {
             interest,
             delta: true,
         }
+    }
+
+    fn current_of(world: &World) -> Vec<Option<EntityState>> {
+        let mut current = vec![None; 512];
+        for p in &world.players {
+            current[usize::from(p.entity)] = Some(p.entity_state());
+        }
+        current
+    }
+
+    fn packet(tick: &SnapshotTick, client: &mut Client, me: &Player) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        tick.packet_for(client, me, &mut Scratch::default(), &mut out)
+            .then_some(out)
     }
 
     fn decode(bytes: &[u8]) -> ServerPacket {
@@ -180,11 +228,7 @@ mod tests {
             };
         }
         let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
-        let current: HashMap<u16, EntityState> = world
-            .players
-            .iter()
-            .map(|p| (p.entity, p.entity_state()))
-            .collect();
+        let current = current_of(&world);
         let interest = InterestConfig::default();
         let me = world.players[0].clone();
         let mut client = Client::new(
@@ -194,28 +238,23 @@ mod tests {
             me.id.clone(),
             0,
         );
-        let packet = tick_of(&world, &grid, &current, &interest, 1)
-            .packet_for(&mut client, &me)
-            .expect("fits");
-        let p = decode(&packet);
+        let tick = tick_of(&world, &grid, &current, &interest, 1);
+        let bytes = packet(&tick, &mut client, &me).expect("fits");
+        let p = decode(&bytes);
         assert_eq!(p.session, 77);
         assert!((p.own.x - 100.0).abs() < 0.1 && (p.own.y - 100.0).abs() < 0.1);
         let neighbour = world.players[1].entity;
         let far = world.players[5].entity;
         assert!(client.visible.contains(&neighbour), "{:?}", client.visible);
         assert!(!client.visible.contains(&far), "{:?}", client.visible);
-        assert!(packet.len() <= MAX_PACKET);
+        assert!(bytes.len() <= MAX_PACKET);
     }
 
     #[test]
     fn reliable_messages_beyond_the_budget_wait_for_the_next_packet() {
         let world = world_with_bots(2);
         let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
-        let current: HashMap<u16, EntityState> = world
-            .players
-            .iter()
-            .map(|p| (p.entity, p.entity_state()))
-            .collect();
+        let current = current_of(&world);
         let interest = InterestConfig::default();
         let me = world.players[0].clone();
         let mut client = Client::new(
@@ -233,7 +272,7 @@ mod tests {
                 .unwrap();
         }
         let tick = tick_of(&world, &grid, &current, &interest, 1);
-        let p = decode(&tick.packet_for(&mut client, &me).expect("fits"));
+        let p = decode(&packet(&tick, &mut client, &me).expect("fits"));
         // As many as the budget allows go in this packet; the rest wait, none is lost.
         let sent = p.reliable.messages.len();
         assert!(sent > 0 && sent < 40, "{sent}");

@@ -90,6 +90,20 @@ impl<T: Clone> SentPackets<T> {
     /// trip in milliseconds.
     pub fn on_ack(&mut self, ack: u16, bits: u32, now_ms: u64) -> Vec<(u16, T, u64)> {
         let mut out = Vec::new();
+        self.on_ack_each(ack, bits, now_ms, |seq, payload, rtt| {
+            out.push((seq, payload, rtt))
+        });
+        out
+    }
+
+    /// [`SentPackets::on_ack`], handing each newly acknowledged packet to `f` (no allocation).
+    pub fn on_ack_each(
+        &mut self,
+        ack: u16,
+        bits: u32,
+        now_ms: u64,
+        mut f: impl FnMut(u16, T, u64),
+    ) {
         for back in 0..=32u16 {
             if back > 0 && bits & (1 << (back - 1)) == 0 {
                 continue;
@@ -98,11 +112,10 @@ impl<T: Clone> SentPackets<T> {
             if let Some(s) = &mut self.slots[seq as usize % WINDOW] {
                 if s.seq == seq && !s.acked {
                     s.acked = true;
-                    out.push((seq, s.payload.clone(), now_ms.saturating_sub(s.at_ms)));
+                    f(seq, s.payload.clone(), now_ms.saturating_sub(s.at_ms));
                 }
             }
         }
-        out
     }
 }
 

@@ -248,7 +248,18 @@ const T_EVENTS: u8 = 7;
 
 impl Packet {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(256);
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Encodes into `out` (cleared first), reusing its capacity: the room's tick loop keeps
+    /// its datagram buffers from tick to tick.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut w = Writer {
+            buf: std::mem::take(out),
+        };
         w.u8(MAGIC);
         let prefix = |t: u8| (PROTOCOL_VERSION << 4) | t;
         match self {
@@ -334,7 +345,7 @@ impl Packet {
                 w.u64(*session);
             }
         }
-        w.buf
+        *out = w.buf;
     }
 
     pub fn decode(buf: &[u8]) -> Result<Packet, NetError> {

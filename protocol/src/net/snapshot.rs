@@ -89,8 +89,23 @@ impl SnapshotDelta {
         baseline: &Entities,
         current: &Entities,
     ) -> SnapshotDelta {
-        let mut changes = Vec::new();
-        let mut removed = Vec::new();
+        let mut delta = SnapshotDelta::default();
+        delta.set_between(baseline_tick, baseline, current);
+        delta
+    }
+
+    /// [`SnapshotDelta::between`] in place, reusing this delta's buffers.
+    pub fn set_between(
+        &mut self,
+        baseline_tick: Option<u32>,
+        baseline: &Entities,
+        current: &Entities,
+    ) {
+        self.baseline = baseline_tick;
+        let changes = &mut self.changes;
+        let removed = &mut self.removed;
+        changes.clear();
+        removed.clear();
         let (mut i, mut j) = (0, 0);
         while i < baseline.len() || j < current.len() {
             let b = baseline.get(i);
@@ -135,11 +150,6 @@ impl SnapshotDelta {
                 }
                 (None, None) => unreachable!(),
             }
-        }
-        SnapshotDelta {
-            baseline: baseline_tick,
-            changes,
-            removed,
         }
     }
 

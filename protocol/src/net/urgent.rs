@@ -87,6 +87,14 @@ impl UrgentSender {
     /// The events to put in the next packet: every pending one younger than the TTL, oldest
     /// first, within `budget` bytes. Expired ones are dropped here.
     pub fn outgoing(&mut self, now_ms: u64, budget: usize) -> Vec<(u16, Message)> {
+        let mut out = Vec::new();
+        self.outgoing_into(now_ms, budget, &mut out);
+        out
+    }
+
+    /// [`UrgentSender::outgoing`] into `out` (cleared first), reusing its capacity.
+    pub fn outgoing_into(&mut self, now_ms: u64, budget: usize, out: &mut Vec<(u16, Message)>) {
+        out.clear();
         while self
             .pending
             .front()
@@ -96,7 +104,6 @@ impl UrgentSender {
             self.dropped += 1;
         }
         let mut used = 0;
-        let mut out = Vec::new();
         for p in self.pending.iter_mut() {
             if used + p.len > budget {
                 break;
@@ -105,7 +112,6 @@ impl UrgentSender {
             p.unsent = false;
             out.push((p.id, p.msg.clone()));
         }
-        out
     }
 
     /// Whether an event waits that no packet has carried yet (the room then sends it at once,
