@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use protocol::net::{DenyReason, Packet, MAX_PACKET};
 use protocol::{ConnectClaims, TokenError, TokenSigner};
+use rustc_hash::FxHashMap;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -40,6 +41,18 @@ pub enum RoomCommand {
 /// limit, expired ones are pruned; if it is still full, new handshakes are refused as busy.
 const MAX_NONCES: usize = 100_000;
 
+struct Bound {
+    session: u64,
+    match_id: String,
+    tx: mpsc::Sender<RoomCommand>,
+}
+
+/// Why the port did not hand a packet to a room.
+enum Refused {
+    UnknownSession,
+    RoomBusy,
+}
+
 struct RoomEntry {
     tx: mpsc::Sender<RoomCommand>,
     info: RoomInfo,
@@ -51,7 +64,10 @@ struct RoomEntry {
 pub struct PlayerPort {
     socket: Arc<UdpSocket>,
     signer: TokenSigner,
-    sessions: Mutex<HashMap<SocketAddr, (u64, String)>>,
+    /// Each bound address's session, match and room (its channel, so routing a packet is one
+    /// lookup under one lock). Keyed with a fast hasher: the key is a peer address the
+    /// session check already vouches for, read once per datagram.
+    sessions: Mutex<FxHashMap<SocketAddr, Bound>>,
     rooms: Mutex<HashMap<String, RoomEntry>>,
     nonces: Mutex<HashMap<u64, (SocketAddr, u64)>>,
     batch_sends: std::sync::atomic::AtomicBool,
@@ -129,7 +145,7 @@ impl PlayerPort {
         self.sessions
             .lock()
             .unwrap()
-            .retain(|_, (_, m)| m != match_id);
+            .retain(|_, b| b.match_id != match_id);
     }
 
     pub fn rooms(&self) -> Vec<RoomInfo> {
@@ -167,11 +183,20 @@ impl PlayerPort {
             .is_some_and(|r| r.players.contains(player))
     }
 
+    /// Routes `addr`'s packets with `session` to the room `match_id` (nothing if the room is
+    /// gone).
     pub fn bind(&self, addr: SocketAddr, session: u64, match_id: &str) {
-        self.sessions
-            .lock()
-            .unwrap()
-            .insert(addr, (session, match_id.to_string()));
+        let Some((tx, _)) = self.room_tx(match_id) else {
+            return;
+        };
+        self.sessions.lock().unwrap().insert(
+            addr,
+            Bound {
+                session,
+                match_id: match_id.to_string(),
+                tx,
+            },
+        );
     }
 
     pub fn unbind(&self, addr: SocketAddr) {
@@ -186,16 +211,27 @@ impl PlayerPort {
             .map(|r| (r.tx.clone(), r.info.server.clone()))
     }
 
+    #[cfg(test)]
     fn session_room(&self, addr: SocketAddr, session: u64) -> Option<mpsc::Sender<RoomCommand>> {
-        let m = {
-            let sessions = self.sessions.lock().unwrap();
-            let (s, m) = sessions.get(&addr)?;
-            if *s != session {
-                return None;
-            }
-            m.clone()
-        };
-        self.room_tx(&m).map(|(tx, _)| tx)
+        let sessions = self.sessions.lock().unwrap();
+        let bound = sessions.get(&addr).filter(|b| b.session == session)?;
+        Some(bound.tx.clone())
+    }
+
+    /// Hands `cmd` to the room of `addr`'s session without cloning anything; false for an
+    /// unknown address or session.
+    fn to_session_room(
+        &self,
+        addr: SocketAddr,
+        session: u64,
+        cmd: RoomCommand,
+    ) -> Result<(), Refused> {
+        let sessions = self.sessions.lock().unwrap();
+        let bound = sessions
+            .get(&addr)
+            .filter(|b| b.session == session)
+            .ok_or(Refused::UnknownSession)?;
+        bound.tx.try_send(cmd).map_err(|_| Refused::RoomBusy)
     }
 
     /// Checks a handshake; the room to join, or why not.
@@ -383,23 +419,20 @@ fn route(port: &PlayerPort, datagram: &[u8], addr: SocketAddr) {
                 port.send_packet(addr, &Packet::ConnectDenied { reason });
             }
         },
-        Packet::Client(p) => match port.session_room(addr, p.session) {
-            Some(tx) => {
-                if tx
-                    .try_send(RoomCommand::Packet { addr, packet: p })
-                    .is_err()
-                {
-                    reject("room_busy");
-                }
+        Packet::Client(p) => {
+            let session = p.session;
+            match port.to_session_room(addr, session, RoomCommand::Packet { addr, packet: p }) {
+                Ok(()) => {}
+                Err(Refused::RoomBusy) => reject("room_busy"),
+                Err(Refused::UnknownSession) => reject("unknown_session"),
             }
-            None => reject("unknown_session"),
-        },
-        Packet::Disconnect { session } => match port.session_room(addr, session) {
-            Some(tx) => {
-                let _ = tx.try_send(RoomCommand::Disconnect { addr });
+        }
+        Packet::Disconnect { session } => {
+            match port.to_session_room(addr, session, RoomCommand::Disconnect { addr }) {
+                Ok(()) | Err(Refused::RoomBusy) => {}
+                Err(Refused::UnknownSession) => reject("unknown_session"),
             }
-            None => reject("unknown_session"),
-        },
+        }
         _ => reject("unexpected"),
     }
 }

@@ -14,7 +14,9 @@ pub const PLAYER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Roster {
-    clients: HashMap<SocketAddr, Client>,
+    /// Keyed with a fast hasher: looked up once per datagram, by an address the port has
+    /// already matched to a session.
+    clients: rustc_hash::FxHashMap<SocketAddr, Client>,
     /// Real players restored from a checkpoint who have not reconnected yet, and since when.
     awaiting: HashMap<u16, Instant>,
     bot_serial: usize,
