@@ -659,3 +659,21 @@ fn read_messages(r: &mut Reader, max: usize) -> Result<Vec<(u16, Message)>, NetE
 
 #[cfg(test)]
 mod tests;
+
+/// The lossy links of the channel tests draw from this, so every run is the same.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    /// SplitMix64.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        /// Uniform in [0, 1).
+        pub fn unit(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+}

@@ -153,17 +153,7 @@ mod tests {
         Message::Pickup { entity }
     }
 
-    /// SplitMix64, so the lossy link is reproducible.
-    struct Rng(u64);
-    impl Rng {
-        fn unit(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::net::test_rng::Rng;
 
     #[test]
     fn each_event_is_delivered_once_a_packet_after_a_loss_not_a_round_trip_after() {
