@@ -111,6 +111,13 @@ async fn http_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_reports() {
+    let backend = Backend::embedded();
+    scenarios::render_reports(&backend).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matchmaking() {
     let backend = Backend::embedded();
     scenarios::matchmaking(&backend).await;

@@ -169,6 +169,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(dashboard::dashboard_index))
         .route("/assets/{*file}", get(dashboard::dashboard_asset))
+        .route("/overlay/match/{id}", get(dashboard::dashboard_index))
         .route("/openapi.json", get(openapi))
         .route("/v1/auth/guest", post(auth::guest))
         .route("/v1/matches", get(matches::list_matches))

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use backends::{load_feed, LogError, MatchLog};
 use bytes::Bytes;
 use httpkit::ApiError;
@@ -132,11 +131,17 @@ async fn load_listings(log: &dyn MatchLog) -> Result<Vec<MatchListing>, ApiError
 
 /// Live matches, then the most recent ended ones; while the match log does not answer, the
 /// last listing read, marked stale.
-#[utoipa::path(get, path = "/v1/matches", tag = "matches", responses(
-    (status = 200, description = "The listing (Cache-Control: max-age=1)", body = MatchList),
+#[utoipa::path(get, path = "/v1/matches", tag = "matches",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of an earlier listing")),
+    responses(
+    (status = 200, description = "The listing (Cache-Control: max-age=1; ETag: a digest of the body)", body = MatchList),
+    (status = 304, description = "Unchanged since the ETag given: a page polling the list moves no body while nothing changes"),
     (status = 503, description = "The match log does not answer and no listing was read yet", body = httpkit::openapi::ErrorBody),
 ))]
-pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, ApiError> {
+pub(crate) async fn list_matches(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let inner = s.inner.clone();
     let read = s
         .inner
@@ -177,12 +182,36 @@ pub(crate) async fn list_matches(State(s): State<ApiState>) -> Result<Response, 
         stale_reason: stale_since.map(|_| "match log unavailable; the last listing read".into()),
         listed_at_ms: stale_since,
     };
-    let mut res = Json(body).into_response();
+    let body = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let etag = listing_etag(&body);
+    let mut res = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    res.headers_mut().insert(header::ETAG, etag);
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=1"),
     );
     Ok(res)
+}
+
+/// A strong validator of a listing: a digest of its exact bytes (the viewer counts and scores
+/// in it change often, so no position would do).
+fn listing_etag(body: &[u8]) -> HeaderValue {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    HeaderValue::from_str(&format!("\"l{:016x}\"", h.finish())).expect("ascii")
+}
+
+/// Whether `If-None-Match` names `etag` (or `*`).
+fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
 }
 
 /// The match's current state; `live` serves it even when the match is broadcast with a delay
@@ -285,14 +314,7 @@ pub(crate) async fn snapshot(
         "{scope}, max-age={max_age}, stale-while-revalidate=5"
     ))
     .expect("ascii");
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == snap.etag || t.trim() == "*")
-        });
-    let mut res = if not_modified {
+    let mut res = if if_none_match(&headers, &snap.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (

@@ -78,7 +78,7 @@ impl Gateway {
 
 /// Leaderboard ticks (top 100, at most one a second, latest wins) over SSE (`event:
 /// leaderboard`) or WebSocket.
-#[utoipa::path(get, path = "/v1/leaderboards/{board}/stream", tag = "streams",
+#[utoipa::path(get, path = "/v1/leaderboards/{board}/stream", tag = "streams", operation_id = "board_stream",
     params(("board" = String, Path, description = "global, daily, weekly, daily:<YYYY-MM-DD>, weekly:<YYYY-Www>, match:<id>, region:<region>")),
     responses(
         (status = 101, description = "WebSocket"),

@@ -10,6 +10,7 @@ mod metrics;
 pub use metrics::register as register_metrics;
 mod multi;
 pub mod queue;
+mod render_health;
 mod replay;
 mod stream;
 mod websocket;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use backends::{GatewayInfo, MatchLog, Membership, MemoryMembership, TickBus};
@@ -125,6 +126,7 @@ pub struct Gateway {
     pub(crate) partners: httpkit::PartnerDirectory,
     /// Replay slots (`?from=start`), `max_replays` of them.
     pub(crate) replays: Arc<tokio::sync::Semaphore>,
+    pub(crate) reports: Arc<render_health::ReportLimits>,
 }
 
 impl Gateway {
@@ -160,6 +162,7 @@ impl Gateway {
             draining: Arc::default(),
             partners: httpkit::PartnerDirectory::default(),
             replays,
+            reports: Arc::default(),
             boards: Arc::new(boards::BoardFeeds::default()),
             shutdown,
         }
@@ -243,6 +246,7 @@ impl Gateway {
             .route("/v1/matches/{id}/stream", get(stream::handle))
             .route("/v1/streams", get(multi::handle))
             .route("/v1/leaderboards/{board}/stream", get(boards::handle))
+            .route("/v1/render-health", post(render_health::report))
             .with_state(self.clone())
     }
 
@@ -446,8 +450,14 @@ pub struct GatewayChoice {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(where_to_connect, stream::handle, multi::handle, boards::handle),
-    components(schemas(GatewayChoice))
+    paths(
+        where_to_connect,
+        stream::handle,
+        multi::handle,
+        boards::handle,
+        render_health::report
+    ),
+    components(schemas(GatewayChoice, render_health::RenderReport))
 )]
 struct StreamsDoc;
 

@@ -201,4 +201,50 @@ pub fn register() {
     LazyLock::force(&LOG_TO_HUB);
     LazyLock::force(&PUBLISH_TO_SEND);
     LazyLock::force(&SHARED_CAPS_UNAVAILABLE);
+    for result in ["accepted", "malformed", "too_large", "rate_limited"] {
+        RENDER_REPORTS.with_label_values(&[result]);
+    }
+    LazyLock::force(&RENDER_FRAMES);
+    LazyLock::force(&RENDER_DROPPED_FRAMES);
+    LazyLock::force(&RENDER_FRAME_SECONDS);
+    LazyLock::force(&RENDER_STREAM_LAG_SECONDS);
 }
+
+pub static RENDER_REPORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gw_render_reports_total",
+        "Viewers' render-health reports, by result (accepted, malformed, too_large, rate_limited)",
+        &["result"]
+    )
+    .unwrap()
+});
+pub static RENDER_FRAMES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_render_frames_total",
+        "Frames viewers' pages reported drawn"
+    )
+    .unwrap()
+});
+pub static RENDER_DROPPED_FRAMES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gw_render_dropped_frames_total",
+        "Screen refreshes viewers' pages reported without a new frame"
+    )
+    .unwrap()
+});
+pub static RENDER_FRAME_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "gw_render_frame_seconds",
+        "Frame intervals sampled by viewers' pages (up to 64 per report)",
+        vec![0.0085, 0.017, 0.025, 0.034, 0.05, 0.1, 0.25, 0.5, 1.0]
+    )
+    .unwrap()
+});
+pub static RENDER_STREAM_LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "gw_render_stream_lag_seconds",
+        "How far viewers' streams ran behind their match, sampled by their pages",
+        vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+    )
+    .unwrap()
+});

@@ -138,7 +138,7 @@ fn scope_of(query: &StreamQuery, max: usize) -> Result<Scope, ApiError> {
 /// `GET /v1/streams`.
 /// Several matches on one stream: every message names its match; the SSE id (and `since`)
 /// is every match's position, `match:epoch:version` comma separated.
-#[utoipa::path(get, path = "/v1/streams", tag = "streams",
+#[utoipa::path(get, path = "/v1/streams", tag = "streams", operation_id = "multi_match_stream",
     security(("bearer" = [])),
     params(
         ("matches" = Option<String>, Query, description = "The matches to follow, comma separated (at most --max-matches-per-stream, 32 by default)"),

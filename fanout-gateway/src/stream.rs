@@ -280,7 +280,7 @@ pub(crate) async fn admit(
 /// A viewer's stream of one match: a snapshot, then deltas and events in version order
 /// (resumable from a position; a gap or an older position gets a fresh snapshot). The
 /// message contract is in docs/architecture.md.
-#[utoipa::path(get, path = "/v1/matches/{id}/stream", tag = "streams",
+#[utoipa::path(get, path = "/v1/matches/{id}/stream", tag = "streams", operation_id = "match_stream",
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The match id"),

@@ -43,6 +43,43 @@ pub async fn http_errors(backend: &Backend) {
         "names the field: {body}"
     );
 
+    // The listing: an ETag, and a 304 with no body while it has not changed (a page polling
+    // it every 2 s moves nothing while nothing changes).
+    let r = app.http.get(app.url("/v1/matches")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let listed: Value = r.json().await.unwrap();
+    assert!(listed["matches"].as_array().is_some_and(|m| !m.is_empty()));
+    let mut unchanged = 0;
+    for _ in 0..20 {
+        let r = app
+            .http
+            .get(app.url("/v1/matches"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            304 => {
+                assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+                assert!(r.bytes().await.unwrap().is_empty());
+                unchanged += 1;
+            }
+            // The listing moved on (a score, a viewer count): a new body with a new tag.
+            200 => assert_ne!(r.headers()["etag"].to_str().unwrap(), etag),
+            s => panic!("listing: {s}"),
+        }
+    }
+    assert!(unchanged > 0, "never a 304 in 20 polls");
+    let r = app
+        .http
+        .get(app.url("/v1/matches"))
+        .header("if-none-match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // Cold load: ETag and Cache-Control, then 304 on If-None-Match.
     let id = app.live_matches(1).await[0]["id"]
         .as_str()
@@ -182,4 +219,98 @@ pub async fn http_errors(backend: &Backend) {
         (404, Some("not_found"))
     );
     drop(app);
+}
+
+/// `POST /v1/render-health`: a page's report lands in the gateway's histograms; bad, huge and
+/// flooding reports get a 4xx naming why, and none of them is counted as a report.
+pub async fn render_reports(backend: &Backend) {
+    let app = App::spawn(backend, &["--matches", "1"]).await;
+    let post = |body: String| {
+        let req = app
+            .http
+            .post(app.url("/v1/render-health"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let accepted = r#"gw_render_reports_total{result="accepted"}"#;
+    let report = serde_json::json!({
+        "frames": 600, "dropped": 4,
+        "frame_ms": [16.6, 16.7, 50.1], "lag_ms": [120.0, 95.5],
+    });
+    assert_eq!(post(report.to_string()).await.0, 204);
+    assert_eq!(crate::common::viewers::metric(&app, accepted).await, 1.0);
+    assert_eq!(
+        crate::common::viewers::metric(&app, "gw_render_frames_total").await,
+        600.0
+    );
+    assert_eq!(
+        crate::common::viewers::metric(&app, "gw_render_frame_seconds_count").await,
+        3.0
+    );
+    assert_eq!(
+        crate::common::viewers::metric(&app, "gw_render_stream_lag_seconds_count").await,
+        2.0
+    );
+
+    let too_many_samples = serde_json::json!({
+        "frames": 1, "dropped": 0, "frame_ms": vec![16.0; 65], "lag_ms": [],
+    });
+    for (body, status, code, field) in [
+        ("{not json".to_string(), 400, "invalid_request", "body"),
+        (
+            r#"{"frames":1,"dropped":0,"frame_ms":[],"lag_ms":[],"email":"a@b.c"}"#.into(),
+            400,
+            "invalid_request",
+            "body",
+        ),
+        (
+            too_many_samples.to_string(),
+            400,
+            "invalid_request",
+            "frame_ms",
+        ),
+        (
+            r#"{"frames":1,"dropped":0,"frame_ms":[],"lag_ms":[-5]}"#.into(),
+            400,
+            "invalid_request",
+            "lag_ms",
+        ),
+        ("x".repeat(5000), 413, "payload_too_large", ""),
+    ] {
+        let (got, err) = post(body).await;
+        assert_eq!(
+            (got, err["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{err}"
+        );
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{message}");
+    }
+    assert_eq!(crate::common::viewers::metric(&app, accepted).await, 1.0);
+
+    // A flood from one address: past the address's burst every report is a 429, and what was
+    // refused is counted as refused, not as a report.
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(post(report.to_string()).await.0);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 204 || *s == 429),
+        "{statuses:?}"
+    );
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 15, "{statuses:?}");
+    let counted = crate::common::viewers::metric(&app, accepted).await;
+    assert_eq!(counted as usize, 1 + statuses.len() - refused);
+    assert_eq!(
+        crate::common::viewers::metric(&app, r#"gw_render_reports_total{result="rate_limited"}"#)
+            .await as usize,
+        refused
+    );
 }

@@ -17,7 +17,7 @@ pub use broadcast::{multi_match_streams, partner_keys, replay_from_start};
 #[allow(unused_imports)]
 pub use feed_v2::{feed_v2, filtered_streams};
 #[allow(unused_imports)]
-pub use http::http_errors;
+pub use http::{http_errors, render_reports};
 #[allow(unused_imports)]
 pub use ops::{
     behind_a_proxy, config_file, internal_addr, jwks_url_rotation, jwt_tokens, otlp_traces,
