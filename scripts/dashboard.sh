@@ -19,3 +19,16 @@ if ! git diff --quiet -- dist || [ -n "$(git ls-files --others --exclude-standar
   git status --short -- dist >&2
   exit 1
 fi
+
+# The viewer client package (clients/typescript), which the dashboard builds from its sources:
+# its tests, its build (ESM and declarations in dist/, which tests/typescript_client.rs runs
+# from Node), and its REST types regenerated from openapi.json must match what is committed.
+cd ../clients/typescript
+npm ci --no-audit --no-fund --loglevel=error
+npx tsc --noEmit -p tsconfig.json
+npx vitest run
+npm run build --silent
+if ! git diff --quiet -- src/generated; then
+  echo "clients/typescript/src/generated is out of date with openapi.json: run 'npm run build' in clients/typescript and commit it" >&2
+  exit 1
+fi

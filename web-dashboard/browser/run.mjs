@@ -290,6 +290,67 @@ try {
   await page.screenshot({ path: `${ARTIFACTS}/07b-leaderboards-guest.png` });
   await axeCheck(page, "leaderboards as a guest");
 
+  // The director's grid: every live match drawn at once.
+  await page.goto(`${proxy.url}/#/director`);
+  await page.waitForFunction(() => document.querySelectorAll("[data-testid=director-tile] [data-testid=connection][data-state=live]").length >= 2, null, { timeout: 20_000 });
+  await page.waitForFunction(() => [...document.querySelectorAll("[data-testid=tile-summary]")].every((e) => e.textContent.includes("players")), null, { timeout: 20_000 });
+  const tiles = await page.locator("[data-testid=director-tile]").count();
+  check(tiles >= 2, `the director grid shows every live match, each live (${tiles} tiles)`);
+  check((await page.title()).startsWith("Director"), "the director page has its own title");
+  await page.screenshot({ path: `${ARTIFACTS}/10-director.png` });
+  await axeCheck(page, "director");
+
+  // The broadcaster's overlay: its own path, no page chrome, a transparent background.
+  await page.goto(`${proxy.url}/overlay/match/${encodeURIComponent(liveMatch.id)}`);
+  await page.waitForFunction(() => document.querySelectorAll("[data-testid=overlay-board] tr").length > 0, null, { timeout: 20_000 });
+  const look = await page.evaluate(() => ({
+    html: getComputedStyle(document.documentElement).backgroundColor,
+    body: getComputedStyle(document.body).backgroundColor,
+    header: document.querySelectorAll("header").length,
+    rows: document.querySelectorAll("[data-testid=overlay-board] tr").length,
+  }));
+  results.overlay = look;
+  check(look.html === "rgba(0, 0, 0, 0)" && look.body === "rgba(0, 0, 0, 0)" && look.header === 0, `the overlay is transparent and chrome-free (${JSON.stringify(look)})`);
+  check(look.rows > 0 && look.rows <= 5, `the overlay shows the top five (${look.rows} rows)`);
+  await page.screenshot({ path: `${ARTIFACTS}/11-overlay.png`, omitBackground: true });
+  await axeCheck(page, "overlay");
+
+  // A replay: the match from its first keyframe, played back and seekable.
+  await page.goto(`${proxy.url}/#/replay/${encodeURIComponent(liveMatch.id)}`);
+  await page.waitForFunction(() => /version \d+/.test(document.querySelector("[data-testid=replay-position]")?.textContent ?? ""), null, { timeout: 20_000 });
+  const replayArena = page.locator("[data-testid=arena]");
+  await page.waitForTimeout(600);
+  const r1 = await replayArena.screenshot();
+  await page.waitForTimeout(900);
+  const r2 = await replayArena.screenshot();
+  check(!r1.equals(r2), "the replay plays: two screenshots of its arena differ");
+  const tickOf = async () => Number((await page.locator("[data-testid=replay-position]").innerText()).match(/tick (\d+)/)[1]);
+  const before = await tickOf();
+  const seek = page.locator("[data-testid=replay-seek]");
+  const min = Number(await seek.getAttribute("min"));
+  await page.locator("[data-testid=replay-play]").click(); // pause, so the position stays put
+  await seek.evaluate((el, v) => {
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(el, String(v));
+    el.dispatchEvent(new Event("input", { bubbles: true }));
+  }, min);
+  await page.waitForFunction((m) => Number(document.querySelector("[data-testid=replay-position]").textContent.match(/tick (\d+)/)[1]) <= m + 1, min, { timeout: 5000 });
+  const afterSeek = await tickOf();
+  const clockText = await page.locator("[data-testid=replay-clock]").innerText();
+  results.replay = { before, min, afterSeek, clock: clockText };
+  check(afterSeek < before && afterSeek <= min + 1 && clockText.startsWith("0:00"), `seeking back to the first keyframe shows its tick (${before} -> ${afterSeek}, ${clockText})`);
+  await page.screenshot({ path: `${ARTIFACTS}/12-replay.png` });
+  await axeCheck(page, "replay");
+
+  // A page that throws is caught: it says so, and the next route renders normally.
+  await page.goto(`${proxy.url}/#/bench/crash`);
+  await page.waitForSelector("[role=alert][data-testid=page-error]", { timeout: 10_000 });
+  check((await page.locator("[data-testid=page-error]").innerText()).includes("on purpose"), "a failing page shows its error instead of a blank screen");
+  await page.locator("[data-testid=page-error] a").click();
+  await page.waitForSelector("[data-testid=matches] tr[data-status=live]", { timeout: 10_000 });
+  check(true, "after a failed page the next route renders");
+  // React reports the error it caught; that one was provoked.
+  for (let i = consoleErrors.length - 1; i >= 0; i--) if (consoleErrors[i].includes("on purpose")) consoleErrors.splice(i, 1);
+
   // A phone: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
   for (const [name, route] of [["leaderboards", "#/leaderboards?board=global"], ["match", `#/match/${liveMatch.id}`], ["match list", "#/"]]) {
@@ -329,6 +390,21 @@ try {
   check(scroll.maxRows < 100, `virtualized: at most ${scroll.maxRows} of 10,000 rows in the DOM`);
   check(scroll.bottom, "the 10,000th row is reachable");
   await page.screenshot({ path: `${ARTIFACTS}/08-big-board.png` });
+
+  // Render health: the pages that drew an arena reported to the gateway (at most one report
+  // per 10 s per page), and the reports reached its histograms.
+  const metricsText = await (await fetch(`${BASE}/metrics`)).text();
+  const metricValue = (name) =>
+    metricsText
+      .split("\n")
+      .filter((l) => l.startsWith(name + " ") || l.startsWith(name + "{"))
+      .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+  results.renderReports = {
+    accepted: metricValue('gw_render_reports_total{result="accepted"}'),
+    frames: metricValue("gw_render_frames_total"),
+    frameSamples: metricValue("gw_render_frame_seconds_count"),
+  };
+  check(results.renderReports.accepted >= 1 && results.renderReports.frames > 0 && results.renderReports.frameSamples > 0, `pages report their render health (${JSON.stringify(results.renderReports)})`);
 
   results.consoleErrors = consoleErrors;
   results.consoleErrorsDuringOutage = outageErrors.length;

@@ -5,11 +5,17 @@ import { useEffect, useRef, useState } from "react";
 import { viewerToken } from "./api";
 import { Interpolator } from "./arena/interpolate";
 import { pageMetrics } from "./metrics";
-import { MatchStream, type StreamStatus } from "./stream";
-import type { EventMessage, MatchView, Shot } from "./stream/types";
+import { MatchStream, type StreamStatus } from "@grandstand/client";
+import type { EventMessage, MatchView, Shot } from "@grandstand/client";
+
+/** What the arena draws from: the view to show and how far behind the game it is. */
+export interface ArenaSource {
+  readonly current: MatchView | null;
+  readonly status: { behindMs: number };
+}
 
 export interface LiveMatch {
-  stream: MatchStream;
+  stream: ArenaSource;
   interpolator: Interpolator;
   shots: { t: number; shot: Shot }[];
   /** Messages applied since the last drawn frame, with their publish time (ms) if stamped. */

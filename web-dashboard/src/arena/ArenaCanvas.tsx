@@ -3,6 +3,7 @@
 
 import { useEffect, useRef, type RefObject } from "react";
 import { pageMetrics } from "../metrics";
+import { renderHealth, startRenderReports } from "../renderHealth";
 import type { LiveMatch } from "../useMatchStream";
 
 export const INTERPOLATION_DELAY_MS = 100;
@@ -15,19 +16,23 @@ function colour(id: string): string {
   return `hsl(${(h >>> 8) % 360} 70% 58%)`;
 }
 
-export function ArenaCanvas({ live }: { live: RefObject<LiveMatch | null> }) {
+export function ArenaCanvas({ live, small = false, label = "The arena: every player's position, live" }: { live: RefObject<LiveMatch | null>; small?: boolean; label?: string }) {
   const canvas = useRef<HTMLCanvasElement>(null);
 
   useEffect(() => {
     let raf = 0;
     let last = 0;
+    const stopReports = startRenderReports();
     const draw = (now: number) => {
       raf = requestAnimationFrame(draw);
-      if (last) pageMetrics.record("frameTimes", now - last);
-      last = now;
       const c = canvas.current;
       const m = live.current;
       const view = m?.stream.current;
+      if (last) {
+        pageMetrics.record("frameTimes", now - last);
+        if (view) renderHealth.frame(now - last, m?.stream.status.behindMs ?? null);
+      }
+      last = now;
       if (!c || !m || !view) return;
       const dpr = window.devicePixelRatio || 1;
       const size = c.clientWidth;
@@ -88,14 +93,17 @@ export function ArenaCanvas({ live }: { live: RefObject<LiveMatch | null> }) {
       }
     };
     raf = requestAnimationFrame(draw);
-    return () => cancelAnimationFrame(raf);
+    return () => {
+      cancelAnimationFrame(raf);
+      stopReports();
+    };
   }, [live]);
 
   // The picture is named by its wrapper: a canvas given a role of its own reads to assistive
   // technology as a control.
   return (
-    <div role="img" aria-label="The arena: every player's position, live">
-      <canvas ref={canvas} className="arena" data-testid="arena" aria-hidden="true" />
+    <div role="img" aria-label={label}>
+      <canvas ref={canvas} className={small ? "arena small" : "arena"} data-testid="arena" aria-hidden="true" />
     </div>
   );
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Interpolator } from "./interpolate";
-import type { PlayerView } from "../stream/types";
+import type { PlayerView } from "@grandstand/client";
 
 const p = (x: number, y: number, alive = true, angle = 0): PlayerView => ({
   name: "P",

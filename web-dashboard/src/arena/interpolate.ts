@@ -2,7 +2,7 @@
 // render time, so 10 Hz updates look like smooth motion. Respawns and other long jumps snap
 // instead of sliding across the arena.
 
-import type { PlayerView } from "../stream/types";
+import type { PlayerView } from "@grandstand/client";
 
 export interface Sample {
   t: number;

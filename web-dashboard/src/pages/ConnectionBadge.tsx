@@ -1,7 +1,7 @@
 // Honest connection state, never a modal: live, behind by Xs, reconnecting, or paused with the
 // age of what is on screen.
 
-import type { StreamStatus } from "../stream";
+import type { StreamStatus } from "@grandstand/client";
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
 

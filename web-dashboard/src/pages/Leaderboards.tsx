@@ -1,7 +1,7 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useEffect, useMemo, useRef, useState } from "react";
-import { getJson, viewer, type Board, type BoardEntry } from "../api";
+import { api, viewer, type BoardEntry } from "../api";
 import { Age } from "./Age";
 import { displayNames, staleText } from "./staleness";
 
@@ -51,7 +51,7 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
   }, [meParam]);
   const top = useQuery({
     queryKey: ["board", board],
-    queryFn: () => getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}?limit=100`),
+    queryFn: () => api.leaderboard(board, { limit: 100 }),
     refetchInterval: 10_000,
   });
   const around = useQuery({
@@ -60,7 +60,7 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
     retry: false,
     // A viewer not on the board yet gets an empty page, not a 404 (which browsers log).
     queryFn: () =>
-      getJson<Board>(`/v1/leaderboards/${encodeURIComponent(board)}/around/${encodeURIComponent(me!)}?radius=10&if_absent=empty`),
+      api.around(board, me!, { radius: 10, ifAbsent: "empty" }),
     refetchInterval: 10_000,
   });
   // Live: the board's stream ticks at most once a second; each tick refreshes both views.

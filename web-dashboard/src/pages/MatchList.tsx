@@ -1,11 +1,13 @@
 import { useQuery } from "@tanstack/react-query";
-import { getJson, type MatchListing } from "../api";
+import { api } from "../api";
 import { Age } from "./Age";
 
 export function MatchList() {
   const q = useQuery({
     queryKey: ["matches"],
-    queryFn: () => getJson<{ matches: MatchListing[] }>("/v1/matches"),
+    // Polled with the listing's ETag: while nothing changes each poll is a bodiless 304 and
+    // the same data object (so nothing re-renders).
+    queryFn: () => api.matches(),
     refetchInterval: 2000,
   });
   return (
@@ -30,7 +32,10 @@ export function MatchList() {
           {q.data?.matches.map((m) => (
             <tr key={m.id} data-status={m.status}>
               <td>
-                <a href={`#/match/${encodeURIComponent(m.id)}`}>{m.id}</a>
+                <a href={`#/match/${encodeURIComponent(m.id)}`}>{m.id}</a>{" "}
+                <a href={`#/replay/${encodeURIComponent(m.id)}`} className="muted-link" aria-label={`Replay ${m.id} from the start`}>
+                  replay
+                </a>
               </td>
               <td>{m.region}</td>
               <td className={m.status === "live" ? "ok" : "muted"}>{m.status}</td>

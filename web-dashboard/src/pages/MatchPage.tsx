@@ -1,7 +1,7 @@
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useRef } from "react";
 import { ArenaCanvas } from "../arena/ArenaCanvas";
-import type { EventMessage } from "../stream/types";
+import type { EventMessage } from "@grandstand/client";
 import { useMatchStream } from "../useMatchStream";
 import { ConnectionBadge } from "./ConnectionBadge";
 

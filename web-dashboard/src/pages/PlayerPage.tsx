@@ -1,17 +1,8 @@
 import { useQuery } from "@tanstack/react-query";
-import { getJson } from "../api";
-
-interface PlayerBody {
-  player?: string;
-  name?: string;
-  kills?: number;
-  deaths?: number;
-  matches?: number;
-  recent?: { id: string; region: string; started_ms: number; score?: number; kills?: number; deaths?: number }[];
-}
+import { api } from "../api";
 
 export function PlayerPage({ id }: { id: string }) {
-  const q = useQuery({ queryKey: ["player", id], queryFn: () => getJson<PlayerBody>(`/v1/players/${encodeURIComponent(id)}`) });
+  const q = useQuery({ queryKey: ["player", id], queryFn: () => api.player(id) });
   const s = q.data;
   return (
     <section>

@@ -1,13 +1,15 @@
 // A live match for a viewer: cold load, stream from that version, apply, detect gaps and epochs,
 // resume with backoff. No framework; usable by any page or app.
 
-import { backoffDelay, retryAfterFromReason } from "./backoff";
-import { applyMessage, position } from "./feed";
-import { LagEstimator } from "./lag";
-import { V2Decoder } from "./v2";
-import type { EventMessage, MatchView, SnapshotMessage, StreamMessage } from "./types";
+import { backoffDelay, retryAfterFromReason } from "./backoff.js";
+import { applyMessage, position } from "./feed.js";
+import { LagEstimator } from "./lag.js";
+import { fetchEventSource } from "./sse.js";
+import { V2Decoder } from "./v2.js";
+import type { EventMessage, MatchView, SnapshotMessage, StreamMessage } from "./types.js";
 
-export type Connection = "connecting" | "live" | "reconnecting" | "paused";
+/** "ended": a replay that reached the end of its match (the gateway closed it normally). */
+export type Connection = "connecting" | "live" | "reconnecting" | "paused" | "ended";
 
 export interface StreamStatus {
   connection: Connection;
@@ -64,9 +66,16 @@ export interface MatchStreamOptions {
   token: () => Promise<string>;
   /** "auto": WebSocket, falling back to SSE after three attempts that never opened. */
   transport?: "ws" | "sse" | "auto";
+  /** "start": replay the match from its first retained keyframe (no cold load; the stream's
+   * first message is that keyframe's snapshot), as fast as the viewer reads, then on into the
+   * live line; a resume carries on after the last version held. An ended match's replay
+   * ends (connection "ended") instead of reconnecting. */
+  from?: "start";
   /** The feed format: "v2" (compact; compressed over WebSocket by the browser's
    * permessage-deflate) unless told otherwise. */
   format?: "v1" | "v2";
+  /** Every message as received (parsed JSON, before any decoding), applied or not. */
+  onMessage?: (msg: Record<string, unknown>) => void;
   /** Every applied message, with the view after it. Callers coalesce renders themselves. */
   onView?: (view: MatchView, msg: StreamMessage) => void;
   onEvent?: (msg: EventMessage) => void;
@@ -82,11 +91,19 @@ export interface MatchStreamOptions {
 /** Gaps closer together than this back off instead of resuming at once. */
 export const GAP_WINDOW_MS = 10_000;
 
-function browserEnv(): StreamEnv {
+/** A browser's, or Node's: where the runtime has no EventSource (Node 20), SSE is read through
+ * fetch; where it has no WebSocket, "auto" starts on SSE. */
+function defaultEnv(): StreamEnv {
   return {
     fetch: (url, init) => globalThis.fetch(url, init),
-    webSocket: (url) => new WebSocket(url) as unknown as WebSocketLike,
-    eventSource: (url) => new EventSource(url) as unknown as EventSourceLike,
+    webSocket: (url) => {
+      if (typeof globalThis.WebSocket === "undefined") throw new Error("this runtime has no WebSocket");
+      return new WebSocket(url) as unknown as WebSocketLike;
+    },
+    eventSource: (url) =>
+      typeof globalThis.EventSource === "undefined"
+        ? fetchEventSource(url)
+        : (new EventSource(url) as unknown as EventSourceLike),
     now: () => Date.now(),
     random: () => Math.random(),
     setTimeout: (f, ms) => globalThis.setTimeout(f, ms),
@@ -129,10 +146,11 @@ export class MatchStream {
   readonly status: StreamStatus;
 
   constructor(private readonly opts: MatchStreamOptions) {
-    this.env = { ...browserEnv(), ...opts.env };
+    this.env = { ...defaultEnv(), ...opts.env };
+    const noWebSocket = typeof globalThis.WebSocket === "undefined" && !opts.env?.webSocket;
     this.status = {
       connection: "connecting",
-      transport: opts.transport === "sse" ? "sse" : "ws",
+      transport: opts.transport === "sse" || (opts.transport !== "ws" && noWebSocket) ? "sse" : "ws",
       attempt: 0,
       retryAt: null,
       lastMessageAt: null,
@@ -155,7 +173,7 @@ export class MatchStream {
 
   async start(): Promise<void> {
     this.unlistenWake = this.env.onWake(() => this.wake());
-    await this.coldLoad();
+    if (this.opts.from !== "start") await this.coldLoad();
     this.connect();
   }
 
@@ -215,7 +233,9 @@ export class MatchStream {
       const res = await this.env.fetch(url);
       if (!res.ok) return;
       const body = (await res.json()) as Omit<SnapshotMessage, "type">;
-      this.handle({ ...body, type: "snapshot" });
+      const msg: SnapshotMessage = { ...body, type: "snapshot" };
+      this.opts.onMessage?.(msg as unknown as Record<string, unknown>);
+      this.handle(msg);
     } catch {
       // The stream will bring a snapshot.
     }
@@ -225,6 +245,7 @@ export class MatchStream {
     const base = this.opts.baseUrl || globalThis.location?.origin || "";
     let url = `${base}/v1/matches/${encodeURIComponent(this.opts.matchId)}/stream?token=${encodeURIComponent(token)}`;
     if ((this.opts.format ?? "v2") === "v2") url += "&format=v2";
+    if (this.opts.from === "start") url += "&from=start";
     if (this.view) url += `&since=${position(this.view.epoch, this.view.version)}`;
     return url;
   }
@@ -296,6 +317,7 @@ export class MatchStream {
     let msg: StreamMessage;
     try {
       const parsed = JSON.parse(data) as Record<string, unknown>;
+      this.opts.onMessage?.(parsed);
       msg = (this.opts.format ?? "v2") === "v2" ? this.v2.decode(this.view, parsed) : (parsed as unknown as StreamMessage);
     } catch {
       return;
@@ -359,6 +381,14 @@ export class MatchStream {
 
   private scheduleReconnect(generation: number, retryAfterMs: number, immediate = false): void {
     if (generation !== this.generation || this.stopped) return;
+    // A replay that has shown its match's end is over: there is nothing to resume.
+    if (this.opts.from === "start" && this.view?.state.status === "ended") {
+      this.stop();
+      this.status.connection = "ended";
+      this.status.retryAt = null;
+      this.emitStatus();
+      return;
+    }
     this.generation++;
     this.closeTransport();
     if (this.livenessTimer !== null) this.env.clearTimeout(this.livenessTimer);

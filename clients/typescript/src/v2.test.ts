@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
 
-import { applyMessage } from "./feed";
-import type { MatchView } from "./types";
-import { V2Decoder, degrees } from "./v2";
+import { applyMessage } from "./feed.js";
+import type { MatchView } from "./types.js";
+import { V2Decoder, degrees } from "./v2.js";
 
 const snapshot = {
   type: "snapshot",

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { MatchStream, type StreamEnv, type StreamStatus, type WebSocketLike } from "./matchStream";
-import type { SpectatorState, StreamMessage } from "./types";
+import { MatchStream, type MatchStreamOptions, type StreamEnv, type StreamStatus, type WebSocketLike } from "./matchStream.js";
+import type { SpectatorState, StreamMessage } from "./types.js";
 
 class FakeSocket implements WebSocketLike {
   onopen: ((ev: unknown) => void) | null = null;
@@ -33,7 +33,13 @@ const state = (tick: number): SpectatorState => ({
 });
 
 /** A stream over fake sockets and a fake clock whose timers run when the test says. */
-function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v2" = "v1", env: Partial<StreamEnv> = {}) {
+function harness(
+  snapshot: { status: number; body?: unknown },
+  format: "v1" | "v2" = "v1",
+  env: Partial<StreamEnv> = {},
+  options: Partial<MatchStreamOptions> = {},
+) {
+  let coldLoads = 0;
   const sockets: FakeSocket[] = [];
   const timers: { at: number; f: () => void }[] = [];
   const statuses: StreamStatus[] = [];
@@ -46,8 +52,10 @@ function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v
     format,
     onStatus: (s) => statuses.push(s),
     env: {
-      fetch: async () =>
-        new Response(JSON.stringify(snapshot.body ?? {}), { status: snapshot.status }),
+      fetch: async () => {
+        coldLoads++;
+        return new Response(JSON.stringify(snapshot.body ?? {}), { status: snapshot.status });
+      },
       webSocket: (url) => {
         const s = new FakeSocket(url);
         sockets.push(s);
@@ -67,6 +75,7 @@ function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v
       onWake: () => () => {},
       ...env,
     },
+    ...options,
   });
   const advance = async (ms: number) => {
     now += ms;
@@ -80,7 +89,7 @@ function harness(snapshot: { status: number; body?: unknown }, format: "v1" | "v
     }
   };
   const settle = () => new Promise((r) => setTimeout(r, 0));
-  return { stream, sockets, statuses, advance, settle, last: () => statuses[statuses.length - 1] };
+  return { stream, sockets, statuses, advance, settle, last: () => statuses[statuses.length - 1], coldLoads: () => coldLoads };
 }
 
 const delta = (epoch: number, version: number): StreamMessage => ({
@@ -92,6 +101,26 @@ const delta = (epoch: number, version: number): StreamMessage => ({
 });
 
 describe("MatchStream", () => {
+  it("replays from the start: no cold load, resumes after what it holds, and ends with the match", async () => {
+    const h = harness({ status: 200, body: { match: "m1", epoch: 4, version: 10, state: state(30) } }, "v1", {}, { from: "start" });
+    await h.stream.start();
+    await h.settle();
+    expect(h.coldLoads()).toBe(0);
+    expect(h.sockets[0].url).toBe("ws://gw/v1/matches/m1/stream?token=tok&from=start");
+    h.sockets[0].open();
+    h.sockets[0].onmessage?.({ data: JSON.stringify({ type: "snapshot", match: "m1", epoch: 4, version: 0, state: state(0) }) });
+    h.sockets[0].send(delta(4, 1));
+    h.sockets[0].drop();
+    await h.advance(1000);
+    expect(h.sockets[1].url).toBe("ws://gw/v1/matches/m1/stream?token=tok&from=start&since=4:1");
+    h.sockets[1].open();
+    h.sockets[1].onmessage?.({ data: JSON.stringify({ type: "delta", match: "m1", epoch: 4, version: 2, tick: 6, status: "ended" }) });
+    h.sockets[1].onclose?.({ code: 1000, reason: "match ended" });
+    expect(h.last().connection).toBe("ended");
+    await h.advance(60_000);
+    expect(h.sockets).toHaveLength(2);
+  });
+
   it("cold-loads, streams from that version and resumes from the last one after a drop", async () => {
     const h = harness({ status: 200, body: { match: "m1", epoch: 4, version: 10, state: state(30) } });
     await h.stream.start();

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { applyMessage, parsePosition } from "./feed";
-import type { DeltaMessage, MatchView, SnapshotMessage, SpectatorState } from "./types";
+import { applyMessage, parsePosition } from "./feed.js";
+import type { DeltaMessage, MatchView, SnapshotMessage, SpectatorState } from "./types.js";
 
 const state = (tick: number): SpectatorState => ({
   region: "eu",

@@ -1,6 +1,6 @@
 // Applying stream messages to a match view: pure, so every rule of the contract is unit tested.
 
-import type { MatchView, StreamMessage } from "./types";
+import type { MatchView, StreamMessage } from "./types.js";
 
 export type Applied =
   /** The view moved to the message's version (a snapshot replaces it outright). */

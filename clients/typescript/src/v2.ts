@@ -3,7 +3,7 @@
 // (changed fields only, positions as differences) become whole player views, angles in 256ths
 // of a turn become degrees. Pure: the view a message applies to is passed in.
 
-import type { MatchView, PlayerView, Shot, StreamMessage } from "./types";
+import type { MatchView, PlayerView, Shot, StreamMessage } from "./types.js";
 
 type RosterEntry = { player: string; name: string; bot: boolean };
 type Row = number[];

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { backoffDelay, retryAfterFromReason } from "./backoff";
-import { LagEstimator } from "./lag";
+import { backoffDelay, retryAfterFromReason } from "./backoff.js";
+import { LagEstimator } from "./lag.js";
 
 describe("backoffDelay", () => {
   it("doubles from 1 s to a 30 s cap", () => {

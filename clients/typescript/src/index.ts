@@ -1,0 +1,15 @@
+export { MatchStream } from "./matchStream.js";
+export type { Connection, EventSourceLike, MatchStreamOptions, StreamEnv, StreamStatus, WebSocketLike } from "./matchStream.js";
+export { BoardStream } from "./boardStream.js";
+export type { BoardStreamEnv, BoardStreamOptions, BoardStreamStatus, BoardTick } from "./boardStream.js";
+export { applyMessage, parsePosition, position } from "./feed.js";
+export type { Applied } from "./feed.js";
+export { V2Decoder } from "./v2.js";
+export { backoffDelay, retryAfterFromReason, BACKOFF_BASE_MS, BACKOFF_CAP_MS } from "./backoff.js";
+export { LagEstimator } from "./lag.js";
+export { fetchEventSource, SseParser } from "./sse.js";
+export type { SseEvent } from "./sse.js";
+export { GrandstandApi, ApiError } from "./rest.js";
+export type * from "./rest.js";
+export type * from "./types.js";
+export { MatchTimeline, KEYFRAME_EVERY } from "./timeline.js";
