@@ -4,7 +4,7 @@
 
 import { execSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
+import http, { createServer } from "node:http";
 import net from "node:net";
 import { chromium } from "playwright-core";
 
@@ -131,6 +131,47 @@ try {
   page.on("response", (r) => {
     if (r.status() >= 400 && !outage) consoleErrors.push(`${r.status()} ${r.url()}`);
   });
+
+  // Cold loads: a new browser profile each time (nothing cached), straight to a live match;
+  // the time from navigation to the first arena frame drawn with the match's data.
+  const someLive = (await (await fetch(`${BASE}/v1/matches`)).json()).matches.find((m) => m.status === "live");
+  const coldLoads = [];
+  for (let i = 0; i < 5; i++) {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const cold = await ctx.newPage();
+    await cold.addInitScript(() => localStorage.setItem("grandstand.instrument", "1"));
+    await cold.goto(`${proxy.url}/#/match/${encodeURIComponent(someLive.id)}`);
+    await cold.waitForFunction(() => window.__grandstand?.firstFrameMs != null, null, { timeout: 20_000 });
+    coldLoads.push(await cold.evaluate(() => window.__grandstand.firstFrameMs));
+    await ctx.close();
+  }
+  results.firstLiveFrameMs = summary(coldLoads);
+  check(coldLoads.length === 5, `time to the first live frame on a cold load measured (${coldLoads.map(Math.round).join(", ")} ms)`);
+
+  // The bundle as served: each asset's bytes without compression, gzip and brotli.
+  const rawSize = (path, encoding) =>
+    new Promise((resolve, reject) => {
+      const u = new URL(path, BASE);
+      http
+        .get(u, { headers: { "accept-encoding": encoding } }, (res) => {
+          let n = 0;
+          res.on("data", (c) => (n += c.length));
+          res.on("end", () => resolve({ bytes: n, encoding: res.headers["content-encoding"] ?? "identity", cache: res.headers["cache-control"] }));
+        })
+        .on("error", reject);
+    });
+  const html = await (await fetch(`${BASE}/`)).text();
+  const assets = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1]);
+  results.bundle = {};
+  for (const asset of assets) {
+    results.bundle[asset] = {
+      identity: await rawSize(asset, "identity"),
+      gzip: await rawSize(asset, "gzip"),
+      br: await rawSize(asset, "br"),
+    };
+  }
+  const js = Object.entries(results.bundle).find(([k]) => k.endsWith(".js"))[1];
+  check(js.br.encoding === "br" && js.gzip.encoding === "gzip" && js.br.bytes < js.identity.bytes / 2, `the bundle is served precompressed (${js.identity.bytes} B, gzip ${js.gzip.bytes} B, brotli ${js.br.bytes} B)`);
 
   // The match list.
   await page.goto(`${proxy.url}/`);

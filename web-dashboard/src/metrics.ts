@@ -31,6 +31,11 @@ export const pageMetrics = {
   /** Every applied message's "epoch:version type", for checking the version line. */
   versions: [] as string[],
   gaps: 0,
+  /** When (ms since the navigation started) the first arena frame with match data was drawn. */
+  firstFrameMs: null as number | null,
+  firstFrame() {
+    if (instrumented && this.firstFrameMs === null) this.firstFrameMs = performance.now();
+  },
   record(name: "tickToPixel" | "frameTimes", v: number) {
     if (instrumented) push(this[name], v);
   },

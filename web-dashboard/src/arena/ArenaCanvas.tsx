@@ -42,6 +42,7 @@ export function ArenaCanvas({ live, small = false, label = "The arena: every pla
       }
       const g = c.getContext("2d");
       if (!g) return;
+      pageMetrics.firstFrame();
       const { arena } = view.state;
       const k = (size * dpr) / Math.max(arena.width, arena.height);
       g.setTransform(1, 0, 0, 1, 0, 0);

@@ -1,6 +1,7 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useEffect, useMemo, useRef, useState } from "react";
+import { BoardStream } from "@grandstand/client";
 import { api, viewer, type BoardEntry } from "../api";
 import { Age } from "./Age";
 import { displayNames, staleText } from "./staleness";
@@ -66,15 +67,13 @@ export function Leaderboards({ board, me: meParam }: { board: string; me?: strin
   // Live: the board's stream ticks at most once a second; each tick refreshes both views.
   const [live, setLive] = useState(false);
   useEffect(() => {
-    const es = new EventSource(`/v1/leaderboards/${encodeURIComponent(board)}/stream`);
-    const refresh = () => {
-      setLive(true);
-      void client.invalidateQueries({ queryKey: ["board", board] });
-    };
-    es.addEventListener("leaderboard", refresh);
-    es.onmessage = refresh;
-    es.onerror = () => setLive(false);
-    return () => es.close();
+    const stream = new BoardStream({
+      board,
+      onTick: () => void client.invalidateQueries({ queryKey: ["board", board] }),
+      onStatus: (s) => setLive(s.connection === "live"),
+    });
+    stream.start();
+    return () => stream.stop();
   }, [board, client]);
   const mine = around.data?.entries.find((e) => e.player === me);
   return (
