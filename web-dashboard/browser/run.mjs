@@ -202,12 +202,18 @@ try {
   await page.evaluate(() => {
     window.__grandstand.frameTimes.length = 0;
     window.__grandstand.tickToPixel.length = 0;
+    (window.__grandstand.tickToPixelState ?? []).length = 0;
+    (window.__grandstand.tickToPixelEvents ?? []).length = 0;
   });
   await page.waitForTimeout(MEASURE_MS);
   const streaming = await page.evaluate(() => ({
     frameTimes: [...window.__grandstand.frameTimes],
     tickToPixel: [...window.__grandstand.tickToPixel],
+    tickToPixelState: [...(window.__grandstand.tickToPixelState ?? [])],
+    tickToPixelEvents: [...(window.__grandstand.tickToPixelEvents ?? [])],
   }));
+  results.tickToPixelState = summary(streaming.tickToPixelState);
+  results.tickToPixelEvents = summary(streaming.tickToPixelEvents);
   results.frameTimesWhileStreaming = summary(streaming.frameTimes);
   results.tickToPixel = summary(streaming.tickToPixel);
   check(streaming.tickToPixel.length > 0, `tick-to-pixel measured (${streaming.tickToPixel.length} messages)`);

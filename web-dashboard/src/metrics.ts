@@ -26,6 +26,11 @@ export const pageMetrics = {
   /** Log publish time -> the first animation frame drawn with that message (ms); only when
    * the gateway stamps publish times (--stamp-publish-time). */
   tickToPixel: ring(),
+  /** The same, for snapshots and deltas (the state drawn). */
+  tickToPixelState: ring(),
+  /** The same, for events (which the gateway may hold up to --event-coalesce-ms, 25 ms, to
+   * send them in one write with their tick's delta). */
+  tickToPixelEvents: ring(),
   /** Time between consecutive animation frames while a match is on screen (ms). */
   frameTimes: ring(),
   /** Every applied message's "epoch:version type", for checking the version line. */
@@ -36,7 +41,7 @@ export const pageMetrics = {
   firstFrame() {
     if (instrumented && this.firstFrameMs === null) this.firstFrameMs = performance.now();
   },
-  record(name: "tickToPixel" | "frameTimes", v: number) {
+  record(name: "tickToPixel" | "tickToPixelState" | "tickToPixelEvents" | "frameTimes", v: number) {
     if (instrumented) push(this[name], v);
   },
   version(line: string) {

@@ -19,7 +19,7 @@ export interface LiveMatch {
   interpolator: Interpolator;
   shots: { t: number; shot: Shot }[];
   /** Messages applied since the last drawn frame, with their publish time (ms) if stamped. */
-  undrawn: number[];
+  undrawn: { published: number; event: boolean }[];
   dirty: boolean;
 }
 
@@ -57,7 +57,7 @@ export function useMatchStream(matchId: string, transport: "ws" | "sse" | "auto"
         if (msg.type === "event") {
           feed.current = [...feed.current, msg].slice(-FEED_CAP);
         }
-        if (msg.published_us) m.undrawn.push(msg.published_us / 1000);
+        if (msg.published_us) m.undrawn.push({ published: msg.published_us / 1000, event: msg.type === "event" });
         m.dirty = true;
       },
       onStatus: (s) => {

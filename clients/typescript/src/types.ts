@@ -1,35 +1,14 @@
 // The viewer protocol (docs/architecture.md, "Viewer protocol"), as TypeScript types.
 
-export interface PlayerView {
-  /** The player's small id within the epoch (what feed v2 names players by). */
-  id?: number;
-  name: string;
-  x: number; // tenths of an arena unit
-  y: number;
-  angle: number; // degrees
-  hp: number;
-  alive: boolean;
-  score: number;
-  kills: number;
-  deaths: number;
-  bot: boolean;
-}
+import type { components } from "./generated/openapi.js";
 
-export interface Arena {
-  width: number;
-  height: number;
-  obstacles: [number, number, number, number][];
-}
+// The state a viewer holds is what the server documents (generated from /openapi.json, like
+// the REST types); the stream's envelopes below are the protocol's own.
 
-export interface SpectatorState {
-  region: string;
-  status: "live" | "ended";
-  tick: number;
-  arena: Arena;
-  players: Record<string, PlayerView>;
-  broadcast_delay_ms?: number;
-  tick_hz?: number;
-}
+/** One player as viewers see it: positions in tenths of an arena unit, angle in degrees. */
+export type PlayerView = components["schemas"]["PlayerView"];
+export type Arena = components["schemas"]["Arena"];
+export type SpectatorState = components["schemas"]["SpectatorState"];
 
 export interface Shot {
   from: string;

@@ -89,7 +89,10 @@ export function ArenaCanvas({ live, small = false, label = "The arena: every pla
       // Every message applied before this frame is on screen now.
       if (m.undrawn.length) {
         const drawnAt = Date.now();
-        for (const published of m.undrawn) pageMetrics.record("tickToPixel", drawnAt - published);
+        for (const { published, event } of m.undrawn) {
+          pageMetrics.record("tickToPixel", drawnAt - published);
+          pageMetrics.record(event ? "tickToPixelEvents" : "tickToPixelState", drawnAt - published);
+        }
         m.undrawn.length = 0;
       }
     };
