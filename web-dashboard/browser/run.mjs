@@ -343,6 +343,8 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll("[data-testid=tile-summary]")].every((e) => e.textContent.includes("players")), null, { timeout: 20_000 });
   const tiles = await page.locator("[data-testid=director-tile]").count();
   check(tiles >= 2, `the director grid shows every live match, each live (${tiles} tiles)`);
+  const tileCanvases = await page.evaluate(() => [...document.querySelectorAll("[data-testid=director-tile] canvas")].map((c) => [c.clientWidth, c.clientHeight, c.width, c.height]));
+  check(tileCanvases.every(([cw, ch, w, h]) => cw === ch && w === h && w >= cw), `each tile draws a square arena at its displayed size (${JSON.stringify(tileCanvases)})`);
   check((await page.title()).startsWith("Director"), "the director page has its own title");
   await page.screenshot({ path: `${ARTIFACTS}/10-director.png` });
   await axeCheck(page, "director");

@@ -36,7 +36,8 @@ export function ArenaCanvas({ live, small = false, label = "The arena: every pla
       if (!c || !m || !view) return;
       const dpr = window.devicePixelRatio || 1;
       const size = c.clientWidth;
-      if (c.width !== Math.round(size * dpr)) {
+      // Both sides: a canvas starts at 300 x 150, so a 300-pixel tile matches on width alone.
+      if (c.width !== Math.round(size * dpr) || c.height !== Math.round(size * dpr)) {
         c.width = Math.round(size * dpr);
         c.height = Math.round(size * dpr);
       }
