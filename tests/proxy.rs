@@ -130,6 +130,17 @@ async fn the_sample_nginx_config_serves_streams_and_names_the_client() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
+    // A page's render-health report through the gateways' location (a body as browsers send
+    // it with sendBeacon: text/plain).
+    let r = viewer
+        .post(format!("{}/v1/render-health", proxy.url))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(r#"{"frames":60,"dropped":0,"frame_ms":[16.7],"lag_ms":[40]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+
     // SSE: the snapshot, then deltas as the match plays, each arriving on its own (a buffering
     // proxy would hold them and deliver them in lumps, or not before its buffer fills).
     let token = app.guest_token().await;
@@ -199,4 +210,99 @@ async fn the_sample_nginx_config_serves_streams_and_names_the_client() {
     drop(proxy);
     app.stop().await;
     backend.cleanup().await;
+}
+
+/// Paths routed in a crate's non-test source: the string literal after each `.route(`.
+fn routes_in(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                for piece in code.split(".route(").skip(1) {
+                    if let Some(rest) = piece.trim_start().strip_prefix('"') {
+                        out.push(rest.split('"').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Which upstream the sample config sends `path` to, by nginx's rules: an exact `location =`
+/// first, then the first `location ~` regex that matches, then the longest prefix.
+fn upstream_for(conf: &str, path: &str) -> String {
+    let block = regex_lite::Regex::new(r"(?s)location\s+(=|~)?\s*(\S+)\s*\{(.*?)\}").unwrap();
+    let pass = regex_lite::Regex::new(r"proxy_pass\s+http://(\w+)").unwrap();
+    let (mut exact, mut regex, mut prefix): (
+        Option<String>,
+        Option<String>,
+        Option<(usize, String)>,
+    ) = (None, None, None);
+    for c in block.captures_iter(conf) {
+        let upstream = pass
+            .captures(&c[3])
+            .map(|p| p[1].to_string())
+            .unwrap_or_default();
+        match c.get(1).map(|m| m.as_str()) {
+            Some("=") if &c[2] == path => exact = Some(upstream),
+            Some("~")
+                if regex.is_none() && regex_lite::Regex::new(&c[2]).unwrap().is_match(path) =>
+            {
+                regex = Some(upstream)
+            }
+            None if path.starts_with(&c[2])
+                && prefix.as_ref().is_none_or(|(n, _)| c[2].len() > *n) =>
+            {
+                prefix = Some((c[2].len(), upstream))
+            }
+            _ => {}
+        }
+    }
+    exact
+        .or(regex)
+        .or(prefix.map(|(_, u)| u))
+        .unwrap_or_default()
+}
+
+/// In production the gateways and the snapshot API are separate processes behind the proxy:
+/// every route a gateway serves must reach the gateways and every other route the API (an
+/// all-in-one upstream, as in the test above, would hide a route sent to the wrong one).
+#[test]
+fn the_sample_config_sends_each_route_to_the_role_that_serves_it() {
+    let conf = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/grandstand.conf"),
+    )
+    .unwrap();
+    let sample = |route: &str| {
+        route
+            .replace("{id}", "eu-1a2b")
+            .replace("{board}", "global")
+            .replace("{player}", "p1")
+            .replace("{*file}", "index-abc.js")
+    };
+    let gateway = routes_in("fanout-gateway/src");
+    assert!(gateway.len() >= 5, "{gateway:?}");
+    for route in &gateway {
+        assert_eq!(
+            upstream_for(&conf, &sample(route)),
+            "grandstand_gateway",
+            "{route} is served by gateways"
+        );
+    }
+    let api = routes_in("api/src");
+    assert!(api.len() >= 8, "{api:?}");
+    for route in api.iter().filter(|r| !gateway.contains(r)) {
+        assert_eq!(
+            upstream_for(&conf, &sample(route)),
+            "grandstand_api",
+            "{route} is served by the snapshot API"
+        );
+    }
 }
