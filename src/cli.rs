@@ -601,8 +601,9 @@ pub struct ViewerArgs {
     pub public_url: Option<String>,
     /// Milliseconds a match's events may wait for the next delta before viewers are woken (a
     /// delta wakes them at once, carrying the events of its frame in the same write): fewer,
-    /// larger writes for up to one spectator interval on events. 0 writes every event on its
-    /// own.
+    /// larger writes for up to one spectator interval on events. Only in a match with 64
+    /// viewers or more on this gateway (fewer are written to at once). 0 writes every event on
+    /// its own.
     #[arg(long, env = "GRANDSTAND_EVENT_COALESCE_MS", default_value_t = GatewayConfig::default().event_coalesce.as_millis() as u64)]
     pub event_coalesce_ms: u64,
     /// Concurrent replays (`?from=start`) on this gateway: each reads the log with a follower
