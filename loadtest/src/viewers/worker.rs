@@ -125,8 +125,33 @@ impl Tally {
         }
     }
 
-    /// Accounts one message: `text` is a delta as the system sent it (JSON, or for Socket.IO
-    /// its event packet, where the delta is an escaped string).
+    fn new(
+        versioned: bool,
+        sample_every: usize,
+        storm: tokio::sync::watch::Receiver<bool>,
+    ) -> Tally {
+        Tally {
+            shards: (0..32).map(|_| Mutex::new(histogram())).collect(),
+            window: Mutex::new((u64::MAX, u64::MAX)),
+            messages: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            storm,
+            storm_at: AtomicU64::new(0),
+            resume: Mutex::new(histogram()),
+            cold_load: Mutex::new(histogram()),
+            resumed: AtomicU64::new(0),
+            resume_replays: AtomicU64::new(0),
+            resume_snapshots: AtomicU64::new(0),
+            resume_failed: AtomicU64::new(0),
+            stormed: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            versioned,
+            sample_every,
+        }
+    }
+
     /// Whether this viewer's messages are opened and timed (the others are counted only, so
     /// the load generator's CPU goes to reading sockets, not to parsing every message).
     fn sampled(&self, viewer: usize) -> bool {
@@ -142,6 +167,8 @@ impl Tally {
         }
     }
 
+    /// Accounts one message: `text` is a delta as the system sent it (JSON, or for Socket.IO
+    /// its event packet, where the delta is an escaped string).
     fn observe(&self, viewer: usize, text: &str, last_version: &mut Option<u64>) {
         if !self.sampled(viewer) {
             return self.count();
@@ -154,6 +181,11 @@ impl Tally {
         } else {
             text
         };
+        // A `status` (the producer went quiet or came back) carries the current position but is
+        // not on the version line: taking it for a version would count a gap that is not one.
+        if text.starts_with("{\"type\":\"status\"") {
+            return;
+        }
         // Grandstand numbers its messages; the peers forward the delta, whose tick is the
         // version in this harness.
         let version =
@@ -675,26 +707,11 @@ async fn sse_viewer(slot: Slot) {
 pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     let plan: WorkerPlan = serde_json::from_str(&plan_json)?;
     let (storm_tx, storm_rx) = tokio::sync::watch::channel(false);
-    let tally = Arc::new(Tally {
-        shards: (0..32).map(|_| Mutex::new(histogram())).collect(),
-        window: Mutex::new((u64::MAX, u64::MAX)),
-        messages: AtomicU64::new(0),
-        gaps: AtomicU64::new(0),
-        snapshots: AtomicU64::new(0),
-        held: AtomicU64::new(0),
-        storm: storm_rx,
-        storm_at: AtomicU64::new(0),
-        resume: Mutex::new(histogram()),
-        cold_load: Mutex::new(histogram()),
-        resumed: AtomicU64::new(0),
-        resume_replays: AtomicU64::new(0),
-        resume_snapshots: AtomicU64::new(0),
-        resume_failed: AtomicU64::new(0),
-        stormed: AtomicU64::new(0),
-        wire_bytes: AtomicU64::new(0),
-        versioned: plan.system == System::Grandstand || plan.workload == Workload::Synthetic,
-        sample_every: plan.sample_every,
-    });
+    let tally = Arc::new(Tally::new(
+        plan.system == System::Grandstand || plan.workload == Workload::Synthetic,
+        plan.sample_every,
+        storm_rx,
+    ));
     let api = match &plan.api {
         Some(base) => Some((
             base.clone(),
@@ -838,7 +855,30 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::number_after;
+    use super::{number_after, Tally};
+
+    #[test]
+    fn a_status_message_is_not_a_gap_but_a_skipped_version_is() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let tally = Tally::new(true, 1, rx);
+        let mut last = None;
+        for line in [
+            r#"{"type":"snapshot","match":"m","epoch":1,"version":1,"state":{}}"#,
+            r#"{"type":"delta","match":"m","epoch":1,"version":2,"tick":2}"#,
+            r#"{"type":"status","match":"m","epoch":1,"version":2,"status":"producer_down","at_ms":1}"#,
+            r#"{"type":"status","match":"m","epoch":1,"version":2,"status":"producer_up","at_ms":2}"#,
+            r#"{"type":"delta","match":"m","epoch":1,"version":3,"tick":3}"#,
+        ] {
+            tally.observe(0, line, &mut last);
+        }
+        assert_eq!(tally.gaps.load(std::sync::atomic::Ordering::Relaxed), 0);
+        tally.observe(
+            0,
+            r#"{"type":"delta","match":"m","epoch":1,"version":5,"tick":5}"#,
+            &mut last,
+        );
+        assert_eq!(tally.gaps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn reads_numbers_out_of_frames() {
