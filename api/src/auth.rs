@@ -1,8 +1,6 @@
 //! `POST /v1/auth/guest`: a guest identity and its bearer token, rate limited per address.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::Json;
 use httpkit::ApiError;
 use protocol::Claims;
@@ -30,10 +28,7 @@ pub(crate) async fn guest(
     request: axum::extract::Request,
 ) -> Result<Json<GuestResponse>, ApiError> {
     // Absent when the router is driven without a socket (tests with `oneshot`).
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| httpkit::limit_key(a.ip()));
+    let ip = httpkit::limit_key_of(request.extensions());
     if let Some(ip) = ip {
         if !s.inner.guests.allow(ip) {
             metrics::GUESTS_LIMITED.inc();

@@ -5,10 +5,10 @@
 //! abuse costs a 4xx, never memory. Bounds: a 4 KiB body, 64 samples per series, per address
 //! a burst of 20 then one a second, and per gateway a burst of 1000 then 500 a second.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use httpkit::ApiError;
 
@@ -93,10 +93,7 @@ pub(crate) async fn report(
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     // Absent when the router is driven without a socket (tests with `oneshot`).
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| httpkit::limit_key(a.ip()));
+    let ip = httpkit::limit_key_of(request.extensions());
     if let Some(ip) = ip {
         if !gw.reports.per_address.allow(ip) {
             return Err(refused(

@@ -2,12 +2,12 @@
 //! Events when it accepts `text/event-stream`. Both go through the same checks (token, resume
 //! position, match) and the same hub attach; only the framing differs.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use httpkit::{authenticate_caller, ApiError};
@@ -142,10 +142,7 @@ pub(crate) async fn admit(
     let connection = parts.extensions.get::<Arc<httpkit::Connection>>().cloned();
     // Floods are shed before any work: a handshake rate per address, then the token, then
     // the concurrent connection caps per user and per address.
-    let address = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| httpkit::limit_key(c.0.ip()));
+    let address = httpkit::limit_key_of(&parts.extensions).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     if !gw.handshakes.allow(address) {
         return Err(too_many_handshakes());
     }

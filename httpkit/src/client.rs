@@ -119,6 +119,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The limit key of the client a request came from (its address as the server saw it, after
+/// `--trusted-proxies`); `None` when the request came without a socket (a router driven by
+/// `oneshot` in tests).
+pub fn limit_key_of(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| limit_key(c.0.ip()))
+}
+
 /// The key per-address limits count a client under: its IPv4 address, or its IPv6 /64 (one
 /// subscriber's network: a client can pick any of 2^64 addresses in it at will).
 pub fn limit_key(ip: IpAddr) -> IpAddr {

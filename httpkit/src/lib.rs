@@ -13,7 +13,7 @@ pub mod openapi;
 mod partners;
 mod ready;
 
-pub use client::{limit_key, TrustedProxies};
+pub use client::{limit_key, limit_key_of, TrustedProxies};
 pub use cors::CorsOrigins;
 pub use jwt::{JwtConfig, JwtVerifier, JWKS_REFRESH};
 pub use partners::{PartnerDirectory, PARTNER_REFRESH};
