@@ -119,7 +119,7 @@ pub(crate) async fn report(
                 "too_large",
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    "body_too_large",
                     format!("a render report is at most {MAX_BODY_BYTES} bytes"),
                 ),
             )

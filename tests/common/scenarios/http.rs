@@ -281,7 +281,7 @@ pub async fn render_reports(backend: &Backend) {
             "invalid_request",
             "lag_ms",
         ),
-        ("x".repeat(5000), 413, "payload_too_large", ""),
+        ("x".repeat(5000), 413, "body_too_large", ""),
     ] {
         let (got, err) = post(body).await;
         assert_eq!(
