@@ -555,7 +555,7 @@ impl ServedMatch {
                 self.feed.status_frame("producer_down", protocol::now_ms()),
             ) {
                 v.push(frame, || None);
-                v.wake();
+                metrics::VIEWER_WRITES.inc_by(v.wake());
             }
         }
     }
@@ -613,9 +613,8 @@ impl ServedMatch {
     fn wake_all(&mut self) {
         self.held_since = None;
         self.flush_now = false;
-        for v in &self.viewers {
-            v.wake();
-        }
+        let writes: u64 = self.viewers.iter().map(|v| v.wake()).sum();
+        metrics::VIEWER_WRITES.inc_by(writes);
     }
 
     /// How long events may wait for a delta in this hub: `coalesce` once it has

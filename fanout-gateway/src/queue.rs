@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use protocol::{Format, Frame};
-use tokio::sync::Notify;
 
 /// How a viewer is sent frames: the feed format and the transport (a WebSocket viewer may have
 /// negotiated permessage-deflate).
@@ -162,7 +162,10 @@ pub enum Flushed {
 
 pub struct ViewerQueue {
     state: Mutex<State>,
-    notify: Notify,
+    /// The one consumer's waker (the viewer's task, an SSE body, a multi-match merge). A
+    /// consumer registers, then checks the state, so a wake between the two is never lost;
+    /// unlike a `Notify`, waiting needs no future of its own in every idle viewer's task.
+    consumer: AtomicWaker,
     capacity: usize,
     pub wire: Wire,
     /// One viewer in 64 has its publish -> written latency recorded.
@@ -186,7 +189,7 @@ impl ViewerQueue {
                 partial: None,
                 control: VecDeque::new(),
             }),
-            notify: Notify::new(),
+            consumer: AtomicWaker::new(),
             capacity: capacity.max(2),
             wire,
             sampled: rand::random::<u8>() < 4,
@@ -224,7 +227,7 @@ impl ViewerQueue {
             let mut s = self.state.lock().unwrap();
             s.unwoken = true;
             drop(s);
-            self.wake();
+            crate::metrics::VIEWER_WRITES.inc_by(self.wake());
         }
     }
 
@@ -251,7 +254,10 @@ impl ViewerQueue {
             return Flushed::Blocked;
         };
         let mut s = self.state.lock().unwrap();
-        flush_locked(&mut s, socket, self.wire, self.sampled)
+        let mut writes = 0;
+        let flushed = flush_locked(&mut s, socket, self.wire, self.sampled, &mut writes);
+        crate::metrics::VIEWER_WRITES.inc_by(writes);
+        flushed
     }
 
     /// Whether anything waits to be written directly.
@@ -271,9 +277,10 @@ impl ViewerQueue {
         self.state.lock().unwrap().closed.clone()
     }
 
-    /// Waits until woken (frames the hub could not write, a close).
-    pub async fn notified(&self) {
-        self.notify.notified().await;
+    /// Registers the consumer's waker: it is woken when frames wait that the hub could not
+    /// write, and on a close. Register before checking the state.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.consumer.register(waker);
     }
 
     /// Queues `frame` without waking the viewer's task (the hub wakes each viewer once after
@@ -303,15 +310,18 @@ impl ViewerQueue {
 
     /// Delivers what was queued since the last wake: written straight to a direct viewer's
     /// socket (its task is woken only if the socket is full or gone), otherwise the viewer's
-    /// task is woken to write it.
-    pub fn wake(&self) {
+    /// task is woken to write it. Returns the writes it made, for the caller to count once
+    /// per fan-out (a shared counter per viewer and message was a contended cache line).
+    #[must_use = "count the writes (metrics::VIEWER_WRITES)"]
+    pub fn wake(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
         if !std::mem::take(&mut s.unwoken) {
-            return;
+            return 0;
         }
+        let mut writes = 0;
         if let Some(socket) = self.direct.get() {
-            match flush_locked(&mut s, socket, self.wire, self.sampled) {
-                Flushed::Done => return,
+            match flush_locked(&mut s, socket, self.wire, self.sampled, &mut writes) {
+                Flushed::Done => return writes,
                 Flushed::Blocked => {}
                 Flushed::Failed => {
                     s.closed.get_or_insert(CloseReason {
@@ -323,7 +333,8 @@ impl ViewerQueue {
             }
         }
         drop(s);
-        self.notify.notify_one();
+        self.consumer.wake();
+        writes
     }
 
     /// Queues frames a (re)connecting viewer must see first. Never substitutes.
@@ -332,27 +343,26 @@ impl ViewerQueue {
         s.frames
             .extend(frames.into_iter().filter(|f| self.wire.filter.accepts(f)));
         drop(s);
-        self.notify.notify_one();
+        self.consumer.wake();
     }
 
     /// Waits for frames and takes all of them (one batched write), or the close reason once
     /// the queue is closed and drained.
     pub async fn next_batch(&self) -> Result<Vec<Arc<Frame>>, CloseReason> {
-        loop {
-            {
-                let mut s = self.state.lock().unwrap();
-                s.last_drained = Instant::now();
-                if !s.frames.is_empty() {
-                    return Ok(s.frames.drain(..).collect());
-                }
-                if let Some(reason) = &s.closed {
-                    return Err(reason.clone());
-                }
+        std::future::poll_fn(|cx| {
+            // Registered before the check: a push after the check wakes this waker.
+            self.consumer.register(cx.waker());
+            let mut s = self.state.lock().unwrap();
+            s.last_drained = Instant::now();
+            if !s.frames.is_empty() {
+                return std::task::Poll::Ready(Ok(s.frames.drain(..).collect()));
             }
-            // One consumer per queue: a notification sent while we were checking is kept as a
-            // permit, so nothing is missed between the check and the wait.
-            self.notify.notified().await;
-        }
+            if let Some(reason) = &s.closed {
+                return std::task::Poll::Ready(Err(reason.clone()));
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -361,7 +371,7 @@ impl ViewerQueue {
             s.closed = Some(reason);
         }
         drop(s);
-        self.notify.notify_one();
+        self.consumer.wake();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -383,9 +393,15 @@ fn flush_locked(
     socket: &tokio::net::TcpStream,
     wire: Wire,
     sampled: bool,
+    writes: &mut u64,
 ) -> Flushed {
-    const MAX_IOV: usize = 64;
+    // A live viewer's batch is a few frames (a tick's events and its delta); a longer backlog
+    // (a resume's frames) takes a few writes.
+    const MAX_IOV: usize = 16;
     loop {
+        if s.partial.is_none() && s.control.is_empty() && s.frames.is_empty() {
+            return Flushed::Done;
+        }
         let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
         let mut n = 0;
         if let Some(p) = &s.partial {
@@ -401,16 +417,13 @@ fn flush_locked(
             iov[n] = std::io::IoSlice::new(wire.bytes(f));
             n += 1;
         }
-        if n == 0 {
-            return Flushed::Done;
-        }
         let mut written = match socket.try_write_vectored(&iov[..n]) {
             Ok(0) => return Flushed::Failed,
             Ok(w) => w,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
             Err(_) => return Flushed::Failed,
         };
-        crate::metrics::VIEWER_WRITES.inc();
+        *writes += 1;
         s.last_drained = Instant::now();
         if sampled {
             if let Some(p) = s.frames.iter().take(frames_in).find_map(|f| f.published_us) {
@@ -501,7 +514,7 @@ mod tests {
         });
         assert_eq!(out, Pushed::Substituted);
         assert_eq!(q.push(frame(FrameKind::Delta, 5), || None), Pushed::Queued);
-        q.wake();
+        let _ = q.wake();
         let batch = q.next_batch().await.unwrap();
         let got: Vec<_> = batch.iter().map(|f| (f.kind, f.position.version)).collect();
         assert_eq!(got, vec![(FrameKind::Snapshot, 4), (FrameKind::Delta, 5)]);
@@ -529,7 +542,7 @@ mod tests {
             !waiting.is_finished(),
             "pushing alone does not wake the viewer"
         );
-        q.wake();
+        let _ = q.wake();
         let batch = waiting.await.unwrap().unwrap();
         assert_eq!(batch.len(), 2, "the tick's event and delta in one write");
         let f = &batch[1];

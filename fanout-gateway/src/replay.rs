@@ -149,7 +149,7 @@ impl Replay {
                 flow = self.take(item).await;
                 more += 1;
             }
-            self.queue.wake();
+            crate::metrics::VIEWER_WRITES.inc_by(self.queue.wake());
             match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Reopen) => records = self.reopen(false).await,
@@ -250,7 +250,7 @@ impl Replay {
             }
             let wait = Duration::from_micros(due_us - now).min(Duration::from_secs(1));
             // What is queued goes out before the wait.
-            self.queue.wake();
+            crate::metrics::VIEWER_WRITES.inc_by(self.queue.wake());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.gw.shutdown.cancelled() => return Err(self.shut_down()),
@@ -342,7 +342,7 @@ impl Replay {
 
     /// The match ended: everything queued is written, then the stream closes normally.
     async fn end(self) {
-        self.queue.wake();
+        crate::metrics::VIEWER_WRITES.inc_by(self.queue.wake());
         let deadline = Instant::now() + self.gw.config.stall_deadline;
         while self.queue.has_pending() && !self.queue.is_closed() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -10,6 +10,7 @@
 //! gateway itself produced.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -167,8 +168,8 @@ fn answer(events: Vec<ClientEvent>, queue: &ViewerQueue) -> Option<Bytes> {
 /// Serves one viewer until it leaves, the gateway closes its stream, or it breaks the protocol.
 ///
 /// The viewer's frames are written by the hub straight to the socket (see
-/// [`ViewerQueue::flush`]), and the hub pings it; this task reads what the viewer sends and
-/// finishes the writes the hub could not (a full socket buffer).
+/// [`ViewerQueue::flush`]), and the hub pings it; the viewer's own task ([`ViewerSocket`]) reads
+/// what the viewer sends and finishes the writes the hub could not (a full socket buffer).
 pub(crate) async fn serve(
     config: std::sync::Arc<crate::GatewayConfig>,
     mut upgraded: TokioIo<Upgraded>,
@@ -177,73 +178,169 @@ pub(crate) async fn serve(
     connection: std::sync::Arc<httpkit::Connection>,
 ) {
     let queue = connected.queue.clone();
-    let socket = connection.socket.clone();
     let mut reader = ClientReader::new(config.max_inbound_frame, deflate);
-    // Viewers send only pongs and the odd small message: a small buffer reads them (a larger
-    // frame arrives over several reads; the reader keeps what is incomplete).
-    let mut buf = [0u8; 128];
     let mut close: Option<Bytes> = None;
     // Whatever hyper read past the request (a client may not send before the 101, but if it
     // did), then the socket is read and written directly.
+    let mut buf = [0u8; READ_CHUNK];
     if let Some(Ok(n)) = futures::FutureExt::now_or_never(upgraded.read(&mut buf)) {
         match reader.push(&buf[..n]) {
             Ok(events) => close = answer(events, &queue),
             Err(e) => close = Some(ws::close_frame(e.close_code(), &e.to_string())),
         }
     }
+    // hyper's half of the connection (its buffers, the write deadline's timer) goes now.
     drop(upgraded);
-    queue.write_directly(socket.clone());
+    queue.write_directly(connection.socket.clone());
     queue.heard();
-    let mut blocked;
-    while close.is_none() {
-        match queue.flush() {
-            Flushed::Done => blocked = false,
-            Flushed::Blocked => blocked = true,
-            Flushed::Failed => break,
-        }
-        if let Some(reason) = queue.closed() {
-            close = Some(ws::close_frame(reason.code, &close_text(&reason)));
-            break;
-        }
-        // No timer here: the hub pings and finds silent viewers on its sweep.
-        tokio::select! {
-            _ = queue.notified() => {}
-            _ = socket.writable(), if blocked => {}
-            readable = socket.readable() => {
-                if readable.is_err() {
-                    break;
-                }
-                match socket.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        queue.heard();
-                        match reader.push(&buf[..n]) {
-                            Ok(events) => close = answer(events, &queue),
-                            Err(e) => {
-                                metrics::REFUSED_FRAMES.with_label_values(&[&e.close_code().to_string()]).inc();
-                                close = Some(ws::close_frame(e.close_code(), &e.to_string()));
+    let mut viewer = ViewerSocket {
+        connected,
+        connection,
+        reader,
+        closing: None,
+    };
+    if let Some(frame) = close {
+        viewer.start_closing(frame);
+    }
+    // A task of its own, sized to what a connected viewer holds: this one (the upgrade, the
+    // handshake's leftovers) ends here.
+    tokio::spawn(viewer);
+}
+
+/// Viewers send only pongs and the odd small message: reads take this much at a time (a
+/// larger frame arrives over several reads; the reader keeps what is incomplete).
+const READ_CHUNK: usize = 128;
+
+/// A connected WebSocket viewer, as a hand-written future: what it holds is what an idle
+/// viewer costs. The async loop it replaces kept a select over three futures (the queue's
+/// notification, read and write readiness), the close path's timer and a read buffer in every
+/// viewer's task, about 1 KiB each; here the wakers live where they already are (the queue's
+/// consumer slot, the socket's readiness slots) and the close timer exists only while closing.
+struct ViewerSocket {
+    connected: Connected,
+    connection: std::sync::Arc<httpkit::Connection>,
+    reader: ClientReader,
+    /// Set once a close frame is queued: how long it may take to write it out.
+    closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Rounds of flush-and-read one poll may take before it yields: a viewer flooding pings gets
+/// its turn and no more.
+const ROUNDS_PER_POLL: usize = 32;
+
+/// How long the close (and what is queued before it) may take to leave.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+impl ViewerSocket {
+    fn start_closing(&mut self, frame: Bytes) {
+        // The close goes after what is already on its way, then the socket is shut.
+        self.connected.queue.push_control(frame);
+        self.closing = Some(Box::pin(tokio::time::sleep(CLOSE_WRITE)));
+    }
+
+    /// Flushes and reads until nothing is ready. `Ready(Some(close))`: the stream must close
+    /// with this frame; `Ready(None)`: the connection is gone.
+    fn poll_serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Bytes>> {
+        let queue = &self.connected.queue;
+        let socket = &self.connection.socket;
+        // Registered before the queue is looked at: a frame queued after the look wakes us.
+        queue.register(cx.waker());
+        for _ in 0..ROUNDS_PER_POLL {
+            match queue.flush() {
+                Flushed::Done => {}
+                Flushed::Failed => return Poll::Ready(None),
+                Flushed::Blocked => match socket.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                },
+            }
+            if let Some(reason) = queue.closed() {
+                return Poll::Ready(Some(ws::close_frame(reason.code, &close_text(&reason))));
+            }
+            match socket.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            match socket.try_read(&mut buf) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(n) => {
+                    queue.heard();
+                    match self.reader.push(&buf[..n]) {
+                        Ok(events) => {
+                            if let Some(close) = answer(events, queue) {
+                                return Poll::Ready(Some(close));
                             }
                         }
+                        Err(e) => {
+                            metrics::REFUSED_FRAMES
+                                .with_label_values(&[&e.close_code().to_string()])
+                                .inc();
+                            return Poll::Ready(Some(ws::close_frame(
+                                e.close_code(),
+                                &e.to_string(),
+                            )));
+                        }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(None),
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
-    if let Some(frame) = close {
-        // The close goes after what is already on its way, then the socket is shut.
-        queue.push_control(frame);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while queue.flush() == Flushed::Blocked {
-                if socket.writable().await.is_err() {
+
+    /// Writes out what is queued and the close, until done, the socket fails or the close
+    /// deadline passes; then shuts the socket.
+    fn poll_close(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let socket = &self.connection.socket;
+        while self.connected.queue.flush() == Flushed::Blocked {
+            match socket.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending => {
+                    let waiting = self
+                        .closing
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_pending());
+                    if waiting {
+                        return Poll::Pending;
+                    }
                     break;
                 }
             }
-        })
-        .await;
-        let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+        }
+        let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(())
     }
-    drop(connected);
-    drop(connection);
+}
+
+impl Future for ViewerSocket {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.closing.is_none() {
+            match this.poll_serve(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Ready(Some(frame)) => this.start_closing(frame),
+            }
+        }
+        this.poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an idle connected viewer's task holds, kept small on purpose (see
+    /// [`super::ViewerSocket`]); the bound leaves room for a field or two, not for a buffer.
+    #[test]
+    fn a_connected_viewer_holds_no_buffer_in_its_task() {
+        let size = std::mem::size_of::<super::ViewerSocket>();
+        assert!(size <= 256, "ViewerSocket is {size} bytes");
+    }
 }

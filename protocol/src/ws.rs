@@ -10,8 +10,6 @@
 //! checks each against the contract (masked, a known opcode, at most `max_message` bytes, also
 //! once inflated, valid UTF-8 for text) and says how to close when it is not.
 
-use std::io::Write;
-
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
@@ -85,17 +83,32 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 /// in an empty stored block, whose last four bytes (`00 00 ff ff`) are left off (RFC 7692,
 /// 7.2.1). Each message stands alone, so every viewer can be sent the same bytes.
 pub fn deflate_message(payload: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(payload.len() / 2 + 16),
-        flate2::Compression::new(6),
-    );
-    enc.write_all(payload).expect("writing to memory");
-    enc.flush().expect("a sync flush to memory");
-    let mut out = enc.get_ref().clone();
-    if out.ends_with(&[0, 0, 0xff, 0xff]) {
-        out.truncate(out.len() - 4);
+    thread_local! {
+        // One compressor per thread, reset for every message: a fresh one allocates and zeroes
+        // its ~300 KB of tables each time (page faults on every message of every match).
+        static COMPRESSOR: std::cell::RefCell<flate2::Compress> =
+            std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::new(6), false));
     }
-    out
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        // A reset compressor starts with no history: the message stands alone.
+        c.reset();
+        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+        loop {
+            let consumed = c.total_in() as usize;
+            c.compress_vec(&payload[consumed..], &mut out, flate2::FlushCompress::Sync)
+                .expect("deflating to memory");
+            // All taken and the sync flush fitted (room left over): the message is complete.
+            if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+        if out.ends_with(&[0, 0, 0xff, 0xff]) {
+            out.truncate(out.len() - 4);
+        }
+        out
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
