@@ -371,8 +371,8 @@ async fn v2_viewer(slot: Slot, wire: GrandstandWire) {
     tally.held.fetch_add(1, Ordering::Relaxed);
     let (mut stream, mut buf) = ws.into_parts();
     let mut at = 0;
-    let mut inflater = flate2::Decompress::new(false);
-    let mut text: Vec<u8> = Vec::with_capacity(8192);
+    // Only a sampled viewer opens its messages, so only it holds an inflater.
+    let mut inflater = tally.sampled(viewer).then(Inflater::default);
     let mut last = None;
     let mut chunk = vec![0u8; 16384];
     'read: loop {
@@ -382,34 +382,13 @@ async fn v2_viewer(slot: Slot, wire: GrandstandWire) {
             if op == protocol::ws::OP_TEXT && !tally.sampled(viewer) {
                 tally.count();
             } else if op == protocol::ws::OP_TEXT {
-                text.clear();
-                let message = if compressed {
-                    inflater.reset(false);
-                    let mut input = payload.to_vec();
-                    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-                    loop {
-                        text.reserve(8192);
-                        let before = inflater.total_in();
-                        if inflater
-                            .decompress_vec(
-                                &input[(before as usize)..],
-                                &mut text,
-                                flate2::FlushDecompress::Sync,
-                            )
-                            .is_err()
-                        {
-                            break 'read;
-                        }
-                        // All read, and the output did not fill up: the message is complete.
-                        if inflater.total_in() as usize >= input.len()
-                            && text.len() < text.capacity()
-                        {
-                            break;
-                        }
-                    }
-                    &text[..]
-                } else {
-                    payload
+                let message = match (compressed, inflater.as_mut()) {
+                    (false, _) => payload,
+                    (true, Some(inflater)) => match inflater.message(payload) {
+                        Some(text) => text,
+                        None => break 'read,
+                    },
+                    (true, None) => break 'read,
                 };
                 if let Ok(t) = std::str::from_utf8(message) {
                     tally.observe(viewer, t, &mut last);
@@ -443,6 +422,63 @@ async fn v2_viewer(slot: Slot, wire: GrandstandWire) {
         }
     }
     tally.held.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A sampled viewer's permessage-deflate reader: one decompressor and one output buffer for
+/// every message. Each message stands alone (the server takes no context over), so the
+/// decompressor's state is set back to the start, not its tables zeroed (a `flate2` reset
+/// zeroes ~43 KB per message, load-generator CPU that is not the server's).
+struct Inflater {
+    state: Box<miniz_oxide::inflate::core::DecompressorOxide>,
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            state: Box::default(),
+            input: Vec::new(),
+            out: vec![0; 16 * 1024],
+        }
+    }
+}
+
+impl Inflater {
+    /// The message `payload` inflates to, or `None` when it is not valid DEFLATE.
+    fn message(&mut self, payload: &[u8]) -> Option<&[u8]> {
+        use miniz_oxide::inflate::core::inflate_flags::{
+            TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+        };
+        use miniz_oxide::inflate::TINFLStatus;
+        self.state.init();
+        self.input.clear();
+        self.input.extend_from_slice(payload);
+        // RFC 7692: the sender left off the sync flush's empty block; put it back.
+        self.input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let (mut read, mut written) = (0, 0);
+        loop {
+            let (status, r, w) = miniz_oxide::inflate::core::decompress(
+                &mut self.state,
+                &self.input[read..],
+                &mut self.out,
+                written,
+                TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | TINFL_FLAG_HAS_MORE_INPUT,
+            );
+            read += r;
+            written += w;
+            match status {
+                TINFLStatus::HasMoreOutput => {
+                    let grown = self.out.len() * 2;
+                    self.out.resize(grown, 0);
+                }
+                TINFLStatus::NeedsMoreInput | TINFLStatus::Done if read == self.input.len() => {
+                    return Some(&self.out[..written]);
+                }
+                _ => return None,
+            }
+        }
+    }
 }
 
 async fn grandstand_ws(
@@ -855,7 +891,28 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{number_after, Tally};
+    use super::{number_after, Inflater, Tally};
+
+    #[test]
+    fn the_inflater_reads_each_message_on_its_own_and_refuses_garbage() {
+        let mut inflater = Inflater::default();
+        let small = br#"{"type":"delta","version":7}"#.to_vec();
+        // Larger than the output buffer it starts with, and barely compressible.
+        let large: Vec<u8> = (0..40_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for message in [&small, &large, &small] {
+            let deflated = protocol::ws::deflate_message(message);
+            assert_eq!(inflater.message(&deflated), Some(&message[..]));
+        }
+        assert_eq!(inflater.message(&[0xff, 0xfe, 0xfd]), None);
+        let deflated = protocol::ws::deflate_message(&small);
+        assert_eq!(
+            inflater.message(&deflated),
+            Some(&small[..]),
+            "usable after an error"
+        );
+    }
 
     #[test]
     fn a_status_message_is_not_a_gap_but_a_skipped_version_is() {
