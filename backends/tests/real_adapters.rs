@@ -139,24 +139,56 @@ async fn read_caught_up(s: &mut backends::LogStream) -> Vec<(u64, LogKind)> {
 async fn nats_live_line_reaches_listeners_and_stores_nothing() {
     let (log, config) = nats_log().await;
     let mut live = log.live("m1").await.unwrap().expect("NATS has a live line");
+    let before = protocol::now_us();
     log.publish_live(&rec("m2", 1, LogKind::Delta)).await;
     log.publish_live(&rec("m1", 1, LogKind::Delta)).await;
     log.publish_live(&rec("m1", 2, LogKind::Event)).await;
+    let sent = protocol::now_us();
+    // A record someone else published 5 s ago (by its stamp): followers time it from then.
+    let client = async_nats::connect(&config.url).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Match-Epoch", "1");
+    headers.insert("Match-Version", "3");
+    headers.insert(
+        "Match-Published-Us",
+        (before - 5_000_000).to_string().as_str(),
+    );
+    let subject = format!(
+        "{}.m1.delta",
+        backends::matchlog::live_root(&config.subject_root)
+    );
+    client
+        .publish_with_headers(subject, headers, "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
     let mut got = Vec::new();
-    for _ in 0..2 {
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
         let item = tokio::time::timeout(Duration::from_secs(5), live.next())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
         got.push((item.record.match_id, item.record.version, item.record.kind));
+        stamps.push(item.published_us.expect("live records are stamped"));
     }
     assert_eq!(
         got,
         vec![
             ("m1".to_string(), 1, LogKind::Delta),
-            ("m1".to_string(), 2, LogKind::Event)
+            ("m1".to_string(), 2, LogKind::Event),
+            ("m1".to_string(), 3, LogKind::Delta)
         ]
+    );
+    assert!(
+        stamps[..2].iter().all(|&at| before <= at && at <= sent),
+        "stamped when published, not when received: {stamps:?} outside {before}..{sent}"
+    );
+    assert_eq!(
+        stamps[2],
+        before - 5_000_000,
+        "the publisher's stamp is kept"
     );
     assert!(matches!(
         log.follow("m1").await,

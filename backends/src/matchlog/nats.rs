@@ -20,6 +20,11 @@ use super::{
 
 const EPOCH_HEADER: &str = "Match-Epoch";
 const VERSION_HEADER: &str = "Match-Version";
+/// On the live line: when the publisher sent the record (microseconds since the Unix epoch),
+/// so a follower's stamps start where the stored log's do (its publish time), not at the
+/// follower's receipt, which would leave the publisher -> NATS -> gateway leg out of every
+/// latency the gateway reports.
+const PUBLISHED_HEADER: &str = "Match-Published-Us";
 
 #[derive(Debug, Clone)]
 pub struct NatsLogConfig {
@@ -273,6 +278,7 @@ impl MatchLog for NatsLog {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(EPOCH_HEADER, record.epoch.to_string().as_str());
         headers.insert(VERSION_HEADER, record.version.to_string().as_str());
+        headers.insert(PUBLISHED_HEADER, protocol::now_us().to_string().as_str());
         let subject = record.subject(&super::live_root(&self.config.subject_root));
         // Fire-and-forget: while the client reconnects its send buffer may be full, and the
         // live line is worth nothing late (the stored log carries the record anyway).
@@ -294,13 +300,19 @@ impl MatchLog for NatsLog {
             .map_err(LogError::unavailable)?;
         let wanted = match_id.to_string();
         let records = subscription.filter_map(move |m| {
+            let published_us = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PUBLISHED_HEADER)?.as_str().parse::<u64>().ok())
+                // A stamp from a clock ahead of ours would make a negative latency.
+                .map_or_else(protocol::now_us, |at| at.min(protocol::now_us()));
             let record = record_of(&root, m.subject.as_str(), m.headers.as_ref(), m.payload)
                 .filter(|r| r.match_id == wanted);
             std::future::ready(record.map(|record| {
                 Ok(LogItem {
                     record,
                     caught_up: true,
-                    published_us: Some(protocol::now_us()),
+                    published_us: Some(published_us),
                 })
             }))
         });
