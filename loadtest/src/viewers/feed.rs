@@ -156,8 +156,37 @@ fn stamped(body: &str) -> Bytes {
 }
 
 /// Replays `feed` as match `match_id` into the log at its recorded pace, looping, with a
-/// keyframe of the current state every 5 s; stops at `stop`.
+/// keyframe of the current state every 5 s; stops at `stop`. It publishes as a room does
+/// (`game_server`'s publisher): each record on the live line at once, then into the stored
+/// log in order by a task of its own, so one record's store acknowledgement never delays the
+/// next record (a replay that awaited each store in turn published a tick's burst of kills
+/// one round trip apart, and Grandstand, left without the live line, got every record from
+/// the stored log only: neither is what a room does).
 pub async fn replay(log: Arc<NatsLog>, match_id: String, feed: Arc<Vec<Recorded>>, stop: Shutdown) {
+    // The room's store queue: bounded; at the limit the replay waits, as a room does.
+    let (store, mut stored) = tokio::sync::mpsc::channel::<LogRecord>(4096);
+    let storer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Some(record) = stored.recv().await {
+                if let Err(e) = log.publish(record).await {
+                    eprintln!("publish failed: {e}");
+                }
+            }
+        })
+    };
+    replay_into(&log, &store, match_id, &feed, &stop).await;
+    drop(store);
+    let _ = storer.await;
+}
+
+async fn replay_into(
+    log: &NatsLog,
+    store: &tokio::sync::mpsc::Sender<LogRecord>,
+    match_id: String,
+    feed: &[Recorded],
+    stop: &Shutdown,
+) {
     let mut state: SpectatorState = match serde_json::from_str(feed[0].body.get()) {
         Ok(s) => s,
         Err(e) => {
@@ -173,8 +202,8 @@ pub async fn replay(log: Arc<NatsLog>, match_id: String, feed: Arc<Vec<Recorded>
         body,
     };
     let mut version = 0u64;
-    let _ = log
-        .publish(record(
+    let _ = store
+        .send(record(
             0,
             LogKind::Keyframe,
             Bytes::from(feed[0].body.get().to_string()),
@@ -186,9 +215,20 @@ pub async fn replay(log: Arc<NatsLog>, match_id: String, feed: Arc<Vec<Recorded>
     let span = feed.last().map_or(1, |r| r.t_ms.max(1));
     let started = Instant::now();
     let mut last_keyframe = Instant::now();
+    // The records before the first delta start the match (match_started, a player_joined per
+    // player). A loop goes on with the same match and its players: it does not start it again,
+    // so after the first lap they are left out (republished, they were a burst of 51 events
+    // every 30 s that no live match has).
+    let start = feed[1..]
+        .iter()
+        .position(|r| r.kind == "delta")
+        .unwrap_or(0);
     for n in 0.. {
         let i = 1 + (offset - 1 + n) % len;
         let lap = ((offset - 1 + n) / len) as u64;
+        if lap > 0 && i <= start {
+            continue;
+        }
         let r = &feed[i];
         let base = feed[offset].t_ms;
         let due_ms = (lap * span + r.t_ms).saturating_sub(base);
@@ -208,15 +248,20 @@ pub async fn replay(log: Arc<NatsLog>, match_id: String, feed: Arc<Vec<Recorded>
                 state.apply(&d);
             }
         }
-        if let Err(e) = log
-            .publish(record(version, kind, stamped(r.body.get())))
-            .await
-        {
-            eprintln!("publish failed: {e}");
+        let published = record(version, kind, stamped(r.body.get()));
+        log.publish_live(&published).await;
+        if store.send(published).await.is_err() {
+            return;
         }
         if last_keyframe.elapsed() >= Duration::from_secs(5) {
             let body = Bytes::from(serde_json::to_vec(&state).expect("state serializes"));
-            let _ = log.publish(record(version, LogKind::Keyframe, body)).await;
+            if store
+                .send(record(version, LogKind::Keyframe, body))
+                .await
+                .is_err()
+            {
+                return;
+            }
             last_keyframe = Instant::now();
         }
     }

@@ -25,6 +25,13 @@ pub(super) fn start_server(
     root: &str,
 ) -> anyhow::Result<Service> {
     let (log, file) = log_file(system.name())?;
+    // A replayed match is published as a room publishes (the live line first, then the stored
+    // log, one record at a time): the peers forward the live line, the fastest copy, as
+    // Grandstand's gateways do; the synthetic feed is published on the stored subjects only.
+    let peer_root = match args.workload {
+        Workload::Match => backends::matchlog::live_root(root),
+        Workload::Synthetic => root.to_string(),
+    };
     let mut cmd = match system {
         System::Grandstand | System::GrandstandJsonOtlp => {
             let mut c = Command::new(bin);
@@ -62,13 +69,19 @@ pub(super) fn start_server(
             let mut c = Command::new("node");
             c.arg(args.peers_dir.join(script))
                 .current_dir(&args.peers_dir)
-                .env("SUBJECT_ROOT", root)
+                .env("SUBJECT_ROOT", &peer_root)
                 .env("PORT", "0");
             c
         }
         System::Raw => {
             let mut c = Command::new(std::env::current_exe()?);
-            c.args(["peer-raw", "--nats-url", nats_url, "--subject-root", root]);
+            c.args([
+                "peer-raw",
+                "--nats-url",
+                nats_url,
+                "--subject-root",
+                &peer_root,
+            ]);
             c
         }
         System::NatsWs => bail!("nats-ws is started with its own nats-server"),
