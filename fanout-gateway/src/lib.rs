@@ -57,10 +57,12 @@ pub struct GatewayConfig {
     /// How long fanned-out events may wait for the next delta before the viewers are woken:
     /// events that arrive close together (and just before a delta) leave in one write, which
     /// is most of the gateway's cost per message. The wait is latency, though, for the kill
-    /// feed, overlays and data partners: measured on the recorded 50-player match with 5,000
-    /// viewers (docs/benchmarks.md), 100 ms gave 301k messages per CPU-second at p99 133 ms,
-    /// 25 ms 251k at p99 59 ms, 0 221k at p99 48 ms. 25 ms keeps the CPU at the uWebSockets
-    /// peer's while no event waits longer than about one game tick.
+    /// feed, overlays and data partners, and more than half of a real match's messages are
+    /// events. Off by default: on the recorded 50-player match with 5,000 viewers
+    /// (docs/benchmarks.md) waiting saved less CPU than the run-to-run noise of this 2-core
+    /// machine (a tick's events and its delta that arrive together leave in one write anyway,
+    /// the hub drains what the log has ready before waking anyone) while every waited
+    /// millisecond showed in the p99. Operators who pay for writes can turn it on.
     pub event_coalesce: Duration,
     /// Concurrent streams one user (token subject) may hold on this gateway.
     pub max_streams_per_user: usize,
@@ -93,7 +95,7 @@ impl Default for GatewayConfig {
             max_inbound_frame: 4096,
             ping_interval: Duration::from_secs(20),
             retry_after_ms: 1000,
-            event_coalesce: Duration::from_millis(25),
+            event_coalesce: Duration::ZERO,
             owners: 2,
             max_replays: 16,
             max_matches_per_stream: 32,
