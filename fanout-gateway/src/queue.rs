@@ -385,6 +385,16 @@ impl ViewerQueue {
     }
 }
 
+/// One vectored write to a viewer's socket as `sendmsg`, not `writev`: the same bytes, without
+/// the file layer's work (`writev` goes through the VFS and its file-position lock on every
+/// call, several percent of the gateway's CPU at a write per viewer per message). No SIGPIPE:
+/// a viewer that went away is an error like any other.
+fn send(socket: &tokio::net::TcpStream, iov: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+    socket.try_io(tokio::io::Interest::WRITABLE, || {
+        socket2::SockRef::from(socket).send_vectored_with_flags(iov, libc::MSG_NOSIGNAL)
+    })
+}
+
 /// The direct write itself (the state is locked by the caller): builds one vectored write of
 /// the half-sent rest, the control frames and the queued frames' pre-built bytes, and takes off
 /// the queue whatever the socket accepted.
@@ -417,7 +427,7 @@ fn flush_locked(
             iov[n] = std::io::IoSlice::new(wire.bytes(f));
             n += 1;
         }
-        let mut written = match socket.try_write_vectored(&iov[..n]) {
+        let mut written = match send(socket, &iov[..n]) {
             Ok(0) => return Flushed::Failed,
             Ok(w) => w,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
