@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use backends::{LogError, LogItem, LogStream, MatchLog};
 use futures::{FutureExt, StreamExt};
 use httpkit::Shutdown;
-use protocol::{now_us, Applied, LogKind, MatchFeed, StreamPosition};
+use protocol::{now_us, Applied, Frame, LogKind, MatchFeed, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::delay::DelayLine;
 use crate::metrics;
-use crate::queue::{CloseReason, Pushed, ViewerQueue, Wire};
+use crate::queue::{CloseReason, ViewerQueue, Wire};
 use crate::GatewayConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +179,7 @@ impl Hub {
             feed: MatchFeed::new(self.match_id.clone(), self.config.ring_capacity)
                 .with_publish_stamps(self.config.publish_stamps),
             viewers: Vec::new(),
+            outgoing: Vec::new(),
             waiting: Vec::new(),
             caught_up: false,
             parked: Vec::new(),
@@ -352,6 +353,7 @@ impl Hub {
                     }
                 }
                 _ = self.shutdown.cancelled() => {
+                    served.wake_all();
                     for v in &served.viewers {
                         v.close(going_away("server shutting down", self.config.retry_after_ms));
                     }
@@ -382,6 +384,10 @@ const LIVE_AHEAD: usize = 1024;
 /// Log items a hub takes in one go (what the log has ready) before it wakes its viewers.
 const READY_BATCH: usize = 256;
 
+/// Frames a hub holds for its viewers before it wakes them whatever the coalescing says: the
+/// outgoing batch is bounded even when a burst of events arrives inside one coalescing wait.
+const OUTGOING_LIMIT: usize = 512;
+
 /// What the hub does after applying a log record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -405,6 +411,11 @@ const PARK_LIMIT: Duration = Duration::from_secs(2);
 struct ServedMatch {
     feed: MatchFeed,
     viewers: Vec<Arc<ViewerQueue>>,
+    /// Frames applied to the feed since the viewers were last woken, handed to each viewer in
+    /// one pass when they are (see `wake_all`). At most a read's worth of records
+    /// ([`READY_BATCH`]) or the events of one coalescing wait; past [`OUTGOING_LIMIT`] the
+    /// viewers are woken at once.
+    outgoing: Vec<Arc<Frame>>,
     waiting: Vec<Attach>,
     caught_up: bool,
     parked: Vec<(Attach, Instant)>,
@@ -535,7 +546,10 @@ impl ServedMatch {
         } else {
             self.flush_now = true;
         }
-        let flow = deliver(match_id, &mut self.feed, &mut self.viewers, &item);
+        let flow = deliver(match_id, &mut self.feed, &mut self.outgoing, &item);
+        if self.outgoing.len() >= OUTGOING_LIMIT {
+            self.wake_all();
+        }
         if flow == Flow::Continue && item.caught_up && !self.caught_up {
             self.caught_up = true;
             for a in std::mem::take(&mut self.waiting) {
@@ -548,6 +562,9 @@ impl ServedMatch {
 
     /// Attaches a viewer (its first frames queued), telling it too if the producer is down.
     fn attach_viewer(&mut self, a: Attach, config: &GatewayConfig) {
+        // A new viewer's first frames are the feed as it is now: what was fanned out before it
+        // came goes to the viewers there were, not to it.
+        self.wake_all();
         let before = self.viewers.len();
         attach(&mut self.feed, &mut self.viewers, a, config);
         if self.producer_down && self.viewers.len() > before {
@@ -566,9 +583,7 @@ impl ServedMatch {
     fn tell_status(&mut self, status: &str) {
         metrics::PRODUCER_STATUS.with_label_values(&[status]).inc();
         if let Some(frame) = self.feed.status_frame(status, protocol::now_ms()) {
-            for v in &self.viewers {
-                v.push(frame.clone(), || None);
-            }
+            self.outgoing.push(frame);
             self.flush_now = true;
         }
     }
@@ -582,6 +597,8 @@ impl ServedMatch {
         retry_after_ms: u64,
         drained: &mut Option<(usize, usize)>,
     ) {
+        // What was fanned out reaches the viewers before any of them is closed.
+        self.wake_all();
         let (at_start, closed) = drained.get_or_insert((self.viewers.len(), 0));
         let share = if period.is_zero() {
             1.0
@@ -611,11 +628,34 @@ impl ServedMatch {
     }
 
     /// Wakes every viewer that was handed frames since it was last woken.
+    /// Hands every viewer the frames fanned out since the last wake, in one pass (one lock
+    /// and, for a WebSocket viewer, one write per viewer), and forgets the viewers that are
+    /// gone. The counters are added to once per batch, not once per viewer.
     fn wake_all(&mut self) {
         self.held_since = None;
         self.flush_now = false;
-        let writes: u64 = self.viewers.iter().map(|v| v.wake()).sum();
-        metrics::VIEWER_WRITES.inc_by(writes);
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outgoing);
+        let feed = &mut self.feed;
+        let mut total = crate::queue::Delivered::default();
+        let mut substitutions = 0;
+        self.viewers.retain(|v| {
+            let d = v.deliver(&batch, || feed.snapshot_frame());
+            total.frames += d.frames;
+            total.bytes += d.bytes;
+            total.writes += d.writes;
+            substitutions += u64::from(d.substituted);
+            !d.closed
+        });
+        metrics::MESSAGES_OUT.inc_by(total.frames);
+        metrics::BYTES_OUT.inc_by(total.bytes);
+        metrics::VIEWER_WRITES.inc_by(total.writes);
+        metrics::SUBSTITUTIONS.inc_by(substitutions);
+        // The batch's buffer is kept for the next one.
+        self.outgoing = batch;
+        self.outgoing.clear();
     }
 
     /// How long events may wait for a delta in this hub: `coalesce` once it has
@@ -686,11 +726,11 @@ pub(crate) fn broadcast_delay_ms(keyframe: &[u8]) -> u64 {
     serde_json::from_slice::<Delay>(keyframe).map_or(0, |d| d.broadcast_delay_ms)
 }
 
-/// Applies one log item and fans out what it produced.
+/// Applies one log item and adds what it produced to the outgoing batch.
 fn deliver(
     match_id: &str,
     feed: &mut MatchFeed,
-    viewers: &mut Vec<Arc<ViewerQueue>>,
+    outgoing: &mut Vec<Arc<Frame>>,
     item: &LogItem,
 ) -> Flow {
     let encoding = Instant::now();
@@ -701,30 +741,14 @@ fn deliver(
             if let Some(p) = item.published_us {
                 metrics::LOG_TO_HUB.observe(now_us().saturating_sub(p) as f64 / 1e6);
             }
-            // Counted once per fan-out, not once per viewer.
-            let mut bytes = 0;
-            viewers.retain(|v| {
-                if v.wire.filter.accepts(&frame) {
-                    bytes += v.wire.bytes(&frame).len();
-                }
-                match v.push(frame.clone(), || feed.snapshot_frame()) {
-                    Pushed::Queued => true,
-                    Pushed::Substituted => {
-                        metrics::SUBSTITUTIONS.inc();
-                        true
-                    }
-                    Pushed::Closed => false,
-                }
-            });
-            metrics::MESSAGES_OUT.inc_by(viewers.len() as u64);
-            metrics::BYTES_OUT.inc_by(bytes as u64);
+            outgoing.push(frame);
             Flow::Continue
         }
         Applied::Reset => {
             // A new epoch (or a healed gap): everyone starts over from a snapshot, which is
             // how a new epoch always begins for a viewer.
             if let Some(snap) = feed.snapshot_frame() {
-                viewers.retain(|v| v.push(snap.clone(), || Some(snap.clone())) != Pushed::Closed);
+                outgoing.push(snap);
             }
             Flow::Continue
         }

@@ -87,12 +87,14 @@ impl Filter {
     pub fn accepts(&self, frame: &Frame) -> bool {
         match frame.kind {
             protocol::FrameKind::Delta => self.deltas,
+            // Every kind (most viewers): no name to look up, per viewer and event.
+            protocol::FrameKind::Event if self.kinds == u8::MAX => true,
             protocol::FrameKind::Event => match frame.event_kind {
                 Some(k) => protocol::MatchEvent::KINDS
                     .iter()
                     .position(|x| *x == k)
                     .is_some_and(|i| self.kinds & (1 << i) != 0),
-                None => self.kinds == u8::MAX,
+                None => false,
             },
             protocol::FrameKind::Snapshot | protocol::FrameKind::Status => true,
         }
@@ -123,6 +125,20 @@ pub struct CloseReason {
     pub reason: String,
     /// When the client should try again, in milliseconds (it adds its own jitter).
     pub retry_after_ms: u64,
+}
+
+/// What handing a viewer one fan-out batch did (summed by the hub, counted once per batch).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Frames queued for the viewer (its filter's share of the batch, or the one snapshot).
+    pub frames: u64,
+    pub bytes: u64,
+    /// Socket writes made.
+    pub writes: u64,
+    /// The batch did not fit: the viewer's backlog was replaced by a snapshot.
+    pub substituted: bool,
+    /// The viewer is gone: the hub forgets it.
+    pub closed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +322,63 @@ impl ViewerQueue {
         };
         s.unwoken = true;
         outcome
+    }
+
+    /// Hands the viewer a fan-out batch (everything the hub applied since it last delivered)
+    /// and writes it at once: in one pass, under one lock, instead of a push per frame and a
+    /// wake after them (two visits of every viewer's state per batch). A direct viewer's socket
+    /// is written here; its task is woken only if the socket is full or gone. A batch that
+    /// would overflow the queue replaces everything waiting by `snapshot()`, the match as of
+    /// the batch's last frame.
+    pub fn deliver(
+        &self,
+        batch: &[Arc<Frame>],
+        snapshot: impl FnOnce() -> Option<Arc<Frame>>,
+    ) -> Delivered {
+        let mut out = Delivered::default();
+        let mut s = self.state.lock().unwrap();
+        if s.closed.is_some() {
+            out.closed = true;
+            return out;
+        }
+        let filter = self.wire.filter;
+        let accepted = batch.iter().filter(|f| filter.accepts(f)).count();
+        if accepted == 0 {
+            return out;
+        }
+        if s.frames.len() + accepted > self.capacity {
+            s.frames.clear();
+            if let Some(snap) = snapshot() {
+                out.bytes += self.wire.bytes(&snap).len() as u64;
+                out.frames += 1;
+                s.frames.push_back(snap);
+            }
+            out.substituted = true;
+        } else {
+            for f in batch.iter().filter(|f| filter.accepts(f)) {
+                out.bytes += self.wire.bytes(f).len() as u64;
+                s.frames.push_back(f.clone());
+            }
+            out.frames = accepted as u64;
+        }
+        s.unwoken = false;
+        if let Some(socket) = self.direct.get() {
+            match flush_locked(&mut s, socket, self.wire, self.sampled, &mut out.writes) {
+                Flushed::Done => return out,
+                Flushed::Blocked => {}
+                Flushed::Failed => {
+                    s.closed.get_or_insert(CloseReason {
+                        code: 1006,
+                        reason: "connection lost".into(),
+                        retry_after_ms: 0,
+                    });
+                    out.closed = true;
+                }
+            }
+        }
+        drop(s);
+        self.consumer.wake();
+        out
     }
 
     /// Delivers what was queued since the last wake: written straight to a direct viewer's
@@ -560,5 +633,67 @@ mod tests {
             std::ptr::eq(q.wire.bytes(f), &f.v2_deflated),
             "the wire picks the shared bytes"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_delivered_whole_or_replaced_by_the_snapshot_at_its_end() {
+        let q = ViewerQueue::new(4, wire());
+        let batch: Vec<_> = (1..=3).map(|v| frame(FrameKind::Delta, v)).collect();
+        let d = q.deliver(&batch, || panic!("no snapshot when the batch fits"));
+        assert_eq!(
+            (d.frames, d.substituted, d.closed, d.writes),
+            (3, false, false, 0)
+        );
+        assert_eq!(
+            d.bytes,
+            batch
+                .iter()
+                .map(|f| q.wire.bytes(f).len() as u64)
+                .sum::<u64>()
+        );
+        // Three wait, two more come: five do not fit in four, so the viewer is given the match
+        // as of the batch's last frame instead of everything waiting.
+        let more = vec![frame(FrameKind::Event, 4), frame(FrameKind::Delta, 5)];
+        let d = q.deliver(&more, || Some(frame(FrameKind::Snapshot, 5)));
+        assert!(d.substituted);
+        assert_eq!(d.frames, 1);
+        let got: Vec<_> = q
+            .next_batch()
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| (f.kind, f.position.version))
+            .collect();
+        assert_eq!(got, vec![(FrameKind::Snapshot, 5)]);
+        q.close(CloseReason {
+            code: 1001,
+            reason: "bye".into(),
+            retry_after_ms: 1000,
+        });
+        assert!(
+            q.deliver(&more, || None).closed,
+            "a closed viewer is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_skips_what_the_viewer_filtered_out() {
+        let q = ViewerQueue::new(
+            4,
+            Wire {
+                filter: Filter::parse(Some("delta"), None).unwrap(),
+                ..wire()
+            },
+        );
+        let only_event = vec![frame(FrameKind::Event, 1)];
+        assert_eq!(q.deliver(&only_event, || None), Delivered::default());
+        let d = q.deliver(
+            &[frame(FrameKind::Event, 2), frame(FrameKind::Delta, 3)],
+            || None,
+        );
+        assert_eq!(d.frames, 1);
+        let batch = q.next_batch().await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].kind, FrameKind::Delta);
     }
 }
