@@ -189,7 +189,7 @@ impl GameServer {
             .clone()
             .unwrap_or_else(|| local.to_string());
         let connect = connect_signer(rest_signer);
-        let port = PlayerPort::new(Arc::new(udp), connect.clone());
+        let port = PlayerPort::new(udp, connect.clone())?;
         port.set_batch_sends(config.batch_sends);
         let seed = config.seed.unwrap_or_else(rand::random);
         Ok(Arc::new(GameServer {

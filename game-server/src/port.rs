@@ -62,7 +62,9 @@ struct RoomEntry {
 
 /// The player port: the socket, the rooms behind it, and which session each address holds.
 pub struct PlayerPort {
-    socket: Arc<UdpSocket>,
+    /// Not registered with the runtime: it is polled (see [`serve_udp`]), so a datagram's
+    /// arrival wakes no thread; every read and write is a non-blocking call.
+    socket: std::net::UdpSocket,
     signer: TokenSigner,
     /// Each bound address's session, match and room (its channel, so routing a packet is one
     /// lookup under one lock). Keyed with a fast hasher: the key is a peer address the
@@ -71,22 +73,75 @@ pub struct PlayerPort {
     rooms: Mutex<HashMap<String, RoomEntry>>,
     nonces: Mutex<HashMap<u64, (SocketAddr, u64)>>,
     batch_sends: std::sync::atomic::AtomicBool,
+    /// The buffers datagrams are read into; whoever drains the socket holds it.
+    inbox: Mutex<Inbox>,
 }
 
 /// UDP and IPv4 header bytes a datagram costs on the wire beyond its payload.
 pub const UDP_IP_OVERHEAD: u64 = 28;
 
 impl PlayerPort {
-    /// `signer` verifies connect tokens (the matchmaker's connect signer).
-    pub fn new(socket: Arc<UdpSocket>, signer: TokenSigner) -> Arc<PlayerPort> {
-        Arc::new(PlayerPort {
+    /// `signer` verifies connect tokens (the matchmaker's connect signer). The socket is
+    /// taken off the runtime's reactor (see [`PlayerPort::drain`]).
+    pub fn new(socket: UdpSocket, signer: TokenSigner) -> std::io::Result<Arc<PlayerPort>> {
+        let socket = socket.into_std()?;
+        socket.set_nonblocking(true)?;
+        Ok(Arc::new(PlayerPort {
             socket,
             signer,
             sessions: Mutex::default(),
             rooms: Mutex::default(),
             nonces: Mutex::default(),
             batch_sends: std::sync::atomic::AtomicBool::new(true),
-        })
+            inbox: Mutex::new(Inbox::new()),
+        }))
+    }
+
+    /// Reads and routes what waits on the player socket, up to [`DATAGRAMS_PER_DRAIN`]
+    /// (a flood is shed at the socket, not here), many per system call (`recvmmsg`). Returns
+    /// the datagrams read and whether it stopped at that limit with more waiting. A drain
+    /// already under way elsewhere (another room's tick, the port's task) is not waited for:
+    /// it reads for both.
+    ///
+    /// Each room's tick drains the socket before it takes its commands, so the inputs and acks
+    /// that arrived since the last read are in that tick; the port's task reads what the ticks
+    /// leave. Nothing is woken by a datagram's arrival: at a player's 30 packets a second that
+    /// was a wake of the server's thread (epoll, two context switches) per datagram, more than
+    /// the datagram's own work.
+    pub fn drain(&self) -> (usize, bool) {
+        let Ok(mut inbox) = self.inbox.try_lock() else {
+            return (0, false);
+        };
+        let cpu_at_start = metrics::thread_cpu();
+        let (mut read, mut more) = (0, true);
+        for _ in 0..DATAGRAMS_PER_DRAIN / RECV_BATCH {
+            let result = inbox.receive(&self.socket);
+            for i in 0..inbox.len() {
+                let (datagram, addr) = inbox.datagram(i);
+                route(self, datagram, addr);
+            }
+            read += inbox.len();
+            match result {
+                // A full batch: more may wait.
+                Ok(n) if n == RECV_BATCH => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // ICMP "port unreachable" from a departed client surfaces here on Linux; the
+                // call that reports it reads nothing, the next one goes on.
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            }
+            more = false;
+            break;
+        }
+        metrics::PORT_CPU_SECONDS.inc_by(
+            metrics::thread_cpu()
+                .saturating_sub(cpu_at_start)
+                .as_secs_f64(),
+        );
+        (read, more)
     }
 
     /// Whether [`PlayerPort::send_batch`] uses `sendmmsg` (on) or one `sendto` per datagram.
@@ -103,7 +158,7 @@ impl PlayerPort {
     /// superseded by the next one; reliable messages are resent until acknowledged).
     pub fn send(&self, addr: SocketAddr, bytes: &[u8]) {
         metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + UDP_IP_OVERHEAD);
-        let _ = self.socket.try_send_to(bytes, addr);
+        let _ = self.socket.send_to(bytes, addr);
     }
 
     /// Sends a tick's datagrams without waiting, in as few system calls as the kernel allows
@@ -276,7 +331,7 @@ impl PlayerPort {
 pub const SEND_BATCH: usize = 64;
 
 #[cfg(target_os = "linux")]
-fn send_mmsg(socket: &UdpSocket, chunk: &[(SocketAddr, Vec<u8>)]) {
+fn send_mmsg(socket: &std::net::UdpSocket, chunk: &[(SocketAddr, Vec<u8>)]) {
     use std::os::fd::AsRawFd;
     let addrs: Vec<socket2::SockAddr> = chunk
         .iter()
@@ -333,9 +388,9 @@ fn send_mmsg(socket: &UdpSocket, chunk: &[(SocketAddr, Vec<u8>)]) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_mmsg(socket: &UdpSocket, chunk: &[(SocketAddr, Vec<u8>)]) {
+fn send_mmsg(socket: &std::net::UdpSocket, chunk: &[(SocketAddr, Vec<u8>)]) {
     for (addr, bytes) in chunk {
-        let _ = socket.try_send_to(bytes, *addr);
+        let _ = socket.send_to(bytes, *addr);
     }
 }
 
@@ -343,47 +398,166 @@ fn reject(reason: &str) {
     metrics::UDP_REJECTED.with_label_values(&[reason]).inc();
 }
 
-/// Reads the player port until shutdown: waits for the socket to be readable, then reads and
-/// routes every datagram waiting, without awaiting in between (so the CPU time of that
-/// stretch is the port's own, counted in `gs_port_cpu_seconds_total`).
+/// Reads the player port until shutdown, for whatever the rooms' ticks do not read (handshakes,
+/// a server without rooms, traffic beyond a tick's drain). The socket is polled, at a pace set
+/// by what the last poll found: about a batch ([`RECV_BATCH`]) is left to queue between polls,
+/// so a trickle is read every [`PORT_REST_MAX`] and a busy socket at once, and what waits is
+/// always a small part of its receive buffer.
 pub async fn serve_udp(port: Arc<PlayerPort>, shutdown: Shutdown) {
-    let mut buf = vec![0u8; 2048];
+    let mut last = std::time::Instant::now();
     loop {
-        tokio::select! {
-            r = port.socket.readable() => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "player port unreadable");
-                    return;
-                }
+        let (read, more) = port.drain();
+        let elapsed = last.elapsed().as_secs_f64().max(1e-4);
+        last = std::time::Instant::now();
+        let rest = if more {
+            std::time::Duration::ZERO
+        } else if read == 0 {
+            PORT_REST_MAX
+        } else {
+            std::time::Duration::from_secs_f64(RECV_BATCH as f64 * elapsed / read as f64)
+                .clamp(PORT_REST_MIN, PORT_REST_MAX)
+        };
+        if rest.is_zero() {
+            // More waits: let the other tasks have a turn, then go on.
+            tokio::task::yield_now().await;
+            if shutdown.is_cancelled() {
+                return;
             }
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
             _ = shutdown.cancelled() => return,
         }
-        let cpu_at_start = metrics::thread_cpu();
-        // A flood must not hold the thread: after a batch, the other tasks get their turn
-        // (the readiness stays set, so the next wait returns at once).
-        for _ in 0..DATAGRAMS_PER_WAKE {
-            let (n, addr) = match port.socket.try_recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    // ICMP "port unreachable" from a departed client surfaces here on Linux.
-                    tracing::debug!(error = %e, "UDP receive error");
-                    continue;
-                }
-            };
-            route(&port, &buf[..n], addr);
-        }
-        metrics::PORT_CPU_SECONDS.inc_by(
-            metrics::thread_cpu()
-                .saturating_sub(cpu_at_start)
-                .as_secs_f64(),
-        );
-        tokio::task::yield_now().await;
     }
 }
 
-/// Datagrams read in one go before the port yields to other tasks.
-const DATAGRAMS_PER_WAKE: usize = 256;
+/// Datagrams read in one drain; the rest wait for the next.
+pub const DATAGRAMS_PER_DRAIN: usize = 256;
+
+/// The port's polling pace: never more often than every millisecond (past that rate every poll
+/// finds a full batch and reads on at once), never less often than a handshake should wait.
+pub const PORT_REST_MIN: std::time::Duration = std::time::Duration::from_millis(1);
+pub const PORT_REST_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Datagrams read in one `recvmmsg`.
+pub const RECV_BATCH: usize = 32;
+
+/// Room for one datagram: more than [`MAX_PACKET`], so a longer one is still seen as too long
+/// (and refused as oversized) rather than cut to a size that passes.
+const RECV_SLOT: usize = 2048;
+
+/// The buffers the port reads into, kept from wake to wake (64 KiB).
+struct Inbox {
+    bytes: Vec<u8>,
+    /// The datagrams the last read left: slot, length, source.
+    got: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            bytes: vec![0; RECV_BATCH * RECV_SLOT],
+            got: Vec::with_capacity(RECV_BATCH),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    fn datagram(&self, i: usize) -> (&[u8], SocketAddr) {
+        let (slot, len, addr) = self.got[i];
+        let at = slot * RECV_SLOT;
+        (&self.bytes[at..at + len], addr)
+    }
+
+    /// Reads what waits, up to [`RECV_BATCH`] datagrams (none: `WouldBlock`).
+    #[cfg(target_os = "linux")]
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        self.got.clear();
+        // SAFETY: all-zero sockaddr_storage and msghdr are valid values.
+        let mut names: [libc::sockaddr_storage; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let base = self.bytes.as_mut_ptr();
+        let mut iovecs: [libc::iovec; RECV_BATCH] = std::array::from_fn(|i| libc::iovec {
+            // SAFETY: slot `i` lies inside `bytes` (RECV_BATCH slots of RECV_SLOT bytes).
+            iov_base: unsafe { base.add(i * RECV_SLOT) } as *mut libc::c_void,
+            iov_len: RECV_SLOT,
+        });
+        let mut messages: [libc::mmsghdr; RECV_BATCH] = std::array::from_fn(|i| {
+            // SAFETY: as above.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = &mut names[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut iovecs[i];
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            }
+        });
+        // SAFETY: every header points into `names`, `iovecs` and `self.bytes`, which outlive
+        // the call; the count is the array's length.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                messages.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (slot, (m, name)) in messages.iter().zip(names.iter()).take(n).enumerate() {
+            if let Some(addr) = socket_addr(name) {
+                self.got
+                    .push((slot, (m.msg_len as usize).min(RECV_SLOT), addr));
+            }
+        }
+        Ok(n)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+        self.got.clear();
+        let (n, addr) = socket.recv_from(&mut self.bytes[..RECV_SLOT])?;
+        self.got.push((0, n, addr));
+        Ok(1)
+    }
+}
+
+/// The IP address and port the kernel wrote into `name` (None for any other family).
+#[cfg(target_os = "linux")]
+fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // enough (and aligned) for.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
 
 /// One datagram from `addr`: decoded, checked and handed to its room, or counted as refused.
 fn route(port: &PlayerPort, datagram: &[u8], addr: SocketAddr) {
@@ -446,7 +620,7 @@ mod tests {
     async fn port_with_room(server: &str) -> (Arc<PlayerPort>, TokenSigner) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let signer = TokenSigner::new(b"connect-test-secret-0123456789");
-        let port = PlayerPort::new(Arc::new(socket), signer.clone());
+        let port = PlayerPort::new(socket, signer.clone()).unwrap();
         let (tx, _rx) = mpsc::channel(4);
         port.add_room(
             RoomInfo {
@@ -552,5 +726,51 @@ mod tests {
         assert_eq!(port.rooms()[0].humans, 1);
         port.unbind(a);
         assert!(port.session_room(a, 99).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_inbox_reads_batches_with_each_source_and_sees_oversized_datagrams_whole() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let to = socket.local_addr().unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..RECV_BATCH + 7 {
+            let from = if i % 4 == 0 { &b } else { &a };
+            let bytes = vec![i as u8; 1 + i];
+            from.send_to(&bytes, to).await.unwrap();
+            sent.push((from.local_addr().unwrap(), bytes));
+        }
+        let oversized = vec![7u8; MAX_PACKET + 300];
+        a.send_to(&oversized, to).await.unwrap();
+        sent.push((a.local_addr().unwrap(), oversized));
+        let mut inbox = Inbox::new();
+        let mut got = Vec::new();
+        let mut batches = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < sent.len() && std::time::Instant::now() < deadline {
+            match inbox.receive(&socket) {
+                Ok(n) => batches.push(n),
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+            }
+            for i in 0..inbox.len() {
+                let (bytes, addr) = inbox.datagram(i);
+                got.push((addr, bytes.to_vec()));
+            }
+        }
+        assert!(batches.iter().all(|&n| n <= RECV_BATCH));
+        assert_eq!(
+            batches[0], RECV_BATCH,
+            "what waits is read a batch at a time"
+        );
+        assert_eq!(got.len(), sent.len());
+        assert_eq!(&got[..sent.len() - 1], &sent[..sent.len() - 1]);
+        let (addr, last) = got.last().unwrap();
+        assert_eq!(*addr, a.local_addr().unwrap());
+        assert!(
+            last.len() > MAX_PACKET,
+            "an oversized datagram is not cut down to a size that would pass"
+        );
     }
 }

@@ -3,10 +3,12 @@
 //! histograms: input -> acknowledged round trip, input -> seen by the other clients (a shot
 //! fired, delivered as a reliable `Fire` event to everyone who has the shooter in view),
 //! downstream bytes per player per second, prediction corrections, and the server's tick
-//! duration, and its CPU per player-tick: the thread CPU time of its ticks and of its port
-//! (from its own metrics; the wall-clock busy time, which counts whatever else held the two
-//! cores meanwhile, is kept next to it). Fire latencies are stamped when the datagram comes off
-//! the link, not when the client's step ends. With `--compare`, the same
+//! duration, and its CPU per player-tick. The server runs on a thread of its own (a
+//! current-thread runtime: ticks, port, publisher, timers), apart from the bots' runtime, so
+//! its CPU is that thread's CPU time, everything included; the thread CPU of its ticks and of
+//! its port (from its own metrics) and the wall-clock busy time (which counts whatever else
+//! held the two cores meanwhile) are kept next to it. Fire latencies are stamped when the
+//! datagram comes off the link, not when the client's step ends. With `--compare`, the same
 //! load runs again without area of interest and/or without delta compression.
 
 use std::collections::HashMap;
@@ -139,6 +141,72 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
     lower.0 * 1e6
 }
 
+/// The game server on a thread of its own, driven by a current-thread runtime: everything the
+/// server does runs there (rooms spawned by matchmaking included, since matchmaking is called
+/// on it too), so the thread's CPU time is the server's and the bots' is not in it.
+struct ServerThread {
+    runtime: tokio::runtime::Handle,
+    thread: std::thread::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ServerThread {
+    fn start() -> anyhow::Result<ServerThread> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("game-server".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("game server runtime");
+                let _ = handle_tx.send(rt.handle().clone());
+                let _ = rt.block_on(stopped);
+            })?;
+        let runtime = handle_rx.recv()?;
+        Ok(ServerThread {
+            runtime,
+            thread,
+            stop: Some(stop),
+        })
+    }
+
+    /// The server thread's CPU time so far (user and system).
+    fn cpu(&self) -> Duration {
+        use std::os::unix::thread::JoinHandleExt;
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: the thread is alive until `stop`, and both pointers are valid for the calls.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe {
+            if libc::pthread_getcpuclockid(self.thread.as_pthread_t(), &mut clock) != 0
+                || libc::clock_gettime(clock, &mut ts) != 0
+            {
+                return Duration::ZERO;
+            }
+        }
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// Runs `f` on the server's thread and waits for it.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        Ok(self.runtime.spawn(f).await?)
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.thread.join();
+    }
+}
+
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
@@ -209,7 +277,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
 }
 
 async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let server_thread = ServerThread::start()?;
     let rest = TokenSigner::new(b"loadtest-players-secret-000000");
     let shutdown = Shutdown::new();
     let interest = if v.aoi {
@@ -240,8 +308,16 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         registry: Arc::new(MemoryRegistry::default()),
         checkpoints: Arc::new(MemoryCheckpoints::default()),
     };
-    let server = GameServer::new(config, udp, stores, &rest, shutdown.clone())?;
-    let running = tokio::spawn(server.clone().run());
+    let server = {
+        let (rest, shutdown) = (rest.clone(), shutdown.clone());
+        server_thread
+            .run(async move {
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+                GameServer::new(config, udp, stores, &rest, shutdown)
+            })
+            .await??
+    };
+    let running = server_thread.runtime.spawn(server.clone().run());
     let link = LinkConditioner::new(args.rtt_ms, args.jitter_ms, args.loss);
 
     // Each player starts playing as soon as it is connected (a silent player would time
@@ -259,10 +335,13 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
             name: format!("LT {n}"),
             exp: protocol::now_secs() + 3600,
         };
-        let t = server
-            .matchmake(&claims, "eu", 1000)
-            .await
-            .map_err(|e| anyhow::anyhow!("matchmaking: {e:?}"))?;
+        let t = {
+            let server = server.clone();
+            server_thread
+                .run(async move { server.matchmake(&claims, "eu", 1000).await })
+                .await?
+                .map_err(|e| anyhow::anyhow!("matchmaking: {e:?}"))?
+        };
         let mut c = UdpClient::connect(
             t.server.parse()?,
             t.connect_token,
@@ -368,6 +447,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let _ = window.set((warm_end, warm_end + Duration::from_secs(args.duration)));
     tokio::time::sleep_until(warm_end.into()).await;
     let (before, buckets_before) = counters();
+    let server_cpu_before = server_thread.cpu();
     let started = Instant::now();
     for t in tasks {
         let s = t.await?;
@@ -379,12 +459,15 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         down_bytes += bytes;
     }
     let (after, buckets_after) = counters();
+    let server_cpu = server_thread.cpu().saturating_sub(server_cpu_before);
     let secs = started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = running.await;
+    server_thread.stop();
 
     let player_ticks = (after.player_ticks - before.player_ticks).max(1.0);
     let busy_us_per_player_tick = (after.busy_s - before.busy_s) * 1e6 / player_ticks;
+    let server_us_per_player_tick = server_cpu.as_secs_f64() * 1e6 / player_ticks;
     let cpu_us_per_player_tick =
         ((after.tick_cpu_s - before.tick_cpu_s) + (after.port_cpu_s - before.port_cpu_s)) * 1e6
             / player_ticks;
@@ -396,7 +479,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (thread CPU of ticks and the port, of which sending {:.2} us and the port {:.2} us; wall-clock busy {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (its own thread, everything included; of it, ticks and the port by their thread CPU {:.2} us, of which sending {:.2} us and the port {:.2} us; wall-clock busy of ticks {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
         args.players,
         args.room_size,
         {
@@ -408,6 +491,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         args.snapshot_hz.min(args.tick_hz),
         per_player_bps,
         server_bps_per_player,
+        server_us_per_player_tick,
         cpu_us_per_player_tick,
         send_us_per_player_tick,
         port_us_per_player_tick,

@@ -575,10 +575,8 @@ mod tests {
 
     async fn room(bots: usize, seats: usize) -> Room {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = PlayerPort::new(
-            Arc::new(socket),
-            TokenSigner::new(b"room-test-secret-0123456789"),
-        );
+        let port =
+            PlayerPort::new(socket, TokenSigner::new(b"room-test-secret-0123456789")).unwrap();
         let config = RoomConfig {
             match_id: "eu-1".into(),
             region: "eu".into(),
