@@ -627,7 +627,6 @@ impl ServedMatch {
         }
     }
 
-    /// Wakes every viewer that was handed frames since it was last woken.
     /// Hands every viewer the frames fanned out since the last wake, in one pass (one lock
     /// and, for a WebSocket viewer, one write per viewer), and forgets the viewers that are
     /// gone. The counters are added to once per batch, not once per viewer.

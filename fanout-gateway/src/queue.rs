@@ -299,9 +299,9 @@ impl ViewerQueue {
         self.consumer.register(waker);
     }
 
-    /// Queues `frame` without waking the viewer's task (the hub wakes each viewer once after
-    /// fanning out everything the log had ready, so a tick's events and delta leave in one
-    /// write); on overflow queues `snapshot()` instead of everything waiting.
+    /// Queues `frame` without waking the viewer's task (a replay queues what fits, then wakes
+    /// it with [`ViewerQueue::wake`]; the hub's fan-out hands whole batches with
+    /// [`ViewerQueue::deliver`]); on overflow queues `snapshot()` instead of everything waiting.
     pub fn push(&self, frame: Arc<Frame>, snapshot: impl FnOnce() -> Option<Arc<Frame>>) -> Pushed {
         let mut s = self.state.lock().unwrap();
         if s.closed.is_some() {
