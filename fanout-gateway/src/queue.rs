@@ -362,9 +362,18 @@ impl ViewerQueue {
             out.frames = accepted as u64;
         }
         s.unwoken = false;
+        out.closed = self.write_or_wake(s, &mut out.writes);
+        out
+    }
+
+    /// Writes what is queued straight to a direct viewer's socket, and wakes the viewer's task
+    /// unless all of it went out (the socket is full or gone, or the viewer has no direct
+    /// socket). True when the connection is lost.
+    fn write_or_wake(&self, mut s: std::sync::MutexGuard<'_, State>, writes: &mut u64) -> bool {
+        let mut lost = false;
         if let Some(socket) = self.direct.get() {
-            match flush_locked(&mut s, socket, self.wire, self.sampled, &mut out.writes) {
-                Flushed::Done => return out,
+            match flush_locked(&mut s, socket, self.wire, self.sampled, writes) {
+                Flushed::Done => return false,
                 Flushed::Blocked => {}
                 Flushed::Failed => {
                     s.closed.get_or_insert(CloseReason {
@@ -372,13 +381,13 @@ impl ViewerQueue {
                         reason: "connection lost".into(),
                         retry_after_ms: 0,
                     });
-                    out.closed = true;
+                    lost = true;
                 }
             }
         }
         drop(s);
         self.consumer.wake();
-        out
+        lost
     }
 
     /// Delivers what was queued since the last wake: written straight to a direct viewer's
@@ -392,21 +401,7 @@ impl ViewerQueue {
             return 0;
         }
         let mut writes = 0;
-        if let Some(socket) = self.direct.get() {
-            match flush_locked(&mut s, socket, self.wire, self.sampled, &mut writes) {
-                Flushed::Done => return writes,
-                Flushed::Blocked => {}
-                Flushed::Failed => {
-                    s.closed.get_or_insert(CloseReason {
-                        code: 1006,
-                        reason: "connection lost".into(),
-                        retry_after_ms: 0,
-                    });
-                }
-            }
-        }
-        drop(s);
-        self.consumer.wake();
+        self.write_or_wake(s, &mut writes);
         writes
     }
 
