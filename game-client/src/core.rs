@@ -40,7 +40,7 @@ pub enum ClientEvent {
         entity: u16,
     },
     Denied(DenyReason),
-    /// A message, once: roster, chat and the end of the match in order; fire, hit, death and
+    /// A message, once: roster, chat and the end of the match in order; fire, death and
     /// pickup as soon as the first copy arrives.
     Message(Message),
     /// A snapshot was applied (its server tick).
@@ -61,6 +61,8 @@ pub struct ClientStats {
     pub corrections: u64,
     pub max_correction: f32,
     pub bytes_in: u64,
+    /// Where the received bytes went, when [`ClientCore::count_wire_parts`] is on.
+    pub bytes_in_parts: protocol::net::WireParts,
     pub bytes_out: u64,
     pub inputs_sent: u64,
 }
@@ -106,6 +108,9 @@ pub struct ClientCore {
     packets: u64,
     packets_before: u64,
     pub stats: ClientStats,
+    /// Count where received bytes go (`stats.bytes_in_parts`): off by default, it encodes each
+    /// packet's parts again.
+    pub count_wire_parts: bool,
 }
 
 impl ClientCore {
@@ -138,6 +143,7 @@ impl ClientCore {
             packets: 0,
             packets_before: 0,
             stats: ClientStats::default(),
+            count_wire_parts: false,
         }
     }
 
@@ -186,7 +192,11 @@ impl ClientCore {
 
     pub fn on_datagram(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<ClientEvent>, NetError> {
         self.stats.bytes_in += bytes.len() as u64 + 28;
-        match Packet::decode(bytes)? {
+        let packet = Packet::decode(bytes)?;
+        if self.count_wire_parts {
+            self.stats.bytes_in_parts.add(packet.wire_parts());
+        }
+        match packet {
             Packet::ConnectAccepted {
                 session,
                 entity,
@@ -248,7 +258,9 @@ impl ClientCore {
         }
         self.stats.snapshots += 1;
         self.on_packet_header(&p.header, now_ms);
-        self.reliable_out.on_ack(p.reliable.ack_next);
+        if let Some(ack) = p.reliable.ack_next {
+            self.reliable_out.on_ack(ack);
+        }
         let mut events = Vec::new();
         self.take_urgent(std::mem::take(&mut p.urgent), &mut events);
         for (id, m) in std::mem::take(&mut p.reliable.messages) {
@@ -433,7 +445,7 @@ impl ClientCore {
             header: Header { seq, ack, ack_bits },
             inputs,
             reliable: ReliableBlock {
-                ack_next: self.reliable_in.ack_next(),
+                ack_next: self.reliable_in.ack_to_send(),
                 messages: self.reliable_out.outgoing(now_ms, resend, 300),
             },
             urgent_ack: {

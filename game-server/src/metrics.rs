@@ -114,7 +114,7 @@ pub static PORT_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
 pub static URGENT_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "gs_urgent_dropped_total",
-        "Urgent events (fire, hit, death, pickup) given up on unacknowledged: too old, or past \
+        "Urgent events (fire, death, pickup) given up on unacknowledged: too old, or past \
          the ack window"
     )
     .unwrap()

@@ -30,7 +30,7 @@ pub struct Client {
     pub rtt_ms: f32,
     pub visible: Vec<u16>,
     pub reliable_out: ReliableSender,
-    /// Fire, hit, death, pickup: repeated in every packet until acknowledged.
+    /// Fire, death, pickup: repeated in every packet until acknowledged.
     pub urgent_out: UrgentSender,
     next_seq: u16,
     received: ReceivedPackets,
@@ -89,7 +89,9 @@ impl Client {
                     *acked_tick = Some(tick);
                 }
             });
-        self.reliable_out.on_ack(p.reliable.ack_next);
+        if let Some(ack) = p.reliable.ack_next {
+            self.reliable_out.on_ack(ack);
+        }
         self.urgent_out
             .on_ack(p.urgent_ack.latest, p.urgent_ack.bits);
         for input in p.inputs {
@@ -170,8 +172,10 @@ impl Client {
         Header { seq, ack, ack_bits }
     }
 
-    pub fn reliable_ack_next(&self) -> u16 {
-        self.reliable_in.ack_next()
+    /// The reliable ack for the next packet to this client, while it has something to
+    /// acknowledge.
+    pub fn reliable_ack_to_send(&mut self) -> Option<u16> {
+        self.reliable_in.ack_to_send()
     }
 
     /// How long to wait before resending an unacknowledged reliable message.

@@ -207,6 +207,11 @@ impl ServerThread {
     }
 }
 
+/// Average bytes per received packet.
+fn per_packet(bytes: u64, packets: u64) -> f64 {
+    bytes as f64 / packets.max(1) as f64
+}
+
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
@@ -350,6 +355,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
             Duration::from_secs(10),
         )
         .await?;
+        c.core.count_wire_parts = true;
         let match_id = t.match_id;
         *rooms.entry(match_id.clone()).or_default() += 1;
         let window = window.clone();
@@ -434,6 +440,12 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
                 packets: s.packets - base.packets,
                 corrections: s.corrections - base.corrections,
                 bytes_in: s.bytes_in - base.bytes_in,
+                bytes_in_parts: protocol::net::WireParts {
+                    fixed: s.bytes_in_parts.fixed - base.bytes_in_parts.fixed,
+                    entities: s.bytes_in_parts.entities - base.bytes_in_parts.entities,
+                    reliable: s.bytes_in_parts.reliable - base.bytes_in_parts.reliable,
+                    urgent: s.bytes_in_parts.urgent - base.bytes_in_parts.urgent,
+                },
                 ..s
             }
         }));
@@ -443,6 +455,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let mut lost = 0u64;
     let mut packets = 0u64;
     let mut down_bytes = 0u64;
+    let mut parts = protocol::net::WireParts::default();
     let warm_end = Instant::now() + Duration::from_secs(1);
     let _ = window.set((warm_end, warm_end + Duration::from_secs(args.duration)));
     tokio::time::sleep_until(warm_end.into()).await;
@@ -457,6 +470,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         lost += s.snapshots_lost;
         packets += s.packets;
         down_bytes += bytes;
+        parts.add(s.bytes_in_parts);
     }
     let (after, buckets_after) = counters();
     let server_cpu = server_thread.cpu().saturating_sub(server_cpu_before);
@@ -479,7 +493,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (its own thread, everything included; of it, ticks and the port by their thread CPU {:.2} us, of which sending {:.2} us and the port {:.2} us; wall-clock busy of ticks {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%",
+        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (its own thread, everything included; of it, ticks and the port by their thread CPU {:.2} us, of which sending {:.2} us and the port {:.2} us; wall-clock busy of ticks {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; {} snapshots, packet loss {:.1}%; per packet received {:.1} B: fixed header and own body {:.1}, entities {:.1}, urgent events {:.1}, reliable {:.1}, UDP/IP 28",
         args.players,
         args.room_size,
         {
@@ -500,7 +514,12 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         tick_p99,
         corrections,
         snapshots,
-        100.0 * lost as f64 / (packets + lost).max(1) as f64
+        100.0 * lost as f64 / (packets + lost).max(1) as f64,
+        per_packet(parts.total(), packets) + 28.0,
+        per_packet(parts.fixed, packets),
+        per_packet(parts.entities, packets),
+        per_packet(parts.urgent, packets),
+        per_packet(parts.reliable, packets),
     );
     let rtt = rtt.lock().unwrap().clone();
     let seen = seen.lock().unwrap().clone();

@@ -412,26 +412,18 @@ impl Room {
                         y0: tenths(y0),
                         x1: tenths(x1),
                         y1: tenths(y1),
-                        hit: victim.is_some(),
+                        victim,
                     };
-                    // Shots are seen by whoever has the shooter in view.
-                    let watchers: Vec<u16> = self
-                        .roster
-                        .iter()
-                        .filter(|c| c.entity == from || c.visible.binary_search(&from).is_ok())
-                        .map(|c| c.entity)
-                        .collect();
-                    for w in watchers {
-                        self.send_urgent(w, fire.clone());
-                    }
-                    if let Some(v) = victim {
-                        let hit = Message::Hit {
-                            shooter: from,
-                            victim: v,
-                            damage: arena::world::DAMAGE,
-                        };
-                        self.send_urgent(from, hit.clone());
-                        self.send_urgent(v, hit);
+                    // Shots are seen by whoever has the shooter in view, and by whom they hit
+                    // (the one message tells the victim it was hit).
+                    let now = now_ms();
+                    for c in self.roster.iter_mut() {
+                        if c.entity == from
+                            || victim == Some(c.entity)
+                            || c.visible.binary_search(&from).is_ok()
+                        {
+                            c.urgent_out.send(fire.clone(), now);
+                        }
                     }
                 }
                 SimEvent::Pickup { entity } => self.send_urgent(entity, Message::Pickup { entity }),
@@ -789,7 +781,7 @@ mod tests {
                                 view_frac: 0,
                             }],
                             reliable: ReliableBlock {
-                                ack_next: reliable.ack_next(),
+                                ack_next: reliable.ack_to_send(),
                                 messages: Vec::new(),
                             },
                             urgent_ack: UrgentAck { latest, bits },

@@ -97,7 +97,7 @@ impl SnapshotTick<'_> {
         packet.header = client.next_header(self.tick, held, self.now_ms);
         let resend = client.resend_after_ms();
         packet.reliable = ReliableBlock {
-            ack_next: client.reliable_ack_next(),
+            ack_next: client.reliable_ack_to_send(),
             messages: client
                 .reliable_out
                 .outgoing(self.now_ms, resend, RELIABLE_BUDGET),

@@ -32,6 +32,10 @@ impl Writer {
         }
         self.buf.push(v as u8);
     }
+    /// A signed value as a zigzag varint: small magnitudes of either sign take few bytes.
+    pub fn svarint(&mut self, v: i32) {
+        self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
+    }
     /// A string of at most 255 bytes (longer ones are cut at a character boundary).
     pub fn str(&mut self, s: &str) {
         let mut end = s.len().min(255);
@@ -89,6 +93,10 @@ impl<'a> Reader<'a> {
             }
         }
         Err(NetError::Invalid("varint too long"))
+    }
+    pub fn svarint(&mut self) -> Result<i32, NetError> {
+        let z = u32::try_from(self.varint()?).map_err(|_| NetError::Invalid("signed varint"))?;
+        Ok((z >> 1) as i32 ^ -((z & 1) as i32))
     }
     pub fn str(&mut self) -> Result<String, NetError> {
         let n = self.u8()? as usize;

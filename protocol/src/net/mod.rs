@@ -3,9 +3,11 @@
 //! malformed, truncated or oversized input with an error instead of panicking or allocating
 //! what a hostile count asks for.
 //!
-//! Layout: every datagram starts with `'G'` and a byte holding the protocol version (high
-//! nibble) and the packet type (low nibble). Integers are little-endian; counts and ticks are
-//! LEB128 varints; entity updates are bit-packed ([`snapshot`]).
+//! Layout: every datagram starts with a byte holding the protocol version (high nibble) and the
+//! packet type (low nibble). Integers are little-endian; counts, ticks, entity ids inside
+//! messages and message ids after the first are LEB128 varints; entity updates are bit-packed
+//! ([`snapshot`]). What keeps stray or forged datagrams out is not a magic byte but the
+//! session: 64 bits from the client, a 32-bit tag and the server's address to the client.
 
 pub mod acks;
 mod codec;
@@ -16,10 +18,13 @@ pub mod urgent;
 use codec::{Reader, Writer};
 pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
-pub const MAGIC: u8 = b'G';
-/// 2: time-critical events on their own unordered channel ([`urgent`]); a two-byte prefix, a
-/// 32-bit session tag, quantized own body and bit-packed entity updates in server packets.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: a one-byte prefix (no magic), 16 ack bits in server packets, the reliable ack only
+/// while the peer has something to acknowledge, message ids after the first as gaps, entity ids
+/// in messages as varints, a fire's end as a move from its start and naming its victim (no
+/// separate hit message).
+/// 2: time-critical events on their own unordered channel ([`urgent`]); a 32-bit session tag,
+/// quantized own body and bit-packed entity updates in server packets.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
 pub const MAX_PACKET: usize = 1200;
 /// Connect requests are padded to exactly this size and every reply is smaller, so a forged
@@ -35,8 +40,6 @@ pub const MAX_CHAT: usize = 200;
 pub enum NetError {
     #[error("packet truncated")]
     Truncated,
-    #[error("not a Grandstand packet")]
-    BadMagic,
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
     #[error("unknown packet type {0}")]
@@ -80,7 +83,8 @@ impl DenyReason {
     }
 }
 
-/// Per-packet acknowledgement header (sequence, latest received, and the 32 before it).
+/// Per-packet acknowledgement header (sequence, latest received, and the 32 before it; server
+/// packets carry only the 16 before it: the client learns round trips from them, nothing more).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Header {
     pub seq: u16,
@@ -116,8 +120,8 @@ pub struct OwnState {
 }
 
 /// Events and notices between server and client. The roster, chat and the end of the match go
-/// on the ordered channel (exactly once, in order); fire, hit, death and pickup on the urgent
-/// one (once, as soon as possible, in any order).
+/// on the ordered channel (exactly once, in order); fire, death and pickup on the urgent one
+/// (once, as soon as possible, in any order). Positions are in tenths of a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     PlayerInfo {
@@ -129,18 +133,15 @@ pub enum Message {
     PlayerGone {
         entity: u16,
     },
+    /// A shot from `(x0, y0)` to `(x1, y1)`; `victim` is whom it hit (that player learns it
+    /// was hit from this message: the damage shows in its health).
     Fire {
         entity: u16,
         x0: u16,
         y0: u16,
         x1: u16,
         y1: u16,
-        hit: bool,
-    },
-    Hit {
-        shooter: u16,
-        victim: u16,
-        damage: u8,
+        victim: Option<u16>,
     },
     Death {
         victim: u16,
@@ -158,8 +159,10 @@ pub enum Message {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReliableBlock {
-    /// The next message id this side expects from the peer (everything before it arrived).
-    pub ack_next: u16,
+    /// The next message id this side expects from the peer (everything before it arrived);
+    /// sent only while the peer has recently sent something to acknowledge
+    /// ([`reliable::ReliableReceiver::ack_to_send`]).
+    pub ack_next: Option<u16>,
     pub messages: Vec<(u16, Message)>,
 }
 
@@ -260,12 +263,11 @@ impl Packet {
         let mut w = Writer {
             buf: std::mem::take(out),
         };
-        w.u8(MAGIC);
         let prefix = |t: u8| (PROTOCOL_VERSION << 4) | t;
         match self {
             Packet::ConnectRequest { token } => {
                 w.u8(prefix(T_CONNECT));
-                let t = &token.as_bytes()[..token.len().min(CONNECT_REQUEST_LEN - 4)];
+                let t = &token.as_bytes()[..token.len().min(CONNECT_REQUEST_LEN - 3)];
                 w.u16(t.len() as u16);
                 w.buf.extend_from_slice(t);
                 w.buf.resize(CONNECT_REQUEST_LEN, 0);
@@ -289,7 +291,7 @@ impl Packet {
             Packet::Client(p) => {
                 w.u8(prefix(T_CLIENT));
                 w.u64(p.session);
-                write_header(&mut w, &p.header);
+                write_header(&mut w, &p.header, true);
                 w.u8(p.inputs.len().min(MAX_INPUTS) as u8);
                 // Inputs are consecutive in practice: the first seq in full, the rest as deltas.
                 let mut prev = 0u32;
@@ -314,20 +316,19 @@ impl Packet {
             Packet::Server(p) => {
                 w.u8(prefix(T_SERVER));
                 w.u32(p.session);
-                write_header(&mut w, &p.header);
+                write_header(&mut w, &p.header, false);
                 w.varint(u64::from(p.tick));
                 w.varint(u64::from(p.last_processed_input));
                 w.u16((p.own.x * 64.0).round().clamp(0.0, 65535.0) as u16);
                 w.u16((p.own.y * 64.0).round().clamp(0.0, 65535.0) as u16);
                 w.u16((p.own.vx * 128.0).round().clamp(-32768.0, 32767.0) as i16 as u16);
                 w.u16((p.own.vy * 128.0).round().clamp(-32768.0, 32767.0) as i16 as u16);
-                let has_reliable = !p.reliable.messages.is_empty();
+                let has_reliable = p.reliable.ack_next.is_some() || !p.reliable.messages.is_empty();
                 let has_urgent = !p.urgent.is_empty();
                 w.u8(p.own.alive as u8 | (has_reliable as u8) << 1 | (has_urgent as u8) << 2);
                 p.snapshot.write(&mut w, p.tick);
-                w.u16(p.reliable.ack_next);
                 if has_reliable {
-                    write_messages(&mut w, &p.reliable.messages, MAX_MESSAGES);
+                    write_reliable(&mut w, &p.reliable);
                 }
                 if has_urgent {
                     write_messages(&mut w, &p.urgent, urgent::MAX_URGENT);
@@ -336,7 +337,7 @@ impl Packet {
             Packet::Events(p) => {
                 w.u8(prefix(T_EVENTS));
                 w.u32(p.session);
-                write_header(&mut w, &p.header);
+                write_header(&mut w, &p.header, false);
                 w.varint(u64::from(p.tick));
                 write_messages(&mut w, &p.urgent, urgent::MAX_URGENT);
             }
@@ -353,9 +354,6 @@ impl Packet {
             return Err(NetError::TooLarge);
         }
         let mut r = Reader::new(buf);
-        if r.u8()? != MAGIC {
-            return Err(NetError::BadMagic);
-        }
         let prefix = r.u8()?;
         if prefix >> 4 != PROTOCOL_VERSION {
             return Err(NetError::BadVersion(prefix >> 4));
@@ -385,7 +383,7 @@ impl Packet {
             },
             T_CLIENT => {
                 let session = r.u64()?;
-                let header = read_header(&mut r)?;
+                let header = read_header(&mut r, true)?;
                 let n = r.u8()? as usize;
                 if n > MAX_INPUTS {
                     return Err(NetError::Invalid("too many inputs"));
@@ -434,7 +432,7 @@ impl Packet {
             }
             T_SERVER => {
                 let session = r.u32()?;
-                let header = read_header(&mut r)?;
+                let header = read_header(&mut r, false)?;
                 let tick = u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("tick"))?;
                 let last_processed_input =
                     u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("input seq"))?;
@@ -452,14 +450,21 @@ impl Packet {
                     alive: flags & 1 != 0,
                 };
                 let snapshot = SnapshotDelta::read(&mut r, tick)?;
-                let ack_next = r.u16()?;
-                let messages = if flags & 2 != 0 {
-                    read_messages(&mut r, MAX_MESSAGES)?
+                let reliable = if flags & 2 != 0 {
+                    let block = read_reliable(&mut r)?;
+                    if block.ack_next.is_none() && block.messages.is_empty() {
+                        return Err(NetError::Invalid("empty reliable block"));
+                    }
+                    block
                 } else {
-                    Vec::new()
+                    ReliableBlock::default()
                 };
                 let urgent = if flags & 4 != 0 {
-                    read_messages(&mut r, urgent::MAX_URGENT)?
+                    let urgent = read_messages(&mut r, urgent::MAX_URGENT)?;
+                    if urgent.is_empty() {
+                        return Err(NetError::Invalid("empty urgent block"));
+                    }
+                    urgent
                 } else {
                     Vec::new()
                 };
@@ -470,13 +475,13 @@ impl Packet {
                     last_processed_input,
                     own,
                     snapshot,
-                    reliable: ReliableBlock { ack_next, messages },
+                    reliable,
                     urgent,
                 })
             }
             T_EVENTS => Packet::Events(EventsPacket {
                 session: r.u32()?,
-                header: read_header(&mut r)?,
+                header: read_header(&mut r, false)?,
                 tick: u32::try_from(r.varint()?).map_err(|_| NetError::Invalid("tick"))?,
                 urgent: read_messages(&mut r, urgent::MAX_URGENT)?,
             }),
@@ -490,31 +495,93 @@ impl Packet {
     }
 }
 
-fn write_header(w: &mut Writer, h: &Header) {
-    w.u16(h.seq);
-    w.u16(h.ack);
-    w.u32(h.ack_bits);
+/// Where a datagram's bytes go, for measuring the protocol (not on any hot path: it encodes
+/// the parts again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireParts {
+    /// Prefix, session, sequence and acks, tick, the input acknowledged, the own body, flags.
+    pub fixed: u64,
+    /// The snapshot delta with its baseline.
+    pub entities: u64,
+    pub reliable: u64,
+    pub urgent: u64,
 }
 
-fn read_header(r: &mut Reader) -> Result<Header, NetError> {
+impl WireParts {
+    pub fn add(&mut self, other: WireParts) {
+        self.fixed += other.fixed;
+        self.entities += other.entities;
+        self.reliable += other.reliable;
+        self.urgent += other.urgent;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.fixed + self.entities + self.reliable + self.urgent
+    }
+}
+
+impl Packet {
+    /// How this packet's encoded bytes split into [`WireParts`].
+    pub fn wire_parts(&self) -> WireParts {
+        let total = self.encode().len() as u64;
+        let measure = |f: &dyn Fn(&mut Writer)| {
+            let mut w = Writer::with_capacity(256);
+            f(&mut w);
+            w.buf.len() as u64
+        };
+        let mut parts = WireParts::default();
+        match self {
+            Packet::Server(p) => {
+                parts.entities = measure(&|w| p.snapshot.write(w, p.tick));
+                if p.reliable.ack_next.is_some() || !p.reliable.messages.is_empty() {
+                    parts.reliable = measure(&|w| write_reliable(w, &p.reliable));
+                }
+                if !p.urgent.is_empty() {
+                    parts.urgent = measure(&|w| write_messages(w, &p.urgent, urgent::MAX_URGENT));
+                }
+            }
+            Packet::Events(p) => {
+                parts.urgent = measure(&|w| write_messages(w, &p.urgent, urgent::MAX_URGENT));
+            }
+            _ => {}
+        }
+        parts.fixed = total - parts.entities - parts.reliable - parts.urgent;
+        parts
+    }
+}
+
+/// `wide`: the 32 ack bits a client packet carries (the server picks snapshot baselines from
+/// them), else the 16 of a server packet (the client only times round trips with them).
+fn write_header(w: &mut Writer, h: &Header, wide: bool) {
+    w.u16(h.seq);
+    w.u16(h.ack);
+    if wide {
+        w.u32(h.ack_bits);
+    } else {
+        w.u16(h.ack_bits as u16);
+    }
+}
+
+fn read_header(r: &mut Reader, wide: bool) -> Result<Header, NetError> {
     Ok(Header {
         seq: r.u16()?,
         ack: r.u16()?,
-        ack_bits: r.u32()?,
+        ack_bits: if wide { r.u32()? } else { u32::from(r.u16()?) },
     })
 }
 
 const M_INFO: u8 = 1;
 const M_GONE: u8 = 2;
 const M_FIRE: u8 = 3;
-const M_HIT: u8 = 4;
+// 4 was a hit of its own (protocol 2); a fire now names its victim.
 const M_DEATH: u8 = 5;
 const M_PICKUP: u8 = 6;
 const M_CHAT: u8 = 7;
 const M_ENDED: u8 = 8;
 
 impl Message {
-    /// Bytes this message takes on the wire (for packet budgets).
+    /// Bytes this message takes on the wire with its id counted in full (for packet budgets:
+    /// an id after the first in a packet usually takes one byte, not two).
     pub fn encoded_len(&self) -> usize {
         let mut w = Writer::with_capacity(32);
         write_message(&mut w, self);
@@ -531,14 +598,14 @@ fn write_message(w: &mut Writer, m: &Message) {
             bot,
         } => {
             w.u8(M_INFO);
-            w.u16(*entity);
+            w.varint(u64::from(*entity));
             w.str(player);
             w.str(name);
             w.u8(*bot as u8);
         }
         Message::PlayerGone { entity } => {
             w.u8(M_GONE);
-            w.u16(*entity);
+            w.varint(u64::from(*entity));
         }
         Message::Fire {
             entity,
@@ -546,72 +613,81 @@ fn write_message(w: &mut Writer, m: &Message) {
             y0,
             x1,
             y1,
-            hit,
+            victim,
         } => {
             w.u8(M_FIRE);
-            w.u16(*entity);
-            for v in [x0, y0, x1, y1] {
-                w.u16(*v);
-            }
-            w.u8(*hit as u8);
-        }
-        Message::Hit {
-            shooter,
-            victim,
-            damage,
-        } => {
-            w.u8(M_HIT);
-            w.u16(*shooter);
-            w.u16(*victim);
-            w.u8(*damage);
+            w.varint(u64::from(*entity));
+            w.u16(*x0);
+            w.u16(*y0);
+            // A shot reaches a few hundred units at most: its end as a move from its start
+            // takes two bytes a coordinate where the position took two anyway.
+            w.svarint(i32::from(*x1) - i32::from(*x0));
+            w.svarint(i32::from(*y1) - i32::from(*y0));
+            w.varint(victim.map_or(0, |v| u64::from(v) + 1));
         }
         Message::Death { victim, killer } => {
             w.u8(M_DEATH);
-            w.u16(*victim);
-            w.u16(*killer);
+            w.varint(u64::from(*victim));
+            w.varint(u64::from(*killer));
         }
         Message::Pickup { entity } => {
             w.u8(M_PICKUP);
-            w.u16(*entity);
+            w.varint(u64::from(*entity));
         }
         Message::Chat { entity, text } => {
             w.u8(M_CHAT);
-            w.u16(*entity);
+            w.varint(u64::from(*entity));
             w.str(text);
         }
         Message::MatchEnded => w.u8(M_ENDED),
     }
 }
 
+fn entity_id(r: &mut Reader) -> Result<u16, NetError> {
+    u16::try_from(r.varint()?).map_err(|_| NetError::Invalid("entity id"))
+}
+
 fn read_message(r: &mut Reader) -> Result<Message, NetError> {
     Ok(match r.u8()? {
         M_INFO => Message::PlayerInfo {
-            entity: r.u16()?,
+            entity: entity_id(r)?,
             player: r.str()?,
             name: r.str()?,
             bot: r.u8()? != 0,
         },
-        M_GONE => Message::PlayerGone { entity: r.u16()? },
-        M_FIRE => Message::Fire {
-            entity: r.u16()?,
-            x0: r.u16()?,
-            y0: r.u16()?,
-            x1: r.u16()?,
-            y1: r.u16()?,
-            hit: r.u8()? != 0,
+        M_GONE => Message::PlayerGone {
+            entity: entity_id(r)?,
         },
-        M_HIT => Message::Hit {
-            shooter: r.u16()?,
-            victim: r.u16()?,
-            damage: r.u8()?,
-        },
+        M_FIRE => {
+            let entity = entity_id(r)?;
+            let (x0, y0) = (r.u16()?, r.u16()?);
+            let end = |from: u16, d: i32| {
+                u16::try_from(i32::from(from) + d).map_err(|_| NetError::Invalid("shot end"))
+            };
+            let x1 = end(x0, r.svarint()?)?;
+            let y1 = end(y0, r.svarint()?)?;
+            let victim = match r.varint()? {
+                0 => None,
+                v => Some(u16::try_from(v - 1).map_err(|_| NetError::Invalid("entity id"))?),
+            };
+            Message::Fire {
+                entity,
+                x0,
+                y0,
+                x1,
+                y1,
+                victim,
+            }
+        }
         M_DEATH => Message::Death {
-            victim: r.u16()?,
-            killer: r.u16()?,
+            victim: entity_id(r)?,
+            killer: entity_id(r)?,
         },
-        M_PICKUP => Message::Pickup { entity: r.u16()? },
+        M_PICKUP => Message::Pickup {
+            entity: entity_id(r)?,
+        },
         M_CHAT => {
-            let entity = r.u16()?;
+            let entity = entity_id(r)?;
             let text = r.str()?;
             if text.len() > MAX_CHAT {
                 return Err(NetError::Invalid("chat message too long"));
@@ -623,35 +699,75 @@ fn read_message(r: &mut Reader) -> Result<Message, NetError> {
     })
 }
 
+/// The ack rides in the count byte's top bit (counts stay below 128), so a block with no ack
+/// costs nothing over its messages.
+const ACK_PRESENT: u8 = 0x80;
+
 fn write_reliable(w: &mut Writer, b: &ReliableBlock) {
-    w.u16(b.ack_next);
-    write_messages(w, &b.messages, MAX_MESSAGES);
+    let n = b.messages.len().min(MAX_MESSAGES);
+    w.u8(n as u8 | if b.ack_next.is_some() { ACK_PRESENT } else { 0 });
+    if let Some(ack) = b.ack_next {
+        w.u16(ack);
+    }
+    write_message_list(w, &b.messages[..n]);
 }
 
 fn read_reliable(r: &mut Reader) -> Result<ReliableBlock, NetError> {
-    let ack_next = r.u16()?;
-    let messages = read_messages(r, MAX_MESSAGES)?;
+    let count = r.u8()?;
+    let ack_next = if count & ACK_PRESENT != 0 {
+        Some(r.u16()?)
+    } else {
+        None
+    };
+    let messages = read_message_list(r, usize::from(count & !ACK_PRESENT), MAX_MESSAGES)?;
     Ok(ReliableBlock { ack_next, messages })
 }
 
-/// A count (at most `max`), then each message with its id.
+/// A count (at most `max`), then the messages.
 fn write_messages(w: &mut Writer, messages: &[(u16, Message)], max: usize) {
     let n = messages.len().min(max);
     w.u8(n as u8);
-    for (id, m) in &messages[..n] {
-        w.u16(*id);
+    write_message_list(w, &messages[..n]);
+}
+
+fn read_messages(r: &mut Reader, max: usize) -> Result<Vec<(u16, Message)>, NetError> {
+    let n = usize::from(r.u8()?);
+    read_message_list(r, n, max)
+}
+
+/// Each message with its id: the first id in full, each later one as its distance from the
+/// one before (ids are consecutive in practice: one byte).
+fn write_message_list(w: &mut Writer, messages: &[(u16, Message)]) {
+    let mut prev = 0u16;
+    for (i, (id, m)) in messages.iter().enumerate() {
+        if i == 0 {
+            w.u16(*id);
+        } else {
+            w.varint(u64::from(id.wrapping_sub(prev)));
+        }
+        prev = *id;
         write_message(w, m);
     }
 }
 
-fn read_messages(r: &mut Reader, max: usize) -> Result<Vec<(u16, Message)>, NetError> {
-    let n = r.u8()? as usize;
+fn read_message_list(
+    r: &mut Reader,
+    n: usize,
+    max: usize,
+) -> Result<Vec<(u16, Message)>, NetError> {
     if n > max {
         return Err(NetError::Invalid("too many messages"));
     }
     let mut messages = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = r.u16()?;
+    let mut prev = 0u16;
+    for i in 0..n {
+        let id = if i == 0 {
+            r.u16()?
+        } else {
+            let gap = u16::try_from(r.varint()?).map_err(|_| NetError::Invalid("message id"))?;
+            prev.wrapping_add(gap)
+        };
+        prev = id;
         messages.push((id, read_message(r)?));
     }
     Ok(messages)

@@ -1,9 +1,13 @@
-//! The reliable, ordered channel for critical events (fire, hit, death, pickup, chat).
+//! The reliable, ordered channel for what needs order and exactly-once: the roster, chat, the
+//! end of the match (time-critical events ride [`super::urgent`]).
 //!
 //! Messages get consecutive 16-bit ids. The sender keeps each one until the peer's `ack_next`
 //! (the next id it expects) passes it, and repeats it in outgoing packets whenever it has gone
 //! unacknowledged for a resend interval (about one round trip). The receiver buffers what
-//! arrives early and delivers strictly in id order, each id once.
+//! arrives early and delivers strictly in id order, each id once. The receiver's ack rides in
+//! its packets only for the next [`ACK_REPEATS`] after a message arrived: the sender resends
+//! until acknowledged, and each copy that arrives starts the repeats again, so the ack is never
+//! missing when it matters and costs nothing when nothing is in flight (nearly always).
 //!
 //! Bounds: at most `MAX_UNACKED` messages in flight; a sender at that limit refuses new ones
 //! (the session treats it as a dead link and disconnects), which also keeps every id the
@@ -15,6 +19,9 @@ use super::acks::seq_newer;
 use super::{Message, MAX_MESSAGES};
 
 pub const MAX_UNACKED: usize = 256;
+/// Packets that carry the ack after a message arrives: at 5% loss all of them are lost once in
+/// 10^20, and a resend would start them again anyway.
+pub const ACK_REPEATS: u8 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("reliable channel full: the peer has not acknowledged {MAX_UNACKED} messages")]
@@ -96,11 +103,14 @@ impl ReliableSender {
 pub struct ReliableReceiver {
     next: u16,
     early: HashMap<u16, Message>,
+    /// Outgoing packets that should still carry the ack.
+    ack_repeats: u8,
 }
 
 impl ReliableReceiver {
     /// Takes a received message; returns the messages now deliverable, in order.
     pub fn receive(&mut self, id: u16, msg: Message) -> Vec<Message> {
+        self.ack_repeats = ACK_REPEATS;
         let ahead = id.wrapping_sub(self.next) as usize;
         if ahead >= MAX_UNACKED {
             // Already delivered (a resend we had acknowledged), or outside any honest window.
@@ -118,6 +128,15 @@ impl ReliableReceiver {
     /// The id we expect next: everything before it arrived.
     pub fn ack_next(&self) -> u16 {
         self.next
+    }
+
+    /// The ack for the next outgoing packet, if it should carry one (called once per packet).
+    pub fn ack_to_send(&mut self) -> Option<u16> {
+        if self.ack_repeats == 0 {
+            return None;
+        }
+        self.ack_repeats -= 1;
+        Some(self.next)
     }
 }
 
@@ -161,8 +180,11 @@ mod tests {
                         delivered.extend(rx.receive(id, m));
                     }
                 }
-                if rng.unit() >= 0.2 {
-                    acks.push((now + 20 + (rng.unit() * 40.0) as u64, rx.ack_next()));
+                // Acks only as the receiver's packets carry them.
+                if let Some(ack) = rx.ack_to_send() {
+                    if rng.unit() >= 0.2 {
+                        acks.push((now + 20 + (rng.unit() * 40.0) as u64, ack));
+                    }
                 }
                 let (arrived, rest): (Vec<_>, Vec<_>) =
                     acks.drain(..).partition(|(t, _)| *t <= now);
@@ -185,6 +207,20 @@ mod tests {
             assert_eq!(texts, want, "seed {seed}");
             assert_eq!(tx.unacked(), 0, "seed {seed}: sender still holds messages");
         }
+    }
+
+    #[test]
+    fn the_ack_rides_a_few_packets_after_each_arrival_and_then_stops() {
+        let mut rx = ReliableReceiver::default();
+        assert_eq!(rx.ack_to_send(), None, "nothing to acknowledge yet");
+        rx.receive(0, Message::MatchEnded);
+        for _ in 0..ACK_REPEATS {
+            assert_eq!(rx.ack_to_send(), Some(1));
+        }
+        assert_eq!(rx.ack_to_send(), None);
+        // A resend of what was delivered (its ack was lost) starts the repeats again.
+        rx.receive(0, Message::MatchEnded);
+        assert_eq!(rx.ack_to_send(), Some(1));
     }
 
     #[test]

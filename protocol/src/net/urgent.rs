@@ -1,4 +1,4 @@
-//! The channel for time-critical events (fire, hit, death): unordered, repeated in every packet
+//! The channel for time-critical events (fire, death, pickup): unordered, repeated in every packet
 //! until acknowledged.
 //!
 //! A fire that arrives late is worth little, and one that waits behind a lost earlier message
