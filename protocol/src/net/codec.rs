@@ -155,14 +155,23 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    /// A signed value in a size class: 2 bits choose 5, 9, 13 or 32 bits of its zigzag form.
-    /// A move over one or two ticks fits 9 bits (11 in all), a still one 5.
+    /// A signed value in a size class of its zigzag form: `0` and 9 bits, `10` and 5, `110` and
+    /// 13, `111` and 32 (the tags least significant bit first). The shortest tag goes to the
+    /// class a move against a baseline a few ticks old falls in (10 bits in all); a nearly
+    /// still body takes 7.
     pub fn svar(&mut self, v: i32) {
         let z = ((v << 1) ^ (v >> 31)) as u32;
-        let class = SVAR_WIDTHS.iter().position(|&w| w == 32 || z >> w == 0);
-        let class = class.unwrap_or(3);
-        self.bits(class as u32, 2);
-        self.bits(z, SVAR_WIDTHS[class]);
+        let (tag, tag_bits, width) = if z >> 5 == 0 {
+            (0b01, 2, 5)
+        } else if z >> 9 == 0 {
+            (0b0, 1, 9)
+        } else if z >> 13 == 0 {
+            (0b011, 3, 13)
+        } else {
+            (0b111, 3, 32)
+        };
+        self.bits(tag, tag_bits);
+        self.bits(z, width);
     }
 
     /// Pads the last byte with zero bits.
@@ -172,8 +181,6 @@ impl<'a> BitWriter<'a> {
         }
     }
 }
-
-const SVAR_WIDTHS: [u32; 4] = [5, 9, 13, 32];
 
 /// Reads what a [`BitWriter`] wrote; every read is bounds-checked.
 pub struct BitReader<'a> {
@@ -229,8 +236,16 @@ impl<'a> BitReader<'a> {
     }
 
     pub fn svar(&mut self) -> Result<i32, NetError> {
-        let class = self.bits(2)? as usize;
-        let z = self.bits(SVAR_WIDTHS[class])?;
+        let width = if !self.flag()? {
+            9
+        } else if !self.flag()? {
+            5
+        } else if !self.flag()? {
+            13
+        } else {
+            32
+        };
+        let z = self.bits(width)?;
         Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
     }
 

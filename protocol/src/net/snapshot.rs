@@ -5,12 +5,15 @@
 //!
 //! On the wire: the baseline as ticks back from the packet's tick plus one (a varint, 0 for
 //! none), then bit-packed: the change count; per change the id (the first in full, then the
-//! gap to the previous id minus one, in 3-bit groups), a "full" bit, then either the whole
-//! state (x, y 16 bits each, angle, hp, flags 8, score in 6-bit groups) or a 6-bit field mask
-//! and the fields it names (moves and the score change as signed values in a 5/9/13/32-bit
-//! size class, angle, hp and flags 8 bits); then the removed count and ids the same way; zero
-//! bits to the byte. A player moving at full speed against a baseline a tick or two old costs
-//! about 5 bytes.
+//! gap to the previous id minus one, in 3-bit groups), then its kind: `1` for the common case
+//! of a body that moved and turned and nothing else (seven changes in ten in a 50-player
+//! match), `01` then a 6-bit field mask for any other set of changed fields, `00` for a whole
+//! state; the whole state is x, y 16 bits each, angle, hp, flags 8, score in 6-bit groups; the
+//! changed fields are moves and the score change as signed values in a size class (`0` and 9
+//! bits, `10` and 5, `110` and 13, `111` and 32: a move against a baseline three ticks old
+//! usually fits 9), angle, hp and flags 8 bits; then the removed count and ids the same way;
+//! zero bits to the byte. A player moving at full speed against a baseline three ticks old
+//! costs about 4 bytes.
 
 use super::codec::{BitReader, BitWriter, Reader, Writer};
 use super::{NetError, MAX_ENTITIES};
@@ -68,6 +71,8 @@ const B_ANGLE: u8 = 4;
 const B_HP: u8 = 8;
 const B_FLAGS: u8 = 16;
 const B_SCORE: u8 = 32;
+/// What changes for a moving player, nearly always: one bit says it.
+const MOVED_AND_TURNED: u8 = B_X | B_Y | B_ANGLE;
 
 /// A snapshot as sent: what changed since `baseline` (a tick the client holds), or everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -249,7 +254,7 @@ impl SnapshotDelta {
             prev = id;
             match *c {
                 EntityChange::Full(_, s) => {
-                    bits.flag(true);
+                    bits.bits(0b00, 2);
                     bits.bits(u32::from(s.x), 16);
                     bits.bits(u32::from(s.y), 16);
                     bits.bits(u32::from(s.angle), 8);
@@ -267,8 +272,13 @@ impl SnapshotDelta {
                     dscore,
                     ..
                 } => {
-                    bits.flag(false);
-                    bits.bits(u32::from(mask), 6);
+                    if mask == MOVED_AND_TURNED {
+                        bits.flag(true);
+                    } else {
+                        // `0` then `1`, least significant bit first.
+                        bits.bits(0b10, 2);
+                        bits.bits(u32::from(mask), 6);
+                    }
                     if mask & B_X != 0 {
                         bits.svar(dx);
                     }
@@ -323,7 +333,17 @@ impl SnapshotDelta {
         let mut prev = 0;
         for k in 0..n {
             let id = ids(&mut bits, k, &mut prev)?;
-            if bits.flag()? {
+            let mask = if bits.flag()? {
+                MOVED_AND_TURNED
+            } else if bits.flag()? {
+                let mask = bits.bits(6)? as u8;
+                if mask == 0 || mask == MOVED_AND_TURNED {
+                    // Nothing changed, or the common case spelled the long way: one value has
+                    // one encoding.
+                    return Err(NetError::Invalid("field mask"));
+                }
+                mask
+            } else {
                 changes.push(EntityChange::Full(
                     id,
                     EntityState {
@@ -337,11 +357,7 @@ impl SnapshotDelta {
                     },
                 ));
                 continue;
-            }
-            let mask = bits.bits(6)? as u8;
-            if mask == 0 {
-                return Err(NetError::Invalid("field mask"));
-            }
+            };
             let mut c = (0, 0, 0, 0, 0, 0);
             if mask & B_X != 0 {
                 c.0 = bits.svar()?;

@@ -253,9 +253,21 @@ fn unchanged_entities_cost_nothing_and_moves_are_small() {
     let d = SnapshotDelta::between(Some(1), &base, &moved);
     let mut w = codec::Writer::with_capacity(64);
     d.write(&mut w, 2);
-    // Baseline (a byte), then bits: count 5, id 3 + 1, full flag 1, mask 6, dx 2 + 9,
-    // dy 2 + 5, removed count 4: 38 bits.
+    // Baseline (a byte), then bits: count 5, id 3 + 1, kind 2 and mask 6 (moved only), dx
+    // 1 + 9, dy 2 + 5, removed count 4: 38 bits.
     assert_eq!(w.buf.len(), 1 + 5);
+    // The common case, a body that moved and turned, says so in one bit: count 5, per body id
+    // 4, kind 1, dx 1 + 9, dy 2 + 5, angle 8 (30 bits), removed count 4.
+    let mut turned = moved.clone();
+    turned[4].1.angle += 9;
+    turned[9].1.angle += 9;
+    turned[9].1.x -= 100;
+    turned[9].1.y += 12;
+    let d = SnapshotDelta::between(Some(1), &base, &turned);
+    assert_eq!(d.apply(&base).unwrap(), turned);
+    let mut w = codec::Writer::with_capacity(64);
+    d.write(&mut w, 2);
+    assert_eq!(w.buf.len(), 1 + (5 + 2 * 30 + 4usize).div_ceil(8));
 }
 
 #[test]
