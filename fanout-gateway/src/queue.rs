@@ -366,6 +366,21 @@ impl ViewerQueue {
         out
     }
 
+    /// Asks the CPU to bring this viewer's state into cache ahead of its delivery (a hint: no
+    /// effect on what happens, only on when the memory arrives).
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let at = (self as *const ViewerQueue).cast::<i8>();
+            for line in 0..std::mem::size_of::<ViewerQueue>().div_ceil(64) {
+                // SAFETY: a prefetch never faults and reads nothing the program sees; SSE is
+                // part of every x86_64 CPU.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
+            }
+        }
+    }
+
     /// Writes what is queued straight to a direct viewer's socket, and wakes the viewer's task
     /// unless all of it went out (the socket is full or gone, or the viewer has no direct
     /// socket). True when the connection is lost.
@@ -495,7 +510,7 @@ fn flush_locked(
             iov[n] = std::io::IoSlice::new(wire.bytes(f));
             n += 1;
         }
-        let mut written = match send(socket, &iov[..n]) {
+        let written = match send(socket, &iov[..n]) {
             Ok(0) => return Flushed::Failed,
             Ok(w) => w,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
@@ -509,32 +524,37 @@ fn flush_locked(
                     .observe(protocol::now_us().saturating_sub(p) as f64 / 1e6);
             }
         }
-        // Take off what went out, in the order it was laid out.
-        if let Some(p) = s.partial.take() {
-            if written < p.len() {
-                s.partial = Some(p.slice(written..));
-                continue;
-            }
-            written -= p.len();
+        take_off(s, wire, written);
+    }
+}
+
+/// Takes off the queue what a write sent, in the order it was laid out: the half-sent rest,
+/// the control frames, the queued frames; a frame the write ended inside becomes the rest.
+fn take_off(s: &mut State, wire: Wire, mut written: usize) {
+    if let Some(p) = s.partial.take() {
+        if written < p.len() {
+            s.partial = Some(p.slice(written..));
+            return;
         }
-        while written > 0 {
-            if let Some(c) = s.control.pop_front() {
-                if written < c.len() {
-                    s.partial = Some(c.slice(written..));
-                    written = 0;
-                } else {
-                    written -= c.len();
-                }
-                continue;
-            }
-            let Some(f) = s.frames.pop_front() else { break };
-            let bytes = wire.bytes(&f);
-            if written < bytes.len() {
-                s.partial = Some(bytes.slice(written..));
+        written -= p.len();
+    }
+    while written > 0 {
+        if let Some(c) = s.control.pop_front() {
+            if written < c.len() {
+                s.partial = Some(c.slice(written..));
                 written = 0;
             } else {
-                written -= bytes.len();
+                written -= c.len();
             }
+            continue;
+        }
+        let Some(f) = s.frames.pop_front() else { break };
+        let bytes = wire.bytes(&f);
+        if written < bytes.len() {
+            s.partial = Some(bytes.slice(written..));
+            written = 0;
+        } else {
+            written -= bytes.len();
         }
     }
 }
@@ -669,6 +689,62 @@ mod tests {
             q.deliver(&more, || None).closed,
             "a closed viewer is dropped"
         );
+    }
+
+    /// The hub's direct writes, through a socket whose buffers fill: batches written whole
+    /// straight from the hub's frames, short writes, a blocked socket whose batches queue, and
+    /// the flushes that follow must put every frame's bytes on the wire once, in order.
+    #[tokio::test]
+    async fn direct_writes_put_every_frame_on_the_wire_once_in_order_through_short_writes() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Small buffers at both ends (the reader's before it connects, so the window stays
+        // small): a few batches fill them.
+        let reader = tokio::net::TcpSocket::new_v4().unwrap();
+        reader.set_recv_buffer_size(4096).unwrap();
+        let mut client = reader
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let q = ViewerQueue::new(100_000, wire());
+        q.write_directly(Arc::new(server));
+        let mut expected = Vec::new();
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut version = 0;
+        for round in 0..400u64 {
+            let batch: Vec<Arc<Frame>> = (0..1 + round % 4)
+                .map(|_| {
+                    version += 1;
+                    frame(FrameKind::Delta, version)
+                })
+                .collect();
+            for f in &batch {
+                expected.extend_from_slice(wire().bytes(f));
+            }
+            let d = q.deliver(&batch, || None);
+            assert!(!d.substituted && !d.closed);
+            // Read only now and then, so the socket fills and writes come up short or block.
+            if round % 100 == 99 {
+                while q.has_pending() || received.len() < expected.len() {
+                    let n = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        client.read(&mut buf),
+                    )
+                    .await
+                    .expect("the bytes arrive")
+                    .unwrap();
+                    received.extend_from_slice(&buf[..n]);
+                    q.flush();
+                }
+            }
+        }
+        assert_eq!(received.len(), expected.len());
+        assert!(received == expected, "the bytes on the wire differ");
     }
 
     #[tokio::test]
