@@ -472,10 +472,26 @@ impl ViewerQueue {
 /// the file layer's work (`writev` goes through the VFS and its file-position lock on every
 /// call, several percent of the gateway's CPU at a write per viewer per message). No SIGPIPE:
 /// a viewer that went away is an error like any other.
+///
+/// The write goes straight to the socket, without first asking tokio whether it believes the
+/// socket writable (its readiness record is one more cache miss per viewer per batch, and a
+/// live viewer's socket nearly always is). Only a full socket is reported to tokio, so that a
+/// task waiting for it to drain is woken: its readiness is cleared, then the write is tried
+/// once more, because space freed between the first failure and the clear would otherwise be
+/// forgotten; a second failure leaves the socket marked full in the kernel, whose next freed
+/// space sets the readiness again.
 fn send(socket: &tokio::net::TcpStream, iov: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-    socket.try_io(tokio::io::Interest::WRITABLE, || {
-        socket2::SockRef::from(socket).send_vectored_with_flags(iov, libc::MSG_NOSIGNAL)
-    })
+    let attempt =
+        || socket2::SockRef::from(socket).send_vectored_with_flags(iov, libc::MSG_NOSIGNAL);
+    match attempt() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let _ = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                Err::<(), _>(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+            });
+            attempt()
+        }
+        other => other,
+    }
 }
 
 /// The direct write itself (the state is locked by the caller): builds one vectored write of
