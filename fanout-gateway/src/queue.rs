@@ -160,6 +160,10 @@ struct State {
     /// queued frame.
     partial: Option<Bytes>,
     control: VecDeque<Bytes>,
+    /// The last write found the socket full: until one goes through, writes ask tokio first
+    /// whether the socket drained (no system call while it has not, however many batches
+    /// arrive for a slow viewer).
+    socket_full: bool,
 }
 
 /// Control frames (pongs, pings, the close) that may wait for a viewer's socket.
@@ -204,6 +208,7 @@ impl ViewerQueue {
                 unwoken: false,
                 partial: None,
                 control: VecDeque::new(),
+                socket_full: false,
             }),
             consumer: AtomicWaker::new(),
             capacity: capacity.max(2),
@@ -473,25 +478,36 @@ impl ViewerQueue {
 /// call, several percent of the gateway's CPU at a write per viewer per message). No SIGPIPE:
 /// a viewer that went away is an error like any other.
 ///
-/// The write goes straight to the socket, without first asking tokio whether it believes the
-/// socket writable (its readiness record is one more cache miss per viewer per batch, and a
-/// live viewer's socket nearly always is). Only a full socket is reported to tokio, so that a
-/// task waiting for it to drain is woken: its readiness is cleared, then the write is tried
-/// once more, because space freed between the first failure and the clear would otherwise be
-/// forgotten; a second failure leaves the socket marked full in the kernel, whose next freed
-/// space sets the readiness again.
-fn send(socket: &tokio::net::TcpStream, iov: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+/// A live viewer's write goes straight to the socket, without first asking tokio whether it
+/// believes the socket writable (its readiness record is one more cache miss per viewer per
+/// batch, and a live viewer's socket nearly always is). A full socket is reported to tokio, so
+/// that a task waiting for it to drain is woken: its readiness is cleared, then the write is
+/// tried once more, because space freed between the first failure and the clear would
+/// otherwise be forgotten; a second failure leaves the socket marked full in the kernel, whose
+/// next freed space sets the readiness again. From then on (`socket_full`) writes go through
+/// tokio's readiness until one succeeds: a slow viewer costs no system call per batch.
+fn send(
+    socket: &tokio::net::TcpStream,
+    iov: &[std::io::IoSlice<'_>],
+    socket_full: &mut bool,
+) -> std::io::Result<usize> {
     let attempt =
         || socket2::SockRef::from(socket).send_vectored_with_flags(iov, libc::MSG_NOSIGNAL);
-    match attempt() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let _ = socket.try_io(tokio::io::Interest::WRITABLE, || {
-                Err::<(), _>(std::io::Error::from(std::io::ErrorKind::WouldBlock))
-            });
-            attempt()
+    let sent = if *socket_full {
+        socket.try_io(tokio::io::Interest::WRITABLE, attempt)
+    } else {
+        match attempt() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    Err::<(), _>(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+                });
+                attempt()
+            }
+            other => other,
         }
-        other => other,
-    }
+    };
+    *socket_full = matches!(&sent, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    sent
 }
 
 /// The direct write itself (the state is locked by the caller): builds one vectored write of
@@ -526,7 +542,7 @@ fn flush_locked(
             iov[n] = std::io::IoSlice::new(wire.bytes(f));
             n += 1;
         }
-        let written = match send(socket, &iov[..n]) {
+        let written = match send(socket, &iov[..n], &mut s.socket_full) {
             Ok(0) => return Flushed::Failed,
             Ok(w) => w,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
