@@ -126,12 +126,17 @@ pub fn interest_into(
 ) {
     around.clear();
     grid.within(x, y, config.radius + config.margin, around);
+    // One sort by id, then every list is built in order in one pass (`previous` walked
+    // alongside): no sort of the results, no search per entity.
+    around.sort_unstable_by_key(|e| e.0);
     let Interest { visible, refresh } = out;
     visible.clear();
     refresh.clear();
+    let mut seen = previous.iter().peekable();
     for &(id, d2) in around.iter() {
+        while seen.next_if(|&&p| p < id).is_some() {}
         let inner = d2 <= config.radius * config.radius;
-        if id != me && !inner && previous.binary_search(&id).is_err() {
+        if id != me && !inner && seen.peek() != Some(&&id) {
             continue;
         }
         visible.push(id);
@@ -140,8 +145,6 @@ pub fn interest_into(
             refresh.push(id);
         }
     }
-    visible.sort_unstable();
-    refresh.sort_unstable();
 }
 
 #[cfg(test)]
@@ -177,6 +180,49 @@ mod tests {
             far_refreshes += i.refresh.contains(&3) as u32;
         }
         assert_eq!(far_refreshes, 10);
+    }
+
+    proptest::proptest! {
+        /// The one-pass interest equals its definition, entity by entity: in view within the
+        /// radius (or within the margin when seen last snapshot), `me` always; refreshed when
+        /// near, `me`, or in its turn; both lists ascending.
+        #[test]
+        fn interest_is_its_definition(
+            pts in proptest::collection::vec((0f32..ARENA, 0f32..ARENA), 1..80),
+            seen_mask in proptest::prelude::any::<u128>(),
+            number in 0u64..6,
+        ) {
+            let cfg = InterestConfig::default();
+            let entities: Vec<(u16, f32, f32)> =
+                pts.iter().enumerate().map(|(i, &(x, y))| (i as u16 * 3 + 1, x, y)).collect();
+            let grid = Grid::build(entities.clone());
+            let (me, x, y) = entities[0];
+            let previous: Vec<u16> = entities
+                .iter()
+                .map(|e| e.0)
+                .filter(|id| seen_mask >> (id % 128) & 1 == 1)
+                .collect();
+            let got = interest(&grid, me, x, y, &previous, number, &cfg);
+            let mut want = Interest::default();
+            for &(id, ex, ey) in &entities {
+                let d2 = (ex - x).powi(2) + (ey - y).powi(2);
+                let outer = cfg.radius + cfg.margin;
+                let in_view = id == me
+                    || d2 <= cfg.radius * cfg.radius
+                    || (d2 <= outer * outer && previous.contains(&id));
+                if !in_view {
+                    continue;
+                }
+                want.visible.push(id);
+                if id == me
+                    || d2 <= cfg.near * cfg.near
+                    || (number + u64::from(id)).is_multiple_of(cfg.far_every)
+                {
+                    want.refresh.push(id);
+                }
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -63,15 +63,20 @@ impl SnapshotTick<'_> {
         // Entities not due for a refresh keep the state the client already has.
         let mut held = client.recycled_entities();
         let entities = Arc::get_mut(&mut held).expect("a recycled buffer is held by no one else");
-        entities.extend(interest.visible.iter().filter_map(|&id| {
-            let due = interest.refresh.binary_search(&id).is_ok();
-            let kept = (!due)
-                .then(|| base.binary_search_by_key(&id, |e| e.0).ok())
-                .flatten()
-                .map(|i| base[i].1);
-            kept.or_else(|| self.current.get(usize::from(id)).copied().flatten())
-                .map(|s| (id, s))
-        }));
+        // All three lists ascend by id: one walk, no search per entity.
+        let (mut due, mut held_state) =
+            (interest.refresh.iter().peekable(), base.iter().peekable());
+        for &id in &interest.visible {
+            let refresh = due.next_if_eq(&&id).is_some();
+            while held_state.next_if(|e| e.0 < id).is_some() {}
+            let kept = match held_state.peek() {
+                Some(&&(bid, state)) if !refresh && bid == id => Some(state),
+                _ => None,
+            };
+            if let Some(s) = kept.or_else(|| self.current.get(usize::from(id)).copied().flatten()) {
+                entities.push((id, s));
+            }
+        }
         let mut packet = ServerPacket {
             session: client.session as u32,
             header: Default::default(),
@@ -248,6 +253,93 @@ mod tests {
         assert!(client.visible.contains(&neighbour), "{:?}", client.visible);
         assert!(!client.visible.contains(&far), "{:?}", client.visible);
         assert!(bytes.len() <= MAX_PACKET);
+    }
+
+    #[test]
+    fn far_entities_keep_the_acknowledged_state_until_their_turn() {
+        let mut world = world_with_bots(3);
+        for (i, p) in world.players.iter_mut().enumerate() {
+            (p.body.x, p.body.y) = [(100.0, 100.0), (150.0, 120.0), (400.0, 100.0)][i];
+        }
+        let interest = InterestConfig::default();
+        let me = world.players[0].clone();
+        let (near, far) = (world.players[1].entity, world.players[2].entity);
+        let mut client = Client::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            77,
+            me.entity,
+            me.id.clone(),
+            0,
+        );
+        let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
+        let current = current_of(&world);
+        let first = decode(
+            &packet(
+                &tick_of(&world, &grid, &current, &interest, 1),
+                &mut client,
+                &me,
+            )
+            .unwrap(),
+        );
+        let held = first.snapshot.apply(&[]).unwrap();
+        let state_of = |entities: &[(u16, EntityState)], id: u16| {
+            entities.iter().find(|e| e.0 == id).map(|e| e.1)
+        };
+        let (near_then, far_then) = (
+            state_of(&held, near).unwrap(),
+            state_of(&held, far).unwrap(),
+        );
+        // The client acknowledges it: it becomes the baseline.
+        client.on_packet(
+            protocol::net::ClientPacket {
+                session: 77,
+                header: protocol::net::Header {
+                    seq: 0,
+                    ack: first.header.seq,
+                    ack_bits: 0,
+                },
+                inputs: Vec::new(),
+                reliable: Default::default(),
+                urgent_ack: Default::default(),
+            },
+            1_100,
+        );
+        // Everyone moves a little.
+        for p in world.players.iter_mut() {
+            p.body.y += 5.0;
+        }
+        let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
+        let current = current_of(&world);
+        let due = |number: u64| (number + u64::from(far)).is_multiple_of(interest.far_every);
+        let (skip, turn) = (
+            (2..).find(|&n| !due(n)).unwrap(),
+            (2..).find(|&n| due(n)).unwrap(),
+        );
+        let rebuilt = |client: &mut Client, number| {
+            let p = decode(
+                &packet(
+                    &tick_of(&world, &grid, &current, &interest, number),
+                    client,
+                    &me,
+                )
+                .unwrap(),
+            );
+            assert_eq!(p.snapshot.baseline, Some(first.tick));
+            p.snapshot.apply(&held).unwrap()
+        };
+        let not_due = rebuilt(&mut client, skip);
+        assert_ne!(
+            state_of(&not_due, near),
+            Some(near_then),
+            "a near one is refreshed"
+        );
+        assert_eq!(
+            state_of(&not_due, far),
+            Some(far_then),
+            "a far one waits its turn"
+        );
+        let in_turn = rebuilt(&mut client, turn);
+        assert_eq!(state_of(&in_turn, far), current[usize::from(far)]);
     }
 
     #[test]
