@@ -57,6 +57,14 @@ const WINDOW: usize = 64;
 #[derive(Debug)]
 pub struct SentPackets<T> {
     slots: Vec<Option<Sent<T>>>,
+    /// The acks already applied: the newest ack seen and a bit per packet before it (bit k is
+    /// `newest - k`). A peer repeats its last 33 acks in every packet; only the bits this lacks
+    /// need their slot visited. Each visit is a cache miss (the slot was last touched when the
+    /// packet went out), and 33 of them were most of what a packet from a player cost.
+    applied: Option<(u16, u64)>,
+    /// The newest packet recorded: an ack past it names a packet never sent and is ignored
+    /// (else its bits would mark packets not yet sent as applied).
+    newest: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -71,6 +79,8 @@ impl<T: Clone> Default for SentPackets<T> {
     fn default() -> Self {
         SentPackets {
             slots: (0..WINDOW).map(|_| None).collect(),
+            applied: None,
+            newest: None,
         }
     }
 }
@@ -78,6 +88,7 @@ impl<T: Clone> Default for SentPackets<T> {
 impl<T: Clone> SentPackets<T> {
     /// Remembers a sent packet; the one sent `WINDOW` packets ago is forgotten.
     pub fn record(&mut self, seq: u16, at_ms: u64, payload: T) {
+        self.newest = Some(seq);
         self.slots[seq as usize % WINDOW] = Some(Sent {
             seq,
             at_ms,
@@ -104,10 +115,32 @@ impl<T: Clone> SentPackets<T> {
         now_ms: u64,
         mut f: impl FnMut(u16, T, u64),
     ) {
-        for back in 0..=32u16 {
-            if back > 0 && bits & (1 << (back - 1)) == 0 {
-                continue;
+        if self.newest.is_none_or(|newest| seq_newer(ack, newest)) {
+            return;
+        }
+        // Bit k: packet `ack - k` arrived.
+        let acked = 1 | (u64::from(bits) << 1);
+        let (todo, applied) = match self.applied {
+            None => (acked, (ack, acked)),
+            Some((newest, mask)) => {
+                let ahead = ack.wrapping_sub(newest) as i16;
+                if ahead >= 0 {
+                    let known = mask.checked_shl(ahead as u32).unwrap_or(0);
+                    (acked & !known, (ack, known | acked))
+                } else {
+                    // A late packet with older acks: compare in the newest ack's terms.
+                    let behind = u32::from(ahead.unsigned_abs());
+                    let known = mask.checked_shr(behind).unwrap_or(0);
+                    let merged = mask | acked.checked_shl(behind).unwrap_or(0);
+                    (acked & !known, (newest, merged))
+                }
             }
+        };
+        self.applied = Some(applied);
+        let mut todo = todo;
+        while todo != 0 {
+            let back = todo.trailing_zeros() as u16;
+            todo &= todo - 1;
             let seq = ack.wrapping_sub(back);
             if let Some(s) = &mut self.slots[seq as usize % WINDOW] {
                 if s.seq == seq && !s.acked {
@@ -157,6 +190,55 @@ mod tests {
         // Duplicates and ancient packets are refused.
         assert!(!got.record(start.wrapping_add(59)));
         assert!(!got.record(start));
+    }
+
+    proptest::proptest! {
+        /// Skipping the acks already applied changes nothing: each packet is reported once,
+        /// when its first ack arrives, with the payload and round trip it would have had if
+        /// every ack visited all 33 slots, through reordered, duplicated and lost acks and
+        /// sequence wrap.
+        #[test]
+        fn applying_only_new_acks_reports_what_visiting_every_slot_does(
+            start in proptest::prelude::any::<u16>(),
+            steps in proptest::collection::vec((0u8..4, proptest::prelude::any::<u32>(), -3i32..80), 1..200),
+        ) {
+            let mut sent = SentPackets::<u32>::default();
+            // The reference: every ack visits all of its 33 slots.
+            let mut every: Vec<Option<(u16, u64, u32, bool)>> = vec![None; WINDOW];
+            let mut next = start;
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (i, (kind, bits, back)) in steps.into_iter().enumerate() {
+                let now = i as u64 * 10;
+                if kind < 2 {
+                    sent.record(next, now, u32::from(next) * 3);
+                    every[next as usize % WINDOW] = Some((next, now, u32::from(next) * 3, false));
+                    next = next.wrapping_add(1);
+                    continue;
+                }
+                // An ack from somewhere behind the newest sent (late or reordered ones too), or
+                // past it (a packet never sent: ignored).
+                let ack = next.wrapping_sub(1).wrapping_sub(back as u16);
+                let sent_any = next != start;
+                if back < 0 || !sent_any {
+                    sent.on_ack_each(ack, bits, now, |seq, payload, rtt| got.push((seq, payload, rtt)));
+                    continue;
+                }
+                sent.on_ack_each(ack, bits, now, |seq, payload, rtt| got.push((seq, payload, rtt)));
+                for k in 0..=32u16 {
+                    if k > 0 && bits & (1 << (k - 1)) == 0 {
+                        continue;
+                    }
+                    let seq = ack.wrapping_sub(k);
+                    if let Some(slot) = &mut every[seq as usize % WINDOW] {
+                        if slot.0 == seq && !slot.3 {
+                            slot.3 = true;
+                            want.push((seq, slot.2, now - slot.1));
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
