@@ -33,7 +33,13 @@ const COLS: usize = (ARENA / CELL) as usize;
 #[derive(Debug, Clone)]
 pub struct Grid {
     cells: Vec<Vec<(u16, f32, f32)>>,
+    /// Every entity, ascending by id: a query that spans most of the cells reads this instead
+    /// (fewer cells to walk, and its answer needs no sort).
+    all: Vec<(u16, f32, f32)>,
 }
+
+/// A query spanning at least this many cells scans every entity in id order instead.
+const SCAN_ALL_CELLS: usize = COLS * COLS / 2;
 
 fn cell_of(v: f32) -> usize {
     ((v / CELL) as usize).min(COLS - 1)
@@ -43,6 +49,7 @@ impl Grid {
     pub fn build(entities: impl IntoIterator<Item = (u16, f32, f32)>) -> Grid {
         let mut grid = Grid {
             cells: vec![Vec::new(); COLS * COLS],
+            all: Vec::new(),
         };
         grid.rebuild(entities);
         grid
@@ -54,15 +61,29 @@ impl Grid {
         for cell in &mut self.cells {
             cell.clear();
         }
+        self.all.clear();
         for (id, x, y) in entities {
             self.cells[cell_of(y) * COLS + cell_of(x)].push((id, x, y));
+            self.all.push((id, x, y));
         }
+        // Rooms list their players by id already: the sort only checks.
+        self.all.sort_by_key(|e| e.0);
     }
 
-    /// Entities within `r` of (x, y), with their squared distance.
-    pub fn within(&self, x: f32, y: f32, r: f32, out: &mut Vec<(u16, f32)>) {
+    /// Entities within `r` of (x, y), with their squared distance; true when they come
+    /// ascending by id (a query spanning most of the arena scans every entity in order).
+    pub fn within(&self, x: f32, y: f32, r: f32, out: &mut Vec<(u16, f32)>) -> bool {
         let (c0, c1) = (cell_of((x - r).max(0.0)), cell_of((x + r).min(ARENA)));
         let (r0, r1) = (cell_of((y - r).max(0.0)), cell_of((y + r).min(ARENA)));
+        if (c1 - c0 + 1) * (r1 - r0 + 1) >= SCAN_ALL_CELLS {
+            for &(id, ex, ey) in &self.all {
+                let d2 = (ex - x).powi(2) + (ey - y).powi(2);
+                if d2 <= r * r {
+                    out.push((id, d2));
+                }
+            }
+            return true;
+        }
         for row in r0..=r1 {
             for col in c0..=c1 {
                 for &(id, ex, ey) in &self.cells[row * COLS + col] {
@@ -73,6 +94,7 @@ impl Grid {
                 }
             }
         }
+        false
     }
 }
 
@@ -125,10 +147,12 @@ pub fn interest_into(
     out: &mut Interest,
 ) {
     around.clear();
-    grid.within(x, y, config.radius + config.margin, around);
-    // One sort by id, then every list is built in order in one pass (`previous` walked
-    // alongside): no sort of the results, no search per entity.
-    around.sort_unstable_by_key(|e| e.0);
+    let ascending = grid.within(x, y, config.radius + config.margin, around);
+    // In id order (as it comes, or sorted once), every list is built in one pass (`previous`
+    // walked alongside): no sort of the results, no search per entity.
+    if !ascending {
+        around.sort_unstable_by_key(|e| e.0);
+    }
     let Interest { visible, refresh } = out;
     visible.clear();
     refresh.clear();
@@ -191,8 +215,15 @@ mod tests {
             pts in proptest::collection::vec((0f32..ARENA, 0f32..ARENA), 1..80),
             seen_mask in proptest::prelude::any::<u128>(),
             number in 0u64..6,
+            narrow in proptest::prelude::any::<bool>(),
         ) {
-            let cfg = InterestConfig::default();
+            // The default view spans most of the arena (every entity scanned in id order); a
+            // narrow one walks the grid's cells.
+            let cfg = if narrow {
+                InterestConfig { radius: 120.0, margin: 30.0, near: 60.0, far_every: 3 }
+            } else {
+                InterestConfig::default()
+            };
             let entities: Vec<(u16, f32, f32)> =
                 pts.iter().enumerate().map(|(i, &(x, y))| (i as u16 * 3 + 1, x, y)).collect();
             let grid = Grid::build(entities.clone());
