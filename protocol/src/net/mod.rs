@@ -18,6 +18,8 @@ pub mod urgent;
 use codec::{Reader, Writer};
 pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
+/// The next version must not be 4: a protocol 2 datagram began with `G` (0x47), whose high
+/// nibble reads as version 4, so a 4 would let old clients' datagrams parse as current ones.
 /// 3: a one-byte prefix (no magic), 16 ack bits in server packets, the reliable ack only
 /// while the peer has something to acknowledge, message ids after the first as gaps, entity ids
 /// in messages as varints, a fire's end as a move from its start and naming its victim (no
