@@ -80,8 +80,8 @@ impl Player {
         use protocol::net::snapshot::{FLAG_ALIVE, FLAG_BOT};
         let flags = if self.alive { FLAG_ALIVE } else { 0 } | if self.bot { FLAG_BOT } else { 0 };
         EntityState {
-            x: (self.body.x * 10.0).round() as u16,
-            y: (self.body.y * 10.0).round() as u16,
+            x: self.body.x.round() as u16,
+            y: self.body.y.round() as u16,
             angle: (self.angle.rem_euclid(std::f32::consts::TAU) / std::f32::consts::TAU * 256.0)
                 .round() as u32 as u8,
             hp: self.hp,

@@ -495,7 +495,7 @@ impl ClientCore {
                 };
                 return e
                     .iter()
-                    .map(|(id, s)| (*id, f32::from(s.x) / 10.0, f32::from(s.y) / 10.0))
+                    .map(|(id, s)| (*id, f32::from(s.x), f32::from(s.y)))
                     .collect();
             }
             Some(i) => (&self.snapshots[i - 1], &self.snapshots[i]),
@@ -504,11 +504,11 @@ impl ClientCore {
         let f = ((t - a.0 as f32) / span).clamp(0.0, 1.0);
         b.1.iter()
             .map(|(id, sb)| {
-                let (xb, yb) = (f32::from(sb.x) / 10.0, f32::from(sb.y) / 10.0);
+                let (xb, yb) = (f32::from(sb.x), f32::from(sb.y));
                 match a.1.binary_search_by_key(id, |e| e.0) {
                     Ok(i) if a.1[i].1.alive() && sb.alive() => {
                         let sa = a.1[i].1;
-                        let (xa, ya) = (f32::from(sa.x) / 10.0, f32::from(sa.y) / 10.0);
+                        let (xa, ya) = (f32::from(sa.x), f32::from(sa.y));
                         (*id, xa + (xb - xa) * f, ya + (yb - ya) * f)
                     }
                     _ => (*id, xb, yb),

@@ -92,9 +92,9 @@ fn quantize(v: f32) -> i32 {
     (v * 10.0).round() as i32
 }
 
-/// Positions in tenths of a unit, as the player protocol's fire message carries them.
-fn tenths(v: f32) -> u16 {
-    (v * 10.0).round().clamp(0.0, f32::from(u16::MAX)) as u16
+/// Positions in whole units, as the player protocol's fire message carries them.
+fn units(v: f32) -> u16 {
+    v.round().clamp(0.0, f32::from(u16::MAX)) as u16
 }
 
 pub struct Room {
@@ -408,10 +408,10 @@ impl Room {
                     });
                     let fire = Message::Fire {
                         entity: from,
-                        x0: tenths(x0),
-                        y0: tenths(y0),
-                        x1: tenths(x1),
-                        y1: tenths(y1),
+                        x0: units(x0),
+                        y0: units(y0),
+                        x1: units(x1),
+                        y1: units(y1),
                         victim,
                     };
                     // Shots are seen by whoever has the shooter in view, and by whom they hit

@@ -32,10 +32,6 @@ impl Writer {
         }
         self.buf.push(v as u8);
     }
-    /// A signed value as a zigzag varint: small magnitudes of either sign take few bytes.
-    pub fn svarint(&mut self, v: i32) {
-        self.varint(u64::from(((v << 1) ^ (v >> 31)) as u32));
-    }
     /// A string of at most 255 bytes (longer ones are cut at a character boundary).
     pub fn str(&mut self, s: &str) {
         let mut end = s.len().min(255);
@@ -94,10 +90,6 @@ impl<'a> Reader<'a> {
         }
         Err(NetError::Invalid("varint too long"))
     }
-    pub fn svarint(&mut self) -> Result<i32, NetError> {
-        let z = u32::try_from(self.varint()?).map_err(|_| NetError::Invalid("signed varint"))?;
-        Ok((z >> 1) as i32 ^ -((z & 1) as i32))
-    }
     pub fn str(&mut self) -> Result<String, NetError> {
         let n = self.u8()? as usize;
         let b = self.bytes(n)?;
@@ -155,23 +147,30 @@ impl<'a> BitWriter<'a> {
         }
     }
 
-    /// A signed value in a size class of its zigzag form: `0` and 9 bits, `10` and 5, `110` and
-    /// 13, `111` and 32 (the tags least significant bit first). The shortest tag goes to the
-    /// class a move against a baseline a few ticks old falls in (10 bits in all); a nearly
-    /// still body takes 7.
+    /// A signed value in a size class of its zigzag form: `0` and 6 bits, `10` and 3, `110` and
+    /// 11, `111` and 32 (the tags least significant bit first). The shortest tag goes to the
+    /// class a move in whole units against a baseline a few ticks old falls in (up to 31 units,
+    /// 7 bits in all); a nearly still body takes 5, a jump across the arena (a respawn) 14.
     pub fn svar(&mut self, v: i32) {
         let z = ((v << 1) ^ (v >> 31)) as u32;
-        let (tag, tag_bits, width) = if z >> 5 == 0 {
-            (0b01, 2, 5)
-        } else if z >> 9 == 0 {
-            (0b0, 1, 9)
-        } else if z >> 13 == 0 {
-            (0b011, 3, 13)
+        let (tag, tag_bits, width) = if z >> 3 == 0 {
+            (0b01, 2, 3)
+        } else if z >> 6 == 0 {
+            (0b0, 1, 6)
+        } else if z >> 11 == 0 {
+            (0b011, 3, 11)
         } else {
             (0b111, 3, 32)
         };
         self.bits(tag, tag_bits);
         self.bits(z, width);
+    }
+
+    /// A signed value as its sign and its magnitude in `chunk`-bit groups ([`Self::uvar`]);
+    /// a zero is never negative, so one value has one encoding.
+    pub fn signed(&mut self, v: i32, chunk: u32) {
+        self.flag(v < 0);
+        self.uvar(v.unsigned_abs(), chunk);
     }
 
     /// Pads the last byte with zero bits.
@@ -237,16 +236,28 @@ impl<'a> BitReader<'a> {
 
     pub fn svar(&mut self) -> Result<i32, NetError> {
         let width = if !self.flag()? {
-            9
+            6
         } else if !self.flag()? {
-            5
+            3
         } else if !self.flag()? {
-            13
+            11
         } else {
             32
         };
         let z = self.bits(width)?;
         Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
+    }
+
+    pub fn signed(&mut self, chunk: u32) -> Result<i32, NetError> {
+        let negative = self.flag()?;
+        let magnitude = self.uvar(chunk)?;
+        match (negative, magnitude) {
+            (true, 0) => Err(NetError::Invalid("negative zero")),
+            (false, m) => i32::try_from(m).map_err(|_| NetError::Invalid("signed value")),
+            (true, m) => 0i32
+                .checked_sub_unsigned(m)
+                .ok_or(NetError::Invalid("signed value")),
+        }
     }
 
     /// Bytes consumed, the last one partly; its unused bits must be zero (so one value has
@@ -271,6 +282,7 @@ mod bit_tests {
         Bits(u32, u32),
         Uvar(u32, u32),
         Svar(i32),
+        Signed(i32, u32),
     }
 
     fn item() -> impl Strategy<Value = Item> {
@@ -281,6 +293,8 @@ mod bit_tests {
             (0u32..600).prop_map(|v| Item::Uvar(v, 4)),
             any::<i32>().prop_map(Item::Svar),
             (-400i32..400).prop_map(Item::Svar),
+            (any::<i32>(), 1u32..=10).prop_map(|(v, c)| Item::Signed(v, c)),
+            (-400i32..400, 1u32..=10).prop_map(|(v, c)| Item::Signed(v, c)),
         ]
     }
 
@@ -294,6 +308,7 @@ mod bit_tests {
                     Item::Bits(v, n) => w.bits(v, n),
                     Item::Uvar(v, c) => w.uvar(v, c),
                     Item::Svar(v) => w.svar(v),
+                    Item::Signed(v, c) => w.signed(v, c),
                 }
             }
             w.finish();
@@ -303,6 +318,7 @@ mod bit_tests {
                     Item::Bits(v, n) => prop_assert_eq!(r.bits(n).unwrap(), v),
                     Item::Uvar(v, c) => prop_assert_eq!(r.uvar(c).unwrap(), v),
                     Item::Svar(v) => prop_assert_eq!(r.svar().unwrap(), v),
+                    Item::Signed(v, c) => prop_assert_eq!(r.signed(c).unwrap(), v),
                 }
             }
             prop_assert_eq!(r.finish().unwrap(), out.len() - 1);
@@ -313,16 +329,18 @@ mod bit_tests {
     fn small_values_take_few_bits_and_junk_is_refused() {
         let mut out = Vec::new();
         let mut w = BitWriter::new(&mut out);
-        w.svar(150); // a move of 15 units: 2 + 9 bits
-        w.svar(0); // 2 + 5
-        w.uvar(3, 4); // 5
+        w.svar(15); // a move of 15 units: 1 + 6 bits
+        w.svar(0); // 2 + 3
+        w.uvar(3, 3); // 4
         w.finish();
-        assert_eq!(out.len(), 3, "23 bits in 3 bytes");
+        assert_eq!(out.len(), 2, "16 bits in 2 bytes");
         // Nonzero padding, a truncated value, an endless uvar.
         let mut r = BitReader::new(&[0xff]);
         r.bits(3).unwrap();
         assert!(r.finish().is_err());
         assert_eq!(BitReader::new(&[0x03]).bits(9), Err(NetError::Truncated));
         assert!(BitReader::new(&[0xff; 16]).uvar(4).is_err());
+        // A negative zero (sign bit, then a zero magnitude) has a positive twin: refused.
+        assert!(BitReader::new(&[0b01]).signed(4).is_err());
     }
 }

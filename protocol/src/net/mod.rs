@@ -15,18 +15,20 @@ pub mod reliable;
 pub mod snapshot;
 pub mod urgent;
 
-use codec::{Reader, Writer};
+use codec::{BitReader, BitWriter, Reader, Writer};
 pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
 /// The next version must not be 4: a protocol 2 datagram began with `G` (0x47), whose high
 /// nibble reads as version 4, so a 4 would let old clients' datagrams parse as current ones.
+/// 5: positions of other bodies and of shots in whole units (tenths before), moves in size
+/// classes for that scale, a fire's fields bit-packed.
 /// 3: a one-byte prefix (no magic), 16 ack bits in server packets, the reliable ack only
 /// while the peer has something to acknowledge, message ids after the first as gaps, entity ids
 /// in messages as varints, a fire's end as a move from its start and naming its victim (no
 /// separate hit message).
 /// 2: time-critical events on their own unordered channel ([`urgent`]); a 32-bit session tag,
 /// quantized own body and bit-packed entity updates in server packets.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 5;
 /// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
 pub const MAX_PACKET: usize = 1200;
 /// Connect requests are padded to exactly this size and every reply is smaller, so a forged
@@ -123,7 +125,7 @@ pub struct OwnState {
 
 /// Events and notices between server and client. The roster, chat and the end of the match go
 /// on the ordered channel (exactly once, in order); fire, death and pickup on the urgent one
-/// (once, as soon as possible, in any order). Positions are in tenths of a unit.
+/// (once, as soon as possible, in any order). Positions are in whole units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     PlayerInfo {
@@ -618,14 +620,20 @@ fn write_message(w: &mut Writer, m: &Message) {
             victim,
         } => {
             w.u8(M_FIRE);
-            w.varint(u64::from(*entity));
-            w.u16(*x0);
-            w.u16(*y0);
-            // A shot reaches a few hundred units at most: its end as a move from its start
-            // takes two bytes a coordinate where the position took two anyway.
-            w.svarint(i32::from(*x1) - i32::from(*x0));
-            w.svarint(i32::from(*y1) - i32::from(*y0));
-            w.varint(victim.map_or(0, |v| u64::from(v) + 1));
+            // Bit-packed: the shooter and the start in 10-bit groups (one on the 1000-unit
+            // arena), the end as a move from the start (a shot reaches 380 units: sign and
+            // 9-bit groups), the victim after a flag: 7 or 8 bytes where whole fields took 10.
+            let mut bits = BitWriter::new(&mut w.buf);
+            bits.uvar(u32::from(*entity), 6);
+            bits.uvar(u32::from(*x0), 10);
+            bits.uvar(u32::from(*y0), 10);
+            bits.signed(i32::from(*x1) - i32::from(*x0), 9);
+            bits.signed(i32::from(*y1) - i32::from(*y0), 9);
+            bits.flag(victim.is_some());
+            if let Some(v) = victim {
+                bits.uvar(u32::from(*v), 6);
+            }
+            bits.finish();
         }
         Message::Death { victim, killer } => {
             w.u8(M_DEATH);
@@ -661,17 +669,27 @@ fn read_message(r: &mut Reader) -> Result<Message, NetError> {
             entity: entity_id(r)?,
         },
         M_FIRE => {
-            let entity = entity_id(r)?;
-            let (x0, y0) = (r.u16()?, r.u16()?);
-            let end = |from: u16, d: i32| {
-                u16::try_from(i32::from(from) + d).map_err(|_| NetError::Invalid("shot end"))
+            let mut bits = BitReader::new(r.rest());
+            let id = |bits: &mut BitReader, chunk| {
+                u16::try_from(bits.uvar(chunk)?).map_err(|_| NetError::Invalid("fire field"))
             };
-            let x1 = end(x0, r.svarint()?)?;
-            let y1 = end(y0, r.svarint()?)?;
-            let victim = match r.varint()? {
-                0 => None,
-                v => Some(u16::try_from(v - 1).map_err(|_| NetError::Invalid("entity id"))?),
+            let entity = id(&mut bits, 6)?;
+            let (x0, y0) = (id(&mut bits, 10)?, id(&mut bits, 10)?);
+            let end = |bits: &mut BitReader, from: u16| {
+                i32::from(from)
+                    .checked_add(bits.signed(9)?)
+                    .and_then(|v| u16::try_from(v).ok())
+                    .ok_or(NetError::Invalid("shot end"))
             };
+            let x1 = end(&mut bits, x0)?;
+            let y1 = end(&mut bits, y0)?;
+            let victim = if bits.flag()? {
+                Some(id(&mut bits, 6)?)
+            } else {
+                None
+            };
+            let used = bits.finish()?;
+            r.bytes(used)?;
             Message::Fire {
                 entity,
                 x0,

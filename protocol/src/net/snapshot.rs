@@ -8,12 +8,16 @@
 //! gap to the previous id minus one, in 3-bit groups), then its kind: `1` for the common case
 //! of a body that moved and turned and nothing else (seven changes in ten in a 50-player
 //! match), `01` then a 6-bit field mask for any other set of changed fields, `00` for a whole
-//! state; the whole state is x, y 16 bits each, angle, hp, flags 8, score in 6-bit groups; the
-//! changed fields are moves and the score change as signed values in a size class (`0` and 9
-//! bits, `10` and 5, `110` and 13, `111` and 32: a move against a baseline three ticks old
-//! usually fits 9), angle, hp and flags 8 bits; then the removed count and ids the same way;
-//! zero bits to the byte. A player moving at full speed against a baseline three ticks old
-//! costs about 4 bytes.
+//! state; the whole state is x, y in 10-bit groups (one group on the 1000-unit arena), angle,
+//! hp, flags 8 bits, score in 6-bit groups; the changed fields are moves and the score change
+//! as signed values in a size class (`0` and 6 bits, `10` and 3, `110` and 11, `111` and 32: a
+//! move against a baseline three ticks old fits 6), angle, hp and flags 8 bits; then the
+//! removed count and ids the same way; zero bits to the byte. A player moving at full speed
+//! against a baseline three ticks old costs about 3.5 bytes.
+//!
+//! Positions are whole units: what other bodies are drawn from (interpolated between
+//! snapshots), where half a unit of error is a twenty-fourth of a body's width. The client's own
+//! body, which prediction reconciles against, comes exact in the packet's header.
 
 use super::codec::{BitReader, BitWriter, Reader, Writer};
 use super::{NetError, MAX_ENTITIES};
@@ -21,7 +25,7 @@ use super::{NetError, MAX_ENTITIES};
 pub const FLAG_ALIVE: u8 = 1;
 pub const FLAG_BOT: u8 = 2;
 
-/// One entity as a client sees it: positions in tenths of a unit, angle in 256ths of a turn.
+/// One entity as a client sees it: positions in whole units, angle in 256ths of a turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EntityState {
     pub x: u16,
@@ -255,8 +259,8 @@ impl SnapshotDelta {
             match *c {
                 EntityChange::Full(_, s) => {
                     bits.bits(0b00, 2);
-                    bits.bits(u32::from(s.x), 16);
-                    bits.bits(u32::from(s.y), 16);
+                    bits.uvar(u32::from(s.x), 10);
+                    bits.uvar(u32::from(s.y), 10);
                     bits.bits(u32::from(s.angle), 8);
                     bits.bits(u32::from(s.hp), 8);
                     bits.bits(u32::from(s.flags), 8);
@@ -325,6 +329,9 @@ impl SnapshotDelta {
             *prev = id;
             Ok(id)
         };
+        let position = |bits: &mut BitReader| {
+            u16::try_from(bits.uvar(10)?).map_err(|_| NetError::Invalid("position"))
+        };
         let n = bits.uvar(4)? as usize;
         if n > MAX_ENTITIES {
             return Err(NetError::Invalid("count over limit"));
@@ -347,8 +354,8 @@ impl SnapshotDelta {
                 changes.push(EntityChange::Full(
                     id,
                     EntityState {
-                        x: bits.bits(16)? as u16,
-                        y: bits.bits(16)? as u16,
+                        x: position(&mut bits)?,
+                        y: position(&mut bits)?,
                         angle: bits.bits(8)? as u8,
                         hp: bits.bits(8)? as u8,
                         flags: bits.bits(8)? as u8,

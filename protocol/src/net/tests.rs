@@ -4,8 +4,8 @@ use super::*;
 
 fn entity() -> impl Strategy<Value = EntityState> {
     (
-        0u16..=10000,
-        0u16..=10000,
+        prop_oneof![0u16..=1000, any::<u16>()],
+        prop_oneof![0u16..=1000, any::<u16>()],
         any::<u8>(),
         0u8..=100,
         0u8..4,
@@ -235,8 +235,8 @@ fn unchanged_entities_cost_nothing_and_moves_are_small() {
             (
                 i,
                 EntityState {
-                    x: 1000 + i * 10,
-                    y: 2000,
+                    x: 100 + i * 10,
+                    y: 200,
                     angle: 3,
                     hp: 100,
                     flags: 1,
@@ -248,26 +248,38 @@ fn unchanged_entities_cost_nothing_and_moves_are_small() {
     let same = SnapshotDelta::between(Some(1), &base, &base);
     assert!(same.changes.is_empty() && same.removed.is_empty());
     let mut moved = base.clone();
-    moved[4].1.x += 37;
-    moved[4].1.y -= 12;
+    moved[4].1.x += 27;
+    moved[4].1.y -= 2;
     let d = SnapshotDelta::between(Some(1), &base, &moved);
     let mut w = codec::Writer::with_capacity(64);
     d.write(&mut w, 2);
     // Baseline (a byte), then bits: count 5, id 3 + 1, kind 2 and mask 6 (moved only), dx
-    // 1 + 9, dy 2 + 5, removed count 4: 38 bits.
+    // 1 + 6, dy 2 + 3, removed count 4: 33 bits (38 in tenths of a unit).
     assert_eq!(w.buf.len(), 1 + 5);
     // The common case, a body that moved and turned, says so in one bit: count 5, per body id
-    // 4, kind 1, dx 1 + 9, dy 2 + 5, angle 8 (30 bits), removed count 4.
+    // 4, kind 1, dx 1 + 6, dy 2 + 3, angle 8 (25 bits), removed count 4.
     let mut turned = moved.clone();
     turned[4].1.angle += 9;
     turned[9].1.angle += 9;
-    turned[9].1.x -= 100;
-    turned[9].1.y += 12;
+    turned[9].1.x -= 30;
+    turned[9].1.y += 2;
     let d = SnapshotDelta::between(Some(1), &base, &turned);
     assert_eq!(d.apply(&base).unwrap(), turned);
     let mut w = codec::Writer::with_capacity(64);
     d.write(&mut w, 2);
-    assert_eq!(w.buf.len(), 1 + (5 + 2 * 30 + 4usize).div_ceil(8));
+    assert_eq!(w.buf.len(), 1 + (5 + 2 * 25 + 4usize).div_ceil(8));
+    // A respawn across the arena: 3 + 11 bits a coordinate.
+    let mut respawned = base.clone();
+    respawned[4].1.x = 990;
+    respawned[4].1.y = 15;
+    let d = SnapshotDelta::between(Some(1), &base, &respawned);
+    assert_eq!(d.apply(&base).unwrap(), respawned);
+    let mut w = codec::Writer::with_capacity(64);
+    d.write(&mut w, 2);
+    assert_eq!(
+        w.buf.len(),
+        1 + (5 + 4 + 2 + 6 + 2 * 14 + 4usize).div_ceil(8)
+    );
 }
 
 #[test]
@@ -276,7 +288,9 @@ fn specific_rejections() {
     assert_eq!(Packet::decode(b"\x91"), Err(NetError::BadVersion(9)));
     // A protocol 2 datagram (it began with 'G') is told apart by its version.
     assert_eq!(Packet::decode(b"G\x25"), Err(NetError::BadVersion(4)));
-    assert_eq!(Packet::decode(b"\x3e"), Err(NetError::UnknownType(0x0e)));
+    assert_eq!(Packet::decode(b"\x5e"), Err(NetError::UnknownType(0x0e)));
+    // So is a protocol 3 one (positions in tenths).
+    assert_eq!(Packet::decode(b"\x33"), Err(NetError::BadVersion(3)));
     assert_eq!(
         Packet::decode(&[0u8; MAX_PACKET + 1]),
         Err(NetError::TooLarge)
@@ -334,9 +348,10 @@ fn fuzz_regression_entity_id_delta_overflow() {
     );
 }
 
-/// What protocol 3 saves on the packets a player receives most: a fire is 11 bytes where it
-/// was 14 (with a hit of 7 more for its victim), a later message id one byte where it was two,
-/// and a server packet with no reliable traffic carries no reliable ack at all.
+/// What protocols 3 and 5 save on the packets a player receives most: a fire is 9 bytes where
+/// it was 11 (protocol 3) and 14 with a hit of 7 more for its victim (protocol 2), a later
+/// message id one byte where it was two, and a server packet with no reliable traffic carries
+/// no reliable ack at all.
 #[test]
 fn the_common_messages_and_headers_are_small() {
     let fire = |id: u16, entity: u16| {
@@ -344,10 +359,10 @@ fn the_common_messages_and_headers_are_small() {
             id,
             Message::Fire {
                 entity,
-                x0: 12_000,
-                y0: 9_000,
-                x1: 12_000 + 3_100,
-                y1: 9_000 - 1_200,
+                x0: 900,
+                y0: 700,
+                x1: 900 - 310,
+                y1: 700 + 120,
                 victim: Some(17),
             },
         )
@@ -368,12 +383,20 @@ fn the_common_messages_and_headers_are_small() {
     };
     // Prefix 1, session 4, seq/ack/bits 6, tick 2, count 1.
     assert_eq!(events(vec![]), 14);
-    // The first message: its id (2) and 11 bytes; the next: its id gap (1) and 11.
-    assert_eq!(events(vec![fire(40_000, 3)]), 14 + 2 + 11);
+    // The first message: its id (2) and 9 bytes (the type, then 7 + 11 + 11 bits for the
+    // shooter and start, 11 + 11 for the move to the end, 1 + 7 for the victim: 59);
+    // the next: its id gap (1) and 9.
+    assert_eq!(events(vec![fire(40_000, 3)]), 14 + 2 + 9);
     assert_eq!(
         events(vec![fire(40_000, 3), fire(40_001, 5)]),
-        14 + 2 + 11 + 1 + 11
+        14 + 2 + 9 + 1 + 9
     );
+    // A miss over the same distance: 8.
+    let mut miss = fire(40_000, 3);
+    if let Message::Fire { victim, .. } = &mut miss.1 {
+        *victim = None;
+    }
+    assert_eq!(events(vec![miss]), 14 + 2 + 8);
     let server = |reliable: ReliableBlock| {
         Packet::Server(ServerPacket {
             session: 7,
