@@ -97,7 +97,13 @@ pub struct ClientCore {
     /// Whether an authoritative body has been received (before it, there is nothing to
     /// correct against).
     synced: bool,
+    /// Snapshots as the server sent them: this player's own entry has position and angle
+    /// zero (see [`ClientCore::latest`]).
     snapshots: VecDeque<(u32, Vec<(u16, EntityState)>)>,
+    /// The newest authoritative body (the fixed part of the newest snapshot packet).
+    server_body: (f32, f32),
+    /// The aim of the newest input: this player's angle as others see it.
+    last_aim: u16,
     /// Newest snapshot tick and when (client ms) it arrived: the server clock estimate.
     clock: Option<(u32, u64)>,
     newest_seq: Option<u16>,
@@ -136,6 +142,8 @@ impl ClientCore {
             last_processed: 0,
             synced: false,
             snapshots: VecDeque::new(),
+            server_body: (0.0, 0.0),
+            last_aim: 0,
             clock: None,
             newest_seq: None,
             seq_span: 0,
@@ -347,6 +355,7 @@ impl ClientCore {
             vx: p.own.vx,
             vy: p.own.vy,
         };
+        self.server_body = (p.own.x, p.own.y);
         let was_alive = self.alive;
         self.alive = p.own.alive;
         if p.last_processed_input < self.last_processed {
@@ -418,6 +427,7 @@ impl ClientCore {
             view_frac: (view.fract() * 256.0) as u8,
         };
         self.next_input += 1;
+        self.last_aim = intent.aim;
         if self.alive {
             physics::apply_input(&mut self.predicted, &input, self.dt);
         }
@@ -475,13 +485,26 @@ impl ClientCore {
     }
 
     /// The newest snapshot's entities.
-    pub fn latest(&self) -> Option<(u32, &[(u16, EntityState)])> {
-        self.snapshots.back().map(|(t, e)| (*t, e.as_slice()))
+    /// The newest snapshot, this player's own entry filled in. The server sends that entry's
+    /// position and angle as zero (the body is exact in every packet's fixed part and the aim
+    /// is the player's own, so sending them again in the entity list would send them twice):
+    /// here they come from the newest authoritative body, in whole units like every other
+    /// entry, and the newest input's aim.
+    pub fn latest(&self) -> Option<(u32, Vec<(u16, EntityState)>)> {
+        let (tick, entities) = self.snapshots.back()?;
+        let mut entities = entities.clone();
+        if let Some((_, own)) = entities.iter_mut().find(|e| e.0 == self.entity) {
+            own.x = self.server_body.0.round() as u16;
+            own.y = self.server_body.1.round() as u16;
+            own.angle = (u32::from(self.last_aim) + 128 >> 8) as u8;
+        }
+        Some((*tick, entities))
     }
 
     /// Other entities as drawn at `now_ms`: positions (arena units) interpolated between the
     /// two snapshots around the render time; an entity that died, respawned or appeared in
-    /// between is shown at the later snapshot (snapped, never slid across the map).
+    /// between is shown at the later snapshot (snapped, never slid across the map). This
+    /// player's own body is not among them: it is drawn where [`ClientCore::predicted`] has it.
     pub fn interpolated(&self, now_ms: u64) -> Vec<(u16, f32, f32)> {
         let t = self.render_tick(now_ms);
         let after = self
@@ -495,6 +518,7 @@ impl ClientCore {
                 };
                 return e
                     .iter()
+                    .filter(|e| e.0 != self.entity)
                     .map(|(id, s)| (*id, f32::from(s.x), f32::from(s.y)))
                     .collect();
             }
@@ -503,6 +527,7 @@ impl ClientCore {
         let span = (b.0 - a.0) as f32;
         let f = ((t - a.0 as f32) / span).clamp(0.0, 1.0);
         b.1.iter()
+            .filter(|e| e.0 != self.entity)
             .map(|(id, sb)| {
                 let (xb, yb) = (f32::from(sb.x), f32::from(sb.y));
                 match a.1.binary_search_by_key(id, |e| e.0) {

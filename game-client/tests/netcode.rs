@@ -104,8 +104,8 @@ async fn prediction_converges_with_zero_corrections_over_a_bad_link() {
     assert!(s.snapshots > 100, "{s:?}");
     assert!(s.snapshots_lost > 0, "the link did lose packets: {s:?}");
     assert_eq!(s.corrections, 0, "prediction diverged: {s:?}");
-    // At rest, the prediction is where the server has the player (other bodies' positions are
-    // whole units: within the rounding).
+    // At rest, the prediction is where the server has the player (the snapshot's own entry,
+    // rebuilt from the exact body, is in whole units: within the rounding).
     let me = c.core.entity;
     let (_, entities) = c.core.latest().unwrap();
     let server = entities.iter().find(|e| e.0 == me).unwrap().1;

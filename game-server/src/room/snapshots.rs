@@ -73,7 +73,15 @@ impl SnapshotTick<'_> {
                 Some(&&(bid, state)) if !refresh && bid == id => Some(state),
                 _ => None,
             };
-            if let Some(s) = kept.or_else(|| self.current.get(usize::from(id)).copied().flatten()) {
+            if let Some(mut s) =
+                kept.or_else(|| self.current.get(usize::from(id)).copied().flatten())
+            {
+                if id == client.entity {
+                    // The player's own body goes once, exact, in the fixed part, and its aim
+                    // is its own: its entry carries only health, flags and score, so it
+                    // changes (and costs bytes) only when they do.
+                    (s.x, s.y, s.angle) = (0, 0, 0);
+                }
                 entities.push((id, s));
             }
         }
@@ -248,6 +256,11 @@ mod tests {
         let p = decode(&bytes);
         assert_eq!(p.session, 77);
         assert!((p.own.x - 100.0).abs() < 0.1 && (p.own.y - 100.0).abs() < 0.1);
+        // The body goes once: the own entry carries health, flags and score, no position.
+        let own = p.snapshot.apply(&[]).unwrap();
+        let own = own.iter().find(|e| e.0 == me.entity).unwrap().1;
+        assert_eq!((own.x, own.y, own.angle), (0, 0, 0));
+        assert_eq!((own.hp, own.alive()), (me.hp, me.alive));
         let neighbour = world.players[1].entity;
         let far = world.players[5].entity;
         assert!(client.visible.contains(&neighbour), "{:?}", client.visible);
@@ -304,9 +317,10 @@ mod tests {
             },
             1_100,
         );
-        // Everyone moves a little.
+        // Everyone moves a little and turns.
         for p in world.players.iter_mut() {
             p.body.y += 5.0;
+            p.angle += 0.5;
         }
         let grid = Grid::build(world.players.iter().map(|p| (p.entity, p.body.x, p.body.y)));
         let current = current_of(&world);
@@ -325,6 +339,15 @@ mod tests {
                 .unwrap(),
             );
             assert_eq!(p.snapshot.baseline, Some(first.tick));
+            // The player moved too, but its body is in the fixed part: no change for its entry.
+            assert!(
+                p.snapshot.changes.iter().all(|c| match *c {
+                    protocol::net::EntityChange::Full(id, _)
+                    | protocol::net::EntityChange::Fields { id, .. } => id != me.entity,
+                }),
+                "{:?}",
+                p.snapshot.changes
+            );
             p.snapshot.apply(&held).unwrap()
         };
         let not_due = rebuilt(&mut client, skip);
