@@ -496,7 +496,7 @@ impl ClientCore {
         if let Some((_, own)) = entities.iter_mut().find(|e| e.0 == self.entity) {
             own.x = self.server_body.0.round() as u16;
             own.y = self.server_body.1.round() as u16;
-            own.angle = (u32::from(self.last_aim) + 128 >> 8) as u8;
+            own.angle = ((u32::from(self.last_aim) + 128) >> 8) as u8;
         }
         Some((*tick, entities))
     }
