@@ -248,27 +248,28 @@ fn unchanged_entities_cost_nothing_and_moves_are_small() {
     let same = SnapshotDelta::between(Some(1), &base, &base);
     assert!(same.changes.is_empty() && same.removed.is_empty());
     let mut moved = base.clone();
-    moved[4].1.x += 27;
-    moved[4].1.y -= 2;
+    moved[2].1.x += 27;
+    moved[2].1.y -= 2;
     let d = SnapshotDelta::between(Some(1), &base, &moved);
     let mut w = codec::Writer::with_capacity(64);
     d.write(&mut w, 2);
-    // Baseline (a byte), then bits: count 5, id 3 + 1, kind 2 and mask 6 (moved only), dx
-    // 1 + 6, dy 2 + 3, removed count 4: 33 bits (38 in tenths of a unit).
-    assert_eq!(w.buf.len(), 1 + 5);
+    // Baseline (a byte), then bits: count 5, id 2 + 1, kind 2 and mask 6 (moved only), dx
+    // 1 + 6, dy 2 + 3, removed count 4: 32 bits (38 in tenths of a unit, ids in 3-bit groups).
+    assert_eq!(w.buf.len(), 1 + 4);
     // The common case, a body that moved and turned, says so in one bit: count 5, per body id
-    // 4, kind 1, dx 1 + 6, dy 2 + 3, angle 8 (25 bits), removed count 4.
+    // 3 (the first id, then the gap to it minus one), kind 1, dx 1 + 6, dy 2 + 3, angle 8 (24
+    // bits), removed count 4.
     let mut turned = moved.clone();
-    turned[4].1.angle += 9;
-    turned[9].1.angle += 9;
-    turned[9].1.x -= 30;
-    turned[9].1.y += 2;
+    turned[2].1.angle += 9;
+    turned[3].1.angle += 9;
+    turned[3].1.x -= 30;
+    turned[3].1.y += 2;
     let d = SnapshotDelta::between(Some(1), &base, &turned);
     assert_eq!(d.apply(&base).unwrap(), turned);
     let mut w = codec::Writer::with_capacity(64);
     d.write(&mut w, 2);
-    assert_eq!(w.buf.len(), 1 + (5 + 2 * 25 + 4usize).div_ceil(8));
-    // A respawn across the arena: 3 + 11 bits a coordinate.
+    assert_eq!(w.buf.len(), 1 + (5 + 2 * 24 + 4usize).div_ceil(8));
+    // A respawn across the arena: 3 + 11 bits a coordinate (id 4: two 2-bit groups).
     let mut respawned = base.clone();
     respawned[4].1.x = 990;
     respawned[4].1.y = 15;
@@ -324,20 +325,24 @@ fn specific_rejections() {
 }
 
 /// Found by `cargo fuzz run packet` (as a whole protocol 2 datagram): an entity-id gap near
-/// u32::MAX overflowed the id sum (a panic in debug builds, a wrapped id in release).
+/// u32::MAX overflowed the id sum (a panic in debug builds, a wrapped id in release). Written
+/// here in the current layout: two changes, the first a whole state of entity 65535, the
+/// second an id gap of u32::MAX.
 #[test]
 fn fuzz_regression_entity_id_delta_overflow() {
     let mut w = codec::Writer::with_capacity(64);
     w.varint(0); // no baseline
     let mut bits = codec::BitWriter::new(&mut w.buf);
     bits.uvar(2, 4);
-    bits.uvar(65_535, 3);
-    bits.flag(true);
-    for width in [16, 16, 8, 8, 8] {
+    bits.uvar(65_535, 2);
+    bits.bits(0b00, 2); // a whole state
+    bits.uvar(0, 10);
+    bits.uvar(0, 10);
+    for width in [8, 8, 8] {
         bits.bits(0, width);
     }
     bits.uvar(0, 6);
-    bits.uvar(u32::MAX, 3);
+    bits.uvar(u32::MAX, 2);
     bits.flag(true);
     bits.finish();
     w.buf.extend_from_slice(&[0; 16]);
