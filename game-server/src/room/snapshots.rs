@@ -13,6 +13,8 @@ use protocol::net::{
 };
 
 use crate::session::Client;
+#[cfg(doc)]
+use protocol::net::urgent::UrgentSender;
 
 /// Bytes of reliable messages allowed in one snapshot packet.
 pub const RELIABLE_BUDGET: usize = 400;
@@ -155,9 +157,10 @@ pub struct Scratch {
 }
 
 /// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
-/// has not been sent yet (repeats alone wait for the next snapshot: they were sent once).
+/// has gone out in no packet yet or in only one ([`UrgentSender::wants_a_packet`]: a lost first
+/// copy is repeated on the next tick; later repeats wait for the next snapshot).
 pub fn events_packet_for(client: &mut Client, tick: u32, now_ms: u64) -> Option<Vec<u8>> {
-    if !client.urgent_out.has_unsent() {
+    if !client.urgent_out.wants_a_packet() {
         return None;
     }
     let urgent = client.urgent_out.outgoing(now_ms, URGENT_BUDGET);
@@ -266,6 +269,34 @@ mod tests {
         assert!(client.visible.contains(&neighbour), "{:?}", client.visible);
         assert!(!client.visible.contains(&far), "{:?}", client.visible);
         assert!(bytes.len() <= MAX_PACKET);
+    }
+
+    #[test]
+    fn between_snapshots_an_event_goes_twice_at_tick_rate_then_waits_for_a_snapshot() {
+        let mut client = Client::new(
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            77,
+            1,
+            "m-p1".into(),
+            0,
+        );
+        assert!(
+            events_packet_for(&mut client, 10, 1_000).is_none(),
+            "nothing to send"
+        );
+        client.urgent_out.send(Message::Pickup { entity: 3 }, 1_000);
+        let carried = |bytes: Option<Vec<u8>>| match Packet::decode(&bytes.expect("a datagram")) {
+            Ok(Packet::Events(p)) => p.urgent.into_iter().map(|(_, m)| m).collect::<Vec<_>>(),
+            other => panic!("not an events datagram: {other:?}"),
+        };
+        let pickup = vec![Message::Pickup { entity: 3 }];
+        assert_eq!(carried(events_packet_for(&mut client, 10, 1_000)), pickup);
+        // Its first copy may be lost: the second leaves on the next tick.
+        assert_eq!(carried(events_packet_for(&mut client, 11, 1_033)), pickup);
+        assert!(
+            events_packet_for(&mut client, 12, 1_066).is_none(),
+            "later copies ride the snapshots"
+        );
     }
 
     #[test]
