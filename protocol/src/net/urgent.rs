@@ -23,6 +23,9 @@ use super::Message;
 pub const MAX_URGENT: usize = 32;
 /// An event not acknowledged after this long is dropped: by then it is history.
 pub const URGENT_TTL_MS: u64 = 1_000;
+/// An event's second copy may leave in a datagram of its own this long after the first (one
+/// 30 Hz tick, less a margin for the tick timer's jitter).
+pub const SECOND_COPY_AFTER_MS: u64 = 30;
 /// How far behind the newest received id the receiver still takes an event (the ack bitfield).
 const WINDOW: u16 = 32;
 
@@ -34,6 +37,8 @@ struct Pending {
     queued_ms: u64,
     /// Packets it has gone out in (saturating).
     copies: u8,
+    /// When the first of them left.
+    first_sent_ms: u64,
 }
 
 /// The sending side: events not yet acknowledged.
@@ -59,6 +64,7 @@ impl UrgentSender {
             len,
             queued_ms: now_ms,
             copies: 0,
+            first_sent_ms: 0,
         });
         self.next_id = self.next_id.wrapping_add(1);
     }
@@ -109,19 +115,26 @@ impl UrgentSender {
                 break;
             }
             used += p.len;
+            if p.copies == 0 {
+                p.first_sent_ms = now_ms;
+            }
             p.copies = p.copies.saturating_add(1);
             out.push((p.id, p.msg.clone()));
         }
     }
 
-    /// Whether an event waits that no packet has carried yet, or only one has: the room then
-    /// sends the events at once, between snapshots if need be. The second copy leaves on the
-    /// next tick rather than with the next snapshot, so when snapshots are rarer than ticks a
-    /// lost first copy still costs one tick, not a snapshot interval (at 15 snapshots a second
-    /// and 30 ticks: p99 fire -> seen 131-134 ms against 142-149 when repeats waited for the
-    /// snapshot, for 6% more bytes). Later copies ride the snapshots.
-    pub fn wants_a_packet(&self) -> bool {
-        self.pending.iter().any(|p| p.copies < 2)
+    /// Whether an event waits that no packet has carried yet, or only one has, at least
+    /// [`SECOND_COPY_AFTER_MS`] ago: the room then sends the events at once, between snapshots
+    /// if need be. So when snapshots are rarer than ticks, a lost first copy still costs about
+    /// one 30 Hz interval, not a snapshot interval (15 snapshots a second on 30 Hz ticks: p99
+    /// fire -> seen 131-134 ms against 142-149 when repeats waited for the snapshot, for 6% more
+    /// bytes); on faster ticks the wait keeps the second copy from costing a datagram of its own
+    /// when a snapshot leaves within it. Later copies ride the snapshots.
+    pub fn wants_a_packet(&self, now_ms: u64) -> bool {
+        self.pending.iter().any(|p| {
+            p.copies == 0
+                || (p.copies == 1 && now_ms.saturating_sub(p.first_sent_ms) >= SECOND_COPY_AFTER_MS)
+        })
     }
 
     /// Events sent but not yet acknowledged.
@@ -264,21 +277,25 @@ mod tests {
             tx.send(pickup(i), 0);
         }
         let one = pickup(0).encoded_len();
-        assert!(tx.wants_a_packet());
+        assert!(tx.wants_a_packet(0));
         assert_eq!(tx.outgoing(0, 4 * one).len(), 4);
-        assert!(tx.wants_a_packet(), "six never went");
+        assert!(tx.wants_a_packet(0), "six never went");
         assert_eq!(
             tx.outgoing(0, 10_000).len(),
             10,
             "all again: repeated until acked"
         );
         assert!(
-            tx.wants_a_packet(),
+            !tx.wants_a_packet(SECOND_COPY_AFTER_MS - 1),
+            "too soon for a second copy of the six that went once"
+        );
+        assert!(
+            tx.wants_a_packet(SECOND_COPY_AFTER_MS),
             "six went once: their second copy is due"
         );
-        tx.outgoing(0, 10_000);
+        tx.outgoing(SECOND_COPY_AFTER_MS, 10_000);
         assert!(
-            !tx.wants_a_packet(),
+            !tx.wants_a_packet(10 * SECOND_COPY_AFTER_MS),
             "every one went twice: further copies wait for a snapshot"
         );
         let mut rx = UrgentReceiver::default();
