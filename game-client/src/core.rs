@@ -484,7 +484,6 @@ impl ClientCore {
         self.pending.len()
     }
 
-    /// The newest snapshot's entities.
     /// The newest snapshot, this player's own entry filled in. The server sends that entry's
     /// position and angle as zero (the body is exact in every packet's fixed part and the aim
     /// is the player's own, so sending them again in the entity list would send them twice):

@@ -127,7 +127,7 @@ impl UrgentSender {
     /// [`SECOND_COPY_AFTER_MS`] ago: the room then sends the events at once, between snapshots
     /// if need be. So when snapshots are rarer than ticks, a lost first copy still costs about
     /// one 30 Hz interval, not a snapshot interval (15 snapshots a second on 30 Hz ticks: p99
-    /// fire -> seen 131-134 ms against 142-149 when repeats waited for the snapshot, for 6% more
+    /// fire -> seen 129-131 ms against 142-149 when repeats waited for the snapshot, for 6% more
     /// bytes); on faster ticks the wait keeps the second copy from costing a datagram of its own
     /// when a snapshot leaves within it. Later copies ride the snapshots.
     pub fn wants_a_packet(&self, now_ms: u64) -> bool {
