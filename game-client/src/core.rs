@@ -65,6 +65,12 @@ pub struct ClientStats {
     pub bytes_in_parts: protocol::net::WireParts,
     pub bytes_out: u64,
     pub inputs_sent: u64,
+    /// Inputs sampled while a snapshot was held (each one a frame in which others are drawn).
+    pub frames: u64,
+    /// Of those, the frames whose render time was past the newest snapshot: others drawn
+    /// where that snapshot left them (held), not interpolated. What a lower snapshot rate or
+    /// a shorter interpolation delay costs in motion.
+    pub frames_past_newest: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,6 +423,12 @@ impl ClientCore {
     /// Samples one tick of input: predicts it locally and returns the packet to send.
     pub fn input_packet(&mut self, intent: Intent, now_ms: u64) -> Vec<u8> {
         let view = self.render_tick(now_ms);
+        if let Some((newest, _)) = self.snapshots.back() {
+            self.stats.frames += 1;
+            if (*newest as f32) < view {
+                self.stats.frames_past_newest += 1;
+            }
+        }
         let input = Input {
             seq: self.next_input,
             move_x: intent.move_x,

@@ -104,6 +104,10 @@ async fn prediction_converges_with_zero_corrections_over_a_bad_link() {
     assert!(s.snapshots > 100, "{s:?}");
     assert!(s.snapshots_lost > 0, "the link did lose packets: {s:?}");
     assert_eq!(s.corrections, 0, "prediction diverged: {s:?}");
+    // Every step after the first snapshot is a frame; with 30 snapshots a second and 100 ms
+    // of interpolation delay, few of them run past the newest snapshot even over this link.
+    assert!(s.frames >= 150, "{s:?}");
+    assert!(s.frames_past_newest * 10 < s.frames, "{s:?}");
     // At rest, the prediction is where the server has the player (the snapshot's own entry,
     // rebuilt from the exact body, is in whole units: within the rounding).
     let me = c.core.entity;
