@@ -7,8 +7,10 @@
 //!   `last_processed_input`; the client compares it with what it predicted for that input (the
 //!   difference is the *correction*, zero when nothing interfered), then replays the inputs
 //!   the server has not processed yet on top of it.
-//! - **Interpolation**: other entities are drawn `interp_delay` behind the newest snapshot,
-//!   between the two snapshots around that time, never blended across a respawn.
+//! - **Interpolation**: other entities are drawn an interpolation delay behind the newest
+//!   snapshot, between the two snapshots around that time, never blended across a respawn.
+//!   The delay is the caller's floor or, when the server sends fewer snapshots per second,
+//!   enough to ride out one lost snapshot ([`protocol::net::interpolation_delay_ms`]).
 
 use std::collections::VecDeque;
 
@@ -87,6 +89,9 @@ pub struct ClientCore {
     pub entity: u16,
     pub tick_hz: u32,
     dt: f32,
+    /// The interpolation delay asked for; the snapshot rate may raise it.
+    interp_floor_ms: u32,
+    interp_delay_ms: u32,
     interp_ticks: f32,
     next_seq: u16,
     received: ReceivedPackets,
@@ -126,6 +131,8 @@ pub struct ClientCore {
 }
 
 impl ClientCore {
+    /// `interp_delay_ms`: the least interpolation delay (the server's snapshot rate may ask
+    /// for more).
     pub fn new(token: String, interp_delay_ms: u32) -> ClientCore {
         ClientCore {
             token,
@@ -134,6 +141,8 @@ impl ClientCore {
             entity: 0,
             tick_hz: 30,
             dt: 1.0 / 30.0,
+            interp_floor_ms: interp_delay_ms,
+            interp_delay_ms,
             interp_ticks: interp_delay_ms as f32 * 30.0 / 1000.0,
             next_seq: 0,
             received: ReceivedPackets::default(),
@@ -215,6 +224,7 @@ impl ClientCore {
                 session,
                 entity,
                 tick_hz,
+                snapshot_hz,
                 tick,
             } => {
                 if self.phase == Phase::Connected && session == self.session {
@@ -230,7 +240,12 @@ impl ClientCore {
                 self.entity = entity;
                 self.tick_hz = u32::from(tick_hz.max(1));
                 self.dt = 1.0 / self.tick_hz as f32;
-                self.interp_ticks = self.interp_ticks / 30.0 * self.tick_hz as f32;
+                // From the floor each time: a takeover's accept must not scale it twice.
+                self.interp_delay_ms = protocol::net::interpolation_delay_ms(
+                    u32::from(snapshot_hz.clamp(1, tick_hz.max(1))),
+                    self.interp_floor_ms,
+                );
+                self.interp_ticks = self.interp_delay_ms as f32 * self.tick_hz as f32 / 1000.0;
                 self.clock = Some((tick, now_ms));
                 Ok(vec![ClientEvent::Connected { entity }])
             }
@@ -415,6 +430,11 @@ impl ClientCore {
         }
     }
 
+    /// How far behind the newest snapshot others are drawn, in ms.
+    pub fn interp_delay_ms(&self) -> u32 {
+        self.interp_delay_ms
+    }
+
     /// The server time this client renders other entities at.
     pub fn render_tick(&self, now_ms: u64) -> f32 {
         (self.server_tick(now_ms) - self.interp_ticks).max(0.0)
@@ -551,5 +571,38 @@ impl ClientCore {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(session: u64, tick_hz: u8, snapshot_hz: u8, tick: u32) -> Vec<u8> {
+        Packet::ConnectAccepted {
+            session,
+            entity: 4,
+            tick_hz,
+            snapshot_hz,
+            tick,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn the_interpolation_delay_follows_each_accept_from_the_floor() {
+        let mut c = ClientCore::new("t".into(), 100);
+        c.on_datagram(&accept(1, 60, 60, 1_000), 0).unwrap();
+        // 100 ms at 60 ticks a second: six ticks behind.
+        assert_eq!(c.interp_delay_ms(), 100);
+        assert!((c.render_tick(0) - 994.0).abs() < 1e-3, "{}", c.render_tick(0));
+        // A takeover's accept (a new session) at a lower snapshot rate: computed afresh, not
+        // scaled from the previous delay again.
+        c.on_datagram(&accept(2, 60, 15, 2_000), 0).unwrap();
+        assert_eq!(c.interp_delay_ms(), 159);
+        let expected = 2_000.0 - 159.0 * 60.0 / 1000.0;
+        assert!((c.render_tick(0) - expected).abs() < 1e-3, "{}", c.render_tick(0));
+        c.on_datagram(&accept(3, 60, 60, 3_000), 0).unwrap();
+        assert!((c.render_tick(0) - 2_994.0).abs() < 1e-3, "{}", c.render_tick(0));
     }
 }

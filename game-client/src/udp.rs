@@ -50,7 +50,7 @@ impl UdpClient {
         let mut c = UdpClient {
             socket,
             server,
-            core: ClientCore::new(token, 100),
+            core: ClientCore::new(token, protocol::net::DEFAULT_INTERPOLATION_DELAY_MS),
             up: Lane::new(link, seed),
             down: Lane::new(link, seed ^ 0x5555_5555),
             start: Instant::now(),

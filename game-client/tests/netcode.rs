@@ -214,9 +214,33 @@ async fn every_shot_is_told_once_and_promptly_over_a_lossy_link() {
 /// (an events datagram between snapshots), not at the next snapshot 100 ms later; prediction
 /// still reconciles with zero corrections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_15_snapshots_a_second_a_lost_snapshot_does_not_freeze_the_others() {
+    // One bot to watch; 10% loss each way, so about one snapshot in ten is lost. With the
+    // default 100 ms delay each loss left a 133 ms gap, a third of it drawn held (~5% of
+    // frames, measured); the delay the accept asks for (159 ms) covers it, and only two
+    // losses in a row hold anything.
+    let h = Harness::start_with(1, 15).await;
+    let mut c = h
+        .join("p-15hz", LinkConditioner::new(50, 10, 0.10), 21)
+        .await;
+    assert_eq!(c.core.interp_delay_ms(), 159);
+    for step in 0..240 {
+        c.step(circling(step)).await.unwrap();
+    }
+    let s = c.core.stats.clone();
+    assert!(s.snapshots_lost > 0, "the link did lose packets: {s:?}");
+    assert!(s.frames >= 200, "{s:?}");
+    assert!(s.frames_past_newest * 40 < s.frames, "{s:?}");
+    assert_eq!(s.corrections, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_snapshot_rate_never_delays_a_shot() {
     let h = Harness::start_with(0, 10).await;
     let mut c = h.join("p-slow", LinkConditioner::perfect(), 12).await;
+    // The accept told the client the rate: others drawn two intervals and a jitter allowance
+    // behind, not the default 100 ms.
+    assert_eq!(c.core.interp_delay_ms(), 225);
     let mut waits = Vec::new();
     let mut fired_at = None;
     let mut snapshots = 0;

@@ -498,7 +498,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
-        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (its own thread, everything included; of it, ticks and the port by their thread CPU {:.2} us, of which sending {:.2} us and the port {:.2} us; wall-clock busy of ticks {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; others drawn past the newest snapshot in {:.1}% of frames (100 ms interpolation delay); {} snapshots, packet loss {:.1}%; per packet received {:.1} B: fixed header and own body {:.1}, entities {:.1}, urgent events {:.1}, reliable {:.1}, UDP/IP 28",
+        "{} players in rooms of {} (filled: {:?}), {} Hz ticks, {} Hz snapshots; down {:.0} B/s per player received ({:.0} B/s sent, incl. 28 B UDP/IP headers); server CPU {:.2} us per player-tick (its own thread, everything included; of it, ticks and the port by their thread CPU {:.2} us, of which sending {:.2} us and the port {:.2} us; wall-clock busy of ticks {:.2} us); tick p50 {:.0} us p99 {:.0} us; corrections {}; others drawn past the newest snapshot in {:.1}% of frames ({} ms interpolation delay); {} snapshots, packet loss {:.1}%; per packet received {:.1} B: fixed header and own body {:.1}, entities {:.1}, urgent events {:.1}, reliable {:.1}, UDP/IP 28",
         args.players,
         args.room_size,
         {
@@ -519,6 +519,10 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         tick_p99,
         corrections,
         100.0 * frames_past_newest as f64 / frames.max(1) as f64,
+        protocol::net::interpolation_delay_ms(
+            args.snapshot_hz.min(args.tick_hz),
+            protocol::net::DEFAULT_INTERPOLATION_DELAY_MS
+        ),
         snapshots,
         100.0 * lost as f64 / (packets + lost).max(1) as f64,
         per_packet(parts.total(), packets) + 28.0,

@@ -43,6 +43,15 @@ fn snapshot_due(tick: u64, tick_hz: u32, snapshot_hz: u32) -> bool {
     tick * snapshot_hz / tick_hz != tick.saturating_sub(1) * snapshot_hz / tick_hz
 }
 
+/// The configured rewind cap, widened by whatever the snapshot rate adds to the clients'
+/// interpolation delay: players at 15 snapshots/s look ~60 ms further back than at 30, and
+/// their shots at what they see must not be judged at the cap for it.
+fn rewind_cap_ms(configured_ms: u32, snapshot_hz: u32) -> u32 {
+    use protocol::net::{interpolation_delay_ms, DEFAULT_INTERPOLATION_DELAY_MS};
+    let delay = interpolation_delay_ms(snapshot_hz, DEFAULT_INTERPOLATION_DELAY_MS);
+    configured_ms + (delay - DEFAULT_INTERPOLATION_DELAY_MS)
+}
+
 /// Runs one match to its end (or until shutdown, which ends it early with results).
 pub async fn run_room(
     config: RoomConfig,
@@ -53,7 +62,7 @@ pub async fn run_room(
 ) {
     let world_config = WorldConfig {
         tick_hz: config.tick_hz,
-        rewind_cap_ms: config.rewind_cap_ms,
+        rewind_cap_ms: rewind_cap_ms(config.rewind_cap_ms, config.snapshot_hz),
     };
     let (world, fresh) = match start {
         RoomStart::Fresh => (World::new(config.seed, world_config), true),
@@ -198,7 +207,15 @@ async fn end_match(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_due;
+    use super::{rewind_cap_ms, snapshot_due};
+
+    #[test]
+    fn the_rewind_cap_grows_with_the_interpolation_delay_a_lower_snapshot_rate_asks_for() {
+        let cap = |snapshot_hz| rewind_cap_ms(200, snapshot_hz);
+        assert_eq!(cap(30), 200);
+        assert_eq!(cap(20), 225);
+        assert_eq!(cap(15), 259);
+    }
 
     #[test]
     fn snapshot_ticks_honour_any_rate_up_to_the_tick_rate_spread_evenly() {

@@ -20,6 +20,7 @@ pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 
 /// The next version must not be 4: a protocol 2 datagram began with `G` (0x47), whose high
 /// nibble reads as version 4, so a 4 would let old clients' datagrams parse as current ones.
+/// 6: the accept carries the snapshot rate (the client's interpolation delay follows it).
 /// 5: positions of other bodies and of shots in whole units (tenths before), moves in size
 /// classes for that scale, a fire's fields bit-packed.
 /// 3: a one-byte prefix (no magic), 16 ack bits in server packets, the reliable ack only
@@ -28,7 +29,7 @@ pub use snapshot::{EntityChange, EntityState, SnapshotDelta};
 /// separate hit message).
 /// 2: time-critical events on their own unordered channel ([`urgent`]); a 32-bit session tag,
 /// quantized own body and bit-packed entity updates in server packets.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 /// No datagram is larger: below the common 1280-byte IPv6 minimum MTU, so nothing fragments.
 pub const MAX_PACKET: usize = 1200;
 /// Connect requests are padded to exactly this size and every reply is smaller, so a forged
@@ -39,6 +40,23 @@ pub const MAX_INPUTS: usize = 8;
 pub const MAX_ENTITIES: usize = 256;
 pub const MAX_MESSAGES: usize = 64;
 pub const MAX_CHAT: usize = 200;
+
+/// The interpolation delay a client uses unless the snapshot rate asks for more.
+pub const DEFAULT_INTERPOLATION_DELAY_MS: u32 = 100;
+/// What the delay allows beyond two snapshot intervals for arrival jitter.
+const JITTER_ALLOWANCE_MS: u32 = 25;
+
+/// How far behind the newest snapshot a client draws other entities: at least `at_least_ms`,
+/// and at least two snapshot intervals plus a jitter allowance, so that one lost snapshot
+/// still leaves two to interpolate between instead of holding everyone still (the arrival
+/// gap after a loss is two intervals). At 30 snapshots/s that is 93 ms, under the default
+/// 100; at 20, 125 ms; at 15, 159 ms. The server widens its rewind cap by what this adds to
+/// the default delay, so a lower snapshot rate never turns shots at what a player sees into
+/// shots judged at the cap.
+pub fn interpolation_delay_ms(snapshot_hz: u32, at_least_ms: u32) -> u32 {
+    let interval_ms = 1000u32.div_ceil(snapshot_hz.max(1));
+    at_least_ms.max(2 * interval_ms + JITTER_ALLOWANCE_MS)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
@@ -232,6 +250,9 @@ pub enum Packet {
         session: u64,
         entity: u16,
         tick_hz: u8,
+        /// Snapshots per second (at most `tick_hz`): how far apart they arrive, which sets
+        /// the client's interpolation delay ([`interpolation_delay_ms`]).
+        snapshot_hz: u8,
         tick: u32,
     },
     ConnectDenied {
@@ -280,12 +301,14 @@ impl Packet {
                 session,
                 entity,
                 tick_hz,
+                snapshot_hz,
                 tick,
             } => {
                 w.u8(prefix(T_ACCEPTED));
                 w.u64(*session);
                 w.u16(*entity);
                 w.u8(*tick_hz);
+                w.u8(*snapshot_hz);
                 w.u32(*tick);
             }
             Packet::ConnectDenied { reason } => {
@@ -380,6 +403,7 @@ impl Packet {
                 session: r.u64()?,
                 entity: r.u16()?,
                 tick_hz: r.u8()?,
+                snapshot_hz: r.u8()?,
                 tick: r.u32()?,
             },
             T_DENIED => Packet::ConnectDenied {

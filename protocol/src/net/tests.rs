@@ -103,11 +103,12 @@ fn input() -> impl Strategy<Value = Input> {
 fn packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
         "[A-Za-z0-9._-]{0,400}".prop_map(|token| Packet::ConnectRequest { token }),
-        (any::<u64>(), any::<u16>(), any::<u8>(), any::<u32>()).prop_map(
-            |(session, entity, tick_hz, tick)| Packet::ConnectAccepted {
+        (any::<u64>(), any::<u16>(), any::<u8>(), any::<u8>(), any::<u32>()).prop_map(
+            |(session, entity, tick_hz, snapshot_hz, tick)| Packet::ConnectAccepted {
                 session,
                 entity,
                 tick_hz,
+                snapshot_hz,
                 tick
             }
         ),
@@ -427,4 +428,20 @@ fn the_common_messages_and_headers_are_small() {
         27 + 3,
         "count byte and the ack, only while there is something to acknowledge"
     );
+}
+
+#[test]
+fn the_interpolation_delay_rides_out_one_lost_snapshot() {
+    let d = |hz| interpolation_delay_ms(hz, DEFAULT_INTERPOLATION_DELAY_MS);
+    // At 30 snapshots a second the default already covers a loss (3 intervals = 100 ms).
+    assert_eq!(d(30), 100);
+    assert_eq!(d(60), 100);
+    // Below it, two intervals and the jitter allowance.
+    assert_eq!(d(20), 125);
+    assert_eq!(d(15), 159);
+    assert_eq!(d(10), 225);
+    // A nonsense rate is one a second, not a division by zero.
+    assert_eq!(d(0), 2025);
+    // A caller's floor above that stands.
+    assert_eq!(interpolation_delay_ms(15, 250), 250);
 }
