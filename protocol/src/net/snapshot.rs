@@ -204,9 +204,13 @@ impl SnapshotDelta {
                     dscore,
                     ..
                 }) => {
+                    // A change may be any i32 (the widest size class): the sum is checked
+                    // before it is narrowed.
                     let field = |v: u16, d: i32| {
-                        u16::try_from(i32::from(v) + d)
-                            .map_err(|_| NetError::Invalid("delta out of range"))
+                        i32::from(v)
+                            .checked_add(d)
+                            .and_then(|n| u16::try_from(n).ok())
+                            .ok_or(NetError::Invalid("delta out of range"))
                     };
                     let mut s = state;
                     if mask & B_X != 0 {

@@ -354,6 +354,44 @@ fn fuzz_regression_entity_id_delta_overflow() {
     );
 }
 
+/// Found by the `packet` fuzz target on 2026-12-05: a change in the widest size class (any
+/// i32) added to a baseline field overflowed the sum (a panic in debug builds) before the
+/// range check; now the error the range check gives.
+#[test]
+fn fuzz_regression_field_change_overflow() {
+    let base = [(
+        3,
+        EntityState {
+            x: 100,
+            y: 50,
+            angle: 1,
+            hp: 100,
+            flags: 1,
+            score: 7,
+        },
+    )];
+    for (mask, dx, dscore) in [(1, i32::MAX, 0), (1, i32::MIN, 0), (32, 0, i32::MAX)] {
+        let delta = SnapshotDelta {
+            baseline: Some(9),
+            changes: vec![EntityChange::Fields {
+                id: 3,
+                mask,
+                dx,
+                dy: 0,
+                angle: 0,
+                hp: 0,
+                flags: 0,
+                dscore,
+            }],
+            removed: vec![],
+        };
+        assert_eq!(
+            delta.apply(&base),
+            Err(NetError::Invalid("delta out of range"))
+        );
+    }
+}
+
 /// What protocols 3 and 5 save on the packets a player receives most: a fire is 9 bytes where
 /// it was 11 (protocol 3) and 14 with a hit of 7 more for its victim (protocol 2), a later
 /// message id one byte where it was two, and a server packet with no reliable traffic carries
