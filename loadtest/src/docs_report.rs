@@ -41,6 +41,9 @@ struct System {
     server_cpu_cores: f64,
     msgs_per_cpu_second: f64,
     rss_per_connection_bytes: f64,
+    /// Absent from runs before 2026-12-05 (0 then).
+    #[serde(default)]
+    rss_marginal_per_connection_bytes: f64,
     gaps: u64,
     latency: crate::report::Latency,
     cdf: Vec<(u64, f64)>,
@@ -233,7 +236,7 @@ fn systems_table(r: &Results) -> String {
     };
     for s in &all {
         out += &format!(
-            "| {} | {}/{} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} cores | {:.0} | {:.1} KiB | {} |",
+            "| {} | {}/{} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} cores | {:.0} | {:.1} KiB{} | {} |",
             s.system,
             s.held,
             s.viewers,
@@ -244,6 +247,14 @@ fn systems_table(r: &Results) -> String {
             s.server_cpu_cores,
             s.msgs_per_cpu_second,
             s.rss_per_connection_bytes / 1024.0,
+            if s.rss_marginal_per_connection_bytes > 0.0 {
+                format!(
+                    " ({:.1} for each of the second half)",
+                    s.rss_marginal_per_connection_bytes / 1024.0
+                )
+            } else {
+                String::new()
+            },
             s.gaps
         );
         if wire {

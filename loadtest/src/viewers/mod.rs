@@ -255,7 +255,12 @@ struct Measured {
     server_cpu_cores: f64,
     msgs_per_cpu_second: f64,
     rss_total_bytes: u64,
+    /// RSS growth from before the first viewer to all connected, per viewer: with whatever
+    /// the matches' own state grew by meanwhile.
     rss_per_connection_bytes: f64,
+    /// RSS growth while the second half of the viewers connected, per viewer: what one more
+    /// connection costs once the matches are warm.
+    rss_marginal_per_connection_bytes: f64,
     gaps: u64,
     snapshots: u64,
     /// Bytes one viewer's socket received per second (frames and framing; not TCP/IP).
@@ -355,7 +360,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             latency: m.latency.clone(),
             latency_of: "publish (harness clock) -> received by the viewer".into(),
             notes: format!(
-                "held {}/{} (connect {:.1} s, {} failed); server CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection; {:.1} KB/s per viewer on the wire; {} gaps, {} snapshots",
+                "held {}/{} (connect {:.1} s, {} failed); server CPU {:.2} cores ({:.0} msgs per CPU-second); RSS {:.0} MiB total, {:.1} KiB per connection ({:.1} KiB for each of the second half); {:.1} KB/s per viewer on the wire; {} gaps, {} snapshots",
                 m.held,
                 args.viewers,
                 m.connect_secs,
@@ -364,6 +369,7 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
                 m.msgs_per_cpu_second,
                 m.rss_total_bytes as f64 / 1048576.0,
                 m.rss_per_connection_bytes / 1024.0,
+                m.rss_marginal_per_connection_bytes / 1024.0,
                 m.wire_bytes_per_viewer_per_s / 1000.0,
                 m.gaps,
                 m.snapshots,
@@ -408,11 +414,13 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
     if let Some(gs) = measured.iter().find(|m| m.system == "grandstand") {
         for peer in measured.iter().filter(|m| m.system != "grandstand") {
             summary.push(format!(
-                "grandstand / {}: {:.2}x msgs per CPU-second, {:.2}x p99 latency (lower is better), {:.2}x memory per connection (lower is better), {:.2}x bytes per viewer (lower is better), held {} vs {}",
+                "grandstand / {}: {:.2}x msgs per CPU-second, {:.2}x p99 latency (lower is better), {:.2}x memory per connection (lower is better; {:.2}x for the second half's), {:.2}x bytes per viewer (lower is better), held {} vs {}",
                 peer.system,
                 gs.msgs_per_cpu_second / peer.msgs_per_cpu_second.max(1e-9),
                 gs.latency.p99_us as f64 / peer.latency.p99_us.max(1) as f64,
                 gs.rss_per_connection_bytes / peer.rss_per_connection_bytes.max(1.0),
+                gs.rss_marginal_per_connection_bytes
+                    / peer.rss_marginal_per_connection_bytes.max(1.0),
                 gs.wire_bytes_per_viewer_per_s / peer.wire_bytes_per_viewer_per_s.max(1e-9),
                 gs.held,
                 peer.held,
@@ -545,6 +553,21 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         };
         workers.push(start_worker(&plan)?);
     }
+    let mut half_connected = 0u64;
+    for w in &workers {
+        let line = wait_line(w, "half", Duration::from_secs(600))?;
+        half_connected += line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_half: Vec<(f64, u64)> = servers.iter().map(|g| proc_usage(g.child.id())).collect();
+    for w in &mut workers {
+        writeln!(w.stdin, "continue")?;
+        w.stdin.flush()?;
+    }
     let (mut connected, mut failed) = (0u64, 0u64);
     for w in &workers {
         let line = wait_line(w, "connected", Duration::from_secs(600))?;
@@ -641,6 +664,11 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         .zip(&settled)
         .map(|(a, b)| b.1.saturating_sub(a.1))
         .sum();
+    let second_half_growth: u64 = at_half
+        .iter()
+        .zip(&settled)
+        .map(|(a, b)| b.1.saturating_sub(a.1))
+        .sum();
     let rate = total.messages as f64 / secs;
     let cdf = [
         0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
@@ -659,6 +687,8 @@ async fn measure(system: System, args: &Args) -> anyhow::Result<Measured> {
         msgs_per_cpu_second: rate / cpu.max(1e-9),
         rss_total_bytes: end_usage.iter().map(|u| u.1).sum(),
         rss_per_connection_bytes: rss_growth as f64 / connected.max(1) as f64,
+        rss_marginal_per_connection_bytes: second_half_growth as f64
+            / connected.saturating_sub(half_connected).max(1) as f64,
         gaps: total.gaps,
         snapshots: total.snapshots,
         wire_bytes_per_viewer_per_s: total.wire_bytes as f64 / secs / total.held.max(1) as f64,

@@ -766,9 +766,15 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     // it took (the rest count as failed), rather than not at all. The limit counts from the
     // first attempt: starting viewers waits on the connect concurrency too.
     let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
-    let mut waits = Vec::with_capacity(plan.viewers);
+    let mut report = WorkerReport::default();
+    // Two halves, with a pause between them in which the coordinator reads the server's
+    // memory: the second half's growth is what a connection costs once the matches' own
+    // state is in place.
+    let half = plan.viewers / 2;
+    for (phase, viewers) in [(0, 0..half), (1, half..plan.viewers)] {
+    let mut waits = Vec::with_capacity(viewers.len());
     let mut never_started = 0u64;
-    for i in 0..plan.viewers {
+    for i in viewers.clone() {
         let viewer = plan.first_viewer + i;
         let (gateway, match_id) = plan.targets[viewer % plan.targets.len()].clone();
         let token = signer.sign(&Claims {
@@ -779,7 +785,7 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let Ok(permit) = tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await
         else {
-            never_started = (plan.viewers - i) as u64;
+            never_started = (viewers.end - i) as u64;
             break;
         };
         let permit = permit?;
@@ -817,15 +823,18 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
         }
         waits.push(gated_rx);
     }
-    let mut report = WorkerReport {
-        failed: never_started,
-        ..WorkerReport::default()
-    };
+    report.failed += never_started;
     for w in waits {
         match tokio::time::timeout_at(deadline, w).await {
             Ok(Ok(true)) => report.connected += 1,
             _ => report.failed += 1,
         }
+    }
+    if phase == 0 {
+        println!("half {} {}", report.connected, report.failed);
+        std::io::stdout().flush()?;
+        tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
+    }
     }
     println!("connected {} {}", report.connected, report.failed);
     std::io::stdout().flush()?;
