@@ -66,7 +66,13 @@ pub async fn run_room(
     };
     let (world, fresh) = match start {
         RoomStart::Fresh => (World::new(config.seed, world_config), true),
-        RoomStart::Restored(w) => (w.restored(), false),
+        RoomStart::Restored(w) => {
+            // The rewind cap is this server's policy (and follows the snapshot rate its accepts
+            // announce), not the crashed server's.
+            let mut world = w.restored();
+            world.config.rewind_cap_ms = world_config.rewind_cap_ms;
+            (world, false)
+        }
     };
     let mut room = Room::new(config, world, fresh, io.port.clone());
     let mut view = room.world.spectator_state(&room.config.region);
