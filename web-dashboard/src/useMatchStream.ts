@@ -54,7 +54,8 @@ export function useMatchStream(matchId: string, transport: "ws" | "sse" | "auto"
           for (const shot of msg.shots) m.shots.push({ t, shot });
           if (m.shots.length > 200) m.shots.splice(0, m.shots.length - 200);
         }
-        if (msg.type === "event") {
+        // An event without a kind is a record the gateway could not read: a version, no news.
+        if (msg.type === "event" && msg.kind) {
           feed.current = [...feed.current, msg].slice(-FEED_CAP);
         }
         if (msg.published_us) m.undrawn.push({ published: msg.published_us / 1000, event: msg.type === "event" });

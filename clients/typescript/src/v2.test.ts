@@ -75,6 +75,19 @@ describe("feed v2", () => {
     expect(decoded[1]).toMatchObject({ kind: "player_joined", player: "g-9" });
   });
 
+  it("takes a record the gateway could not read (its envelope alone) as a no-op that keeps the line", () => {
+    const { view, decoded } = run([
+      snapshot,
+      { type: "event", match: "eu-1", epoch: 7, version: 813 },
+      { type: "delta", match: "eu-1", epoch: 7, version: 814 },
+    ]);
+    expect(view.version).toBe(814);
+    expect(view.state.tick).toBe(2436);
+    expect(Object.keys(view.state.players).sort()).toEqual(["eu-1-bot3", "g-1a2b"]);
+    expect(view.state.players["g-1a2b"]).toMatchObject({ x: 8000, y: 4100, hp: 40 });
+    expect(decoded[1]).toMatchObject({ type: "event", kind: "" });
+  });
+
   it("leaves messages off the version line for the version rules to refuse", () => {
     const d = new V2Decoder();
     const view = applyMessage(null, d.decode(null, snapshot));

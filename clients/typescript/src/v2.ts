@@ -121,6 +121,7 @@ export class V2Decoder {
     if (facts.kind === "player_left") {
       facts.player = name(facts.id);
     }
-    return { ...envelope, type: "event", kind: String(facts.kind), ...facts };
+    // No kind: a record the gateway could not read keeps its version with the envelope alone.
+    return { ...envelope, type: "event", ...facts, kind: typeof facts.kind === "string" ? facts.kind : "" };
   }
 }

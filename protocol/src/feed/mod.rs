@@ -695,6 +695,39 @@ mod tests {
         assert_eq!(v["match"], "m\"1");
     }
 
+    /// Found by the `viewer` fuzz target (2026-12-05): an event record the gateway cannot
+    /// read keeps its version with the envelope alone, and the v2 decoder refused that frame.
+    #[test]
+    fn an_unreadable_record_keeps_its_version_and_v2_clients_take_it() {
+        let mut feed = MatchFeed::new("m1", 4);
+        feed.apply(&keyframe(1, 0, &SpectatorState::default()));
+        let first = feed.snapshot_frame().unwrap();
+        let mut view = super::v2::V2View::from_snapshot(
+            &serde_json::from_slice(&first.v2.json).unwrap(),
+        )
+        .unwrap();
+        for (version, kind, body) in [
+            (1, LogKind::Event, &b""[..]),
+            (2, LogKind::Event, &b"{\"kind\":\"nonsense\"}"[..]),
+            (3, LogKind::Delta, &b"not json"[..]),
+        ] {
+            let record = LogRecord {
+                match_id: "m1".into(),
+                epoch: 1,
+                version,
+                kind,
+                body: Bytes::copy_from_slice(body),
+            };
+            let Applied::Appended(f) = feed.apply(&record) else {
+                panic!("version {version} not appended")
+            };
+            let v2: serde_json::Value = serde_json::from_slice(&f.v2.json).unwrap();
+            assert_eq!(v2["version"], version);
+            view.apply(&v2).unwrap();
+        }
+        assert_eq!(feed.position(), Some(pos(1, 3)));
+    }
+
     mod format_v2 {
         use proptest::prelude::*;
 
