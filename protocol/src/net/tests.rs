@@ -290,9 +290,11 @@ fn specific_rejections() {
     assert_eq!(Packet::decode(b"\x91"), Err(NetError::BadVersion(9)));
     // A protocol 2 datagram (it began with 'G') is told apart by its version.
     assert_eq!(Packet::decode(b"G\x25"), Err(NetError::BadVersion(4)));
-    assert_eq!(Packet::decode(b"\x5e"), Err(NetError::UnknownType(0x0e)));
-    // So is a protocol 3 one (positions in tenths).
+    assert_eq!(Packet::decode(b"\x6e"), Err(NetError::UnknownType(0x0e)));
+    // So is a protocol 3 one (positions in tenths), and a protocol 5 one (no snapshot rate in
+    // the accept).
     assert_eq!(Packet::decode(b"\x33"), Err(NetError::BadVersion(3)));
+    assert_eq!(Packet::decode(b"\x52"), Err(NetError::BadVersion(5)));
     assert_eq!(
         Packet::decode(&[0u8; MAX_PACKET + 1]),
         Err(NetError::TooLarge)
