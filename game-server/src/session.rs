@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::net::acks::{ReceivedPackets, SentPackets};
+use protocol::net::acks::{seq_newer, ReceivedPackets, SentPackets};
 use protocol::net::reliable::{ReliableReceiver, ReliableSender};
-use protocol::net::urgent::UrgentSender;
+use protocol::net::urgent::{Repeats, UrgentSender};
 use protocol::net::{ClientPacket, EntityState, Header, Input, Message};
 
 /// Inputs waiting to be simulated; a client far ahead of the server loses its oldest.
@@ -18,6 +18,8 @@ const SNAPSHOT_RING: usize = 32;
 /// A client may catch up on late inputs, but never run more than this many ticks ahead of
 /// real time (a speed-hack guard).
 const MAX_INPUT_CREDIT: f32 = 4.0;
+/// Each packet's weight in the loss estimate (about the last 50 count).
+const LOSS_WEIGHT: f32 = 0.02;
 
 pub type Entities = Arc<Vec<(u16, EntityState)>>;
 
@@ -28,9 +30,15 @@ pub struct Client {
     pub player: String,
     pub last_heard: Instant,
     pub rtt_ms: f32,
+    /// The share of this player's packets lost on the way here (from sequence gaps, a moving
+    /// average over about 50 packets): the estimate for the way back too, which sets how many
+    /// copies of an urgent event go back to back. It starts at 10% (three copies) until
+    /// packets have told.
+    pub loss: f32,
     pub visible: Vec<u16>,
     pub reliable_out: ReliableSender,
-    /// Fire, death, pickup: repeated in every packet until acknowledged.
+    /// Fire, death, pickup: repeated until acknowledged, back to back as the link's loss
+    /// calls for, then a round trip apart.
     pub urgent_out: UrgentSender,
     next_seq: u16,
     received: ReceivedPackets,
@@ -59,6 +67,7 @@ impl Client {
             player,
             last_heard: Instant::now(),
             rtt_ms: 100.0,
+            loss: 0.1,
             visible: Vec::new(),
             reliable_out: ReliableSender::default(),
             urgent_out: UrgentSender::default(),
@@ -77,8 +86,18 @@ impl Client {
     /// Takes a packet from the client; returns the reliable messages now delivered in order.
     pub fn on_packet(&mut self, p: ClientPacket, now_ms: u64) -> Vec<Message> {
         self.last_heard = Instant::now();
+        let newest = self.received.latest();
         if !self.received.record(p.header.seq) {
             return Vec::new();
+        }
+        if let Some(newest) = newest.filter(|&n| seq_newer(p.header.seq, n)) {
+            // A packet that fills a gap later (reordered) was counted lost: jitter is rarely
+            // larger than the packet interval, and erring towards loss means an extra copy.
+            let missing = p.header.seq.wrapping_sub(newest) - 1;
+            for _ in 0..missing.min(32) {
+                self.loss += LOSS_WEIGHT * (1.0 - self.loss);
+            }
+            self.loss -= LOSS_WEIGHT * self.loss;
         }
         let (rtt_ms, acked_tick) = (&mut self.rtt_ms, &mut self.acked_tick);
         self.sent
@@ -94,6 +113,7 @@ impl Client {
         }
         self.urgent_out
             .on_ack(p.urgent_ack.latest, p.urgent_ack.bits);
+        self.urgent_out.repeats = Repeats::for_link(self.loss, self.rtt_ms);
         for input in p.inputs {
             if input.seq > self.newest_input {
                 self.newest_input = input.seq;
@@ -181,5 +201,56 @@ impl Client {
     /// How long to wait before resending an unacknowledged reliable message.
     pub fn resend_after_ms(&self) -> u64 {
         (self.rtt_ms * 0.5).clamp(20.0, 500.0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::net::{ClientPacket, Header, ReliableBlock, UrgentAck};
+
+    use super::*;
+
+    fn packet(seq: u16) -> ClientPacket {
+        ClientPacket {
+            session: 1,
+            header: Header {
+                seq,
+                ack: u16::MAX,
+                ack_bits: 0,
+            },
+            inputs: Vec::new(),
+            reliable: ReliableBlock::default(),
+            urgent_ack: UrgentAck {
+                latest: u16::MAX,
+                bits: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_loss_seen_sets_how_many_copies_of_an_event_go_back_to_back() {
+        let mut c = Client::new("127.0.0.1:9".parse().unwrap(), 1, 3, "p".into(), 0);
+        // Every fifth packet lost, across the 16-bit wrap.
+        let mut seq = 65_000u16;
+        for _ in 0..400 {
+            seq = seq.wrapping_add(1);
+            if seq % 5 != 0 {
+                c.on_packet(packet(seq), 0);
+            }
+        }
+        assert!((c.loss - 0.2).abs() < 0.05, "{}", c.loss);
+        assert_eq!(c.urgent_out.repeats.back_to_back, 4);
+        // A clean link: two.
+        for _ in 0..400 {
+            seq = seq.wrapping_add(1);
+            c.on_packet(packet(seq), 0);
+        }
+        assert!(c.loss < 0.01, "{}", c.loss);
+        assert_eq!(c.urgent_out.repeats.back_to_back, 2);
+        // A duplicate or a late packet moves nothing.
+        let loss = c.loss;
+        c.on_packet(packet(seq), 0);
+        c.on_packet(packet(seq.wrapping_sub(3)), 0);
+        assert_eq!(c.loss, loss);
     }
 }
