@@ -595,14 +595,26 @@ mod tests {
         c.on_datagram(&accept(1, 60, 60, 1_000), 0).unwrap();
         // 100 ms at 60 ticks a second: six ticks behind.
         assert_eq!(c.interp_delay_ms(), 100);
-        assert!((c.render_tick(0) - 994.0).abs() < 1e-3, "{}", c.render_tick(0));
+        assert!(
+            (c.render_tick(0) - 994.0).abs() < 1e-3,
+            "{}",
+            c.render_tick(0)
+        );
         // A takeover's accept (a new session) at a lower snapshot rate: computed afresh, not
         // scaled from the previous delay again.
         c.on_datagram(&accept(2, 60, 15, 2_000), 0).unwrap();
         assert_eq!(c.interp_delay_ms(), 159);
         let expected = 2_000.0 - 159.0 * 60.0 / 1000.0;
-        assert!((c.render_tick(0) - expected).abs() < 1e-3, "{}", c.render_tick(0));
+        assert!(
+            (c.render_tick(0) - expected).abs() < 1e-3,
+            "{}",
+            c.render_tick(0)
+        );
         c.on_datagram(&accept(3, 60, 60, 3_000), 0).unwrap();
-        assert!((c.render_tick(0) - 2_994.0).abs() < 1e-3, "{}", c.render_tick(0));
+        assert!(
+            (c.render_tick(0) - 2_994.0).abs() < 1e-3,
+            "{}",
+            c.render_tick(0)
+        );
     }
 }

@@ -243,7 +243,10 @@ impl Room {
             session: c.session,
             entity: c.entity,
             tick_hz: self.config.tick_hz.min(255) as u8,
-            snapshot_hz: self.config.snapshot_hz.clamp(1, self.config.tick_hz.min(255)) as u8,
+            snapshot_hz: self
+                .config
+                .snapshot_hz
+                .clamp(1, self.config.tick_hz.min(255)) as u8,
             tick: self.world.tick as u32,
         }
     }

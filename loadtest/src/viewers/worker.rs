@@ -772,69 +772,70 @@ pub async fn worker(plan_json: String) -> anyhow::Result<()> {
     // state is in place.
     let half = plan.viewers / 2;
     for (phase, viewers) in [(0, 0..half), (1, half..plan.viewers)] {
-    let mut waits = Vec::with_capacity(viewers.len());
-    let mut never_started = 0u64;
-    for i in viewers.clone() {
-        let viewer = plan.first_viewer + i;
-        let (gateway, match_id) = plan.targets[viewer % plan.targets.len()].clone();
-        let token = signer.sign(&Claims {
-            sub: format!("viewer-{viewer}"),
-            name: format!("Viewer {viewer}"),
-            exp: now_us() / 1_000_000 + 3600,
-        });
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let Ok(permit) = tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await
-        else {
-            never_started = (viewers.end - i) as u64;
-            break;
-        };
-        let permit = permit?;
-        let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0
-            && plan.sse > 0.0
-            && plan.system == System::Grandstand;
-        let (tally, source) = (tally.clone(), plan.source.clone());
-        let (gated_tx, gated_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let done = rx.await.unwrap_or(false);
-            drop(permit);
-            let _ = gated_tx.send(done);
-        });
-        let slot = Slot {
-            tally,
-            viewer,
-            system: plan.system,
-            source,
-            gateway,
-            match_id,
-            subject_root: plan.subject_root.clone(),
-            token,
-            connected: tx,
-            storm: plan.storm,
-            api: api.clone(),
-        };
-        if sse {
-            tokio::spawn(sse_viewer(slot));
-        } else if plan.system == System::Grandstand && plan.storm != Storm::None {
-            tokio::spawn(storming_viewer(slot));
-        } else if plan.system == System::Grandstand && plan.workload == Workload::Match {
-            tokio::spawn(v2_viewer(slot, plan.grandstand_wire));
-        } else {
-            tokio::spawn(websocket_viewer(slot));
+        let mut waits = Vec::with_capacity(viewers.len());
+        let mut never_started = 0u64;
+        for i in viewers.clone() {
+            let viewer = plan.first_viewer + i;
+            let (gateway, match_id) = plan.targets[viewer % plan.targets.len()].clone();
+            let token = signer.sign(&Claims {
+                sub: format!("viewer-{viewer}"),
+                name: format!("Viewer {viewer}"),
+                exp: now_us() / 1_000_000 + 3600,
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let Ok(permit) = tokio::time::timeout_at(deadline, limit.clone().acquire_owned()).await
+            else {
+                never_started = (viewers.end - i) as u64;
+                break;
+            };
+            let permit = permit?;
+            let sse = (viewer as f64 * plan.sse).fract() + plan.sse >= 1.0
+                && plan.sse > 0.0
+                && plan.system == System::Grandstand;
+            let (tally, source) = (tally.clone(), plan.source.clone());
+            let (gated_tx, gated_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let done = rx.await.unwrap_or(false);
+                drop(permit);
+                let _ = gated_tx.send(done);
+            });
+            let slot = Slot {
+                tally,
+                viewer,
+                system: plan.system,
+                source,
+                gateway,
+                match_id,
+                subject_root: plan.subject_root.clone(),
+                token,
+                connected: tx,
+                storm: plan.storm,
+                api: api.clone(),
+            };
+            if sse {
+                tokio::spawn(sse_viewer(slot));
+            } else if plan.system == System::Grandstand && plan.storm != Storm::None {
+                tokio::spawn(storming_viewer(slot));
+            } else if plan.system == System::Grandstand && plan.workload == Workload::Match {
+                tokio::spawn(v2_viewer(slot, plan.grandstand_wire));
+            } else {
+                tokio::spawn(websocket_viewer(slot));
+            }
+            waits.push(gated_rx);
         }
-        waits.push(gated_rx);
-    }
-    report.failed += never_started;
-    for w in waits {
-        match tokio::time::timeout_at(deadline, w).await {
-            Ok(Ok(true)) => report.connected += 1,
-            _ => report.failed += 1,
+        report.failed += never_started;
+        for w in waits {
+            match tokio::time::timeout_at(deadline, w).await {
+                Ok(Ok(true)) => report.connected += 1,
+                _ => report.failed += 1,
+            }
         }
-    }
-    if phase == 0 {
-        println!("half {} {}", report.connected, report.failed);
-        std::io::stdout().flush()?;
-        tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
-    }
+        if phase == 0 {
+            println!("half {} {}", report.connected, report.failed);
+            std::io::stdout().flush()?;
+            tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
+                .await??;
+        }
     }
     println!("connected {} {}", report.connected, report.failed);
     std::io::stdout().flush()?;

@@ -702,10 +702,9 @@ mod tests {
         let mut feed = MatchFeed::new("m1", 4);
         feed.apply(&keyframe(1, 0, &SpectatorState::default()));
         let first = feed.snapshot_frame().unwrap();
-        let mut view = super::v2::V2View::from_snapshot(
-            &serde_json::from_slice(&first.v2.json).unwrap(),
-        )
-        .unwrap();
+        let mut view =
+            super::v2::V2View::from_snapshot(&serde_json::from_slice(&first.v2.json).unwrap())
+                .unwrap();
         for (version, kind, body) in [
             (1, LogKind::Event, &b""[..]),
             (2, LogKind::Event, &b"{\"kind\":\"nonsense\"}"[..]),

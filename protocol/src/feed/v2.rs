@@ -481,9 +481,7 @@ impl V2View {
             // changes nothing.
             return Ok(());
         };
-        self.tick = tick
-            .as_u64()
-            .ok_or(V2Error::Malformed("delta", "bad t"))?;
+        self.tick = tick.as_u64().ok_or(V2Error::Malformed("delta", "bad t"))?;
         if let Some(s) = msg.get("status") {
             self.status = s
                 .as_str()

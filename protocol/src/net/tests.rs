@@ -103,15 +103,22 @@ fn input() -> impl Strategy<Value = Input> {
 fn packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
         "[A-Za-z0-9._-]{0,400}".prop_map(|token| Packet::ConnectRequest { token }),
-        (any::<u64>(), any::<u16>(), any::<u8>(), any::<u8>(), any::<u32>()).prop_map(
-            |(session, entity, tick_hz, snapshot_hz, tick)| Packet::ConnectAccepted {
-                session,
-                entity,
-                tick_hz,
-                snapshot_hz,
-                tick
-            }
-        ),
+        (
+            any::<u64>(),
+            any::<u16>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u32>()
+        )
+            .prop_map(|(session, entity, tick_hz, snapshot_hz, tick)| {
+                Packet::ConnectAccepted {
+                    session,
+                    entity,
+                    tick_hz,
+                    snapshot_hz,
+                    tick,
+                }
+            }),
         Just(Packet::ConnectDenied {
             reason: DenyReason::Replayed
         }),

@@ -367,7 +367,10 @@ mod tests {
         tx.send(pickup(1), 0);
         assert_eq!(tx.outgoing(0, 10_000).len(), 1);
         assert_eq!(tx.outgoing(33, 10_000).len(), 1, "the second, back to back");
-        assert!(tx.outgoing(66, 10_000).is_empty(), "its ack may be on the way");
+        assert!(
+            tx.outgoing(66, 10_000).is_empty(),
+            "its ack may be on the way"
+        );
         assert!(!tx.wants_a_packet(120));
         assert!(tx.outgoing(120, 10_000).is_empty());
         assert!(tx.wants_a_packet(133), "a round trip after the last: due");
