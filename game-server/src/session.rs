@@ -234,7 +234,7 @@ mod tests {
         let mut seq = 65_000u16;
         for _ in 0..400 {
             seq = seq.wrapping_add(1);
-            if seq % 5 != 0 {
+            if !seq.is_multiple_of(5) {
                 c.on_packet(packet(seq), 0);
             }
         }
