@@ -93,11 +93,10 @@ impl Client {
         if let Some(newest) = newest.filter(|&n| seq_newer(p.header.seq, n)) {
             // A packet that fills a gap later (reordered) was counted lost: jitter is rarely
             // larger than the packet interval, and erring towards loss means an extra copy.
-            let missing = p.header.seq.wrapping_sub(newest) - 1;
-            for _ in 0..missing.min(32) {
-                self.loss += LOSS_WEIGHT * (1.0 - self.loss);
-            }
-            self.loss -= LOSS_WEIGHT * self.loss;
+            // Each missing packet moves the average a step towards 1, this one a step to 0.
+            let missing = (p.header.seq.wrapping_sub(newest) - 1).min(32);
+            self.loss = 1.0 - (1.0 - self.loss) * (1.0 - LOSS_WEIGHT).powi(i32::from(missing));
+            self.loss *= 1.0 - LOSS_WEIGHT;
         }
         let (rtt_ms, acked_tick) = (&mut self.rtt_ms, &mut self.acked_tick);
         self.sent
