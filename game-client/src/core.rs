@@ -92,7 +92,6 @@ pub struct ClientCore {
     /// The interpolation delay asked for; the snapshot rate may raise it.
     interp_floor_ms: u32,
     interp_delay_ms: u32,
-    interp_ticks: f32,
     next_seq: u16,
     received: ReceivedPackets,
     sent: SentPackets<()>,
@@ -143,7 +142,6 @@ impl ClientCore {
             dt: 1.0 / 30.0,
             interp_floor_ms: interp_delay_ms,
             interp_delay_ms,
-            interp_ticks: interp_delay_ms as f32 * 30.0 / 1000.0,
             next_seq: 0,
             received: ReceivedPackets::default(),
             sent: SentPackets::default(),
@@ -245,7 +243,6 @@ impl ClientCore {
                     u32::from(snapshot_hz.clamp(1, tick_hz.max(1))),
                     self.interp_floor_ms,
                 );
-                self.interp_ticks = self.interp_delay_ms as f32 * self.tick_hz as f32 / 1000.0;
                 self.clock = Some((tick, now_ms));
                 Ok(vec![ClientEvent::Connected { entity }])
             }
@@ -437,7 +434,8 @@ impl ClientCore {
 
     /// The server time this client renders other entities at.
     pub fn render_tick(&self, now_ms: u64) -> f32 {
-        (self.server_tick(now_ms) - self.interp_ticks).max(0.0)
+        let behind = self.interp_delay_ms as f32 * self.tick_hz as f32 / 1000.0;
+        (self.server_tick(now_ms) - behind).max(0.0)
     }
 
     /// Samples one tick of input: predicts it locally and returns the packet to send.
