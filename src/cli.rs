@@ -530,6 +530,11 @@ pub struct GameArgs {
     /// against ghosting); 0 broadcasts live. At most 10 minutes.
     #[arg(long, env = "GRANDSTAND_BROADCAST_DELAY_MS", default_value_t = GameServerConfig::default().broadcast_delay.as_millis() as u64, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub broadcast_delay_ms: u64,
+    /// Act on what players send as it arrives: shots resolved and told to the others at once
+    /// (one more datagram per player for each poll with news). `false`: commands wait for the
+    /// next tick (fewer bytes and less CPU, up to a tick more latency on every shot).
+    #[arg(long, env = "GRANDSTAND_ACT_ON_ARRIVAL", default_value_t = GameServerConfig::default().act_on_arrival, action = clap::ArgAction::Set)]
+    pub act_on_arrival: bool,
     /// Matchmaking regions, comma separated.
     #[arg(long, env = "GRANDSTAND_REGIONS", default_values_t = GameServerConfig::default().regions, value_delimiter = ',')]
     pub regions: Vec<String>,
@@ -554,6 +559,7 @@ impl GameArgs {
             advertise: self.advertise_udp.clone(),
             checkpoints,
             broadcast_delay: Duration::from_millis(self.broadcast_delay_ms),
+            act_on_arrival: self.act_on_arrival,
             ..Default::default()
         }
     }

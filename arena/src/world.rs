@@ -398,6 +398,12 @@ impl World {
         });
     }
 
+    /// What happened since the last step (or the last call): the shots and kills of inputs
+    /// applied between steps, which the room tells players as they happen.
+    pub fn take_events(&mut self) -> Vec<SimEvent> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Advances one fixed step (after this tick's inputs) and returns what happened.
     pub fn step(&mut self) -> Vec<SimEvent> {
         self.tick += 1;

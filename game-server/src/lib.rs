@@ -115,6 +115,11 @@ pub struct GameServerConfig {
     pub checkpoints: bool,
     /// How far behind the live game viewers watch this server's matches (0: live).
     pub broadcast_delay: Duration,
+    /// Act on what players send as it arrives (the port polled every
+    /// [`port::INPUT_POLL`]): a shot is resolved and told to the others then, in a datagram of
+    /// its own, rather than with the next tick's packet. Off, commands wait for the tick:
+    /// fewer datagrams and less CPU, up to a tick more latency on every shot.
+    pub act_on_arrival: bool,
 }
 
 impl Default for GameServerConfig {
@@ -135,6 +140,7 @@ impl Default for GameServerConfig {
             interest: InterestConfig::default(),
             delta: true,
             batch_sends: true,
+            act_on_arrival: true,
             skill_bucket: 500,
             connect_token_ttl: Duration::from_secs(600),
             advertise: None,
@@ -214,7 +220,16 @@ impl GameServer {
 
     /// Runs until shutdown, then lets every room end its match (with results).
     pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
-        let udp = tokio::spawn(port::serve_udp(self.port.clone(), self.shutdown.clone()));
+        let poll = if self.config.act_on_arrival {
+            port::INPUT_POLL
+        } else {
+            port::PORT_REST_MAX
+        };
+        let udp = tokio::spawn(port::serve_udp(
+            self.port.clone(),
+            poll,
+            self.shutdown.clone(),
+        ));
         let mut slots = Vec::new();
         for slot in 0..self.config.matches {
             let region = self.config.regions[slot % self.config.regions.len().max(1)].clone();
@@ -256,6 +271,7 @@ impl GameServer {
             rewind_cap_ms: self.config.rewind_cap_ms,
             server: self.address.clone(),
             broadcast_delay: self.config.broadcast_delay,
+            act_on_arrival: self.config.act_on_arrival,
         }
     }
 

@@ -91,8 +91,9 @@ pub static TICK_BUSY_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
 pub static TICK_CPU_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
     prometheus::register_counter!(
         "gs_tick_cpu_seconds_total",
-        "CPU time of the threads running ticks, counted only while a tick runs (unlike the busy \
-         time, not inflated by other work preempting the thread)"
+        "CPU time of the threads running rooms, counted only while a tick (or the handling of \
+         commands between ticks) runs (unlike the busy time, not inflated by other work \
+         preempting the thread)"
     )
     .unwrap()
 });

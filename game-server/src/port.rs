@@ -1,6 +1,6 @@
-//! The player port: one UDP socket shared by every room of the server. Whoever drains it (each
-//! room's tick, right before it takes its commands, and a task polling for what the ticks
-//! leave) decodes each datagram (malformed ones are counted and dropped), checks handshakes
+//! The player port: one UDP socket shared by every room of the server. Whoever drains it (a
+//! task polling every few milliseconds while anyone plays, and each room's tick right before
+//! it takes its commands) decodes each datagram (malformed ones are counted and dropped), checks handshakes
 //! (connect token signature, expiry, match, server, replay) and routes packets of established
 //! sessions to their room through the room's bounded command channel. Rooms send on the socket
 //! without waiting (a full socket buffer drops a snapshot; the next one supersedes it).
@@ -104,11 +104,10 @@ impl PlayerPort {
     /// already under way elsewhere (another room's tick, the port's task) is not waited for:
     /// it reads for both.
     ///
-    /// Each room's tick drains the socket before it takes its commands, so the inputs and acks
-    /// that arrived since the last read are in that tick; the port's task reads what the ticks
-    /// leave. Nothing is woken by a datagram's arrival: at a player's 30 packets a second that
-    /// was a wake of the server's thread (epoll, two context switches) per datagram, more than
-    /// the datagram's own work.
+    /// The port's task drains every [`INPUT_POLL`] while anyone plays, and each room's tick
+    /// drains before it takes its commands. Nothing is woken by a datagram's arrival: at a
+    /// player's 30 packets a second that was a wake of the server's thread (epoll, two context
+    /// switches) per datagram, more than the datagram's own work.
     pub fn drain(&self) -> (usize, bool) {
         let Ok(mut inbox) = self.inbox.try_lock() else {
             return (0, false);
@@ -143,6 +142,11 @@ impl PlayerPort {
                 .as_secs_f64(),
         );
         (read, more)
+    }
+
+    /// Whether any player holds a session (the port then polls at [`INPUT_POLL`]).
+    pub fn has_sessions(&self) -> bool {
+        !self.sessions.lock().unwrap().is_empty()
     }
 
     /// Whether [`PlayerPort::send_batch`] uses `sendmmsg` (on) or one `sendto` per datagram.
@@ -425,19 +429,17 @@ fn reject(reason: &str) {
 /// by what the last poll found: about a batch ([`RECV_BATCH`]) is left to queue between polls,
 /// so a trickle is read every [`PORT_REST_MAX`] and a busy socket at once, and what waits is
 /// always a small part of its receive buffer.
-pub async fn serve_udp(port: Arc<PlayerPort>, shutdown: Shutdown) {
-    let mut last = std::time::Instant::now();
+/// Polls the port while the server runs: every `poll` while anyone plays (see
+/// [`INPUT_POLL`]), every [`PORT_REST_MAX`] otherwise, at once while a drain leaves more.
+pub async fn serve_udp(port: Arc<PlayerPort>, poll: std::time::Duration, shutdown: Shutdown) {
     loop {
-        let (read, more) = port.drain();
-        let elapsed = last.elapsed().as_secs_f64().max(1e-4);
-        last = std::time::Instant::now();
+        let (_, more) = port.drain();
         let rest = if more {
             std::time::Duration::ZERO
-        } else if read == 0 {
-            PORT_REST_MAX
+        } else if port.has_sessions() {
+            poll
         } else {
-            std::time::Duration::from_secs_f64(RECV_BATCH as f64 * elapsed / read as f64)
-                .clamp(PORT_REST_MIN, PORT_REST_MAX)
+            PORT_REST_MAX
         };
         if rest.is_zero() {
             // More waits: let the other tasks have a turn, then go on.
@@ -457,9 +459,14 @@ pub async fn serve_udp(port: Arc<PlayerPort>, shutdown: Shutdown) {
 /// Datagrams read in one drain; the rest wait for the next.
 pub const DATAGRAMS_PER_DRAIN: usize = 256;
 
-/// The port's polling pace: never more often than every millisecond (past that rate every poll
-/// finds a full batch and reads on at once), never less often than a handshake should wait.
-pub const PORT_REST_MIN: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a player's datagram may wait to be read while anyone is playing: rooms act on
+/// what the port hands them as it arrives (a shot is resolved and told to the others then, not
+/// at the next tick, up to 33 ms later at 30 Hz), so this pace is the wait a shot adds on
+/// the server. Each poll is a timer wake of the server's thread (a few microseconds); a
+/// wake per datagram (the socket registered for readiness) cost more than the datagram's own
+/// work, and polling every 4 ms is ~250 wakes a second however many players there are.
+pub const INPUT_POLL: std::time::Duration = std::time::Duration::from_millis(4);
+/// The pace with no one playing: only handshakes arrive, and they may wait this long.
 pub const PORT_REST_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Datagrams read in one `recvmmsg`.

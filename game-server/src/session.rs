@@ -129,10 +129,14 @@ impl Client {
         delivered
     }
 
-    /// The inputs to simulate this tick, oldest first: one per tick, more to catch up after a
-    /// late packet, within the credit real time has given.
-    pub fn take_inputs(&mut self, out: &mut Vec<Input>) {
-        self.credit = (self.credit + 1.0).min(MAX_INPUT_CREDIT);
+    /// The inputs to simulate now, oldest first: one per tick, more to catch up after a late
+    /// packet, within the credit real time has given. `new_tick`: a tick begins (one more
+    /// input's credit); between ticks inputs are taken as they arrive, from the credit the
+    /// ticks gave, so taking them more often never lets a player move faster.
+    pub fn take_inputs(&mut self, out: &mut Vec<Input>, new_tick: bool) {
+        if new_tick {
+            self.credit = (self.credit + 1.0).min(MAX_INPUT_CREDIT);
+        }
         out.clear();
         while self.credit >= 1.0 {
             let Some(i) = self.inputs.pop_front() else {
@@ -251,5 +255,37 @@ mod tests {
         c.on_packet(packet(seq), 0);
         c.on_packet(packet(seq.wrapping_sub(3)), 0);
         assert_eq!(c.loss, loss);
+    }
+
+    /// Taking inputs between ticks, as they arrive, never lets a player run ahead of the
+    /// ticks: however often the room looks, the inputs applied stay within one a tick plus the
+    /// catch-up credit.
+    #[test]
+    fn inputs_taken_between_ticks_stay_within_the_ticks_credit() {
+        let mut c = Client::new("127.0.0.1:9".parse().unwrap(), 1, 3, "p".into(), 0);
+        let mut p = packet(1);
+        // A flood: 40 inputs at once (a speed hack, or a burst after a stall).
+        p.inputs = (1..=40)
+            .map(|seq| protocol::net::Input {
+                seq,
+                ..Default::default()
+            })
+            .collect();
+        c.on_packet(p, 0);
+        let mut applied = 0;
+        let mut out = Vec::new();
+        for tick in 0..10 {
+            c.take_inputs(&mut out, true);
+            applied += out.len();
+            // Eight looks between two ticks (a 4 ms poll on a 30 Hz tick).
+            for _ in 0..8 {
+                c.take_inputs(&mut out, false);
+                applied += out.len();
+            }
+            let most = tick + MAX_INPUT_CREDIT as usize;
+            assert!(applied <= most, "{applied} inputs after {} ticks", tick + 1);
+        }
+        // One a tick, and the one a new player starts with.
+        assert_eq!(applied, 10 + 1);
     }
 }

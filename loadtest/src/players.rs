@@ -58,6 +58,10 @@ pub struct Args {
     /// Also run with one `sendto` per datagram instead of batched `sendmmsg`.
     #[arg(long)]
     compare_sends: bool,
+    /// Also run with player commands held for the next tick (the game server's
+    /// `--act-on-arrival false`): what acting on them as they arrive costs and saves.
+    #[arg(long)]
+    compare_arrival: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -66,6 +70,7 @@ struct Variant {
     aoi: bool,
     delta: bool,
     batch_sends: bool,
+    act_on_arrival: bool,
 }
 
 /// The server's counters, read from its Prometheus registry (same process).
@@ -222,13 +227,24 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
         aoi: true,
         delta: true,
         batch_sends: true,
+        act_on_arrival: true,
     }];
+    if args.compare_arrival {
+        variants.push(Variant {
+            name: "AOI + delta, commands held for the tick",
+            aoi: true,
+            delta: true,
+            batch_sends: true,
+            act_on_arrival: false,
+        });
+    }
     if args.compare_sends {
         variants.push(Variant {
             name: "AOI + delta, one sendto per datagram",
             aoi: true,
             delta: true,
             batch_sends: false,
+            act_on_arrival: true,
         });
     }
     if args.compare {
@@ -237,18 +253,21 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             aoi: false,
             delta: true,
             batch_sends: true,
+            act_on_arrival: true,
         });
         variants.push(Variant {
             name: "AOI only (no delta)",
             aoi: true,
             delta: false,
             batch_sends: true,
+            act_on_arrival: true,
         });
         variants.push(Variant {
             name: "neither (full world, full state)",
             aoi: false,
             delta: false,
             batch_sends: true,
+            act_on_arrival: true,
         });
     }
     let mut rows = Vec::new();
@@ -270,12 +289,15 @@ pub async fn run(args: Args) -> anyhow::Result<Results> {
             args.rtt_ms,
             args.jitter_ms,
             args.loss,
-            match (args.compare, args.compare_sends) {
-                (true, true) => " --compare --compare-sends",
-                (true, false) => " --compare",
-                (false, true) => " --compare-sends",
-                (false, false) => "",
-            }
+            [
+                (args.compare, " --compare"),
+                (args.compare_sends, " --compare-sends"),
+                (args.compare_arrival, " --compare-arrival"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| *flag)
+            .collect::<String>()
         ),
         rows,
     })
@@ -306,6 +328,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         interest,
         delta: v.delta,
         batch_sends: v.batch_sends,
+        act_on_arrival: v.act_on_arrival,
         ..Default::default()
     };
     let stores = GameServerStores {

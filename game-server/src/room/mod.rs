@@ -57,6 +57,8 @@ pub struct RoomConfig {
     pub server: String,
     /// Carried in every keyframe, so gateways and the cold-load API hold the match back.
     pub broadcast_delay: Duration,
+    /// Take player commands between ticks, as they arrive (see `GameServerConfig`).
+    pub act_on_arrival: bool,
 }
 
 impl RoomConfig {
@@ -364,10 +366,12 @@ impl Room {
         }
     }
 
-    fn apply_inputs(&mut self) {
+    /// Applies the inputs players may move by now (see [`Client::take_inputs`]); `new_tick`
+    /// when a tick begins.
+    fn apply_inputs(&mut self, new_tick: bool) {
         let mut inputs = std::mem::take(&mut self.scratch_inputs);
         for c in self.roster.iter_mut() {
-            c.take_inputs(&mut inputs);
+            c.take_inputs(&mut inputs, new_tick);
             for input in &inputs {
                 if let Some(outcome) = self.world.apply_input(c.entity, input) {
                     metrics::REWINDS
@@ -589,6 +593,7 @@ mod tests {
             rewind_cap_ms: 200,
             server: "127.0.0.1:7777".into(),
             broadcast_delay: Duration::ZERO,
+            act_on_arrival: true,
         };
         let world = World::new(3, WorldConfig::default());
         Room::new(config, world, true, port)
@@ -797,7 +802,7 @@ mod tests {
                 for cmd in commands {
                     room.handle(cmd, u64::from(tick) * 33);
                 }
-                room.apply_inputs();
+                room.apply_inputs(true);
             });
             let (events, stepping) = crate::alloc_count::count(|| room.world.step());
             let ((), per_event) = crate::alloc_count::count(|| room.on_sim_events(events));

@@ -1,7 +1,8 @@
-//! The tick loop: the room's only I/O. Each tick it takes the player commands that arrived,
-//! applies inputs, steps the world, queues every player's snapshot (at the snapshot rate) and
-//! a spectator delta (at the spectator rate), then sends the queued datagrams and hands the
-//! outputs to the publisher, never waiting for either.
+//! The tick loop: the room's only I/O. Player commands are taken as they arrive (inputs
+//! applied, shots resolved and told at once); each tick then steps the world, queues every
+//! player's snapshot (at the snapshot rate) and a spectator delta (at the spectator rate),
+//! then sends the queued datagrams and hands the outputs to the publisher, never waiting for
+//! either.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 use super::outbox::Handed;
 use super::{Room, RoomConfig, RoomIo, RoomStart};
 use crate::metrics;
+use crate::port::RoomCommand;
 use crate::publisher::RoomOutput;
 use httpkit::Shutdown;
 
@@ -30,6 +32,31 @@ fn hand_on(room: &mut Room, tx: &mpsc::Sender<RoomOutput>) {
         Err(mpsc::error::TrySendError::Full(out)) => Handed::Full(out),
         Err(mpsc::error::TrySendError::Closed(_)) => Handed::Closed,
     });
+}
+
+/// Handles `first` (a command just received between ticks; `None` when a tick begins) and what
+/// else waits, up to [`COMMANDS_PER_TICK`] in all, applies the inputs they brought, and queues
+/// what that caused (shots, kills) for the players.
+fn take_commands(room: &mut Room, io: &mut RoomIo, first: Option<RoomCommand>) {
+    let wall = now_ms();
+    let new_tick = first.is_none();
+    let mut taken = 0;
+    if let Some(cmd) = first {
+        room.handle(cmd, wall);
+        taken += 1;
+    }
+    while taken < COMMANDS_PER_TICK {
+        match io.commands.try_recv() {
+            Ok(cmd) => room.handle(cmd, wall),
+            Err(_) => break,
+        }
+        taken += 1;
+    }
+    room.apply_inputs(new_tick);
+    let events = room.world.take_events();
+    if !events.is_empty() {
+        room.on_sim_events(events);
+    }
 }
 
 /// Whether the tick is a snapshot tick: `snapshot_hz` of every `tick_hz` ticks, spread evenly
@@ -106,10 +133,29 @@ pub async fn run_room(
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_tick_at = Instant::now();
+    let act_on_arrival = config.act_on_arrival;
     while room.world.tick < total_ticks {
         tokio::select! {
-            _ = interval.tick() => {}
+            biased;
             _ = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+            // Between ticks, what players send is acted on as it arrives: a shot is resolved
+            // (against the world as its shooter saw it, as at the tick) and told to the others
+            // now, not up to a tick later. Nothing else of the world moves until the tick, so
+            // the tick finds the same world as if it had applied these inputs itself. While
+            // the publisher is full, commands wait for the tick's stall handling.
+            Some(cmd) = io.commands.recv(), if act_on_arrival && !room.outbox.full() => {
+                let cpu_at_start = metrics::thread_cpu();
+                take_commands(&mut room, &mut io, Some(cmd));
+                room.send_events();
+                hand_on(&mut room, &tx);
+                metrics::TICK_CPU_SECONDS.inc_by(
+                    metrics::thread_cpu()
+                        .saturating_sub(cpu_at_start)
+                        .as_secs_f64(),
+                );
+                continue;
+            }
         }
         // What the players sent since the last read goes into this tick (the port's own task
         // reads only what the ticks leave). Counted as the port's CPU, not the tick's.
@@ -127,14 +173,7 @@ pub async fn run_room(
             metrics::STALLED_TICKS.inc();
             continue;
         }
-        let wall = now_ms();
-        for _ in 0..COMMANDS_PER_TICK {
-            match io.commands.try_recv() {
-                Ok(cmd) => room.handle(cmd, wall),
-                Err(_) => break,
-            }
-        }
-        room.apply_inputs();
+        take_commands(&mut room, &mut io, None);
         let events = room.world.step();
         room.on_sim_events(events);
         if snapshot_due(room.world.tick, config.tick_hz, config.snapshot_hz) {
