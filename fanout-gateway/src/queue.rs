@@ -113,7 +113,7 @@ impl Wire {
     pub fn bytes(self, frame: &Frame) -> &bytes::Bytes {
         match self.transport {
             Transport::WebSocket { deflate } => frame.ws_frame(self.format, deflate),
-            Transport::Sse => &frame.encoded(self.format).sse,
+            Transport::Sse => frame.encoded(self.format).sse(),
         }
     }
 }

@@ -80,27 +80,48 @@ impl Format {
 }
 
 /// One message in one format, encoded once: a WebSocket text frame (header and JSON in one
-/// buffer), the JSON alone (a slice of it), and a Server-Sent Event (`id: E:V`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// buffer), the JSON alone (a slice of it), and a Server-Sent Event (`id: E:V`), built the
+/// first time an SSE viewer is sent it: a hub's ring holds its last frames in every form, and
+/// an SSE copy of each that no viewer asked for was about a third of that.
+#[derive(Debug, Clone)]
 pub struct Encoded {
     pub ws: Bytes,
     pub json: Bytes,
-    pub sse: Bytes,
+    /// The event's lines before its data (`id: E:V\nevent: K\ndata: `).
+    sse_head: Bytes,
+    sse: std::sync::OnceLock<Bytes>,
 }
+
+/// Whether the SSE form was built yet is not part of the message.
+impl PartialEq for Encoded {
+    fn eq(&self, other: &Encoded) -> bool {
+        (&self.ws, &self.json, &self.sse_head) == (&other.ws, &other.json, &other.sse_head)
+    }
+}
+
+impl Eq for Encoded {}
 
 impl Encoded {
     fn new(kind: FrameKind, position: StreamPosition, json: Vec<u8>) -> Encoded {
         let ws = ws::server_frame(ws::OP_TEXT, &json, false);
         let json = ws.slice(ws::header_len(json.len())..);
-        let mut sse = BytesMut::with_capacity(json.len() + 48);
-        sse.put_slice(format!("id: {position}\nevent: {}\ndata: ", kind.as_str()).as_bytes());
-        sse.put_slice(&json);
-        sse.put_slice(b"\n\n");
         Encoded {
             ws,
             json,
-            sse: sse.freeze(),
+            sse_head: Bytes::from(format!("id: {position}\nevent: {}\ndata: ", kind.as_str())),
+            sse: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The Server-Sent Event: built once, on first use, then shared like the other forms.
+    pub fn sse(&self) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let mut sse = BytesMut::with_capacity(self.sse_head.len() + self.json.len() + 2);
+            sse.put_slice(&self.sse_head);
+            sse.put_slice(&self.json);
+            sse.put_slice(b"\n\n");
+            sse.freeze()
+        })
     }
 }
 
@@ -413,15 +434,9 @@ impl MatchFeed {
         fields.extend_from_slice(format!(",\"at_ms\":{at_ms}").as_bytes());
         let json = envelope(FrameKind::Status, &self.match_id, position, None, &fields);
         let mut frame = Frame::new(FrameKind::Status, position, json.clone(), json);
-        let sse = |e: &Encoded| {
-            let mut out = BytesMut::with_capacity(e.json.len() + 24);
-            out.put_slice(b"event: status\ndata: ");
-            out.put_slice(&e.json);
-            out.put_slice(b"\n\n");
-            out.freeze()
-        };
-        frame.v1.sse = sse(&frame.v1);
-        frame.v2.sse = sse(&frame.v2);
+        for e in [&mut frame.v1, &mut frame.v2] {
+            e.sse_head = Bytes::from_static(b"event: status\ndata: ");
+        }
         Some(Arc::new(frame))
     }
 
@@ -550,8 +565,11 @@ mod tests {
         assert_eq!(v["match"], "m1");
         assert_eq!(v["version"], 1);
         assert_eq!(v["players"]["p1"]["x"], 5);
-        assert!(f.v1.sse.starts_with(b"id: 1:1\nevent: delta\ndata: {"));
-        assert!(f.v1.sse.ends_with(b"}\n\n"));
+        // The SSE form exists only once an SSE viewer is sent it, and then it is kept.
+        assert!(f.v1.sse.get().is_none() && f.v2.sse.get().is_none());
+        assert!(f.v1.sse().starts_with(b"id: 1:1\nevent: delta\ndata: {"));
+        assert!(f.v1.sse.get().is_some() && f.v2.sse.get().is_none());
+        assert!(f.v1.sse().ends_with(b"}\n\n"));
         assert_eq!(feed.state().players["p1"].x, 5);
         // Duplicate and gap.
         assert_eq!(feed.apply(&delta(1, 1, &moved(1, 9))), Applied::Ignored);
@@ -920,7 +938,7 @@ mod tests {
             assert!(f.v2_deflated.len() < f.v2.ws.len());
             assert!(f
                 .v2
-                .sse
+                .sse()
                 .starts_with(b"id: 1:1\nevent: delta\ndata: {\"type\":\"delta\""));
             assert_eq!(
                 f.ws_frame(Format::V1, true),
