@@ -313,9 +313,9 @@ async fn a_shot_is_told_as_it_arrives_not_at_the_next_tick() {
         waits.push(told.expect("every shot is told"));
     }
     waits.sort();
-    // Measured: a median of a few ms; held for the tick, 40-60 ms.
+    // Measured: a median of 3-10 ms; held for the tick (`act_on_arrival: false`), 68 ms.
     assert!(
-        waits[6] < Duration::from_millis(20),
+        waits[6] < Duration::from_millis(30),
         "median {:?} of {waits:?}",
         waits[6]
     );
