@@ -487,11 +487,12 @@ impl Room {
     }
 
     /// Queues an events datagram for every player with an urgent event no packet has carried
-    /// yet (a tick without a snapshot).
-    fn send_events(&mut self) {
+    /// yet (a tick without a snapshot, or `between_ticks`), or whose second copy is due (at a
+    /// tick).
+    fn send_events(&mut self, between_ticks: bool) {
         let (tick, now) = (self.world.tick as u32, now_ms());
         for c in self.roster.iter_mut() {
-            if let Some(bytes) = snapshots::events_packet_for(c, tick, now) {
+            if let Some(bytes) = snapshots::events_packet_for(c, tick, now, between_ticks) {
                 metrics::URGENT_DROPPED.inc_by(std::mem::take(&mut c.urgent_out.dropped));
                 self.datagrams.push((c.addr, bytes));
             }

@@ -159,9 +159,20 @@ pub struct Scratch {
 /// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
 /// has gone out in no packet yet, or in only one a 30 Hz tick ago or more
 /// ([`UrgentSender::wants_a_packet`]: a lost first copy is repeated about a 30 Hz tick later;
-/// later repeats wait for the next snapshot).
-pub fn events_packet_for(client: &mut Client, tick: u32, now_ms: u64) -> Option<Vec<u8>> {
-    if !client.urgent_out.wants_a_packet(now_ms) {
+/// later repeats wait for the next snapshot). `between_ticks`: only an event no packet has
+/// carried yet is worth a datagram of its own; repeats wait for the tick's packet.
+pub fn events_packet_for(
+    client: &mut Client,
+    tick: u32,
+    now_ms: u64,
+    between_ticks: bool,
+) -> Option<Vec<u8>> {
+    let wanted = if between_ticks {
+        client.urgent_out.has_unsent()
+    } else {
+        client.urgent_out.wants_a_packet(now_ms)
+    };
+    if !wanted {
         return None;
     }
     let urgent = client.urgent_out.outgoing(now_ms, URGENT_BUDGET);
@@ -282,7 +293,7 @@ mod tests {
             0,
         );
         assert!(
-            events_packet_for(&mut client, 10, 1_000).is_none(),
+            events_packet_for(&mut client, 10, 1_000, false).is_none(),
             "nothing to send"
         );
         client.urgent_out.send(Message::Pickup { entity: 3 }, 1_000);
@@ -291,17 +302,31 @@ mod tests {
             other => panic!("not an events datagram: {other:?}"),
         };
         let pickup = vec![Message::Pickup { entity: 3 }];
-        assert_eq!(carried(events_packet_for(&mut client, 10, 1_000)), pickup);
+        assert_eq!(
+            carried(events_packet_for(&mut client, 10, 1_000, false)),
+            pickup
+        );
         // Its first copy may be lost: the second leaves a 30 Hz tick later, not sooner (at
         // faster ticks a snapshot may well carry it first).
         assert!(
-            events_packet_for(&mut client, 11, 1_008).is_none(),
+            events_packet_for(&mut client, 11, 1_008, false).is_none(),
             "too soon"
         );
-        assert_eq!(carried(events_packet_for(&mut client, 12, 1_033)), pickup);
+        // Between ticks, only a first copy is worth a datagram of its own.
+        assert!(events_packet_for(&mut client, 11, 1_033, true).is_none());
+        assert_eq!(
+            carried(events_packet_for(&mut client, 12, 1_033, false)),
+            pickup
+        );
         assert!(
-            events_packet_for(&mut client, 13, 1_066).is_none(),
+            events_packet_for(&mut client, 13, 1_066, false).is_none(),
             "later copies ride the snapshots"
+        );
+        client.urgent_out.send(Message::Pickup { entity: 4 }, 1_070);
+        assert!(
+            carried(events_packet_for(&mut client, 13, 1_070, true))
+                .contains(&Message::Pickup { entity: 4 }),
+            "a new event leaves between ticks"
         );
     }
 

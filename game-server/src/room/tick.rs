@@ -147,7 +147,7 @@ pub async fn run_room(
             Some(cmd) = io.commands.recv(), if act_on_arrival && !room.outbox.full() => {
                 let cpu_at_start = metrics::thread_cpu();
                 take_commands(&mut room, &mut io, Some(cmd));
-                room.send_events();
+                room.send_events(true);
                 hand_on(&mut room, &tx);
                 metrics::TICK_CPU_SECONDS.inc_by(
                     metrics::thread_cpu()
@@ -157,8 +157,8 @@ pub async fn run_room(
                 continue;
             }
         }
-        // What the players sent since the last read goes into this tick (the port's own task
-        // reads only what the ticks leave). Counted as the port's CPU, not the tick's.
+        // What the players sent since the port's last poll goes into this tick. Counted as the
+        // port's CPU, not the tick's.
         room.port.drain();
         let now = Instant::now();
         let cpu_at_start = metrics::thread_cpu();
@@ -180,7 +180,7 @@ pub async fn run_room(
             room.send_snapshots();
         } else {
             // Between snapshots, urgent events still leave on the tick they happen.
-            room.send_events();
+            room.send_events(false);
         }
         if room.world.tick.is_multiple_of(ticks_per_frame) {
             let next = room.world.spectator_state(&config.region);

@@ -202,6 +202,11 @@ impl UrgentSender {
         })
     }
 
+    /// Whether an event waits that no packet has carried yet.
+    pub fn has_unsent(&self) -> bool {
+        self.pending.iter().any(|p| p.copies == 0)
+    }
+
     /// Events sent but not yet acknowledged.
     pub fn unacked(&self) -> usize {
         self.pending.len()
