@@ -2,8 +2,9 @@
 //! task polling every few milliseconds while anyone plays, and each room's tick right before
 //! it takes its commands) decodes each datagram (malformed ones are counted and dropped),
 //! checks handshakes (connect token signature, expiry, match, server, replay) and routes
-//! packets of established sessions to their room through the room's bounded command channel. Rooms send on the socket
-//! without waiting (a full socket buffer drops a snapshot; the next one supersedes it).
+//! packets of established sessions to their room through the room's bounded command channel.
+//! Rooms send on the socket without waiting (a full socket buffer drops a snapshot; the next
+//! one supersedes it).
 //!
 //! The port knows rooms only as command channels: rooms depend on the port, never the other
 //! way round.
