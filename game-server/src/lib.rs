@@ -9,6 +9,7 @@
 pub mod checkpoint;
 mod metrics;
 pub use metrics::register as register_metrics;
+pub use metrics::thread_cpu;
 pub mod port;
 pub mod publisher;
 pub mod room;

@@ -71,6 +71,20 @@ pub static UDP_BYTES_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static UDP_DATAGRAMS_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gs_udp_datagrams_out_total",
+        "Datagrams handed to the kernel for players (snapshots, events datagrams, replies)"
+    )
+    .unwrap()
+});
+pub static UDP_BYTES_IN: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "gs_udp_bytes_in_total",
+        "Bytes received on the player port, UDP payload only"
+    )
+    .unwrap()
+});
 pub static SNAPSHOTS_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("gs_snapshots_sent_total", "Snapshots sent to players").unwrap()
 });
@@ -154,6 +168,8 @@ pub fn register() {
     LazyLock::force(&UDP_DATAGRAMS);
     LazyLock::force(&UDP_REJECTED);
     LazyLock::force(&UDP_BYTES_OUT);
+    LazyLock::force(&UDP_DATAGRAMS_OUT);
+    LazyLock::force(&UDP_BYTES_IN);
     LazyLock::force(&SNAPSHOTS_SENT);
     LazyLock::force(&PLAYER_TICKS);
     LazyLock::force(&TICK_BUSY_SECONDS);

@@ -164,6 +164,7 @@ impl PlayerPort {
     /// superseded by the next one; reliable messages are resent until acknowledged).
     pub fn send(&self, addr: SocketAddr, bytes: &[u8]) {
         metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + UDP_IP_OVERHEAD);
+        metrics::UDP_DATAGRAMS_OUT.inc();
         let _ = self.socket.send_to(bytes, addr);
     }
 
@@ -181,9 +182,8 @@ impl PlayerPort {
         for (_, bytes) in datagrams {
             metrics::UDP_BYTES_OUT.inc_by(bytes.len() as u64 + UDP_IP_OVERHEAD);
         }
-        for chunk in datagrams.chunks(SEND_BATCH) {
-            send_mmsg(&self.socket, chunk);
-        }
+        metrics::UDP_DATAGRAMS_OUT.inc_by(datagrams.len() as u64);
+        send_datagrams(&self.socket, datagrams);
     }
 
     fn send_packet(&self, addr: SocketAddr, p: &Packet) {
@@ -336,6 +336,15 @@ impl PlayerPort {
 /// Datagrams handed to the kernel in one `sendmmsg`.
 pub const SEND_BATCH: usize = 64;
 
+/// Hands datagrams to the kernel without waiting, [`SEND_BATCH`] per `sendmmsg`, as
+/// [`PlayerPort::send_batch`] does (public so that `loadtest players` can measure what the
+/// same datagrams cost the kernel with no game around them).
+pub fn send_datagrams(socket: &std::net::UdpSocket, datagrams: &[(SocketAddr, Vec<u8>)]) {
+    for chunk in datagrams.chunks(SEND_BATCH) {
+        send_mmsg(socket, chunk);
+    }
+}
+
 #[cfg(target_os = "linux")]
 type MmsgHeaders = (Vec<socket2::SockAddr>, Vec<libc::iovec>, Vec<libc::mmsghdr>);
 
@@ -477,23 +486,35 @@ pub const RECV_BATCH: usize = 32;
 /// (and refused as oversized) rather than cut to a size that passes.
 const RECV_SLOT: usize = 2048;
 
-/// The buffers the port reads into, kept from wake to wake (64 KiB).
-struct Inbox {
+/// The buffers the port reads into, kept from wake to wake (64 KiB). Public so that
+/// `loadtest players` can read the same datagrams the same way with no game around them.
+pub struct Inbox {
     bytes: Vec<u8>,
     /// The datagrams the last read left: slot, length, source.
     got: Vec<(usize, usize, SocketAddr)>,
 }
 
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox::new()
+    }
+}
+
 impl Inbox {
-    fn new() -> Inbox {
+    pub fn new() -> Inbox {
         Inbox {
             bytes: vec![0; RECV_BATCH * RECV_SLOT],
             got: Vec::with_capacity(RECV_BATCH),
         }
     }
 
-    fn len(&self) -> usize {
+    /// The datagrams the last [`Inbox::receive`] read.
+    pub fn len(&self) -> usize {
         self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
     }
 
     fn datagram(&self, i: usize) -> (&[u8], SocketAddr) {
@@ -504,7 +525,7 @@ impl Inbox {
 
     /// Reads what waits, up to [`RECV_BATCH`] datagrams (none: `WouldBlock`).
     #[cfg(target_os = "linux")]
-    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+    pub fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         self.got.clear();
         // SAFETY: all-zero sockaddr_storage and msghdr are valid values.
@@ -552,7 +573,7 @@ impl Inbox {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+    pub fn receive(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
         self.got.clear();
         let (n, addr) = socket.recv_from(&mut self.bytes[..RECV_SLOT])?;
         self.got.push((0, n, addr));
@@ -592,6 +613,7 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// One datagram from `addr`: decoded, checked and handed to its room, or counted as refused.
 fn route(port: &PlayerPort, datagram: &[u8], addr: SocketAddr) {
     metrics::UDP_DATAGRAMS.inc();
+    metrics::UDP_BYTES_IN.inc_by(datagram.len() as u64);
     if datagram.len() > MAX_PACKET {
         reject("oversized");
         return;

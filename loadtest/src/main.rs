@@ -8,6 +8,7 @@ mod docs_report;
 mod drain;
 mod freshness;
 mod http_bench;
+mod io_floor;
 mod players;
 mod process;
 mod raw_peer;

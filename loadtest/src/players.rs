@@ -62,6 +62,11 @@ pub struct Args {
     /// `--act-on-arrival false`): what acting on them as they arrive costs and saves.
     #[arg(long)]
     compare_arrival: bool,
+    /// After each variant, replay its datagrams (same counts, sizes, system calls and wakes)
+    /// with no game around them, and report that replay's CPU per player-tick: the floor
+    /// under the server's figure on this machine.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    io_floor: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -83,6 +88,9 @@ struct ServerCounters {
     player_ticks: f64,
     ticks: f64,
     bytes_out: f64,
+    datagrams_out: f64,
+    datagrams_in: f64,
+    bytes_in: f64,
     snapshots_sent: f64,
 }
 
@@ -101,6 +109,9 @@ fn counters() -> (ServerCounters, Vec<(f64, u64)>) {
             "gs_ticks_total" => c.ticks = first.get_counter().value(),
             "gs_udp_bytes_out_total" => c.bytes_out = first.get_counter().value(),
             "gs_snapshots_sent_total" => c.snapshots_sent = first.get_counter().value(),
+            "gs_udp_datagrams_out_total" => c.datagrams_out = first.get_counter().value(),
+            "gs_udp_datagrams_total" => c.datagrams_in = first.get_counter().value(),
+            "gs_udp_bytes_in_total" => c.bytes_in = first.get_counter().value(),
             "gs_tick_duration_seconds" => {
                 buckets = first
                     .get_histogram()
@@ -518,6 +529,57 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
     let per_player_bps = down_bytes as f64 / secs / args.players.max(1) as f64;
     let server_bps_per_player =
         (after.bytes_out - before.bytes_out) / secs / args.players.max(1) as f64;
+    let floor = if args.io_floor {
+        let out = after.datagrams_out - before.datagrams_out;
+        let snapshots = after.snapshots_sent - before.snapshots_sent;
+        let received = after.datagrams_in - before.datagrams_in;
+        let wall_ticks = (secs * f64::from(args.tick_hz)).max(1.0);
+        // Acting on arrival, what is not a snapshot left between ticks, at a port poll; held
+        // for the tick, everything left at a tick.
+        let (per_tick, between_per_s) = if v.act_on_arrival {
+            (snapshots / wall_ticks, (out - snapshots).max(0.0) / secs)
+        } else {
+            (out / wall_ticks, 0.0)
+        };
+        let load = crate::io_floor::Load {
+            players: args.players,
+            duration: Duration::from_secs(args.duration),
+            tick_hz: args.tick_hz,
+            poll: if v.act_on_arrival {
+                game_server::port::INPUT_POLL
+            } else {
+                game_server::port::PORT_REST_MAX
+            },
+            per_tick,
+            between_per_s,
+            out_size: (((after.bytes_out - before.bytes_out) / out.max(1.0)) as usize)
+                .saturating_sub(game_server::port::UDP_IP_OVERHEAD as usize),
+            in_per_s: received / secs,
+            in_size: ((after.bytes_in - before.bytes_in) / received.max(1.0)) as usize,
+        };
+        let floor = tokio::task::spawn_blocking(move || crate::io_floor::measure(load)).await??;
+        Some((load, floor))
+    } else {
+        None
+    };
+    let floor_note = match floor {
+        Some((load, floor)) => {
+            let us = floor.us_per_player_tick(args.players);
+            format!(
+                "; I/O floor (the same datagrams replayed with no game: {:.1} a tick and {:.0} a second between ticks of {} B, {:.0} a second read, a wake every tick and every {} ms) {:.2} us per player-tick, of which the {:.0} wakes a second alone (the same schedule, nothing read or sent) {:.2}; the game's own {:.2}",
+                load.per_tick,
+                load.between_per_s,
+                load.out_size,
+                load.in_per_s,
+                load.poll.as_millis(),
+                us,
+                floor.wakes as f64 / load.duration.as_secs_f64(),
+                floor.wakes_us_per_player_tick(args.players),
+                server_us_per_player_tick - us,
+            )
+        }
+        None => String::new(),
+    };
     let tick_p50 = bucket_quantile(&buckets_before, &buckets_after, 0.5);
     let tick_p99 = bucket_quantile(&buckets_before, &buckets_after, 0.99);
     let notes = format!(
@@ -553,7 +615,7 @@ async fn run_variant(args: &Args, v: Variant) -> anyhow::Result<Vec<Row>> {
         per_packet(parts.entities, packets),
         per_packet(parts.urgent, packets),
         per_packet(parts.reliable, packets),
-    );
+    ) + &floor_note;
     let rtt = rtt.lock().unwrap().clone();
     let seen = seen.lock().unwrap().clone();
     Ok(vec![

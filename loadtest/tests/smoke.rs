@@ -58,6 +58,17 @@ fn players_scenario_runs_over_a_lossy_link() {
     // Delta compression and AOI cut bandwidth: the full-state, full-world variant costs more.
     let bytes = |i: usize| rows[i]["throughput_per_s"].as_f64().unwrap();
     assert!(bytes(6) > bytes(0), "{} vs {}", bytes(6), bytes(0));
+    // Each variant's datagrams were replayed with no game, and that replay cost some CPU.
+    for row in rows {
+        let notes = row["notes"].as_str().unwrap();
+        let floor = notes
+            .split("I/O floor")
+            .nth(1)
+            .and_then(|rest| rest.split(") ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|us| us.parse::<f64>().ok());
+        assert!(floor.is_some_and(|us| us > 0.0), "{notes}");
+    }
 }
 
 /// Viewers through two real gateway processes following the real NATS JetStream: every viewer
