@@ -69,20 +69,33 @@ fn systems(r: &Results) -> Vec<System> {
         .collect()
 }
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
+    RGBColor(227, 119, 194),
+    RGBColor(90, 90, 90),
     RGBColor(140, 86, 75),
 ];
 
+/// The systems with a colour of their own, in palette order.
+const SYSTEM_COLOURS: [&str; 7] = [
+    "grandstand",
+    "node-ws",
+    "socketio",
+    "nats-ws",
+    "raw",
+    "uws",
+    "floor",
+];
+
 fn colour_of(system: &str) -> RGBColor {
-    let i = ["grandstand", "node-ws", "socketio", "nats-ws", "raw"]
+    let i = SYSTEM_COLOURS
         .iter()
         .position(|s| *s == system)
-        .unwrap_or(5);
+        .unwrap_or(PALETTE.len() - 1);
     PALETTE[i]
 }
 
@@ -157,8 +170,7 @@ fn lines_plot(
         .y_desc(y_desc)
         .draw()?;
     for (i, (name, points)) in series.iter().enumerate() {
-        let c = if ["grandstand", "node-ws", "socketio", "nats-ws", "raw"].contains(&name.as_str())
-        {
+        let c = if SYSTEM_COLOURS.contains(&name.as_str()) {
             colour_of(name)
         } else {
             PALETTE[i % PALETTE.len()]

@@ -74,6 +74,10 @@ enum Scenario {
         nats_url: String,
         #[arg(long)]
         subject_root: String,
+        /// Write each frame straight to every viewer's socket from the feed's loop (the
+        /// `floor` system) instead of through a queue and a task per viewer.
+        #[arg(long)]
+        direct: bool,
     },
     /// One load-generator process of `viewers` (started by it).
     #[command(hide = true)]
@@ -112,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::PeerRaw {
             nats_url,
             subject_root,
-        } => return raw_peer::run(nats_url, subject_root).await,
+            direct,
+        } => return raw_peer::run(nats_url, subject_root, direct).await,
     };
     println!("{}", report::table(&results));
     if let Some(path) = cli.json {

@@ -2,6 +2,12 @@
 //! follows the same NATS subjects, frames each message as one WebSocket text frame once, and
 //! writes those same bytes to every socket of the match. No auth, no state, no resume, no
 //! limits: a bounded queue per socket (dropped when full) is its only logic.
+//!
+//! With `--direct` (the `floor` system) not even that: the loop that reads the feed writes
+//! each frame straight to every viewer's socket, one `write` each, and drops a viewer whose
+//! socket cannot take the whole frame at once. No queue, no task or timer per viewer: what
+//! is left is the kernel's work per write, the least CPU any fan-out server on this machine
+//! can spend per delivered message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +20,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-type Rooms = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>>;
+type Rooms = Arc<Mutex<HashMap<String, Vec<Viewer>>>>;
+
+/// Where a viewer's frames go: its queue and task, or (direct) its socket.
+enum Viewer {
+    Queued(mpsc::Sender<Bytes>),
+    Direct(std::net::TcpStream),
+}
+
+impl Viewer {
+    /// Hands over one frame; false once the viewer is gone (or, direct, could not take it).
+    fn send(&mut self, frame: &Bytes) -> bool {
+        match self {
+            Viewer::Queued(tx) => match tx.try_send(frame.clone()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Viewer::Direct(socket) => {
+                use std::io::Write;
+                matches!(socket.write(frame), Ok(n) if n == frame.len())
+            }
+        }
+    }
+}
 
 /// One unmasked text frame (server to client).
 pub fn text_frame(payload: &[u8]) -> Bytes {
@@ -35,7 +63,7 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     f.freeze()
 }
 
-async fn handshake(mut socket: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
+async fn handshake(mut socket: TcpStream, rooms: Rooms, direct: bool) -> anyhow::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -66,8 +94,24 @@ async fn handshake(mut socket: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
                 .as_bytes(),
         )
         .await?;
+    if direct {
+        // Non-blocking, as tokio left it: a write never waits.
+        let socket = socket.into_std()?;
+        rooms
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_default()
+            .push(Viewer::Direct(socket));
+        return Ok(());
+    }
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
-    rooms.lock().unwrap().entry(id).or_default().push(tx);
+    rooms
+        .lock()
+        .unwrap()
+        .entry(id)
+        .or_default()
+        .push(Viewer::Queued(tx));
     while let Some(frame) = rx.recv().await {
         if socket.write_all(&frame).await.is_err() {
             break;
@@ -76,7 +120,7 @@ async fn handshake(mut socket: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(nats_url: String, subject_root: String) -> anyhow::Result<()> {
+pub async fn run(nats_url: String, subject_root: String, direct: bool) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?.port());
     let rooms: Rooms = Arc::default();
@@ -84,7 +128,7 @@ pub async fn run(nats_url: String, subject_root: String) -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             if let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(handshake(socket, accepting.clone()));
+                tokio::spawn(handshake(socket, accepting.clone(), direct));
             }
         }
     });
@@ -101,10 +145,7 @@ pub async fn run(nats_url: String, subject_root: String) -> anyhow::Result<()> {
         let frame = text_frame(&m.payload);
         let mut rooms = rooms.lock().unwrap();
         if let Some(viewers) = rooms.get_mut(id) {
-            viewers.retain(|v| match v.try_send(frame.clone()) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            viewers.retain_mut(|v| v.send(&frame));
         }
     }
     Ok(())

@@ -138,7 +138,7 @@ fn observed_gateway_exports_traces() {
 }
 
 /// The peers of the side-by-side comparison (Node `ws`, Socket.IO, nats-server's WebSocket
-/// listener, the minimal Rust writer) each take the same viewers and deliver the same
+/// listener, the minimal Rust writer, the same writer with no queue or task per viewer) each take the same viewers and deliver the same
 /// messages; `loadtest report` turns the run into tables, ratios and SVG plots.
 /// The recorded real match replayed to Grandstand (feed v2 + permessage-deflate, as a browser
 /// asks) and to the uWebSockets.js peer (the same feed as v1): both deliver it without a break,
@@ -251,7 +251,7 @@ fn peers_and_report() {
     let (_, results) = loadtest(&[
         "viewers",
         "--systems",
-        "grandstand,node-ws,socketio,nats-ws,raw,uws",
+        "grandstand,node-ws,socketio,nats-ws,raw,floor,uws",
         "--viewers",
         "12",
         "--matches",
@@ -266,7 +266,7 @@ fn peers_and_report() {
     // The report reads results from a folder of its own.
     std::fs::write(dir.join("peers.json"), results.to_string()).unwrap();
     let systems = results["systems"].as_array().unwrap();
-    assert_eq!(systems.len(), 6);
+    assert_eq!(systems.len(), 7);
     for s in systems {
         let name = s["system"].as_str().unwrap();
         assert_eq!(s["held"], 12, "{name}: {s}");
@@ -275,7 +275,7 @@ fn peers_and_report() {
         let n = s["latency"]["count"].as_u64().unwrap();
         assert!((180..=300).contains(&n), "{name}: {n} messages measured");
     }
-    assert_eq!(results["summary"].as_array().unwrap().len(), 5);
+    assert_eq!(results["summary"].as_array().unwrap().len(), 6);
 
     let template = dir.join("template.md");
     std::fs::write(
@@ -298,7 +298,14 @@ fn peers_and_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&doc).unwrap();
-    for system in ["grandstand", "node-ws", "socketio", "nats-ws", "raw"] {
+    for system in [
+        "grandstand",
+        "node-ws",
+        "socketio",
+        "nats-ws",
+        "raw",
+        "floor",
+    ] {
         assert!(text.contains(&format!("| {system} |")), "{text}");
     }
     assert!(text.contains("plots/peers-cdf.svg"), "{text}");

@@ -99,7 +99,7 @@ pub struct Args {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Systems measured one after the other in this run, comma separated: grandstand,
-    /// node-ws, socketio, nats-ws, raw.
+    /// node-ws, socketio, nats-ws, raw, floor, uws.
     #[arg(long, default_value = "grandstand", value_delimiter = ',')]
     systems: Vec<System>,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -169,6 +169,10 @@ pub enum System {
     NatsWs,
     /// A minimal Rust writer of pre-framed bytes (`loadtest peer-raw`).
     Raw,
+    /// The floor under every fan-out server: the same pre-framed bytes written straight to
+    /// each viewer's socket by the loop that reads the feed (`loadtest peer-raw --direct`:
+    /// one `write` per viewer per message, no queue, no task, no timer per viewer).
+    Floor,
     /// Node.js, uWebSockets.js pub/sub (`app.publish` to a topic per match).
     Uws,
 }
@@ -195,6 +199,7 @@ impl System {
             System::Socketio => "socketio",
             System::NatsWs => "nats-ws",
             System::Raw => "raw",
+            System::Floor => "floor",
             System::Uws => "uws",
         }
     }

@@ -73,7 +73,7 @@ pub(super) fn start_server(
                 .env("PORT", "0");
             c
         }
-        System::Raw => {
+        System::Raw | System::Floor => {
             let mut c = Command::new(std::env::current_exe()?);
             c.args([
                 "peer-raw",
@@ -82,6 +82,9 @@ pub(super) fn start_server(
                 "--subject-root",
                 &peer_root,
             ]);
+            if system == System::Floor {
+                c.arg("--direct");
+            }
             c
         }
         System::NatsWs => bail!("nats-ws is started with its own nats-server"),

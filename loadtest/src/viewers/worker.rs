@@ -263,7 +263,9 @@ async fn websocket_viewer(slot: Slot) {
         System::Grandstand | System::GrandstandJsonOtlp => {
             format!("{base}/v1/matches/{match_id}/stream")
         }
-        System::NodeWs | System::Raw | System::Uws => format!("{base}/?match={match_id}"),
+        System::NodeWs | System::Raw | System::Floor | System::Uws => {
+            format!("{base}/?match={match_id}")
+        }
         System::Socketio => format!("{base}/socket.io/?EIO=4&transport=websocket"),
         System::NatsWs => format!("{base}/"),
     };
