@@ -110,6 +110,11 @@ pub struct Room {
     shots: Vec<Shot>,
     /// Datagrams to send when the tick's work is done.
     datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// An urgent event was queued for someone since events last went out between ticks: the
+    /// room acts on every batch of commands as it arrives, most of them moves with nothing to
+    /// tell, and asking each player whether it has anything unsent was 2-4% of the server's
+    /// thread in rooms of 100.
+    untold: bool,
     /// Buffers kept from tick to tick so the steady state does not allocate: the spatial
     /// grid, every entity's current state by entity id, a player's inputs of the tick.
     grid: Grid,
@@ -141,6 +146,7 @@ impl Room {
             snapshot_no: 0,
             shots: Vec::new(),
             datagrams: Vec::new(),
+            untold: false,
             grid: Grid::build([]),
             current: Vec::new(),
             scratch_inputs: Vec::new(),
@@ -233,6 +239,7 @@ impl Room {
     fn send_urgent(&mut self, entity: u16, m: Message) {
         if let Some(c) = self.roster.by_entity_mut(entity) {
             c.urgent_out.send(m, now_ms());
+            self.untold = true;
         }
     }
 
@@ -397,6 +404,7 @@ impl Room {
                     for c in self.roster.iter_mut() {
                         c.urgent_out.send(Message::Death { victim, killer }, now);
                     }
+                    self.untold = true;
                 }
                 SimEvent::Shot {
                     from,
@@ -433,6 +441,7 @@ impl Room {
                             c.urgent_out.send(fire.clone(), now);
                         }
                     }
+                    self.untold = true;
                 }
                 SimEvent::Pickup { entity } => self.send_urgent(entity, Message::Pickup { entity }),
             }
@@ -490,12 +499,21 @@ impl Room {
     /// yet (a tick without a snapshot, or `between_ticks`), or whose second copy is due (at a
     /// tick).
     fn send_events(&mut self, between_ticks: bool) {
+        if between_ticks && !self.untold {
+            return;
+        }
         let (tick, now) = (self.world.tick as u32, now_ms());
+        let mut left_unsent = false;
         for c in self.roster.iter_mut() {
             if let Some(bytes) = snapshots::events_packet_for(c, tick, now, between_ticks) {
                 metrics::URGENT_DROPPED.inc_by(std::mem::take(&mut c.urgent_out.dropped));
                 self.datagrams.push((c.addr, bytes));
             }
+            // More than one datagram's budget waits: the next batch (or the tick) goes on.
+            left_unsent |= c.urgent_out.has_unsent();
+        }
+        if between_ticks {
+            self.untold = left_unsent;
         }
     }
 

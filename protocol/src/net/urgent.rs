@@ -202,9 +202,13 @@ impl UrgentSender {
         })
     }
 
-    /// Whether an event waits that no packet has carried yet.
+    /// Whether an event waits that no packet has carried yet. The events no packet has carried
+    /// are always the newest ones (events are queued at the back, a packet takes every unsent
+    /// one oldest first until its budget runs out, and acks and expiry remove, never reorder),
+    /// so the newest tells: a room asks this of every player each time it acts between ticks,
+    /// and a scan of the queue was 2-3% of the server's thread.
     pub fn has_unsent(&self) -> bool {
-        self.pending.iter().any(|p| p.copies == 0)
+        self.pending.back().is_some_and(|p| p.copies == 0)
     }
 
     /// Events sent but not yet acknowledged.
@@ -235,6 +239,54 @@ impl UrgentReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What an `UrgentSender` is asked to do, in any order.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Send,
+        Packet { budget: usize },
+        Ack { back: u16, bits: u32 },
+        Wait { ms: u64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::Send),
+            3 => (0usize..40).prop_map(|budget| Step::Packet { budget }),
+            2 => (0u16..40, any::<u32>()).prop_map(|(back, bits)| Step::Ack { back, bits }),
+            1 => (0u64..1500).prop_map(|ms| Step::Wait { ms }),
+        ]
+    }
+
+    proptest! {
+        /// The events no packet has carried are always the newest, so `has_unsent` may look
+        /// at the newest alone: it agrees with a scan of the whole queue after any steps.
+        #[test]
+        fn unsent_events_are_always_the_newest(steps in proptest::collection::vec(step(), 0..120)) {
+            let mut tx = UrgentSender {
+                repeats: Repeats::for_link(0.05, 70.0),
+                ..UrgentSender::default()
+            };
+            let mut now = 0;
+            for (i, s) in steps.into_iter().enumerate() {
+                match s {
+                    Step::Send => tx.send(pickup(i as u16), now),
+                    Step::Packet { budget } => {
+                        tx.outgoing(now, budget);
+                    }
+                    Step::Ack { back, bits } => {
+                        tx.on_ack(tx.next_id.wrapping_sub(1).wrapping_sub(back), bits)
+                    }
+                    Step::Wait { ms } => now += ms,
+                }
+                let copies: Vec<u8> = tx.pending.iter().map(|p| p.copies).collect();
+                let first_unsent = copies.iter().position(|&c| c == 0).unwrap_or(copies.len());
+                prop_assert!(copies[first_unsent..].iter().all(|&c| c == 0), "{copies:?}");
+                prop_assert_eq!(tx.has_unsent(), copies.contains(&0));
+            }
+        }
+    }
 
     fn pickup(entity: u16) -> Message {
         Message::Pickup { entity }
