@@ -222,8 +222,9 @@ mod tests {
         assert!(floor.ticks >= 1, "{floor:?}");
         let between = floor.sent.checked_sub(floor.ticks * 4);
         assert!(between.is_some_and(|b| b <= 61), "{floor:?}");
-        // Every datagram read came from the players' side (which sent about 120).
-        assert!(floor.received >= 1 && floor.received <= 130, "{floor:?}");
+        // Every datagram read came from the players' side: 200 a second for the 0.6 s of
+        // reading (120), and however late a loaded machine's last wake came, not twice that.
+        assert!(floor.received >= 1 && floor.received <= 240, "{floor:?}");
         assert!(floor.cpu > Duration::ZERO && floor.wakes_cpu > Duration::ZERO);
     }
 }
