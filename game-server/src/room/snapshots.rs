@@ -156,11 +156,7 @@ pub struct Scratch {
     urgent: Vec<(u16, protocol::net::Message)>,
 }
 
-/// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
-/// has gone out in no packet yet, or in only one a 30 Hz tick ago or more
-/// ([`UrgentSender::wants_a_packet`]: a lost first copy is repeated about a 30 Hz tick later;
-/// later repeats wait for the next snapshot). `between_ticks`: only an event no packet has
-/// carried yet is worth a datagram of its own; repeats wait for the tick's packet.
+/// [`events_packet_into`] with buffers of its own, for tests.
 #[cfg(test)]
 pub fn events_packet_for(
     client: &mut Client,
@@ -178,10 +174,16 @@ pub fn events_packet_for(
     )
 }
 
-/// [`events_packet_for`] with the room's buffers: the events list is the scratch's, the
-/// datagram a spare one when there is one. Acting on commands as they arrive sends about 25
-/// of these a second to each player, and two allocations each were most of what the server
-/// allocated in the steady state.
+/// The datagram carrying `client`'s urgent events on a tick without a snapshot, when one of them
+/// has gone out in no packet yet, or in only one a 30 Hz tick ago or more
+/// ([`UrgentSender::wants_a_packet`]: a lost first copy is repeated about a 30 Hz tick later;
+/// later repeats wait for the next snapshot). `between_ticks`: only an event no packet has
+/// carried yet is worth a datagram of its own; repeats wait for the tick's packet.
+///
+/// Built in the room's buffers: the events list is the scratch's, the datagram a spare one
+/// when there is one. Acting on commands as they arrive sends about 25 of these a second to
+/// each player, and building the list and the bytes afresh (about five allocations as the
+/// list grew) was most of what the server allocated in the steady state.
 pub fn events_packet_into(
     client: &mut Client,
     tick: u32,
